@@ -1,0 +1,44 @@
+//! netctl: the operator's view of weft's etcd state.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use weft_agent::cli::{NetctlCli, NetctlCommand};
+use weft_agent::netctl;
+use weft_agent::settings::etcd_options;
+use weft_agent::store::EtcdStore;
+
+fn main() -> ExitCode {
+    let cli = NetctlCli::parse();
+    let opts = match etcd_options(&cli.etcd) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("netctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let result = runtime.block_on(async {
+        let store = EtcdStore::connect(&opts).await?;
+        match cli.command {
+            NetctlCommand::Leases { output } => netctl::leases(&store, output).await,
+            NetctlCommand::Config { output } => {
+                let key = format!("{}/config", opts.prefix.trim_end_matches('/'));
+                netctl::config(&store, output, &key).await
+            }
+        }
+    });
+    match result {
+        Ok(out) => {
+            eprint!("{}", out.stderr);
+            // A closed pipe (netctl leases | head) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(out.stdout.as_bytes());
+            ExitCode::from(out.code)
+        }
+        Err(e) => {
+            eprintln!("netctl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! weftd: the weft node agent.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::watch;
+use weft_agent::cli::{flannel_env_aliases, WeftdCli};
+use weft_agent::settings::AgentSettings;
+use weft_agent::{agent, logging};
+
+fn main() -> ExitCode {
+    // flannel's FLANNELD_* names, for clusters moving over; applied before any thread runs.
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    for (k, v) in flannel_env_aliases(&env) {
+        std::env::set_var(k, v);
+    }
+    let cli = WeftdCli::parse();
+    logging::init(cli.log_format);
+    let hostname = hostname::get().ok().and_then(|h| h.into_string().ok());
+    let settings = match AgentSettings::from_cli(&cli, std::env::var("NODE_NAME").ok(), hostname) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; stopping");
+            stop_tx.send_replace(true);
+        });
+        agent::run(settings, stop_rx).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.is_usage() { 2 } else { 1 };
+            tracing::error!("{:#}", anyhow::Error::from(e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,190 @@
+//! Command-line surfaces (clap). Only declarations live here; turning them into settings is
+//! in `settings.rs`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:2379";
+pub const DEFAULT_SUBNET_FILE: &str = "/run/weft/subnet.env";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// etcd connection flags, shared by weftd and netctl (same `WEFTD_*` environment, so netctl
+/// run inside the weft pod finds etcd the way weftd does).
+#[derive(Args, Clone, Debug)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated URLs.
+    #[arg(long, env = "WEFTD_ETCD_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd key prefix holding `config` and `subnets/`.
+    #[arg(long, env = "WEFTD_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) to verify etcd's server certificate.
+    #[arg(long, env = "WEFTD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd client-cert auth.
+    #[arg(long, env = "WEFTD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Client key (PEM) for etcd client-cert auth.
+    #[arg(long, env = "WEFTD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// etcd username (with --etcd-password).
+    #[arg(long, env = "WEFTD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    /// etcd password (with --etcd-username).
+    #[arg(long, env = "WEFTD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// Bound on each etcd request, e.g. "5s".
+    #[arg(long, env = "WEFTD_ETCD_REQUEST_TIMEOUT", default_value = "5s")]
+    pub etcd_request_timeout: String,
+}
+
+/// weftd: the weft node agent.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "weftd", version, about = "weft node agent: leases this node's pod subnet and keeps the network programmed")]
+pub struct WeftdCli {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Interface to use (name or IPv4 address); repeat to give fallbacks in order.
+    #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Regular expression matched against interface names and addresses; repeatable.
+    #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
+    pub iface_regex: Vec<String>,
+    /// Use the interface the kernel routes this address through.
+    #[arg(long, env = "WEFTD_IFACE_CAN_REACH")]
+    pub iface_can_reach: Option<IpAddr>,
+    /// IP address published to other nodes (default: the interface's address).
+    #[arg(long, env = "WEFTD_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where to write the subnet file the CNI plugin reads.
+    #[arg(long, env = "WEFTD_SUBNET_FILE", default_value = DEFAULT_SUBNET_FILE)]
+    pub subnet_file: PathBuf,
+    /// Read the network config from this file instead of `<prefix>/config` in etcd.
+    #[arg(long, env = "WEFTD_NET_CONFIG")]
+    pub net_config: Option<PathBuf>,
+    /// This node's name (default: $NODE_NAME, then the hostname).
+    #[arg(long, env = "WEFTD_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Masquerade pod traffic leaving the cluster network.
+    #[arg(long, env = "WEFTD_IP_MASQ")]
+    pub ip_masq: bool,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: IpAddr,
+    /// Port for /healthz, /readyz and /metrics (0 disables the server).
+    #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = 8471)]
+    pub healthz_port: u16,
+    /// Lease TTL, e.g. "24h" or "90s"; renewed when half has passed.
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h")]
+    pub subnet_lease_ttl: String,
+    /// Log format.
+    #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Wide,
+    Json,
+}
+
+/// netctl: inspect weft's leases and network config.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "netctl", version, about = "Inspect weft's subnet leases and network config")]
+pub struct NetctlCli {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    #[command(subcommand)]
+    pub command: NetctlCommand,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum NetctlCommand {
+    /// List every subnet lease: subnet, node, public IP, backend, VTEP MAC, TTL.
+    Leases {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show the cluster network config.
+    Config {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// flannel's `FLANNELD_*` environment names, for the flags weft shares with flannel.
+const FLANNEL_ALIASES: &[(&str, &str)] = &[
+    ("FLANNELD_ETCD_ENDPOINTS", "WEFTD_ETCD_ENDPOINTS"),
+    ("FLANNELD_ETCD_PREFIX", "WEFTD_ETCD_PREFIX"),
+    ("FLANNELD_ETCD_CAFILE", "WEFTD_ETCD_CAFILE"),
+    ("FLANNELD_ETCD_CERTFILE", "WEFTD_ETCD_CERTFILE"),
+    ("FLANNELD_ETCD_KEYFILE", "WEFTD_ETCD_KEYFILE"),
+    ("FLANNELD_ETCD_USERNAME", "WEFTD_ETCD_USERNAME"),
+    ("FLANNELD_ETCD_PASSWORD", "WEFTD_ETCD_PASSWORD"),
+    ("FLANNELD_IFACE", "WEFTD_IFACE"),
+    ("FLANNELD_IFACE_REGEX", "WEFTD_IFACE_REGEX"),
+    ("FLANNELD_IFACE_CAN_REACH", "WEFTD_IFACE_CAN_REACH"),
+    ("FLANNELD_PUBLIC_IP", "WEFTD_PUBLIC_IP"),
+    ("FLANNELD_SUBNET_FILE", "WEFTD_SUBNET_FILE"),
+    ("FLANNELD_NET_CONFIG_PATH", "WEFTD_NET_CONFIG"),
+    ("FLANNELD_IP_MASQ", "WEFTD_IP_MASQ"),
+    ("FLANNELD_HEALTHZ_IP", "WEFTD_HEALTHZ_IP"),
+    ("FLANNELD_HEALTHZ_PORT", "WEFTD_HEALTHZ_PORT"),
+];
+
+/// The `WEFTD_*` variables to set from `FLANNELD_*` ones (a `WEFTD_*` already set wins).
+/// Pure: the caller applies the result before parsing.
+pub fn flannel_env_aliases(env: &[(String, String)]) -> Vec<(String, String)> {
+    let has = |k: &str| env.iter().any(|(n, _)| n == k);
+    FLANNEL_ALIASES
+        .iter()
+        .filter(|(_, ours)| !has(ours))
+        .filter_map(|(theirs, ours)| {
+            env.iter()
+                .find(|(n, _)| n == theirs)
+                .map(|(_, v)| (ours.to_string(), v.clone()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        use clap::CommandFactory;
+        WeftdCli::command().debug_assert();
+        NetctlCli::command().debug_assert();
+    }
+
+    #[test]
+    fn flannel_env_names_map_unless_ours_is_set() {
+        let env = vec![
+            ("FLANNELD_IFACE".to_string(), "eth1".to_string()),
+            ("FLANNELD_PUBLIC_IP".to_string(), "192.0.2.1".to_string()),
+            ("WEFTD_PUBLIC_IP".to_string(), "192.0.2.2".to_string()),
+        ];
+        assert_eq!(flannel_env_aliases(&env), vec![("WEFTD_IFACE".to_string(), "eth1".to_string())]);
+    }
+
+    #[test]
+    fn repeatable_iface_and_defaults() {
+        let cli = WeftdCli::try_parse_from(["weftd", "--iface", "eth0", "--iface", "10.0.0.1"]).unwrap();
+        assert_eq!(cli.iface, vec!["eth0", "10.0.0.1"]);
+        assert_eq!(cli.etcd.etcd_prefix, DEFAULT_PREFIX);
+        assert_eq!(cli.subnet_lease_ttl, "24h");
+        assert!(WeftdCli::try_parse_from(["weftd", "--public-ip", "not-an-ip"]).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! `/healthz`, `/readyz` and `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+/// The agent's metrics. Cheap to clone (every metric is an `Arc`).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub lease_held: Gauge<i64, AtomicI64>,
+    pub lease_expiry_seconds: Gauge<i64, AtomicI64>,
+    pub peers: Gauge<i64, AtomicI64>,
+    pub invalid_leases: Gauge<i64, AtomicI64>,
+    pub etcd_requests: Counter<u64, AtomicU64>,
+    pub lease_changes: Counter<u64, AtomicU64>,
+    pub subnet_env_writes: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("weft");
+        r.register("lease_held", "1 while this node holds its subnet lease", self.lease_held.clone());
+        r.register(
+            "lease_expiry_timestamp_seconds",
+            "Unix time at which the held lease expires (0 for a reservation)",
+            self.lease_expiry_seconds.clone(),
+        );
+        r.register("peers", "Valid peer leases currently known", self.peers.clone());
+        r.register("invalid_leases", "Leases present in etcd that failed validation", self.invalid_leases.clone());
+        r.register("etcd_requests", "Requests sent to etcd", self.etcd_requests.clone());
+        r.register("lease_changes", "Times the held lease was acquired, renewed or replaced", self.lease_changes.clone());
+        r.register("subnet_env_writes", "Times subnet.env was (re)written", self.subnet_env_writes.clone());
+        r
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry()).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Readiness as the rest of the agent reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    NotReady(String),
+    Ready,
+}
+
+#[derive(Clone)]
+struct HealthState {
+    ready: watch::Receiver<Readiness>,
+    metrics: Metrics,
+    /// Sampled by the metrics handler so the etcd request count is always current.
+    etcd_requests: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// Serialises the sample-and-bump of the request counter.
+    sample_lock: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthState").field("ready", &*self.ready.borrow()).finish()
+    }
+}
+
+/// Serve health and metrics until `shutdown` turns true.
+pub async fn serve(
+    addr: SocketAddr,
+    ready: watch::Receiver<Readiness>,
+    metrics: Metrics,
+    etcd_requests: impl Fn() -> u64 + Send + Sync + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /metrics");
+    let state = HealthState {
+        ready,
+        metrics,
+        etcd_requests: Arc::new(etcd_requests),
+        sample_lock: Arc::new(Mutex::new(())),
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+}
+
+async fn readyz(State(s): State<HealthState>) -> (StatusCode, String) {
+    match &*s.ready.borrow() {
+        Readiness::Ready => (StatusCode::OK, "ready\n".into()),
+        Readiness::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+async fn metrics_handler(State(s): State<HealthState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    {
+        let _guard = s.sample_lock.lock().unwrap();
+        let now = (s.etcd_requests)();
+        let seen = s.metrics.etcd_requests.get();
+        if now > seen {
+            s.metrics.etcd_requests.inc_by(now - seen);
+        }
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+}

@@ -1,0 +1,450 @@
+//! The lease keeper: policy on top of a [`LeaseStore`]. It acquires this node's subnet,
+//! renews it before it expires, notices when it vanished or was taken, and re-acquires —
+//! never sharing a subnet silently and never giving up.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::config::NetConfig;
+use crate::lease::{LeaseAttrs, SubnetKey};
+use crate::pick::{decide, is_mine, Decision, Identity, MatchedBy, Occupancy};
+use crate::store::{CreateOutcome, LeaseStore, ReplaceOutcome, Snapshot, StoreError, StoredEntry};
+
+/// Attempts at claiming a free subnet (each lost race picks again) before re-listing.
+const CLAIM_ATTEMPTS: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("subnet pool exhausted: all {pool_size} /{subnet_len} subnets of {network} are leased")]
+    PoolExhausted {
+        network: Ipv4Network,
+        subnet_len: u8,
+        pool_size: u64,
+    },
+    #[error("lost {0} races for a free subnet in a row; will re-list and retry")]
+    TooManyRaces(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Keeper settings.
+#[derive(Clone, Debug)]
+pub struct KeeperSettings {
+    pub identity: Identity,
+    /// The value this node publishes (PublicIP, backend, VTEP MAC, NodeName).
+    pub attrs: LeaseAttrs,
+    /// TTL of a new or renewed lease.
+    pub ttl: Duration,
+    /// The subnet this node had before (from subnet.env), tried second.
+    pub previous: Option<Ipv4Network>,
+}
+
+/// The lease this node holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLease {
+    pub subnet: Ipv4Network,
+    pub entry: StoredEntry,
+    /// When it expires; `None` for a reservation (no TTL).
+    pub expires_at: Option<Instant>,
+}
+
+impl HeldLease {
+    pub fn is_reservation(&self) -> bool {
+        self.entry.ttl_lease.is_none()
+    }
+}
+
+/// What the rest of the agent sees of the keeper.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseStatus {
+    Acquiring,
+    Held(HeldLease),
+    /// Could not acquire (pool exhausted, etcd down); retrying.
+    Failed(String),
+}
+
+impl LeaseStatus {
+    pub fn held(&self) -> Option<&HeldLease> {
+        match self {
+            LeaseStatus::Held(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// A change to this node's own key, seen by the peer watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnKeyNotice {
+    Put { name: String, mod_revision: i64 },
+    Deleted { name: String, revision: i64 },
+}
+
+/// The lease keeper.
+#[derive(Debug)]
+pub struct LeaseKeeper<S> {
+    store: Arc<S>,
+    cfg: NetConfig,
+    settings: KeeperSettings,
+    rng: fastrand::Rng,
+}
+
+impl<S: LeaseStore> LeaseKeeper<S> {
+    pub fn new(store: Arc<S>, cfg: NetConfig, settings: KeeperSettings) -> Self {
+        LeaseKeeper {
+            store,
+            cfg,
+            settings,
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// Use a seeded random source (tests).
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = fastrand::Rng::with_seed(seed);
+        self
+    }
+
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.settings.identity.public_ip
+    }
+
+    /// Acquire a subnet. `snapshot` saves a request when the caller already listed.
+    pub async fn acquire(&mut self, snapshot: Option<Snapshot>) -> Result<HeldLease, KeeperError> {
+        let span = info_span!("acquire_lease", node = %self.settings.identity.node_name);
+        async {
+            let snap = match snapshot {
+                Some(s) => s,
+                None => self.store.snapshot(false).await?,
+            };
+            self.acquire_from(snap).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn acquire_from(&mut self, snap: Snapshot) -> Result<HeldLease, KeeperError> {
+        let mut entries = snap.entries;
+        let mut occupancy = Occupancy::from_entries(&self.cfg, entries.iter().map(|e| e.name.as_str()));
+        let value = self.settings.attrs.encode();
+        for attempt in 0..CLAIM_ATTEMPTS {
+            let rng = &mut self.rng;
+            let decision = decide(
+                &self.cfg,
+                &self.settings.identity,
+                &entries,
+                &occupancy,
+                self.settings.previous,
+                &mut |n| rng.u64(0..n),
+            );
+            match decision {
+                Decision::Exhausted { pool_size } => {
+                    return Err(KeeperError::PoolExhausted {
+                        network: self.cfg.network,
+                        subnet_len: self.cfg.subnet_len,
+                        pool_size,
+                    })
+                }
+                Decision::Adopt { entry, subnet, matched_by } => {
+                    match self.adopt(entry.clone(), subnet, matched_by, &value).await? {
+                        Some(held) => return Ok(held),
+                        None => {
+                            // It changed under us: forget it and decide again.
+                            entries.retain(|e| e.name != entry.name);
+                            occupancy.mark(&self.cfg, subnet);
+                        }
+                    }
+                }
+                Decision::Claim { subnet, previous } => {
+                    let name = SubnetKey::v4(subnet).to_string();
+                    match self.store.create(&name, &value, Some(self.settings.ttl)).await? {
+                        CreateOutcome::Created(entry) => {
+                            info!(
+                                subnet = %subnet,
+                                previous,
+                                attempt,
+                                ttl_secs = self.settings.ttl.as_secs(),
+                                "leased subnet"
+                            );
+                            return Ok(self.held(subnet, entry, Some(self.settings.ttl)));
+                        }
+                        CreateOutcome::Exists(current) => {
+                            debug!(subnet = %subnet, "lost the race for a subnet; picking again");
+                            occupancy.mark(&self.cfg, subnet);
+                            // If the winner is us (a concurrent incarnation), the next
+                            // decision adopts it.
+                            if let Some(cur) = current {
+                                entries.push(cur);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(KeeperError::TooManyRaces(CLAIM_ATTEMPTS))
+    }
+
+    /// Take over an existing entry that is ours. `None` when it changed under us.
+    async fn adopt(
+        &mut self,
+        entry: StoredEntry,
+        subnet: Ipv4Network,
+        matched_by: MatchedBy,
+        value: &[u8],
+    ) -> Result<Option<HeldLease>, KeeperError> {
+        let reservation = entry.ttl_lease.is_none();
+        let current = LeaseAttrs::decode(&entry.value).ok();
+        if current.as_ref() == Some(&self.settings.attrs) {
+            let remaining = match entry.ttl_lease {
+                None => None,
+                Some(l) => match self.store.time_to_live(l).await? {
+                    Some(left) => Some(left),
+                    None => return Ok(None), // expired just now
+                },
+            };
+            info!(subnet = %subnet, ?matched_by, reservation, "reusing this node's existing lease");
+            return Ok(Some(self.held(subnet, entry, remaining)));
+        }
+        // Ours, but the published attributes differ (new public IP or VTEP MAC, or a
+        // flannel lease gaining a NodeName): rewrite it with a compare-and-swap.
+        let ttl = (!reservation).then_some(self.settings.ttl);
+        match self.store.replace(&entry.name, value, entry.mod_revision, ttl).await? {
+            ReplaceOutcome::Replaced(new) => {
+                if let Some(old) = entry.ttl_lease {
+                    if let Err(e) = self.store.revoke(old).await {
+                        debug!(error = %e, "could not revoke the replaced TTL lease (it will expire)");
+                    }
+                }
+                info!(subnet = %subnet, ?matched_by, reservation, "reusing this node's lease with updated attributes");
+                Ok(Some(self.held(subnet, new, ttl)))
+            }
+            ReplaceOutcome::Conflict(_) => Ok(None),
+        }
+    }
+
+    fn held(&self, subnet: Ipv4Network, entry: StoredEntry, ttl: Option<Duration>) -> HeldLease {
+        let expires_at = match entry.ttl_lease {
+            None => None,
+            Some(_) => ttl.map(|t| Instant::now() + t),
+        };
+        HeldLease {
+            subnet,
+            entry,
+            expires_at,
+        }
+    }
+
+    /// When the lease should be renewed: once half the TTL has passed, measured as
+    /// "remaining ≤ TTL/2". `None` for a reservation.
+    pub fn renew_at(&self, held: &HeldLease) -> Option<Instant> {
+        held.expires_at.map(|exp| exp - self.settings.ttl / 2)
+    }
+
+    /// Renew with a compare-and-swap on the entry's mod_revision. `Ok(None)` means the lease
+    /// is no longer ours (vanished or taken) and must be re-acquired.
+    pub async fn renew(&mut self, held: &HeldLease) -> Result<Option<HeldLease>, KeeperError> {
+        let value = self.settings.attrs.encode();
+        match self
+            .store
+            .replace(&held.entry.name, &value, held.entry.mod_revision, Some(self.settings.ttl))
+            .await?
+        {
+            ReplaceOutcome::Replaced(new) => {
+                if let Some(old) = held.entry.ttl_lease {
+                    if let Err(e) = self.store.revoke(old).await {
+                        debug!(error = %e, "could not revoke the old TTL lease (it will expire)");
+                    }
+                }
+                debug!(subnet = %held.subnet, "renewed lease");
+                Ok(Some(self.held(held.subnet, new, Some(self.settings.ttl))))
+            }
+            ReplaceOutcome::Conflict(current) => match current {
+                // Still ours by identity (rewritten by an operator, say): adopt it.
+                Some(cur) if self.still_mine(&cur) => {
+                    warn!(subnet = %held.subnet, "own lease was rewritten by someone else; adopting it");
+                    let remaining = match cur.ttl_lease {
+                        Some(l) => self.store.time_to_live(l).await?,
+                        None => None,
+                    };
+                    Ok(Some(self.held(held.subnet, cur, remaining)))
+                }
+                _ => Ok(None),
+            },
+        }
+    }
+
+    fn still_mine(&self, entry: &StoredEntry) -> bool {
+        LeaseAttrs::decode(&entry.value)
+            .ok()
+            .and_then(|a| is_mine(&a, &self.settings.identity))
+            .is_some()
+    }
+
+    /// Check the held lease against the store; `Ok(None)` if it is no longer ours.
+    pub async fn verify(&mut self, held: &HeldLease) -> Result<Option<HeldLease>, KeeperError> {
+        match self.store.get(&held.entry.name).await? {
+            None => Ok(None),
+            Some(cur) if cur.mod_revision == held.entry.mod_revision => Ok(Some(held.clone())),
+            Some(cur) if self.still_mine(&cur) => {
+                let remaining = match cur.ttl_lease {
+                    Some(l) => self.store.time_to_live(l).await?,
+                    None => None,
+                };
+                Ok(Some(self.held(held.subnet, cur, remaining)))
+            }
+            Some(_) => Ok(None),
+        }
+    }
+
+    /// Keep a lease for as long as `shutdown` is false: acquire (retrying with backoff on
+    /// exhaustion or etcd errors), renew, re-acquire when lost. Publishes every change on
+    /// `status`. Returns only on shutdown.
+    pub async fn run(
+        mut self,
+        initial: Option<Snapshot>,
+        status: watch::Sender<LeaseStatus>,
+        mut own_events: mpsc::Receiver<OwnKeyNotice>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut snapshot = initial;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        'outer: loop {
+            // Acquire.
+            let mut held = loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                match self.acquire(snapshot.take()).await {
+                    Ok(h) => {
+                        backoff.reset();
+                        break h;
+                    }
+                    Err(e) => {
+                        let delay = backoff.next();
+                        match &e {
+                            KeeperError::PoolExhausted { .. } => {
+                                error!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot lease a subnet")
+                            }
+                            _ => warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot lease a subnet"),
+                        }
+                        status.send_replace(LeaseStatus::Failed(e.to_string()));
+                        if sleep_or_shutdown(delay, &mut shutdown).await {
+                            return;
+                        }
+                    }
+                }
+            };
+            self.settings.previous = Some(held.subnet);
+            status.send_replace(LeaseStatus::Held(held.clone()));
+
+            // Hold: renew on time, verify on notices.
+            let mut renew_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+            let mut next_renew = self.renew_at(&held);
+            loop {
+                let sleep_until = next_renew.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    _ = shutdown.changed() => {
+                        if *shutdown.borrow() { return; }
+                    }
+                    notice = own_events.recv() => {
+                        let Some(notice) = notice else { continue };
+                        if !self.notice_matters(&held, &notice) { continue; }
+                        match self.verify(&held).await {
+                            Ok(Some(h)) => {
+                                if h != held {
+                                    held = h;
+                                    next_renew = self.renew_at(&held);
+                                    status.send_replace(LeaseStatus::Held(held.clone()));
+                                }
+                            }
+                            Ok(None) => {
+                                error!(subnet = %held.subnet, ?notice, "own lease vanished or was taken by another node; re-acquiring");
+                                status.send_replace(LeaseStatus::Acquiring);
+                                continue 'outer;
+                            }
+                            Err(e) => warn!(error = %e, "could not verify own lease; will check again"),
+                        }
+                    }
+                    _ = tokio::time::sleep_until(sleep_until) => {
+                        if next_renew.is_none() { continue; }
+                        match self.renew(&held).await {
+                            Ok(Some(h)) => {
+                                renew_backoff.reset();
+                                held = h;
+                                next_renew = self.renew_at(&held);
+                                status.send_replace(LeaseStatus::Held(held.clone()));
+                            }
+                            Ok(None) => {
+                                error!(subnet = %held.subnet, "own lease vanished or was taken by another node at renewal; re-acquiring");
+                                status.send_replace(LeaseStatus::Acquiring);
+                                continue 'outer;
+                            }
+                            Err(e) => {
+                                let delay = renew_backoff.next();
+                                warn!(subnet = %held.subnet, error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed");
+                                next_renew = Some(Instant::now() + delay);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn notice_matters(&self, held: &HeldLease, notice: &OwnKeyNotice) -> bool {
+        match notice {
+            OwnKeyNotice::Put { name, mod_revision } => {
+                *name == held.entry.name && *mod_revision > held.entry.mod_revision.0
+            }
+            OwnKeyNotice::Deleted { name, revision } => {
+                *name == held.entry.name && *revision > held.entry.mod_revision.0
+            }
+        }
+    }
+}
+
+/// Sleep, returning early (true) when shutdown is signalled.
+pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
+    }
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    base: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            current: base,
+        }
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        // ±20% jitter so a fleet does not retry in lockstep.
+        let jitter = fastrand::f64() * 0.4 + 0.8;
+        d.mul_f64(jitter)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.current = self.base;
+    }
+}

@@ -1,0 +1,17 @@
+//! weft's node agent: subnet leases in etcd, the peer watch, subnet.env, health and
+//! metrics, and the `netctl` operator commands.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod iface;
+pub mod keeper;
+pub mod lease;
+pub mod logging;
+pub mod netctl;
+pub mod pick;
+pub mod settings;
+pub mod store;
+pub mod subnet_env;
+pub mod watch;

@@ -1,0 +1,154 @@
+//! Thin storage for leases: keys, values, revisions, TTLs and watches. Nothing here knows
+//! which subnet to pick; that is the keeper's job.
+//!
+//! Keys are addressed by their *name* below `<prefix>/subnets/` (for example `10.5.7.0-24`);
+//! the network config lives at `<prefix>/config`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+
+mod etcd;
+#[cfg(any(test, feature = "memory-store"))]
+mod memory;
+
+pub use etcd::{EtcdOptions, EtcdStore};
+#[cfg(any(test, feature = "memory-store"))]
+pub use memory::MemoryStore;
+
+/// An etcd store revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Revision(pub i64);
+
+/// An etcd lease id (the TTL holder a key is attached to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TtlLeaseId(pub i64);
+
+/// One stored subnet entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub name: String,
+    pub value: Vec<u8>,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+    /// `None`: the key has no TTL (a reservation).
+    pub ttl_lease: Option<TtlLeaseId>,
+}
+
+/// Everything under the prefix at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub revision: Revision,
+    /// The raw config value, when it was asked for and exists.
+    pub config: Option<Vec<u8>>,
+    pub entries: Vec<StoredEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(StoredEntry),
+    Delete { name: String, revision: Revision },
+}
+
+/// Result of a create-if-absent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created(StoredEntry),
+    /// Somebody holds the key; what they hold, when the store could tell.
+    Exists(Option<StoredEntry>),
+}
+
+/// Result of a compare-and-swap on mod_revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    Replaced(StoredEntry),
+    /// The key changed or vanished since `expected`; what is there now, if anything.
+    Conflict(Option<StoredEntry>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("etcd is unreachable at {endpoints}: {detail}")]
+    Unavailable { endpoints: String, detail: String },
+    #[error("etcd request {op} timed out after {after:?} (endpoints {endpoints})")]
+    Timeout {
+        op: &'static str,
+        after: Duration,
+        endpoints: String,
+    },
+    #[error("etcd {op} failed: {source}")]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("watch from revision {requested} is no longer possible: compacted up to {compacted}")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("watch stream ended: {0}")]
+    WatchEnded(String),
+    #[error("invalid store configuration: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// True when the caller should re-list instead of resuming a watch.
+    pub fn needs_relist(&self) -> bool {
+        matches!(self, StoreError::Compacted { .. } | StoreError::WatchEnded(_))
+    }
+}
+
+pub type WatchStream = BoxStream<'static, Result<Vec<WatchEvent>, StoreError>>;
+
+/// The lease storage boundary. Implemented by [`EtcdStore`] and, for tests, `MemoryStore`.
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Config (when `with_config`) and every subnet entry, at one revision, in one request.
+    fn snapshot(&self, with_config: bool)
+        -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+
+    fn put_config(&self, value: &[u8]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn get(&self, name: &str)
+        -> impl Future<Output = Result<Option<StoredEntry>, StoreError>> + Send;
+
+    /// Create `name` only if it does not exist. `ttl: None` creates a reservation.
+    fn create(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
+
+    /// Replace `name` only if its mod_revision is still `expected`, attaching a fresh TTL
+    /// (`None`: no TTL). The previous TTL lease is left alone; see [`LeaseStore::revoke`].
+    fn replace(
+        &self,
+        name: &str,
+        value: &[u8],
+        expected: Revision,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
+
+    /// Delete `name` (only if its mod_revision is `expected`, when given). True if deleted.
+    fn delete(
+        &self,
+        name: &str,
+        expected: Option<Revision>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Time left on a TTL lease; `None` if it expired or never existed.
+    fn time_to_live(
+        &self,
+        lease: TtlLeaseId,
+    ) -> impl Future<Output = Result<Option<Duration>, StoreError>> + Send;
+
+    /// Revoke a TTL lease (deleting any key still attached to it). Unknown leases are fine.
+    fn revoke(&self, lease: TtlLeaseId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Watch every subnet entry from `from` (inclusive). The stream yields batches of events;
+    /// an `Err` ends it (re-list on [`StoreError::needs_relist`], or on any error).
+    fn watch(&self, from: Revision) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
+
+    /// Number of requests sent to the backing store so far.
+    fn request_count(&self) -> u64;
+}

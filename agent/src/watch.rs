@@ -1,0 +1,359 @@
+//! The peer watch: list once, watch from that revision, turn lease changes into peer events.
+//! On compaction or a broken stream it re-lists and emits only the difference.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnetwork::Ipv4Network;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use weft_backends::{Peer, PeerEvent};
+
+use crate::keeper::{sleep_or_shutdown, Backoff, OwnKeyNotice};
+use crate::lease::{validate, LeaseRules};
+use crate::store::{LeaseStore, Revision, Snapshot, StoredEntry, WatchEvent};
+
+/// One entry as the watch knows it.
+#[derive(Clone, Debug)]
+struct Known {
+    create_revision: Revision,
+    mod_revision: Revision,
+    peer: Option<Peer>,
+}
+
+/// The peer set and the bookkeeping to diff it. Pure: fed entries, returns events.
+#[derive(Debug)]
+pub struct PeerSet {
+    rules: LeaseRules,
+    own: Option<Ipv4Network>,
+    /// This node's name: a lease carrying it is never a peer, whatever its subnet.
+    me: Option<String>,
+    entries: BTreeMap<String, Known>,
+    by_subnet: BTreeMap<Ipv4Network, BTreeSet<String>>,
+    /// What has been emitted: subnet → peer.
+    emitted: BTreeMap<Ipv4Network, Peer>,
+    warned: HashSet<(String, i64)>,
+    invalid: usize,
+}
+
+impl PeerSet {
+    pub fn new(rules: LeaseRules, me: Option<String>) -> Self {
+        PeerSet {
+            rules,
+            own: None,
+            me,
+            entries: BTreeMap::new(),
+            by_subnet: BTreeMap::new(),
+            emitted: BTreeMap::new(),
+            warned: HashSet::new(),
+            invalid: 0,
+        }
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.emitted.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.emitted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.emitted.is_empty()
+    }
+
+    /// Entries present that failed validation.
+    pub fn invalid_count(&self) -> usize {
+        self.invalid
+    }
+
+    /// Set this node's own subnet (never a peer). Returns the resulting events.
+    pub fn set_own(&mut self, own: Option<Ipv4Network>) -> Vec<PeerEvent> {
+        let old = std::mem::replace(&mut self.own, own);
+        let touched: BTreeSet<Ipv4Network> = old.into_iter().chain(own).collect();
+        self.settle(touched)
+    }
+
+    /// Replace everything with a fresh listing; emit the difference.
+    pub fn reset(&mut self, entries: &[StoredEntry]) -> Vec<PeerEvent> {
+        let mut touched: BTreeSet<Ipv4Network> = self.emitted.keys().copied().collect();
+        let fresh: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|n| !fresh.contains(n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(s) = self.forget(&name) {
+                touched.insert(s);
+            }
+        }
+        for e in entries {
+            let unchanged = self
+                .entries
+                .get(&e.name)
+                .is_some_and(|k| k.mod_revision == e.mod_revision);
+            if !unchanged {
+                if let Some(s) = self.learn(e) {
+                    touched.insert(s);
+                }
+            }
+        }
+        self.settle(touched)
+    }
+
+    /// Apply a batch of watch events; emit the difference.
+    pub fn apply(&mut self, events: &[WatchEvent]) -> Vec<PeerEvent> {
+        let mut touched = BTreeSet::new();
+        for ev in events {
+            match ev {
+                WatchEvent::Put(e) => {
+                    if self.entries.get(&e.name).is_some_and(|k| k.mod_revision >= e.mod_revision) {
+                        continue; // replayed
+                    }
+                    if let Some(old) = self.forget(&e.name) {
+                        touched.insert(old);
+                    }
+                    if let Some(s) = self.learn(e) {
+                        touched.insert(s);
+                    }
+                }
+                WatchEvent::Delete { name, .. } => {
+                    if let Some(s) = self.forget(name) {
+                        touched.insert(s);
+                    }
+                }
+            }
+        }
+        self.settle(touched)
+    }
+
+    /// Record an entry; returns its subnet if it names one.
+    fn learn(&mut self, e: &StoredEntry) -> Option<Ipv4Network> {
+        self.forget(&e.name);
+        let peer = match validate(&self.rules, &e.name, &e.value) {
+            Ok(p) => Some(p),
+            Err(err) => {
+                self.invalid += 1;
+                if self.warned.insert((e.name.clone(), e.mod_revision.0)) {
+                    warn!(key = %e.name.escape_debug(), revision = e.mod_revision.0, error = %err, "skipping invalid lease");
+                }
+                None
+            }
+        };
+        let subnet = peer.as_ref().map(|p| p.subnet);
+        self.entries.insert(
+            e.name.clone(),
+            Known {
+                create_revision: e.create_revision,
+                mod_revision: e.mod_revision,
+                peer,
+            },
+        );
+        if let Some(s) = subnet {
+            self.by_subnet.entry(s).or_default().insert(e.name.clone());
+        }
+        subnet
+    }
+
+    fn forget(&mut self, name: &str) -> Option<Ipv4Network> {
+        let known = self.entries.remove(name)?;
+        match known.peer {
+            None => {
+                self.invalid = self.invalid.saturating_sub(1);
+                None
+            }
+            Some(p) => {
+                if let Some(set) = self.by_subnet.get_mut(&p.subnet) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.by_subnet.remove(&p.subnet);
+                    }
+                }
+                Some(p.subnet)
+            }
+        }
+    }
+
+    /// Recompute the winner for each touched subnet and emit what changed.
+    fn settle(&mut self, touched: BTreeSet<Ipv4Network>) -> Vec<PeerEvent> {
+        let mut out = Vec::new();
+        for subnet in touched {
+            let winner = if Some(subnet) == self.own {
+                None
+            } else {
+                self.winner(subnet).filter(|p| p.node_name.is_none() || p.node_name != self.me)
+            };
+            match (self.emitted.get(&subnet).cloned(), winner) {
+                (None, None) => {}
+                (None, Some(p)) => {
+                    self.emitted.insert(subnet, p.clone());
+                    out.push(PeerEvent::Added(p));
+                }
+                (Some(old), None) => {
+                    self.emitted.remove(&subnet);
+                    out.push(PeerEvent::Removed(old));
+                }
+                (Some(old), Some(new)) if old != new => {
+                    self.emitted.insert(subnet, new.clone());
+                    out.push(PeerEvent::Updated { old, new });
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Two keys claiming one subnet (e.g. a single-stack and a dual-stack key): the one
+    /// created first wins, the other is reported.
+    fn winner(&mut self, subnet: Ipv4Network) -> Option<Peer> {
+        let names = self.by_subnet.get(&subnet)?;
+        let mut best: Option<(&String, &Known)> = None;
+        for n in names {
+            let k = &self.entries[n];
+            if best.is_none_or(|(_, b)| k.create_revision < b.create_revision) {
+                best = Some((n, k));
+            }
+        }
+        let (name, known) = best?;
+        if names.len() > 1 {
+            let others: Vec<&String> = names.iter().filter(|n| *n != name).collect();
+            let key = (format!("dup:{subnet}"), known.mod_revision.0);
+            if self.warned.insert(key) {
+                warn!(subnet = %subnet, chosen = %name, ignored = ?others, "several leases claim one subnet; using the oldest");
+            }
+        }
+        known.peer.clone()
+    }
+}
+
+/// Run the watch until shutdown. Peer events go to `events`; changes to the key named by
+/// `own` go to `own_notices` (the keeper decides what they mean).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_peer_watch<S: LeaseStore>(
+    store: Arc<S>,
+    rules: LeaseRules,
+    initial: Option<Snapshot>,
+    me: Option<String>,
+    mut own: watch::Receiver<Option<(String, Ipv4Network)>>,
+    events: mpsc::Sender<Vec<PeerEvent>>,
+    own_notices: mpsc::Sender<OwnKeyNotice>,
+    peer_count: impl Fn(usize, usize) + Send,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut set = PeerSet::new(rules, me);
+    // Start once this node holds a lease, so its own subnet is never taken for a peer.
+    while own.borrow_and_update().is_none() {
+        tokio::select! {
+            r = own.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => if *shutdown.borrow() { return },
+        }
+    }
+    let mut snapshot = initial;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut first = true;
+    let own_now = |own: &watch::Receiver<Option<(String, Ipv4Network)>>| own.borrow().clone();
+    let mut own_key = own_now(&own);
+    let out = set.set_own(own_key.as_ref().map(|(_, s)| *s));
+    debug_assert!(out.is_empty());
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let snap = match snapshot.take() {
+            Some(s) => s,
+            None => match store.snapshot(false).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let d = backoff.next();
+                    warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot list leases");
+                    if sleep_or_shutdown(d, &mut shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let diff = set.reset(&snap.entries);
+        if !first {
+            info!(revision = snap.revision.0, changes = diff.len(), "re-listed leases");
+        }
+        first = false;
+        if let Some((name, _)) = &own_key {
+            if !snap.entries.iter().any(|e| &e.name == name) {
+                let _ = own_notices
+                    .send(OwnKeyNotice::Deleted { name: name.clone(), revision: snap.revision.0 })
+                    .await;
+            }
+        }
+        peer_count(set.len(), set.invalid_count());
+        if !diff.is_empty() && events.send(diff).await.is_err() {
+            return;
+        }
+        let mut stream = match store.watch(Revision(snap.revision.0 + 1)).await {
+            Ok(s) => s,
+            Err(e) => {
+                let d = backoff.next();
+                warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot start lease watch");
+                if sleep_or_shutdown(d, &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+                changed = own.changed() => {
+                    if changed.is_err() { return; }
+                    own_key = own_now(&own);
+                    let diff = set.set_own(own_key.as_ref().map(|(_, s)| *s));
+                    peer_count(set.len(), set.invalid_count());
+                    if !diff.is_empty() && events.send(diff).await.is_err() { return; }
+                }
+                item = stream.next() => {
+                    match item {
+                        Some(Ok(batch)) => {
+                            if let Some((name, _)) = &own_key {
+                                for ev in &batch {
+                                    let notice = match ev {
+                                        WatchEvent::Put(e) if &e.name == name => Some(OwnKeyNotice::Put { name: e.name.clone(), mod_revision: e.mod_revision.0 }),
+                                        WatchEvent::Delete { name: n, revision } if n == name => Some(OwnKeyNotice::Deleted { name: n.clone(), revision: revision.0 }),
+                                        _ => None,
+                                    };
+                                    if let Some(n) = notice {
+                                        let _ = own_notices.send(n).await;
+                                    }
+                                }
+                            }
+                            let diff = set.apply(&batch);
+                            peer_count(set.len(), set.invalid_count());
+                            if !diff.is_empty() && events.send(diff).await.is_err() { return; }
+                        }
+                        Some(Err(e)) => {
+                            if e.needs_relist() {
+                                info!(error = %e, "lease watch interrupted; re-listing");
+                            } else {
+                                warn!(error = %e, "lease watch failed; re-listing");
+                            }
+                            break;
+                        }
+                        None => {
+                            debug!("lease watch stream ended; re-listing");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if sleep_or_shutdown(backoff.next(), &mut shutdown).await {
+            return;
+        }
+    }
+}

@@ -1,0 +1,78 @@
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use ipnetwork::{Ipv4Network, Ipv6Network};
+
+use crate::MacAddr;
+
+/// The backend a lease advertises (`BackendType` in the lease JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendKind {
+    Vxlan,
+    HostGw,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown backend type {0:?} (supported: \"vxlan\", \"host-gw\")")]
+pub struct UnknownBackend(pub String);
+
+impl BackendKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vxlan" => Ok(BackendKind::Vxlan),
+            "host-gw" => Ok(BackendKind::HostGw),
+            other => Err(UnknownBackend(other.to_string())),
+        }
+    }
+}
+
+/// Another node, as learned from its validated lease. Everything a backend needs to reach its
+/// pods. IPv6 fields are carried for dual-stack; they are `None` on IPv4-only clusters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Peer {
+    pub subnet: Ipv4Network,
+    pub public_ip: Ipv4Addr,
+    pub subnet_v6: Option<Ipv6Network>,
+    pub public_ip_v6: Option<Ipv6Addr>,
+    pub backend: BackendKind,
+    /// The peer's VTEP MAC (vxlan only).
+    pub vtep_mac: Option<MacAddr>,
+    /// The node name the peer published, when it did (flannel does not).
+    pub node_name: Option<String>,
+}
+
+/// A change in the set of peers, as delivered by the lease watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEvent {
+    Added(Peer),
+    /// The peer's lease changed (new public IP, new VTEP MAC, ...). Carries old and new.
+    Updated { old: Peer, new: Peer },
+    Removed(Peer),
+}
+
+impl PeerEvent {
+    pub fn subnet(&self) -> Ipv4Network {
+        match self {
+            PeerEvent::Added(p) | PeerEvent::Removed(p) => p.subnet,
+            PeerEvent::Updated { new, .. } => new.subnet,
+        }
+    }
+}
