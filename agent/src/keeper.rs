@@ -16,8 +16,10 @@ use crate::lease::{LeaseAttrs, SubnetKey};
 use crate::pick::{decide, is_mine, Decision, Identity, MatchedBy, Occupancy};
 use crate::store::{CreateOutcome, LeaseStore, ReplaceOutcome, Snapshot, StoreError, StoredEntry};
 
-/// Attempts at claiming a free subnet (each lost race picks again) before re-listing.
-const CLAIM_ATTEMPTS: usize = 32;
+/// Lost races in a row after which the local view is refreshed with a new listing.
+const RACES_BEFORE_RELIST: usize = 4;
+/// Attempts in all before giving up this round (the run loop retries after a backoff).
+const CLAIM_ATTEMPTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
@@ -132,7 +134,14 @@ impl<S: LeaseStore> LeaseKeeper<S> {
         let mut entries = snap.entries;
         let mut occupancy = Occupancy::from_entries(&self.cfg, entries.iter().map(|e| e.name.as_str()));
         let value = self.settings.attrs.encode();
+        let mut lost_in_a_row = 0;
         for attempt in 0..CLAIM_ATTEMPTS {
+            if lost_in_a_row == RACES_BEFORE_RELIST {
+                // Many nodes are claiming at once: our view is stale; refresh it.
+                lost_in_a_row = 0;
+                entries = self.store.snapshot(false).await?.entries;
+                occupancy = Occupancy::from_entries(&self.cfg, entries.iter().map(|e| e.name.as_str()));
+            }
             let rng = &mut self.rng;
             let decision = decide(
                 &self.cfg,
@@ -175,6 +184,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                         }
                         CreateOutcome::Exists(current) => {
                             debug!(subnet = %subnet, "lost the race for a subnet; picking again");
+                            lost_in_a_row += 1;
                             occupancy.mark(&self.cfg, subnet);
                             // If the winner is us (a concurrent incarnation), the next
                             // decision adopts it.
@@ -313,6 +323,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
     ) {
         let mut snapshot = initial;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut notices_open = true;
         'outer: loop {
             // Acquire.
             let mut held = loop {
@@ -351,8 +362,11 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                     _ = shutdown.changed() => {
                         if *shutdown.borrow() { return; }
                     }
-                    notice = own_events.recv() => {
-                        let Some(notice) = notice else { continue };
+                    notice = own_events.recv(), if notices_open => {
+                        let Some(notice) = notice else {
+                            notices_open = false;
+                            continue;
+                        };
                         if !self.notice_matters(&held, &notice) { continue; }
                         match self.verify(&held).await {
                             Ok(Some(h)) => {

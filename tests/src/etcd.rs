@@ -1,0 +1,261 @@
+//! Real etcd processes on loopback: one member, a three-member cluster, and TLS with client
+//! certificates generated for the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use weft_agent::store::{EtcdOptions, EtcdStore, LeaseStore};
+
+use crate::procs::Proc;
+use crate::{free_port, wait_for};
+
+/// TLS material for a test etcd (all PEM files in one temp dir).
+#[derive(Debug)]
+pub struct TlsFiles {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed nothing here (for the wrong-CA case).
+    pub other_ca: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TlsFiles {
+    /// Generate a CA, a server certificate for 127.0.0.1 and a client certificate.
+    pub fn generate(dir: &Path) -> TlsFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        for ca in ["ca", "other-ca"] {
+            let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
+            let subj = format!("/CN=weft-test-{ca}");
+            a.push(&subj);
+            a.extend(ec);
+            let (k, c) = (format!("{ca}.key"), format!("{ca}.pem"));
+            a.extend(["-keyout", &k, "-out", &c]);
+            openssl(dir, &a);
+        }
+        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (who, cn) in [("server", "localhost"), ("client", "weftd")] {
+            let subj = format!("/CN={cn}");
+            let (k, csr, pem, ext) = (format!("{who}.key"), format!("{who}.csr"), format!("{who}.pem"), format!("{who}.ext"));
+            let mut a = vec!["req", "-new", "-subj", &subj];
+            a.extend(ec);
+            a.extend(["-keyout", &k, "-out", &csr]);
+            openssl(dir, &a);
+            openssl(dir, &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", &ext, "-out", &pem]);
+        }
+        TlsFiles {
+            dir: dir.to_path_buf(),
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.pem"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+/// One or more etcd members on loopback, stopped when dropped.
+#[derive(Debug)]
+pub struct Etcd {
+    members: Vec<Member>,
+    tls: Option<TlsFiles>,
+    _dir: TempDir,
+}
+
+impl Etcd {
+    /// A single member.
+    pub async fn start() -> Etcd {
+        Self::start_cluster(1, false).await
+    }
+
+    /// A single member requiring TLS with client certificates.
+    pub async fn start_tls() -> Etcd {
+        Self::start_cluster(1, true).await
+    }
+
+    /// `n` members forming one cluster.
+    pub async fn start_cluster(n: usize, tls: bool) -> Etcd {
+        let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir().expect("tempdir");
+        let tls = tls.then(|| TlsFiles::generate(&dir.path().join("tls")));
+        let tag = format!("{}-{}", std::process::id(), fastrand::u32(..));
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}-{tag}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.path().join(format!("m{i}")),
+                proc: None,
+            })
+            .collect();
+        let mut etcd = Etcd { members, tls, _dir: dir };
+        for i in 0..n {
+            etcd.spawn_member(i);
+        }
+        etcd.wait_healthy().await;
+        etcd
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn spawn_member(&mut self, i: usize) {
+        let cluster: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect();
+        let scheme = self.scheme();
+        let m = &self.members[i];
+        let client_url = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args(["--initial-cluster-token", &m.name])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--log-level", "warn", "--logger", "zap"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file").arg(&t.server_cert).arg("--key-file").arg(&t.server_key);
+            cmd.arg("--trusted-ca-file").arg(&t.ca).arg("--client-cert-auth");
+        }
+        let log = self._dir.path().join(format!("{}.log", m.name));
+        let p = Proc::spawn(&m.name, cmd, &log);
+        self.members[i].proc = Some(p);
+    }
+
+    /// Client URLs of all members.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client_port))
+            .collect()
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        self.endpoints()[i].clone()
+    }
+
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// Store options for all members under `prefix` (TLS files included when TLS is on).
+    pub fn options(&self, prefix: &str) -> EtcdOptions {
+        let mut o = EtcdOptions::new(self.endpoints(), prefix);
+        if let Some(t) = &self.tls {
+            o.ca_file = Some(t.ca.clone());
+            o.cert_file = Some(t.client_cert.clone());
+            o.key_file = Some(t.client_key.clone());
+        }
+        o
+    }
+
+    pub async fn store(&self, prefix: &str) -> EtcdStore {
+        EtcdStore::connect(&self.options(prefix)).await.expect("connect to test etcd")
+    }
+
+    /// Flags that point a weftd/netctl at this etcd.
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut v = vec!["--etcd-endpoints".to_string(), self.endpoints().join(",")];
+        if let Some(t) = &self.tls {
+            for (flag, p) in [("--etcd-cafile", &t.ca), ("--etcd-certfile", &t.client_cert), ("--etcd-keyfile", &t.client_key)] {
+                v.push(flag.into());
+                v.push(p.display().to_string());
+            }
+        }
+        v
+    }
+
+    async fn wait_healthy(&self) {
+        for i in 0..self.members.len() {
+            if self.members[i].proc.is_none() {
+                continue;
+            }
+            let mut o = self.options("/weft-health");
+            o.endpoints = vec![self.endpoint(i)];
+            o.request_timeout = Duration::from_secs(1);
+            let log = self.members[i].proc.as_ref().map(|p| p.log.clone()).unwrap();
+            wait_for(&format!("etcd member {i} to serve (log {})", log.display()), Duration::from_secs(30), || {
+                let o = o.clone();
+                async move {
+                    let s = EtcdStore::connect(&o).await.ok()?;
+                    s.get("probe").await.ok().map(|_| ())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Stop member `i` (SIGTERM by pid).
+    pub fn stop_member(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].proc.take() {
+            p.stop(Duration::from_secs(5));
+        }
+    }
+
+    /// Start member `i` again with its data.
+    pub async fn restart_member(&mut self, i: usize) {
+        self.spawn_member(i);
+        self.wait_healthy().await;
+    }
+
+    /// Index of the current leader, asked through etcdctl-free status calls.
+    pub async fn leader(&self) -> usize {
+        for (i, m) in self.members.iter().enumerate() {
+            if m.proc.is_none() {
+                continue;
+            }
+            let Ok(c) = etcd_client::Client::connect([self.endpoint(i)], None).await else { continue };
+            let mut c = c;
+            if let Ok(st) = c.status().await {
+                if st.leader() == st.header().map(|h| h.member_id()).unwrap_or(0) {
+                    return i;
+                }
+            }
+        }
+        panic!("no etcd member reports itself leader");
+    }
+
+    /// Compact the history up to the current revision.
+    pub async fn compact_now(&self) {
+        let mut c = self.raw_client().await;
+        let rev = c.get("x", None).await.unwrap().header().unwrap().revision();
+        c.compact(rev, None).await.unwrap();
+    }
+
+    /// A raw etcd client (for writing test fixtures the way other software would).
+    pub async fn raw_client(&self) -> etcd_client::Client {
+        assert!(self.tls.is_none(), "raw_client is for plain-text test clusters");
+        etcd_client::Client::connect(self.endpoints(), None).await.expect("raw etcd client")
+    }
+}
