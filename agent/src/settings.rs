@@ -18,6 +18,8 @@ pub enum SettingsError {
     NodeName(String),
     #[error("--etcd-prefix {0:?} must start with '/'")]
     Prefix(String),
+    #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
+    Regex(String, String),
 }
 
 /// Everything weftd needs to run.
@@ -77,6 +79,9 @@ impl AgentSettings {
             .ok_or_else(|| SettingsError::NodeName("not given, $NODE_NAME unset and no hostname".into()))?;
         if node_name.len() > crate::lease::MAX_NODE_NAME || node_name.chars().any(char::is_control) {
             return Err(SettingsError::NodeName(format!("{node_name:?} is not a valid node name")));
+        }
+        for pattern in &cli.iface_regex {
+            regex::Regex::new(pattern).map_err(|e| SettingsError::Regex(pattern.clone(), e.to_string()))?;
         }
         Ok(AgentSettings {
             etcd: etcd_options(&cli.etcd)?,

@@ -9,7 +9,7 @@ use tempfile::TempDir;
 use weft_agent::store::{EtcdOptions, EtcdStore, LeaseStore};
 
 use crate::procs::Proc;
-use crate::{free_port, wait_for};
+use crate::free_port;
 
 /// TLS material for a test etcd (all PEM files in one temp dir).
 #[derive(Debug)]
@@ -79,6 +79,7 @@ struct Member {
 #[derive(Debug)]
 pub struct Etcd {
     members: Vec<Member>,
+    token: String,
     tls: Option<TlsFiles>,
     _dir: TempDir,
 }
@@ -108,7 +109,7 @@ impl Etcd {
                 proc: None,
             })
             .collect();
-        let mut etcd = Etcd { members, tls, _dir: dir };
+        let mut etcd = Etcd { members, token: format!("weft-test-{tag}"), tls, _dir: dir };
         for i in 0..n {
             etcd.spawn_member(i);
         }
@@ -141,7 +142,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
             .args(["--initial-cluster", &cluster.join(",")])
-            .args(["--initial-cluster-token", &m.name])
+            .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn", "--logger", "zap"]);
         if let Some(t) = &self.tls {
@@ -205,14 +206,23 @@ impl Etcd {
             o.endpoints = vec![self.endpoint(i)];
             o.request_timeout = Duration::from_secs(1);
             let log = self.members[i].proc.as_ref().map(|p| p.log.clone()).unwrap();
-            wait_for(&format!("etcd member {i} to serve (log {})", log.display()), Duration::from_secs(30), || {
+            let start = std::time::Instant::now();
+            loop {
                 let o = o.clone();
-                async move {
-                    let s = EtcdStore::connect(&o).await.ok()?;
-                    s.get("probe").await.ok().map(|_| ())
+                let ok = match EtcdStore::connect(&o).await {
+                    Ok(s) => s.get("probe").await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    break;
                 }
-            })
-            .await;
+                if start.elapsed() > Duration::from_secs(30) {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    panic!("etcd member {i} not serving after 30 s; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 

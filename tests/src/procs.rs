@@ -165,3 +165,93 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String)
         std::fs::read_to_string(e).unwrap_or_default(),
     )
 }
+
+/// A running weftd on loopback (`--iface lo`, a test public IP, its own subnet file and
+/// health port).
+#[derive(Debug)]
+pub struct Weftd {
+    pub proc: Proc,
+    pub port: u16,
+    pub subnet_file: PathBuf,
+    pub node: String,
+    pub args: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Weftd {
+    /// Start weftd for `node` with `public_ip`; `etcd_args` from `Etcd::cli_args`, `extra`
+    /// appended last.
+    pub fn start(node: &str, public_ip: &str, etcd_args: &[String], extra: &[&str]) -> Weftd {
+        let dir = tempfile::Builder::new().prefix("weftd-").tempdir().unwrap();
+        let subnet_file = dir.path().join("run/subnet.env");
+        Self::start_in(dir, subnet_file, node, public_ip, etcd_args, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, subnet_file: PathBuf, node: &str, public_ip: &str, etcd_args: &[String], extra: &[&str]) -> Weftd {
+        let port = crate::free_port();
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            node.into(),
+            "--iface".into(),
+            "lo".into(),
+            "--public-ip".into(),
+            public_ip.into(),
+            "--subnet-file".into(),
+            subnet_file.display().to_string(),
+            "--healthz-ip".into(),
+            "127.0.0.1".into(),
+            "--healthz-port".into(),
+            port.to_string(),
+        ];
+        args.extend(etcd_args.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(bin("weftd"));
+        cmd.args(&args).env("WEFT_LOG", "info").env_remove("NODE_NAME");
+        let log = dir.path().join(format!("weftd-{node}.log"));
+        let proc = Proc::spawn(&format!("weftd-{node}"), cmd, &log);
+        Weftd { proc, port, subnet_file, node: node.into(), args, _dir: dir }
+    }
+
+    /// Stop (SIGTERM) and start again with the same flags, subnet file and directory.
+    pub fn restart(self) -> Weftd {
+        let Weftd { mut proc, subnet_file, node, args, _dir, .. } = self;
+        proc.stop(Duration::from_secs(5));
+        // args: --node-name N --iface lo --public-ip IP --subnet-file F --healthz-ip I
+        // --healthz-port P, then the etcd and extra flags.
+        let public_ip = args[5].clone();
+        Self::start_in(_dir, subnet_file, &node, &public_ip, &args[12..], &[])
+    }
+
+    pub fn readyz(&self) -> Option<(u16, String)> {
+        http_get(self.port, "/readyz")
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.port, "/metrics").map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// Wait until /readyz says ready; panics with the log on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some((200, _)) = self.readyz() {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!("weftd {} not ready after {timeout:?}; readyz={:?}\nlog:\n{}", self.node, self.readyz(), self.proc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn subnet_env(&self) -> String {
+        std::fs::read_to_string(&self.subnet_file).unwrap_or_default()
+    }
+}
+
+/// Run netctl with `args` (bounded): (exit code, stdout, stderr).
+pub fn netctl(args: &[String]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin("netctl"));
+    cmd.args(args);
+    run_bounded(cmd, Duration::from_secs(30))
+}

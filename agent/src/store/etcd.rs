@@ -1,6 +1,6 @@
 //! [`LeaseStore`] on etcd's v3 API.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,10 +43,18 @@ impl EtcdOptions {
     }
 }
 
-/// etcd-backed lease store. Cheap to clone (the client multiplexes one channel).
+/// etcd-backed lease store. Cheap to clone.
+///
+/// It keeps one client per member and sends each request to the current member; when that
+/// member is unreachable the request moves on to the next, so one stopped member (leader or
+/// not) costs at most one failed attempt instead of a stream of errors.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Arc<Vec<String>>,
+    clients: Arc<tokio::sync::Mutex<Vec<Option<Client>>>>,
+    current: Arc<AtomicUsize>,
+    connect_options: ConnectOptions,
+    connect_timeout: Duration,
     config_key: String,
     subnets_prefix: String,
     endpoints: String,
@@ -146,56 +154,88 @@ impl EtcdStore {
                 ))
             }
         }
-        let endpoints = opts.endpoints.join(",");
-        let connect = Client::connect(opts.endpoints.clone(), Some(copts));
-        // With a username, connecting authenticates (one request); bound it.
-        let client = tokio::time::timeout(opts.request_timeout + opts.connect_timeout, connect)
-            .await
-            .map_err(|_| StoreError::Timeout {
-                op: "connect",
-                after: opts.request_timeout + opts.connect_timeout,
-                endpoints: endpoints.clone(),
-            })?
-            .map_err(|e| StoreError::Unavailable {
-                endpoints: endpoints.clone(),
-                detail: chain(&e),
-            })?;
         Ok(EtcdStore {
-            client,
+            members: Arc::new(opts.endpoints.clone()),
+            clients: Arc::new(tokio::sync::Mutex::new(vec![None; opts.endpoints.len()])),
+            current: Arc::new(AtomicUsize::new(0)),
+            connect_options: copts,
+            connect_timeout: opts.connect_timeout,
             config_key: format!("{prefix}/config"),
             subnets_prefix: format!("{prefix}/subnets/"),
-            endpoints,
+            endpoints: opts.endpoints.join(","),
             timeout: opts.request_timeout,
             requests: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The client for member `idx`, connecting on first use. With a username, connecting
+    /// authenticates, so it is bounded like a request.
+    async fn client(&self, idx: usize) -> Result<Client, StoreError> {
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = &clients[idx] {
+            return Ok(c.clone());
+        }
+        let ep = self.members[idx].clone();
+        let bound = self.timeout + self.connect_timeout;
+        let connect = Client::connect([ep.as_str()], Some(self.connect_options.clone()));
+        let client = tokio::time::timeout(bound, connect)
+            .await
+            .map_err(|_| StoreError::Timeout {
+                op: "connect",
+                after: bound,
+                endpoints: ep.clone(),
+            })?
+            .map_err(|e| StoreError::Unavailable {
+                endpoints: ep.clone(),
+                detail: chain(&e),
+            })?;
+        clients[idx] = Some(client.clone());
+        Ok(client)
     }
 
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.subnets_prefix)
     }
 
-    /// Run one unary request with the timeout and error mapping every request gets.
-    async fn call<T, F>(&self, op: &'static str, fut: F) -> Result<T, StoreError>
+    /// Run one request with the timeout and error mapping every request gets, moving on
+    /// to the next member while the current one is unreachable.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
-        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => Err(StoreError::Timeout {
-                op,
-                after: self.timeout,
-                endpoints: self.endpoints.clone(),
-            }),
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.map_err(op, e)),
+        let n = self.members.len();
+        let mut last = None;
+        for _ in 0..n {
+            let idx = self.current.load(Ordering::Relaxed) % n;
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let err = match self.client(idx).await {
+                Err(e) => e,
+                Ok(c) => match tokio::time::timeout(self.timeout, f(c)).await {
+                    Err(_) => StoreError::Timeout {
+                        op,
+                        after: self.timeout,
+                        endpoints: self.members[idx].clone(),
+                    },
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => self.map_err(op, idx, e),
+                },
+            };
+            if !err.is_unreachable() {
+                return Err(err);
+            }
+            tracing::debug!(member = %self.members[idx], error = %err, "etcd member unreachable; trying the next");
+            let _ = self.current.compare_exchange(idx, (idx + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+            last = Some(err);
         }
+        Err(last.expect("at least one endpoint"))
     }
 
-    fn map_err(&self, op: &'static str, e: etcd_client::Error) -> StoreError {
+    fn map_err(&self, op: &'static str, idx: usize, e: etcd_client::Error) -> StoreError {
         match &e {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
                 StoreError::Unavailable {
-                    endpoints: self.endpoints.clone(),
+                    endpoints: self.members[idx].clone(),
                     detail: chain(&e),
                 }
             }
@@ -206,7 +246,7 @@ impl EtcdStore {
                 ) =>
             {
                 StoreError::Unavailable {
-                    endpoints: self.endpoints.clone(),
+                    endpoints: self.members[idx].clone(),
                     detail: chain(&e),
                 }
             }
@@ -229,8 +269,7 @@ impl EtcdStore {
     async fn grant(&self, ttl: Option<Duration>) -> Result<Option<TtlLeaseId>, StoreError> {
         let Some(ttl) = ttl else { return Ok(None) };
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let mut c = self.client.clone();
-        let resp = self.call("lease grant", c.lease_grant(secs, None)).await?;
+        let resp = self.call("lease grant", |mut c| async move { c.lease_grant(secs, None).await }).await?;
         Ok(Some(TtlLeaseId(resp.id())))
     }
 
@@ -258,8 +297,12 @@ impl LeaseStore for EtcdStore {
         if with_config {
             ops.push(TxnOp::get(self.config_key.clone(), None));
         }
-        let mut c = self.client.clone();
-        let resp = self.call("snapshot", c.txn(Txn::new().and_then(ops))).await?;
+        let resp = self
+            .call("snapshot", |mut c| {
+                let ops = ops.clone();
+                async move { c.txn(Txn::new().and_then(ops)).await }
+            })
+            .await?;
         let revision = Revision(resp.header().map(|h| h.revision()).unwrap_or_default());
         let mut snap = Snapshot {
             revision,
@@ -278,15 +321,21 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn put_config(&self, value: &[u8]) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        self.call("put config", c.put(self.config_key.clone(), value.to_vec(), None))
-            .await?;
+        self.call("put config", |mut c| {
+            let (k, v) = (self.config_key.clone(), value.to_vec());
+            async move { c.put(k, v, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     async fn get(&self, name: &str) -> Result<Option<StoredEntry>, StoreError> {
-        let mut c = self.client.clone();
-        let resp = self.call("get", c.get(self.key(name), None)).await?;
+        let resp = self
+            .call("get", |mut c| {
+                let k = self.key(name);
+                async move { c.get(k, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().and_then(|kv| self.entry(kv)))
     }
 
@@ -298,8 +347,13 @@ impl LeaseStore for EtcdStore {
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value.to_vec(), put_opts), TxnOp::get(key.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let mut c = self.client.clone();
-        let resp = match self.call("create", c.txn(txn)).await {
+        let resp = match self
+            .call("create", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 self.discard(lease).await;
@@ -330,8 +384,13 @@ impl LeaseStore for EtcdStore {
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected.0)])
             .and_then([TxnOp::put(key.clone(), value.to_vec(), put_opts), TxnOp::get(key.clone(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let mut c = self.client.clone();
-        let resp = match self.call("replace", c.txn(txn)).await {
+        let resp = match self
+            .call("replace", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 self.discard(lease).await;
@@ -350,31 +409,38 @@ impl LeaseStore for EtcdStore {
 
     async fn delete(&self, name: &str, expected: Option<Revision>) -> Result<bool, StoreError> {
         let key = self.key(name);
-        let mut c = self.client.clone();
         match expected {
             None => {
-                let resp = self.call("delete", c.delete(key, None)).await?;
+                let resp = self
+                    .call("delete", |mut c| {
+                        let key = key.clone();
+                        async move { c.delete(key, None).await }
+                    })
+                    .await?;
                 Ok(resp.deleted() > 0)
             }
             Some(rev) => {
                 let txn = Txn::new()
                     .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev.0)])
                     .and_then([TxnOp::delete(key, None)]);
-                let resp = self.call("delete", c.txn(txn)).await?;
+                let resp = self
+                    .call("delete", |mut c| {
+                        let txn = txn.clone();
+                        async move { c.txn(txn).await }
+                    })
+                    .await?;
                 Ok(resp.succeeded())
             }
         }
     }
 
     async fn time_to_live(&self, lease: TtlLeaseId) -> Result<Option<Duration>, StoreError> {
-        let mut c = self.client.clone();
-        let resp = self.call("lease ttl", c.lease_time_to_live(lease.0, None)).await?;
+        let resp = self.call("lease ttl", |mut c| async move { c.lease_time_to_live(lease.0, None).await }).await?;
         Ok((resp.ttl() >= 0).then(|| Duration::from_secs(resp.ttl() as u64)))
     }
 
     async fn revoke(&self, lease: TtlLeaseId) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        match self.call("lease revoke", c.lease_revoke(lease.0)).await {
+        match self.call("lease revoke", |mut c| async move { c.lease_revoke(lease.0).await }).await {
             Ok(_) => Ok(()),
             // Revoking a lease that already expired is success.
             Err(StoreError::Etcd { source: etcd_client::Error::GRpcStatus(s), .. })
@@ -387,12 +453,12 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn watch(&self, from: Revision) -> Result<WatchStream, StoreError> {
-        let mut c = self.client.clone();
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(from.0);
+        let opts = WatchOptions::new().with_prefix().with_start_revision(from.0);
         let stream = self
-            .call("watch", c.watch(self.subnets_prefix.clone(), Some(opts)))
+            .call("watch", |mut c| {
+                let (k, o) = (self.subnets_prefix.clone(), opts.clone());
+                async move { c.watch(k, Some(o)).await }
+            })
             .await?;
         let this = self.clone();
         let out = futures::stream::unfold(Some(stream), move |state| {

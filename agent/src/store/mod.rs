@@ -92,6 +92,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// True when the member could not be reached (another member may answer).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Timeout { .. })
+    }
+
     /// True when the caller should re-list instead of resuming a watch.
     pub fn needs_relist(&self) -> bool {
         matches!(self, StoreError::Compacted { .. } | StoreError::WatchEnded(_))
