@@ -53,7 +53,10 @@ impl AgentError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            AgentError::Iface(_) | AgentError::Store(StoreError::Config(_)) | AgentError::ConfigFile { .. } | AgentError::BadConfigFile { .. }
+            AgentError::Iface(_)
+                | AgentError::Store(StoreError::Config(_))
+                | AgentError::ConfigFile { .. }
+                | AgentError::BadConfigFile { .. }
         )
     }
 }
@@ -89,8 +92,16 @@ async fn load_config_and_snapshot<S: LeaseStore>(
     let file_cfg = match &settings.net_config_file {
         None => None,
         Some(path) => {
-            let text = std::fs::read(path).map_err(|source| AgentError::ConfigFile { path: path.display().to_string(), source })?;
-            Some(NetConfig::parse(&text).map_err(|source| AgentError::BadConfigFile { path: path.display().to_string(), source })?)
+            let text = std::fs::read(path).map_err(|source| AgentError::ConfigFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Some(
+                NetConfig::parse(&text).map_err(|source| AgentError::BadConfigFile {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            )
         }
     };
     let config_key = format!("{}/config", settings.etcd.prefix.trim_end_matches('/'));
@@ -102,7 +113,9 @@ async fn load_config_and_snapshot<S: LeaseStore>(
                 None => match snap.config.as_deref().map(NetConfig::parse) {
                     Some(Ok(cfg)) => return Ok(Some((cfg, snap))),
                     Some(Err(e)) => format!("network config at {config_key} is invalid: {e}"),
-                    None => format!("waiting for the network config at {config_key} (not present in etcd yet)"),
+                    None => format!(
+                        "waiting for the network config at {config_key} (not present in etcd yet)"
+                    ),
                 },
             },
             Err(e) => format!("cannot read leases from etcd: {e}"),
@@ -118,7 +131,10 @@ async fn load_config_and_snapshot<S: LeaseStore>(
 
 /// Run weftd until `shutdown` turns true. The lease and (later) the data plane are left in
 /// place on exit so that a restart disturbs nothing.
-pub async fn run(settings: AgentSettings, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+pub async fn run(
+    settings: AgentSettings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
     let metrics = Metrics::default();
     let (ready_tx, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
 
@@ -139,7 +155,8 @@ pub async fn run(settings: AgentSettings, mut shutdown: watch::Receiver<bool>) -
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = settings.healthz {
         // Bind now so a port clash is reported at start, not lost in a task.
-        let listener = std::net::TcpListener::bind(addr).map_err(|source| AgentError::Health { addr, source })?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| AgentError::Health { addr, source })?;
         drop(listener);
         let store = store.clone();
         let (r, m, s) = (ready_rx.clone(), metrics.clone(), shutdown.clone());
@@ -150,7 +167,9 @@ pub async fn run(settings: AgentSettings, mut shutdown: watch::Receiver<bool>) -
         });
     }
 
-    let Some((cfg, snapshot)) = load_config_and_snapshot(store.as_ref(), &settings, &ready_tx, &mut shutdown).await? else {
+    let Some((cfg, snapshot)) =
+        load_config_and_snapshot(store.as_ref(), &settings, &ready_tx, &mut shutdown).await?
+    else {
         return Ok(());
     };
     if !cfg.unknown_keys.is_empty() {
@@ -187,7 +206,16 @@ pub async fn run(settings: AgentSettings, mut shutdown: watch::Receiver<bool>) -
     let (notice_tx, notice_rx) = mpsc::channel(64);
     let (peer_tx, mut peer_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
 
-    tasks.spawn(keeper.run(Some(snapshot.clone()), status_tx, notice_rx, shutdown.clone()).instrument(info_span!("keeper")));
+    tasks.spawn(
+        keeper
+            .run(
+                Some(snapshot.clone()),
+                status_tx,
+                notice_rx,
+                shutdown.clone(),
+            )
+            .instrument(info_span!("keeper")),
+    );
 
     let rules = LeaseRules::from_config(&cfg);
     let m = metrics.clone();
@@ -233,10 +261,18 @@ pub async fn run(settings: AgentSettings, mut shutdown: watch::Receiver<bool>) -
                 metrics.lease_changes.inc();
                 let expiry = h.expires_at.map(|e| {
                     let left = e.saturating_duration_since(Instant::now());
-                    (SystemTime::now() + left).duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+                    (SystemTime::now() + left)
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64)
+                        .unwrap_or(0)
                 });
                 metrics.lease_expiry_seconds.set(expiry.unwrap_or(0));
-                let env = SubnetEnv { network: cfg.network, subnet: h.subnet, mtu, ip_masq: settings.ip_masq };
+                let env = SubnetEnv {
+                    network: cfg.network,
+                    subnet: h.subnet,
+                    mtu,
+                    ip_masq: settings.ip_masq,
+                };
                 match env.write(&settings.subnet_file) {
                     Ok(written) => {
                         if written {
@@ -272,7 +308,10 @@ pub async fn run(settings: AgentSettings, mut shutdown: watch::Receiver<bool>) -
     info!("shutting down; the lease and the data plane stay in place");
     drop(own_tx);
     // Give tasks a moment to finish their current request.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     tasks.abort_all();
     Ok(())
 }

@@ -49,7 +49,11 @@ pub struct EtcdArgs {
 
 /// weftd: the weft node agent.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "weftd", version, about = "weft node agent: leases this node's pod subnet and keeps the network programmed")]
+#[command(
+    name = "weftd",
+    version,
+    about = "weft node agent: leases this node's pod subnet and keeps the network programmed"
+)]
 pub struct WeftdCli {
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -101,7 +105,11 @@ pub enum Output {
 
 /// netctl: inspect weft's leases and network config.
 #[derive(Parser, Clone, Debug)]
-#[command(name = "netctl", version, about = "Inspect weft's subnet leases and network config")]
+#[command(
+    name = "netctl",
+    version,
+    about = "Inspect weft's subnet leases and network config"
+)]
 pub struct NetctlCli {
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -176,12 +184,16 @@ mod tests {
             ("FLANNELD_PUBLIC_IP".to_string(), "192.0.2.1".to_string()),
             ("WEFTD_PUBLIC_IP".to_string(), "192.0.2.2".to_string()),
         ];
-        assert_eq!(flannel_env_aliases(&env), vec![("WEFTD_IFACE".to_string(), "eth1".to_string())]);
+        assert_eq!(
+            flannel_env_aliases(&env),
+            vec![("WEFTD_IFACE".to_string(), "eth1".to_string())]
+        );
     }
 
     #[test]
     fn repeatable_iface_and_defaults() {
-        let cli = WeftdCli::try_parse_from(["weftd", "--iface", "eth0", "--iface", "10.0.0.1"]).unwrap();
+        let cli =
+            WeftdCli::try_parse_from(["weftd", "--iface", "eth0", "--iface", "10.0.0.1"]).unwrap();
         assert_eq!(cli.iface, vec!["eth0", "10.0.0.1"]);
         assert_eq!(cli.etcd.etcd_prefix, DEFAULT_PREFIX);
         assert_eq!(cli.subnet_lease_ttl, "24h");

@@ -306,9 +306,9 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
     match b.get("Type") {
         None | Some(Value::Null) => {}
         Some(Value::String(t)) => {
-            cfg.kind = t
-                .parse()
-                .map_err(|e: weft_backends::UnknownBackend| invalid("Backend.Type", e.to_string()))?
+            cfg.kind = t.parse().map_err(|e: weft_backends::UnknownBackend| {
+                invalid("Backend.Type", e.to_string())
+            })?
         }
         Some(other) => {
             return Err(invalid(
@@ -331,15 +331,12 @@ fn parse_backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
             // flannel treats 0 as "the kernel default", which is 8472 on Linux.
             0 => cfg.port = DEFAULT_VXLAN_PORT,
             1..=65535 => cfg.port = port as u16,
-            _ => {
-                return Err(invalid(
-                    "Backend.Port",
-                    format!("{port} is not a UDP port"),
-                ))
-            }
+            _ => return Err(invalid("Backend.Port", format!("{port} is not a UDP port"))),
         }
     }
-    if let Some(dr) = opt_bool(b, "DirectRouting").map_err(|e| rename(e, "Backend.DirectRouting"))? {
+    if let Some(dr) =
+        opt_bool(b, "DirectRouting").map_err(|e| rename(e, "Backend.DirectRouting"))?
+    {
         cfg.direct_routing = dr;
     }
     if let Some(mtu) = opt_u64(b, "MTU").map_err(|e| rename(e, "Backend.MTU"))? {
@@ -383,7 +380,10 @@ fn opt_bool(obj: &Map<String, Value>, key: &'static str) -> Result<Option<bool>,
     }
 }
 
-fn opt_v4_addr(obj: &Map<String, Value>, key: &'static str) -> Result<Option<Ipv4Addr>, ConfigError> {
+fn opt_v4_addr(
+    obj: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<Ipv4Addr>, ConfigError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => s
@@ -401,7 +401,10 @@ fn parse_v4_net(key: &'static str, v: &Value) -> Result<Ipv4Network, ConfigError
     match v {
         Value::String(s) => {
             if !s.contains('/') {
-                return Err(invalid(key, format!("{s:?} has no prefix length (like /16)")));
+                return Err(invalid(
+                    key,
+                    format!("{s:?} has no prefix length (like /16)"),
+                ));
             }
             s.parse::<Ipv4Network>()
                 .map_err(|e| invalid(key, format!("{s:?} is not an IPv4 CIDR: {e}")))
@@ -507,26 +510,74 @@ mod tests {
             (r#"{"Network":"10.0.0.0"}"#, "no prefix length"),
             (r#"{"Network":"10.0.0.1/16"}"#, "host bits"),
             (r#"{"Network":"fc00::/64"}"#, "\"Network\""),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":16}"#, "\"SubnetLen\""),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#, "\"SubnetLen\""),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#, "\"SubnetLen\""),
-            (r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#, "\"SubnetLen\""),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#, "\"SubnetMin\""),
-            (r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.0.5"}"#, "\"SubnetMin\""),
-            (r#"{"Network":"10.0.0.0/16","SubnetMax":"nope"}"#, "\"SubnetMax\""),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":16}"#,
+                "\"SubnetLen\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":31}"#,
+                "\"SubnetLen\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":-1}"#,
+                "\"SubnetLen\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetLen":"24"}"#,
+                "\"SubnetLen\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}"#,
+                "\"SubnetMin\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.0.5"}"#,
+                "\"SubnetMin\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","SubnetMax":"nope"}"#,
+                "\"SubnetMax\"",
+            ),
             (
                 r#"{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}"#,
                 "above SubnetMax",
             ),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp"}}"#, "\"Backend.Type\""),
-            (r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#, "\"Backend\""),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"VNI":0}}"#, "\"Backend.VNI\""),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"VNI":16777216}}"#, "\"Backend.VNI\""),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"Port":70000}}"#, "\"Backend.Port\""),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"MTU":100}}"#, "\"Backend.MTU\""),
-            (r#"{"Network":"10.0.0.0/16","Backend":{"DirectRouting":"yes"}}"#, "\"Backend.DirectRouting\""),
-            (r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#, "\"EnableIPv4\""),
-            (r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#, "\"IPv6Network\""),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"udp"}}"#,
+                "\"Backend.Type\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":"vxlan"}"#,
+                "\"Backend\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"VNI":0}}"#,
+                "\"Backend.VNI\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"VNI":16777216}}"#,
+                "\"Backend.VNI\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Port":70000}}"#,
+                "\"Backend.Port\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"MTU":100}}"#,
+                "\"Backend.MTU\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"DirectRouting":"yes"}}"#,
+                "\"Backend.DirectRouting\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv4":false}"#,
+                "\"EnableIPv4\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true}"#,
+                "\"IPv6Network\"",
+            ),
             (
                 r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
                 "not supported",
@@ -534,22 +585,29 @@ mod tests {
         ];
         for (input, needle) in cases {
             let err = parse(input).expect_err(input).to_string();
-            assert!(err.contains(needle), "{input}: error {err:?} lacks {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{input}: error {err:?} lacks {needle:?}"
+            );
         }
     }
 
     #[test]
     fn fits_checks_network_and_length() {
         let c = parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
-        assert!(c.fits("10.244.0.0/24".parse().unwrap()), "first subnet still fits");
+        assert!(
+            c.fits("10.244.0.0/24".parse().unwrap()),
+            "first subnet still fits"
+        );
         assert!(!c.fits("10.245.0.0/24".parse().unwrap()));
         assert!(!c.fits("10.244.0.0/25".parse().unwrap()));
     }
 
     #[test]
     fn round_trips_through_json() {
-        let c = parse(r#"{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan","VNI":7}}"#)
-            .unwrap();
+        let c =
+            parse(r#"{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan","VNI":7}}"#)
+                .unwrap();
         let again = NetConfig::parse(c.to_json().to_string().as_bytes()).unwrap();
         assert_eq!(c, again);
     }

@@ -29,17 +29,41 @@ pub struct Metrics {
 impl Metrics {
     fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("weft");
-        r.register("lease_held", "1 while this node holds its subnet lease", self.lease_held.clone());
+        r.register(
+            "lease_held",
+            "1 while this node holds its subnet lease",
+            self.lease_held.clone(),
+        );
         r.register(
             "lease_expiry_timestamp_seconds",
             "Unix time at which the held lease expires (0 for a reservation)",
             self.lease_expiry_seconds.clone(),
         );
-        r.register("peers", "Valid peer leases currently known", self.peers.clone());
-        r.register("invalid_leases", "Leases present in etcd that failed validation", self.invalid_leases.clone());
-        r.register("etcd_requests", "Requests sent to etcd", self.etcd_requests.clone());
-        r.register("lease_changes", "Times the held lease was acquired, renewed or replaced", self.lease_changes.clone());
-        r.register("subnet_env_writes", "Times subnet.env was (re)written", self.subnet_env_writes.clone());
+        r.register(
+            "peers",
+            "Valid peer leases currently known",
+            self.peers.clone(),
+        );
+        r.register(
+            "invalid_leases",
+            "Leases present in etcd that failed validation",
+            self.invalid_leases.clone(),
+        );
+        r.register(
+            "etcd_requests",
+            "Requests sent to etcd",
+            self.etcd_requests.clone(),
+        );
+        r.register(
+            "lease_changes",
+            "Times the held lease was acquired, renewed or replaced",
+            self.lease_changes.clone(),
+        );
+        r.register(
+            "subnet_env_writes",
+            "Times subnet.env was (re)written",
+            self.subnet_env_writes.clone(),
+        );
         r
     }
 
@@ -69,7 +93,9 @@ struct HealthState {
 
 impl std::fmt::Debug for HealthState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthState").field("ready", &*self.ready.borrow()).finish()
+        f.debug_struct("HealthState")
+            .field("ready", &*self.ready.borrow())
+            .finish()
     }
 }
 
@@ -108,11 +134,16 @@ pub async fn serve(
 async fn readyz(State(s): State<HealthState>) -> (StatusCode, String) {
     match &*s.ready.borrow() {
         Readiness::Ready => (StatusCode::OK, "ready\n".into()),
-        Readiness::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Readiness::NotReady(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 
-async fn metrics_handler(State(s): State<HealthState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn metrics_handler(
+    State(s): State<HealthState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     {
         let _guard = s.sample_lock.lock().unwrap();
         let now = (s.etcd_requests)();
@@ -122,7 +153,10 @@ async fn metrics_handler(State(s): State<HealthState>) -> ([(axum::http::HeaderN
         }
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
 }

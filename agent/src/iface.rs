@@ -76,8 +76,15 @@ fn first_addr(i: &ObservedIface) -> Option<Ipv4Network> {
         .copied()
 }
 
-fn pick(i: &ObservedIface, addr: Option<Ipv4Network>, req: &IfaceRequest, reason: String) -> Result<ChosenIface, IfaceError> {
-    let iface_addr = addr.or_else(|| first_addr(i)).ok_or_else(|| IfaceError::NoAddress(i.name.clone()))?;
+fn pick(
+    i: &ObservedIface,
+    addr: Option<Ipv4Network>,
+    req: &IfaceRequest,
+    reason: String,
+) -> Result<ChosenIface, IfaceError> {
+    let iface_addr = addr
+        .or_else(|| first_addr(i))
+        .ok_or_else(|| IfaceError::NoAddress(i.name.clone()))?;
     let public_ip = req.public_ip.unwrap_or(iface_addr.ip());
     let reason = match req.public_ip {
         Some(p) if p != iface_addr.ip() => format!("{reason}; public IP {p} from --public-ip"),
@@ -101,7 +108,12 @@ pub fn choose(req: &IfaceRequest, facts: &IfaceFacts) -> Result<ChosenIface, Ifa
             if let Ok(ip) = want.parse::<Ipv4Addr>() {
                 for i in &facts.ifaces {
                     if let Some(a) = i.v4.iter().find(|a| a.ip() == ip) {
-                        return pick(i, Some(*a), req, format!("--iface {want} is an address of {}", i.name));
+                        return pick(
+                            i,
+                            Some(*a),
+                            req,
+                            format!("--iface {want} is an address of {}", i.name),
+                        );
                     }
                 }
             } else if let Some(i) = facts.ifaces.iter().find(|i| i.name == *want) {
@@ -114,32 +126,65 @@ pub fn choose(req: &IfaceRequest, facts: &IfaceFacts) -> Result<ChosenIface, Ifa
     }
     if !req.regexes.is_empty() {
         for pattern in &req.regexes {
-            let re = Regex::new(pattern).map_err(|e| IfaceError::BadRegex(pattern.clone(), e.to_string()))?;
+            let re = Regex::new(pattern)
+                .map_err(|e| IfaceError::BadRegex(pattern.clone(), e.to_string()))?;
             for i in &facts.ifaces {
                 if let Some(a) = i.v4.iter().find(|a| re.is_match(&a.ip().to_string())) {
-                    return pick(i, Some(*a), req, format!("address {} of {} matches --iface-regex {pattern:?}", a.ip(), i.name));
+                    return pick(
+                        i,
+                        Some(*a),
+                        req,
+                        format!(
+                            "address {} of {} matches --iface-regex {pattern:?}",
+                            a.ip(),
+                            i.name
+                        ),
+                    );
                 }
             }
             for i in &facts.ifaces {
                 if re.is_match(&i.name) && first_addr(i).is_some() {
-                    return pick(i, None, req, format!("name {} matches --iface-regex {pattern:?}", i.name));
+                    return pick(
+                        i,
+                        None,
+                        req,
+                        format!("name {} matches --iface-regex {pattern:?}", i.name),
+                    );
                 }
             }
         }
         return Err(IfaceError::NoRegexMatch(req.regexes.clone()));
     }
     if let Some(target) = req.can_reach {
-        let src = facts.can_reach_source.ok_or(IfaceError::CannotReach(target))?;
+        let src = facts
+            .can_reach_source
+            .ok_or(IfaceError::CannotReach(target))?;
         for i in &facts.ifaces {
             if let Some(a) = i.v4.iter().find(|a| a.ip() == src) {
-                return pick(i, Some(*a), req, format!("{} is the route to --iface-can-reach {target}", i.name));
+                return pick(
+                    i,
+                    Some(*a),
+                    req,
+                    format!("{} is the route to --iface-can-reach {target}", i.name),
+                );
             }
         }
         return Err(IfaceError::CannotReach(target));
     }
-    let idx = facts.default_route_iface.ok_or(IfaceError::NoDefaultRoute)?;
-    let i = facts.ifaces.iter().find(|i| i.index == idx).ok_or(IfaceError::NoDefaultRoute)?;
-    pick(i, None, req, format!("{} carries the default route", i.name))
+    let idx = facts
+        .default_route_iface
+        .ok_or(IfaceError::NoDefaultRoute)?;
+    let i = facts
+        .ifaces
+        .iter()
+        .find(|i| i.index == idx)
+        .ok_or(IfaceError::NoDefaultRoute)?;
+    pick(
+        i,
+        None,
+        req,
+        format!("{} carries the default route", i.name),
+    )
 }
 
 /// Reading interfaces, addresses and the default route through netlink.
@@ -198,7 +243,9 @@ pub mod probe {
                         _ => None,
                     })
                 });
-                if let (Some(ip), Some(i)) = (ip, ifaces.iter_mut().find(|i| i.index == msg.header.index)) {
+                if let (Some(ip), Some(i)) =
+                    (ip, ifaces.iter_mut().find(|i| i.index == msg.header.index))
+                {
                     if let Ok(n) = Ipv4Network::new(ip, msg.header.prefix_len) {
                         i.v4.push(n);
                     }
@@ -252,10 +299,37 @@ mod tests {
     fn facts() -> IfaceFacts {
         IfaceFacts {
             ifaces: vec![
-                ObservedIface { index: 1, name: "lo".into(), mtu: 65536, up: true, v4: vec!["127.0.0.1/8".parse().unwrap()] },
-                ObservedIface { index: 2, name: "eth0".into(), mtu: 1500, up: true, v4: vec!["169.254.1.1/16".parse().unwrap(), "192.0.2.10/24".parse().unwrap()] },
-                ObservedIface { index: 3, name: "eth1".into(), mtu: 9000, up: true, v4: vec!["198.51.100.7/24".parse().unwrap()] },
-                ObservedIface { index: 4, name: "bond0".into(), mtu: 1500, up: true, v4: vec![] },
+                ObservedIface {
+                    index: 1,
+                    name: "lo".into(),
+                    mtu: 65536,
+                    up: true,
+                    v4: vec!["127.0.0.1/8".parse().unwrap()],
+                },
+                ObservedIface {
+                    index: 2,
+                    name: "eth0".into(),
+                    mtu: 1500,
+                    up: true,
+                    v4: vec![
+                        "169.254.1.1/16".parse().unwrap(),
+                        "192.0.2.10/24".parse().unwrap(),
+                    ],
+                },
+                ObservedIface {
+                    index: 3,
+                    name: "eth1".into(),
+                    mtu: 9000,
+                    up: true,
+                    v4: vec!["198.51.100.7/24".parse().unwrap()],
+                },
+                ObservedIface {
+                    index: 4,
+                    name: "bond0".into(),
+                    mtu: 1500,
+                    up: true,
+                    v4: vec![],
+                },
             ],
             default_route_iface: Some(2),
             can_reach_source: None,
@@ -265,36 +339,66 @@ mod tests {
     #[test]
     fn default_route_interface_by_default() {
         let c = choose(&IfaceRequest::default(), &facts()).unwrap();
-        assert_eq!((c.name.as_str(), c.public_ip.to_string().as_str(), c.mtu), ("eth0", "192.0.2.10", 1500));
+        assert_eq!(
+            (c.name.as_str(), c.public_ip.to_string().as_str(), c.mtu),
+            ("eth0", "192.0.2.10", 1500)
+        );
         assert!(c.reason.contains("default route"));
     }
 
     #[test]
     fn iface_by_name_or_address_in_order() {
-        let req = IfaceRequest { ifaces: vec!["bond0".into(), "eth1".into()], ..Default::default() };
+        let req = IfaceRequest {
+            ifaces: vec!["bond0".into(), "eth1".into()],
+            ..Default::default()
+        };
         let c = choose(&req, &facts()).unwrap();
         assert_eq!(c.name, "eth1", "bond0 has no address, eth1 is next");
-        let req = IfaceRequest { ifaces: vec!["192.0.2.10".into()], ..Default::default() };
+        let req = IfaceRequest {
+            ifaces: vec!["192.0.2.10".into()],
+            ..Default::default()
+        };
         assert_eq!(choose(&req, &facts()).unwrap().name, "eth0");
-        let req = IfaceRequest { ifaces: vec!["wlan9".into()], ..Default::default() };
-        assert_eq!(choose(&req, &facts()), Err(IfaceError::NoIfaceMatch(vec!["wlan9".into()])));
+        let req = IfaceRequest {
+            ifaces: vec!["wlan9".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            choose(&req, &facts()),
+            Err(IfaceError::NoIfaceMatch(vec!["wlan9".into()]))
+        );
     }
 
     #[test]
     fn regex_matches_addresses_then_names() {
-        let req = IfaceRequest { regexes: vec![r"^198\.51\.".into()], ..Default::default() };
+        let req = IfaceRequest {
+            regexes: vec![r"^198\.51\.".into()],
+            ..Default::default()
+        };
         assert_eq!(choose(&req, &facts()).unwrap().name, "eth1");
-        let req = IfaceRequest { regexes: vec!["^eth[0-9]$".into()], ..Default::default() };
+        let req = IfaceRequest {
+            regexes: vec!["^eth[0-9]$".into()],
+            ..Default::default()
+        };
         assert_eq!(choose(&req, &facts()).unwrap().name, "eth0");
-        let req = IfaceRequest { regexes: vec!["(".into()], ..Default::default() };
-        assert!(matches!(choose(&req, &facts()), Err(IfaceError::BadRegex(..))));
+        let req = IfaceRequest {
+            regexes: vec!["(".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            choose(&req, &facts()),
+            Err(IfaceError::BadRegex(..))
+        ));
     }
 
     #[test]
     fn can_reach_uses_source_address() {
         let mut f = facts();
         f.can_reach_source = Some("198.51.100.7".parse().unwrap());
-        let req = IfaceRequest { can_reach: Some("198.51.100.1".parse().unwrap()), ..Default::default() };
+        let req = IfaceRequest {
+            can_reach: Some("198.51.100.1".parse().unwrap()),
+            ..Default::default()
+        };
         let c = choose(&req, &f).unwrap();
         assert_eq!(c.name, "eth1");
         assert!(c.reason.contains("--iface-can-reach"));
@@ -302,7 +406,10 @@ mod tests {
 
     #[test]
     fn public_ip_overrides_and_is_explained() {
-        let req = IfaceRequest { public_ip: Some("203.0.113.5".parse().unwrap()), ..Default::default() };
+        let req = IfaceRequest {
+            public_ip: Some("203.0.113.5".parse().unwrap()),
+            ..Default::default()
+        };
         let c = choose(&req, &facts()).unwrap();
         assert_eq!(c.public_ip.to_string(), "203.0.113.5");
         assert_eq!(c.iface_addr.ip().to_string(), "192.0.2.10");
@@ -313,6 +420,9 @@ mod tests {
     fn no_default_route_is_a_clear_error() {
         let mut f = facts();
         f.default_route_iface = None;
-        assert_eq!(choose(&IfaceRequest::default(), &f), Err(IfaceError::NoDefaultRoute));
+        assert_eq!(
+            choose(&IfaceRequest::default(), &f),
+            Err(IfaceError::NoDefaultRoute)
+        );
     }
 }

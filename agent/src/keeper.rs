@@ -23,7 +23,9 @@ const CLAIM_ATTEMPTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
-    #[error("subnet pool exhausted: all {pool_size} /{subnet_len} subnets of {network} are leased")]
+    #[error(
+        "subnet pool exhausted: all {pool_size} /{subnet_len} subnets of {network} are leased"
+    )]
     PoolExhausted {
         network: Ipv4Network,
         subnet_len: u8,
@@ -132,7 +134,8 @@ impl<S: LeaseStore> LeaseKeeper<S> {
 
     async fn acquire_from(&mut self, snap: Snapshot) -> Result<HeldLease, KeeperError> {
         let mut entries = snap.entries;
-        let mut occupancy = Occupancy::from_entries(&self.cfg, entries.iter().map(|e| e.name.as_str()));
+        let mut occupancy =
+            Occupancy::from_entries(&self.cfg, entries.iter().map(|e| e.name.as_str()));
         let value = self.settings.attrs.encode();
         let mut lost_in_a_row = 0;
         for attempt in 0..CLAIM_ATTEMPTS {
@@ -140,7 +143,8 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 // Many nodes are claiming at once: our view is stale; refresh it.
                 lost_in_a_row = 0;
                 entries = self.store.snapshot(false).await?.entries;
-                occupancy = Occupancy::from_entries(&self.cfg, entries.iter().map(|e| e.name.as_str()));
+                occupancy =
+                    Occupancy::from_entries(&self.cfg, entries.iter().map(|e| e.name.as_str()));
             }
             let rng = &mut self.rng;
             let decision = decide(
@@ -159,8 +163,15 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                         pool_size,
                     })
                 }
-                Decision::Adopt { entry, subnet, matched_by } => {
-                    match self.adopt(entry.clone(), subnet, matched_by, &value).await? {
+                Decision::Adopt {
+                    entry,
+                    subnet,
+                    matched_by,
+                } => {
+                    match self
+                        .adopt(entry.clone(), subnet, matched_by, &value)
+                        .await?
+                    {
                         Some(held) => return Ok(held),
                         None => {
                             // It changed under us: forget it and decide again.
@@ -171,7 +182,11 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 }
                 Decision::Claim { subnet, previous } => {
                     let name = SubnetKey::v4(subnet).to_string();
-                    match self.store.create(&name, &value, Some(self.settings.ttl)).await? {
+                    match self
+                        .store
+                        .create(&name, &value, Some(self.settings.ttl))
+                        .await?
+                    {
                         CreateOutcome::Created(entry) => {
                             info!(
                                 subnet = %subnet,
@@ -223,7 +238,11 @@ impl<S: LeaseStore> LeaseKeeper<S> {
         // Ours, but the published attributes differ (new public IP or VTEP MAC, or a
         // flannel lease gaining a NodeName): rewrite it with a compare-and-swap.
         let ttl = (!reservation).then_some(self.settings.ttl);
-        match self.store.replace(&entry.name, value, entry.mod_revision, ttl).await? {
+        match self
+            .store
+            .replace(&entry.name, value, entry.mod_revision, ttl)
+            .await?
+        {
             ReplaceOutcome::Replaced(new) => {
                 if let Some(old) = entry.ttl_lease {
                     if let Err(e) = self.store.revoke(old).await {
@@ -261,7 +280,12 @@ impl<S: LeaseStore> LeaseKeeper<S> {
         let value = self.settings.attrs.encode();
         match self
             .store
-            .replace(&held.entry.name, &value, held.entry.mod_revision, Some(self.settings.ttl))
+            .replace(
+                &held.entry.name,
+                &value,
+                held.entry.mod_revision,
+                Some(self.settings.ttl),
+            )
             .await?
         {
             ReplaceOutcome::Replaced(new) => {
@@ -341,7 +365,9 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                             KeeperError::PoolExhausted { .. } => {
                                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot lease a subnet")
                             }
-                            _ => warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot lease a subnet"),
+                            _ => {
+                                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot lease a subnet")
+                            }
                         }
                         status.send_replace(LeaseStatus::Failed(e.to_string()));
                         if sleep_or_shutdown(delay, &mut shutdown).await {
@@ -354,10 +380,12 @@ impl<S: LeaseStore> LeaseKeeper<S> {
             status.send_replace(LeaseStatus::Held(held.clone()));
 
             // Hold: renew on time, verify on notices.
-            let mut renew_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+            let mut renew_backoff =
+                Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
             let mut next_renew = self.renew_at(&held);
             loop {
-                let sleep_until = next_renew.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                let sleep_until =
+                    next_renew.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
                     _ = shutdown.changed() => {
                         if *shutdown.borrow() { return; }

@@ -69,7 +69,9 @@ impl FromStr for SubnetKey {
         let v6 = match v6part {
             None => None,
             Some(p) => {
-                let (ip, len) = p.split_once('-').ok_or_else(|| err("missing '-' in IPv6 part"))?;
+                let (ip, len) = p
+                    .split_once('-')
+                    .ok_or_else(|| err("missing '-' in IPv6 part"))?;
                 let ip: Ipv6Addr = ip.parse().map_err(|_| err("bad IPv6 address"))?;
                 let len = parse_len(len, 128).ok_or_else(|| err("bad IPv6 prefix length"))?;
                 let net = Ipv6Network::new(ip, len).map_err(|_| err("bad IPv6 prefix length"))?;
@@ -240,7 +242,9 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
         });
     }
     let attrs = LeaseAttrs::decode(value)?;
-    let public_ip = attrs.public_ip.ok_or(LeaseError::MissingField("PublicIP"))?;
+    let public_ip = attrs
+        .public_ip
+        .ok_or(LeaseError::MissingField("PublicIP"))?;
     if !is_unicast_host(public_ip) {
         return Err(LeaseError::BadPublicIp(public_ip));
     }
@@ -363,8 +367,12 @@ mod tests {
 
     #[test]
     fn hostile_leases_are_rejected_with_reasons() {
-        let good_data = r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:f0"}"#;
-        let big = format!(r#"{{"PublicIP":"192.0.2.1","Pad":"{}",{good_data}}}"#, "x".repeat(20_000));
+        let good_data =
+            r#""BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:f0"}"#;
+        let big = format!(
+            r#"{{"PublicIP":"192.0.2.1","Pad":"{}",{good_data}}}"#,
+            "x".repeat(20_000)
+        );
         let cases: Vec<(&str, String, &str)> = vec![
             ("10.5.7.0-24", "not json".into(), "not lease JSON"),
             ("10.5.7.0-24", "".into(), "not lease JSON"),
@@ -391,7 +399,10 @@ mod tests {
             let err = validate(&rules(), key, value.as_bytes())
                 .expect_err(&format!("{key} {value:.60} accepted"))
                 .to_string();
-            assert!(err.contains(needle), "{key} {value:.60}: {err:?} lacks {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{key} {value:.60}: {err:?} lacks {needle:?}"
+            );
         }
     }
 }

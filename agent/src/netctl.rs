@@ -46,7 +46,9 @@ pub fn lease_rows(
             let key = e.name.parse::<SubnetKey>().ok();
             let attrs = LeaseAttrs::decode(&e.value).ok();
             let problem = match rules {
-                Some(r) => validate(r, &e.name, &e.value).err().map(|err| err.to_string()),
+                Some(r) => validate(r, &e.name, &e.value)
+                    .err()
+                    .map(|err| err.to_string()),
                 None => match (&key, &attrs) {
                     (None, _) => Some(format!("key {:?} is not a subnet", e.name)),
                     (_, None) => Some(LeaseAttrs::decode(&e.value).unwrap_err().to_string()),
@@ -60,9 +62,14 @@ pub fn lease_rows(
                 .map(|d| d.vtep_mac.to_string());
             let row = LeaseRow {
                 key: e.name.clone(),
-                subnet: key.map(|k| k.v4.to_string()).unwrap_or_else(|| e.name.escape_debug().to_string()),
+                subnet: key
+                    .map(|k| k.v4.to_string())
+                    .unwrap_or_else(|| e.name.escape_debug().to_string()),
                 node: attrs.as_ref().and_then(|a| a.node_name.clone()),
-                public_ip: attrs.as_ref().and_then(|a| a.public_ip).map(|ip| ip.to_string()),
+                public_ip: attrs
+                    .as_ref()
+                    .and_then(|a| a.public_ip)
+                    .map(|ip| ip.to_string()),
                 backend: attrs.as_ref().map(|a| a.backend_type.clone()),
                 vtep_mac: vtep,
                 ttl_seconds: ttl.map(|d| d.as_secs()),
@@ -155,7 +162,10 @@ pub fn render_leases(rows: &[LeaseRow], output: Output) -> String {
                     ]
                 })
                 .collect();
-            render_table(&["SUBNET", "NODE", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "TTL"], &cells)
+            render_table(
+                &["SUBNET", "NODE", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "TTL"],
+                &cells,
+            )
         }
         Output::Wide => {
             let cells: Vec<Vec<String>> = rows
@@ -179,7 +189,18 @@ pub fn render_leases(rows: &[LeaseRow], output: Output) -> String {
                 })
                 .collect();
             render_table(
-                &["SUBNET", "NODE", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "TTL", "EXPIRES", "ETCD-LEASE", "REVISION", "STATUS"],
+                &[
+                    "SUBNET",
+                    "NODE",
+                    "PUBLIC-IP",
+                    "BACKEND",
+                    "VTEP-MAC",
+                    "TTL",
+                    "EXPIRES",
+                    "ETCD-LEASE",
+                    "REVISION",
+                    "STATUS",
+                ],
                 &cells,
             )
         }
@@ -204,7 +225,12 @@ pub fn render_config(cfg: &NetConfig, output: Output) -> String {
                 rows.push(vec!["Port".into(), b.port.to_string()]);
                 rows.push(vec!["DirectRouting".into(), b.direct_routing.to_string()]);
             }
-            rows.push(vec!["MTU".into(), b.mtu.map(|m| m.to_string()).unwrap_or_else(|| "from underlay".into())]);
+            rows.push(vec![
+                "MTU".into(),
+                b.mtu
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "from underlay".into()),
+            ]);
             if !cfg.unknown_keys.is_empty() {
                 rows.push(vec!["Ignored keys".into(), cfg.unknown_keys.join(",")]);
             }
@@ -228,7 +254,9 @@ pub async fn leases<S: LeaseStore>(store: &S, output: Output) -> Result<CommandO
     let rules = match snap.config.as_deref().map(NetConfig::parse) {
         Some(Ok(cfg)) => Some(LeaseRules::from_config(&cfg)),
         Some(Err(e)) => {
-            out.stderr.push_str(&format!("warning: {e}; leases are shown without checking them against it\n"));
+            out.stderr.push_str(&format!(
+                "warning: {e}; leases are shown without checking them against it\n"
+            ));
             None
         }
         None => {
@@ -266,7 +294,11 @@ pub async fn leases<S: LeaseStore>(store: &S, output: Output) -> Result<CommandO
 }
 
 /// `netctl config`.
-pub async fn config<S: LeaseStore>(store: &S, output: Output, config_key: &str) -> Result<CommandOutput, StoreError> {
+pub async fn config<S: LeaseStore>(
+    store: &S,
+    output: Output,
+    config_key: &str,
+) -> Result<CommandOutput, StoreError> {
     let snap = store.snapshot(true).await?;
     let mut out = CommandOutput::default();
     match snap.config.as_deref().map(NetConfig::parse) {
@@ -282,7 +314,6 @@ pub async fn config<S: LeaseStore>(store: &S, output: Output, config_key: &str) 
     }
     Ok(out)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -305,7 +336,11 @@ mod tests {
 
     #[test]
     fn rows_sort_by_address_and_flag_invalid() {
-        let rules = LeaseRules { network: "10.5.0.0/16".parse().unwrap(), subnet_len: 24, vni: 1 };
+        let rules = LeaseRules {
+            network: "10.5.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            vni: 1,
+        };
         let mk = |name: &str, value: &str| StoredEntry {
             name: name.into(),
             value: value.as_bytes().to_vec(),
@@ -314,11 +349,19 @@ mod tests {
             ttl_lease: None,
         };
         let entries = vec![
-            mk("10.5.10.0-24", r#"{"PublicIP":"192.0.2.1","BackendType":"host-gw"}"#),
+            mk(
+                "10.5.10.0-24",
+                r#"{"PublicIP":"192.0.2.1","BackendType":"host-gw"}"#,
+            ),
             mk("garbage", "x"),
             mk("10.5.9.0-24", "nope"),
         ];
-        let rows = lease_rows(&entries, Some(&rules), &BTreeMap::new(), SystemTime::UNIX_EPOCH);
+        let rows = lease_rows(
+            &entries,
+            Some(&rules),
+            &BTreeMap::new(),
+            SystemTime::UNIX_EPOCH,
+        );
         let order: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(order, vec!["10.5.9.0-24", "10.5.10.0-24", "garbage"]);
         assert!(!rows[0].valid && rows[1].valid && !rows[2].valid);

@@ -79,7 +79,7 @@ impl Occupancy {
                 .split(['&'])
                 .next()
                 .and_then(|p| p.split_once('-'))
-                .and_then(|(ip, len)| Some(Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()?)),
+                .and_then(|(ip, len)| Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()),
         };
         if let Some(net) = net {
             self.mark(cfg, net);
@@ -124,11 +124,15 @@ pub fn decide(
 ) -> Decision {
     let mut by_ip = None;
     for e in entries {
-        let Ok(key) = e.name.parse::<SubnetKey>() else { continue };
+        let Ok(key) = e.name.parse::<SubnetKey>() else {
+            continue;
+        };
         if !cfg.fits(key.v4) {
             continue;
         }
-        let Ok(attrs) = LeaseAttrs::decode(&e.value) else { continue };
+        let Ok(attrs) = LeaseAttrs::decode(&e.value) else {
+            continue;
+        };
         match is_mine(&attrs, me) {
             Some(MatchedBy::NodeName) => {
                 return Decision::Adopt {
@@ -211,7 +215,14 @@ mod tests {
 
     fn run(c: &NetConfig, entries: &[StoredEntry], prev: Option<&str>, r: u64) -> Decision {
         let occ = Occupancy::from_entries(c, entries.iter().map(|e| e.name.as_str()));
-        decide(c, &me(), entries, &occ, prev.map(|p| p.parse().unwrap()), &mut |n| r.min(n - 1))
+        decide(
+            c,
+            &me(),
+            entries,
+            &occ,
+            prev.map(|p| p.parse().unwrap()),
+            &mut |n| r.min(n - 1),
+        )
     }
 
     #[test]
@@ -222,7 +233,9 @@ mod tests {
             entry("10.5.4.0-24", Some("n1"), "192.0.2.99"),
         ];
         match run(&c, &es, None, 0) {
-            Decision::Adopt { subnet, matched_by, .. } => {
+            Decision::Adopt {
+                subnet, matched_by, ..
+            } => {
                 assert_eq!(subnet.to_string(), "10.5.4.0/24");
                 assert_eq!(matched_by, MatchedBy::NodeName);
             }
@@ -234,7 +247,13 @@ mod tests {
     fn flannel_lease_matched_by_public_ip_but_not_someone_elses() {
         let c = cfg(r#"{"Network":"10.5.0.0/16"}"#);
         let es = [entry("10.5.3.0-24", None, "192.0.2.1")];
-        assert!(matches!(run(&c, &es, None, 0), Decision::Adopt { matched_by: MatchedBy::PublicIp, .. }));
+        assert!(matches!(
+            run(&c, &es, None, 0),
+            Decision::Adopt {
+                matched_by: MatchedBy::PublicIp,
+                ..
+            }
+        ));
         // Same IP but another node's name: not mine.
         let es = [entry("10.5.3.0-24", Some("other"), "192.0.2.1")];
         assert!(matches!(run(&c, &es, None, 0), Decision::Claim { .. }));
@@ -252,22 +271,58 @@ mod tests {
         let c = cfg(r#"{"Network":"10.5.0.0/16"}"#);
         assert_eq!(
             run(&c, &[], Some("10.5.77.0/24"), 0),
-            Decision::Claim { subnet: "10.5.77.0/24".parse().unwrap(), previous: true }
+            Decision::Claim {
+                subnet: "10.5.77.0/24".parse().unwrap(),
+                previous: true
+            }
         );
         let es = [entry("10.5.77.0-24", Some("other"), "192.0.2.2")];
-        assert!(matches!(run(&c, &es, Some("10.5.77.0/24"), 0), Decision::Claim { previous: false, .. }));
+        assert!(matches!(
+            run(&c, &es, Some("10.5.77.0/24"), 0),
+            Decision::Claim {
+                previous: false,
+                ..
+            }
+        ));
         // A previous subnet outside the pool (config changed) is ignored.
-        assert!(matches!(run(&c, &[], Some("10.6.77.0/24"), 0), Decision::Claim { previous: false, .. }));
+        assert!(matches!(
+            run(&c, &[], Some("10.6.77.0/24"), 0),
+            Decision::Claim {
+                previous: false,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn random_pick_skips_taken_and_first_subnet() {
         let c = cfg(r#"{"Network":"10.5.0.0/16"}"#);
-        let es = [entry("10.5.1.0-24", Some("a"), "192.0.2.2"), entry("10.5.2.0-24", Some("b"), "192.0.2.3")];
+        let es = [
+            entry("10.5.1.0-24", Some("a"), "192.0.2.2"),
+            entry("10.5.2.0-24", Some("b"), "192.0.2.3"),
+        ];
         // The first free is 10.5.3.0 (10.5.0.0 is below SubnetMin).
-        assert_eq!(run(&c, &es, None, 0), Decision::Claim { subnet: "10.5.3.0/24".parse().unwrap(), previous: false });
-        assert_eq!(run(&c, &es, None, 1), Decision::Claim { subnet: "10.5.4.0/24".parse().unwrap(), previous: false });
-        assert_eq!(run(&c, &es, None, 1000), Decision::Claim { subnet: "10.5.255.0/24".parse().unwrap(), previous: false });
+        assert_eq!(
+            run(&c, &es, None, 0),
+            Decision::Claim {
+                subnet: "10.5.3.0/24".parse().unwrap(),
+                previous: false
+            }
+        );
+        assert_eq!(
+            run(&c, &es, None, 1),
+            Decision::Claim {
+                subnet: "10.5.4.0/24".parse().unwrap(),
+                previous: false
+            }
+        );
+        assert_eq!(
+            run(&c, &es, None, 1000),
+            Decision::Claim {
+                subnet: "10.5.255.0/24".parse().unwrap(),
+                previous: false
+            }
+        );
     }
 
     #[test]

@@ -46,10 +46,17 @@ pub fn etcd_options(a: &EtcdArgs) -> Result<EtcdOptions, SettingsError> {
     let timeout = humantime::parse_duration(&a.etcd_request_timeout)
         .map_err(|e| SettingsError::Timeout(a.etcd_request_timeout.clone(), e.to_string()))?;
     if timeout.is_zero() {
-        return Err(SettingsError::Timeout(a.etcd_request_timeout.clone(), "must be more than zero".into()));
+        return Err(SettingsError::Timeout(
+            a.etcd_request_timeout.clone(),
+            "must be more than zero".into(),
+        ));
     }
     let mut o = EtcdOptions::new(
-        a.etcd_endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
+        a.etcd_endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect(),
         a.etcd_prefix.clone(),
     );
     o.ca_file = a.etcd_cafile.clone();
@@ -63,11 +70,18 @@ pub fn etcd_options(a: &EtcdArgs) -> Result<EtcdOptions, SettingsError> {
 
 impl AgentSettings {
     /// `env_node_name` is `$NODE_NAME`; `hostname` the machine's hostname.
-    pub fn from_cli(cli: &WeftdCli, env_node_name: Option<String>, hostname: Option<String>) -> Result<Self, SettingsError> {
+    pub fn from_cli(
+        cli: &WeftdCli,
+        env_node_name: Option<String>,
+        hostname: Option<String>,
+    ) -> Result<Self, SettingsError> {
         let ttl = humantime::parse_duration(&cli.subnet_lease_ttl)
             .map_err(|e| SettingsError::Ttl(cli.subnet_lease_ttl.clone(), e.to_string()))?;
         if ttl < MIN_TTL {
-            return Err(SettingsError::Ttl(cli.subnet_lease_ttl.clone(), format!("must be at least {}s", MIN_TTL.as_secs())));
+            return Err(SettingsError::Ttl(
+                cli.subnet_lease_ttl.clone(),
+                format!("must be at least {}s", MIN_TTL.as_secs()),
+            ));
         }
         let node_name = cli
             .node_name
@@ -76,12 +90,18 @@ impl AgentSettings {
             .or(hostname)
             .map(|n| n.trim().to_string())
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| SettingsError::NodeName("not given, $NODE_NAME unset and no hostname".into()))?;
-        if node_name.len() > crate::lease::MAX_NODE_NAME || node_name.chars().any(char::is_control) {
-            return Err(SettingsError::NodeName(format!("{node_name:?} is not a valid node name")));
+            .ok_or_else(|| {
+                SettingsError::NodeName("not given, $NODE_NAME unset and no hostname".into())
+            })?;
+        if node_name.len() > crate::lease::MAX_NODE_NAME || node_name.chars().any(char::is_control)
+        {
+            return Err(SettingsError::NodeName(format!(
+                "{node_name:?} is not a valid node name"
+            )));
         }
         for pattern in &cli.iface_regex {
-            regex::Regex::new(pattern).map_err(|e| SettingsError::Regex(pattern.clone(), e.to_string()))?;
+            regex::Regex::new(pattern)
+                .map_err(|e| SettingsError::Regex(pattern.clone(), e.to_string()))?;
         }
         Ok(AgentSettings {
             etcd: etcd_options(&cli.etcd)?,
@@ -95,7 +115,8 @@ impl AgentSettings {
             net_config_file: cli.net_config.clone(),
             node_name,
             ip_masq: cli.ip_masq,
-            healthz: (cli.healthz_port != 0).then(|| SocketAddr::new(cli.healthz_ip, cli.healthz_port)),
+            healthz: (cli.healthz_port != 0)
+                .then(|| SocketAddr::new(cli.healthz_ip, cli.healthz_port)),
             lease_ttl: ttl,
         })
     }
@@ -112,7 +133,12 @@ mod tests {
 
     #[test]
     fn node_name_precedence() {
-        let s = AgentSettings::from_cli(&parse(&["--node-name", "a"]), Some("b".into()), Some("c".into())).unwrap();
+        let s = AgentSettings::from_cli(
+            &parse(&["--node-name", "a"]),
+            Some("b".into()),
+            Some("c".into()),
+        )
+        .unwrap();
         assert_eq!(s.node_name, "a");
         let s = AgentSettings::from_cli(&parse(&[]), Some("b".into()), Some("c".into())).unwrap();
         assert_eq!(s.node_name, "b");
@@ -123,22 +149,44 @@ mod tests {
 
     #[test]
     fn ttl_and_timeouts_parse_with_clear_errors() {
-        let s = AgentSettings::from_cli(&parse(&["--subnet-lease-ttl", "90s"]), None, Some("h".into())).unwrap();
+        let s = AgentSettings::from_cli(
+            &parse(&["--subnet-lease-ttl", "90s"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap();
         assert_eq!(s.lease_ttl, Duration::from_secs(90));
         assert_eq!(s.healthz.unwrap().port(), 8471);
-        let e = AgentSettings::from_cli(&parse(&["--subnet-lease-ttl", "soon"]), None, Some("h".into())).unwrap_err();
+        let e = AgentSettings::from_cli(
+            &parse(&["--subnet-lease-ttl", "soon"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("--subnet-lease-ttl \"soon\""), "{e}");
-        let e = AgentSettings::from_cli(&parse(&["--subnet-lease-ttl", "1s"]), None, Some("h".into())).unwrap_err();
+        let e = AgentSettings::from_cli(
+            &parse(&["--subnet-lease-ttl", "1s"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("at least"), "{e}");
-        let e = AgentSettings::from_cli(&parse(&["--etcd-prefix", "x"]), None, Some("h".into())).unwrap_err();
+        let e = AgentSettings::from_cli(&parse(&["--etcd-prefix", "x"]), None, Some("h".into()))
+            .unwrap_err();
         assert_eq!(e, SettingsError::Prefix("x".into()));
-        let s = AgentSettings::from_cli(&parse(&["--healthz-port", "0"]), None, Some("h".into())).unwrap();
+        let s = AgentSettings::from_cli(&parse(&["--healthz-port", "0"]), None, Some("h".into()))
+            .unwrap();
         assert!(s.healthz.is_none());
     }
 
     #[test]
     fn endpoints_are_split_and_trimmed() {
-        let s = AgentSettings::from_cli(&parse(&["--etcd-endpoints", "http://a:1, http://b:2,"]), None, Some("h".into())).unwrap();
+        let s = AgentSettings::from_cli(
+            &parse(&["--etcd-endpoints", "http://a:1, http://b:2,"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap();
         assert_eq!(s.etcd.endpoints, vec!["http://a:1", "http://b:2"]);
     }
 }

@@ -63,15 +63,26 @@ impl SubnetEnv {
             };
             match k {
                 "FLANNEL_NETWORK" => {
-                    network = Some(v.parse::<Ipv4Network>().map_err(|e| bad(format!("FLANNEL_NETWORK {v:?}: {e}")))?)
-                }
-                "FLANNEL_SUBNET" => {
-                    let n = v.parse::<Ipv4Network>().map_err(|e| bad(format!("FLANNEL_SUBNET {v:?}: {e}")))?;
-                    subnet = Some(
-                        Ipv4Network::new(n.network(), n.prefix()).map_err(|e| bad(format!("FLANNEL_SUBNET {v:?}: {e}")))?,
+                    network = Some(
+                        v.parse::<Ipv4Network>()
+                            .map_err(|e| bad(format!("FLANNEL_NETWORK {v:?}: {e}")))?,
                     )
                 }
-                "FLANNEL_MTU" => mtu = Some(v.parse::<u32>().map_err(|e| bad(format!("FLANNEL_MTU {v:?}: {e}")))?),
+                "FLANNEL_SUBNET" => {
+                    let n = v
+                        .parse::<Ipv4Network>()
+                        .map_err(|e| bad(format!("FLANNEL_SUBNET {v:?}: {e}")))?;
+                    subnet = Some(
+                        Ipv4Network::new(n.network(), n.prefix())
+                            .map_err(|e| bad(format!("FLANNEL_SUBNET {v:?}: {e}")))?,
+                    )
+                }
+                "FLANNEL_MTU" => {
+                    mtu = Some(
+                        v.parse::<u32>()
+                            .map_err(|e| bad(format!("FLANNEL_MTU {v:?}: {e}")))?,
+                    )
+                }
                 "FLANNEL_IPMASQ" => masq = Some(v == "true"),
                 _ => {}
             }
@@ -107,9 +118,15 @@ impl SubnetEnv {
             path: path.to_path_buf(),
             source,
         };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
@@ -156,7 +173,10 @@ mod tests {
         let path = dir.path().join("run/weft/subnet.env");
         assert_eq!(SubnetEnv::read(&path).unwrap(), None);
         assert!(sample().write(&path).unwrap());
-        assert!(!sample().write(&path).unwrap(), "unchanged content is not rewritten");
+        assert!(
+            !sample().write(&path).unwrap(),
+            "unchanged content is not rewritten"
+        );
         assert_eq!(SubnetEnv::read(&path).unwrap(), Some(sample()));
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
@@ -173,13 +193,27 @@ mod tests {
     #[test]
     fn rejects_broken_files_naming_the_problem() {
         for (t, needle) in [
-            ("FLANNEL_SUBNET=10.1.9.1/24\nFLANNEL_MTU=1450\n", "FLANNEL_NETWORK missing"),
-            ("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_MTU=1450\n", "FLANNEL_SUBNET missing"),
-            ("FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=bogus\nFLANNEL_MTU=1\n", "FLANNEL_SUBNET"),
+            (
+                "FLANNEL_SUBNET=10.1.9.1/24\nFLANNEL_MTU=1450\n",
+                "FLANNEL_NETWORK missing",
+            ),
+            (
+                "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_MTU=1450\n",
+                "FLANNEL_SUBNET missing",
+            ),
+            (
+                "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=bogus\nFLANNEL_MTU=1\n",
+                "FLANNEL_SUBNET",
+            ),
             ("garbage\n", "not KEY=VALUE"),
         ] {
-            let e = SubnetEnv::parse(t, Path::new("/run/weft/subnet.env")).unwrap_err().to_string();
-            assert!(e.contains(needle) && e.contains("/run/weft/subnet.env"), "{e}");
+            let e = SubnetEnv::parse(t, Path::new("/run/weft/subnet.env"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(needle) && e.contains("/run/weft/subnet.env"),
+                "{e}"
+            );
         }
     }
 }

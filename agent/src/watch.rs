@@ -111,7 +111,11 @@ impl PeerSet {
         for ev in events {
             match ev {
                 WatchEvent::Put(e) => {
-                    if self.entries.get(&e.name).is_some_and(|k| k.mod_revision >= e.mod_revision) {
+                    if self
+                        .entries
+                        .get(&e.name)
+                        .is_some_and(|k| k.mod_revision >= e.mod_revision)
+                    {
                         continue; // replayed
                     }
                     if let Some(old) = self.forget(&e.name) {
@@ -185,7 +189,8 @@ impl PeerSet {
             let winner = if Some(subnet) == self.own {
                 None
             } else {
-                self.winner(subnet).filter(|p| p.node_name.is_none() || p.node_name != self.me)
+                self.winner(subnet)
+                    .filter(|p| p.node_name.is_none() || p.node_name != self.me)
             };
             match (self.emitted.get(&subnet).cloned(), winner) {
                 (None, None) => {}
@@ -279,13 +284,20 @@ pub async fn run_peer_watch<S: LeaseStore>(
         };
         let diff = set.reset(&snap.entries);
         if !first {
-            info!(revision = snap.revision.0, changes = diff.len(), "re-listed leases");
+            info!(
+                revision = snap.revision.0,
+                changes = diff.len(),
+                "re-listed leases"
+            );
         }
         first = false;
         if let Some((name, _)) = &own_key {
             if !snap.entries.iter().any(|e| &e.name == name) {
                 let _ = own_notices
-                    .send(OwnKeyNotice::Deleted { name: name.clone(), revision: snap.revision.0 })
+                    .send(OwnKeyNotice::Deleted {
+                        name: name.clone(),
+                        revision: snap.revision.0,
+                    })
                     .await;
             }
         }

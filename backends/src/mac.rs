@@ -29,6 +29,12 @@ impl MacAddr {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         }
+        // Finalise (murmur3's fmix64) so names differing in one character differ everywhere.
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^= hash >> 33;
         let b = hash.to_be_bytes();
         // Locally administered (bit 1 set), unicast (bit 0 clear).
         MacAddr([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
@@ -59,7 +65,9 @@ impl FromStr for MacAddr {
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for slot in out.iter_mut() {
-            let part = parts.next().ok_or_else(|| MacError::Syntax(s.to_string()))?;
+            let part = parts
+                .next()
+                .ok_or_else(|| MacError::Syntax(s.to_string()))?;
             if part.len() != 2 {
                 return Err(MacError::Syntax(s.to_string()));
             }
@@ -98,7 +106,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "aa:bb", "aa:bb:cc:dd:ee:ff:00", "aa:bb:cc:dd:ee:fg", "aabb:cc:dd:ee:ff", "a:b:c:d:e:f"] {
+        for bad in [
+            "",
+            "aa:bb",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aa:bb:cc:dd:ee:fg",
+            "aabb:cc:dd:ee:ff",
+            "a:b:c:d:e:f",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad} accepted");
         }
     }

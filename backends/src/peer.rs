@@ -64,7 +64,10 @@ pub struct Peer {
 pub enum PeerEvent {
     Added(Peer),
     /// The peer's lease changed (new public IP, new VTEP MAC, ...). Carries old and new.
-    Updated { old: Peer, new: Peer },
+    Updated {
+        old: Peer,
+        new: Peer,
+    },
     Removed(Peer),
 }
 

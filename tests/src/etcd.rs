@@ -8,8 +8,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 use weft_agent::store::{EtcdOptions, EtcdStore, LeaseStore};
 
-use crate::procs::Proc;
 use crate::free_port;
+use crate::procs::Proc;
 
 /// TLS material for a test etcd (all PEM files in one temp dir).
 #[derive(Debug)]
@@ -25,15 +25,29 @@ pub struct TlsFiles {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl TlsFiles {
     /// Generate a CA, a server certificate for 127.0.0.1 and a client certificate.
     pub fn generate(dir: &Path) -> TlsFiles {
         std::fs::create_dir_all(dir).unwrap();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         for ca in ["ca", "other-ca"] {
             let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
             let subj = format!("/CN=weft-test-{ca}");
@@ -43,16 +57,44 @@ impl TlsFiles {
             a.extend(["-keyout", &k, "-out", &c]);
             openssl(dir, &a);
         }
-        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n").unwrap();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
         std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
         for (who, cn) in [("server", "localhost"), ("client", "weftd")] {
             let subj = format!("/CN={cn}");
-            let (k, csr, pem, ext) = (format!("{who}.key"), format!("{who}.csr"), format!("{who}.pem"), format!("{who}.ext"));
+            let (k, csr, pem, ext) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.pem"),
+                format!("{who}.ext"),
+            );
             let mut a = vec!["req", "-new", "-subj", &subj];
             a.extend(ec);
             a.extend(["-keyout", &k, "-out", &csr]);
             openssl(dir, &a);
-            openssl(dir, &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", &ext, "-out", &pem]);
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext,
+                    "-out",
+                    &pem,
+                ],
+            );
         }
         TlsFiles {
             dir: dir.to_path_buf(),
@@ -97,7 +139,10 @@ impl Etcd {
 
     /// `n` members forming one cluster.
     pub async fn start_cluster(n: usize, tls: bool) -> Etcd {
-        let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("weft-etcd-")
+            .tempdir()
+            .expect("tempdir");
         let tls = tls.then(|| TlsFiles::generate(&dir.path().join("tls")));
         let tag = format!("{}-{}", std::process::id(), fastrand::u32(..));
         let members: Vec<Member> = (0..n)
@@ -109,7 +154,12 @@ impl Etcd {
                 proc: None,
             })
             .collect();
-        let mut etcd = Etcd { members, token: format!("weft-test-{tag}"), tls, _dir: dir };
+        let mut etcd = Etcd {
+            members,
+            token: format!("weft-test-{tag}"),
+            tls,
+            _dir: dir,
+        };
         for i in 0..n {
             etcd.spawn_member(i);
         }
@@ -138,16 +188,32 @@ impl Etcd {
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
-            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{}", m.peer_port)])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer_port),
+            ])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{}", m.peer_port),
+            ])
             .args(["--initial-cluster", &cluster.join(",")])
             .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn", "--logger", "zap"]);
         if let Some(t) = &self.tls {
-            cmd.arg("--cert-file").arg(&t.server_cert).arg("--key-file").arg(&t.server_key);
-            cmd.arg("--trusted-ca-file").arg(&t.ca).arg("--client-cert-auth");
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key);
+            cmd.arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
         }
         let log = self._dir.path().join(format!("{}.log", m.name));
         let p = Proc::spawn(&m.name, cmd, &log);
@@ -182,14 +248,20 @@ impl Etcd {
     }
 
     pub async fn store(&self, prefix: &str) -> EtcdStore {
-        EtcdStore::connect(&self.options(prefix)).await.expect("connect to test etcd")
+        EtcdStore::connect(&self.options(prefix))
+            .await
+            .expect("connect to test etcd")
     }
 
     /// Flags that point a weftd/netctl at this etcd.
     pub fn cli_args(&self) -> Vec<String> {
         let mut v = vec!["--etcd-endpoints".to_string(), self.endpoints().join(",")];
         if let Some(t) = &self.tls {
-            for (flag, p) in [("--etcd-cafile", &t.ca), ("--etcd-certfile", &t.client_cert), ("--etcd-keyfile", &t.client_key)] {
+            for (flag, p) in [
+                ("--etcd-cafile", &t.ca),
+                ("--etcd-certfile", &t.client_cert),
+                ("--etcd-keyfile", &t.client_key),
+            ] {
                 v.push(flag.into());
                 v.push(p.display().to_string());
             }
@@ -205,7 +277,11 @@ impl Etcd {
             let mut o = self.options("/weft-health");
             o.endpoints = vec![self.endpoint(i)];
             o.request_timeout = Duration::from_secs(1);
-            let log = self.members[i].proc.as_ref().map(|p| p.log.clone()).unwrap();
+            let log = self.members[i]
+                .proc
+                .as_ref()
+                .map(|p| p.log.clone())
+                .unwrap();
             let start = std::time::Instant::now();
             loop {
                 let o = o.clone();
@@ -219,7 +295,10 @@ impl Etcd {
                 if start.elapsed() > Duration::from_secs(30) {
                     let text = std::fs::read_to_string(&log).unwrap_or_default();
                     let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                    panic!("etcd member {i} not serving after 30 s; log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                    panic!(
+                        "etcd member {i} not serving after 30 s; log tail:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -245,7 +324,9 @@ impl Etcd {
             if m.proc.is_none() {
                 continue;
             }
-            let Ok(c) = etcd_client::Client::connect([self.endpoint(i)], None).await else { continue };
+            let Ok(c) = etcd_client::Client::connect([self.endpoint(i)], None).await else {
+                continue;
+            };
             let mut c = c;
             if let Ok(st) = c.status().await {
                 if st.leader() == st.header().map(|h| h.member_id()).unwrap_or(0) {
@@ -265,7 +346,12 @@ impl Etcd {
 
     /// A raw etcd client (for writing test fixtures the way other software would).
     pub async fn raw_client(&self) -> etcd_client::Client {
-        assert!(self.tls.is_none(), "raw_client is for plain-text test clusters");
-        etcd_client::Client::connect(self.endpoints(), None).await.expect("raw etcd client")
+        assert!(
+            self.tls.is_none(),
+            "raw_client is for plain-text test clusters"
+        );
+        etcd_client::Client::connect(self.endpoints(), None)
+            .await
+            .expect("raw etcd client")
     }
 }

@@ -47,7 +47,9 @@ impl Proc {
 
     /// Exit status if it has exited.
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Stop gracefully (SIGTERM), escalating to SIGKILL after `grace`. Returns the status.
@@ -119,24 +121,27 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A plain HTTP/1.0 GET on loopback: (status, body). `None` if nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let status = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// A metric's value from a Prometheus/OpenMetrics text body.
 pub fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse().ok()).flatten()
-        })
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// Run a command to completion with a time bound: (exit code, stdout, stderr).
@@ -187,7 +192,14 @@ impl Weftd {
         Self::start_in(dir, subnet_file, node, public_ip, etcd_args, extra)
     }
 
-    fn start_in(dir: tempfile::TempDir, subnet_file: PathBuf, node: &str, public_ip: &str, etcd_args: &[String], extra: &[&str]) -> Weftd {
+    fn start_in(
+        dir: tempfile::TempDir,
+        subnet_file: PathBuf,
+        node: &str,
+        public_ip: &str,
+        etcd_args: &[String],
+        extra: &[&str],
+    ) -> Weftd {
         let port = crate::free_port();
         let mut args: Vec<String> = vec![
             "--node-name".into(),
@@ -206,15 +218,31 @@ impl Weftd {
         args.extend(etcd_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cmd = Command::new(bin("weftd"));
-        cmd.args(&args).env("WEFT_LOG", "info").env_remove("NODE_NAME");
+        cmd.args(&args)
+            .env("WEFT_LOG", "info")
+            .env_remove("NODE_NAME");
         let log = dir.path().join(format!("weftd-{node}.log"));
         let proc = Proc::spawn(&format!("weftd-{node}"), cmd, &log);
-        Weftd { proc, port, subnet_file, node: node.into(), args, _dir: dir }
+        Weftd {
+            proc,
+            port,
+            subnet_file,
+            node: node.into(),
+            args,
+            _dir: dir,
+        }
     }
 
     /// Stop (SIGTERM) and start again with the same flags, subnet file and directory.
     pub fn restart(self) -> Weftd {
-        let Weftd { mut proc, subnet_file, node, args, _dir, .. } = self;
+        let Weftd {
+            mut proc,
+            subnet_file,
+            node,
+            args,
+            _dir,
+            ..
+        } = self;
         proc.stop(Duration::from_secs(5));
         // args: --node-name N --iface lo --public-ip IP --subnet-file F --healthz-ip I
         // --healthz-port P, then the etcd and extra flags.
@@ -227,7 +255,9 @@ impl Weftd {
     }
 
     pub fn metrics(&self) -> String {
-        http_get(self.port, "/metrics").map(|(_, b)| b).unwrap_or_default()
+        http_get(self.port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     /// Wait until /readyz says ready; panics with the log on timeout.
@@ -238,7 +268,12 @@ impl Weftd {
                 return;
             }
             if start.elapsed() > timeout {
-                panic!("weftd {} not ready after {timeout:?}; readyz={:?}\nlog:\n{}", self.node, self.readyz(), self.proc.log_text());
+                panic!(
+                    "weftd {} not ready after {timeout:?}; readyz={:?}\nlog:\n{}",
+                    self.node,
+                    self.readyz(),
+                    self.proc.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

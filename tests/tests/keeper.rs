@@ -30,8 +30,19 @@ fn node_ip(i: u32) -> Ipv4Addr {
 
 fn settings(name: &str, ip: Ipv4Addr, ttl: Duration) -> KeeperSettings {
     KeeperSettings {
-        identity: Identity { node_name: name.into(), public_ip: ip },
-        attrs: LeaseAttrs::for_node(name, ip, BackendKind::Vxlan, Some(VxlanData { vni: 1, vtep_mac: MacAddr::derive_from(name) })),
+        identity: Identity {
+            node_name: name.into(),
+            public_ip: ip,
+        },
+        attrs: LeaseAttrs::for_node(
+            name,
+            ip,
+            BackendKind::Vxlan,
+            Some(VxlanData {
+                vni: 1,
+                vtep_mac: MacAddr::derive_from(name),
+            }),
+        ),
         ttl,
         previous: None,
     }
@@ -57,10 +68,18 @@ impl Node {
         let (notice_tx, notice_rx) = mpsc::channel(64);
         let (ev_tx, events) = mpsc::channel(1024);
         let mut st = status.clone();
-        let mut tasks = vec![tokio::spawn(keeper.run(None, status_tx, notice_rx, stop_rx.clone()))];
+        let mut tasks = vec![tokio::spawn(keeper.run(
+            None,
+            status_tx,
+            notice_rx,
+            stop_rx.clone(),
+        ))];
         tasks.push(tokio::spawn(async move {
             loop {
-                let held = st.borrow_and_update().held().map(|h| (SubnetKey::v4(h.subnet).to_string(), h.subnet));
+                let held = st
+                    .borrow_and_update()
+                    .held()
+                    .map(|h| (SubnetKey::v4(h.subnet).to_string(), h.subnet));
                 if held.is_some() {
                     own_tx.send_replace(held);
                 }
@@ -80,7 +99,12 @@ impl Node {
             |_, _| {},
             stop_rx,
         )));
-        Node { status, events, stop, tasks }
+        Node {
+            status,
+            events,
+            stop,
+            tasks,
+        }
     }
 
     async fn held(&mut self, what: &str) -> Ipv4Network {
@@ -104,14 +128,26 @@ impl Node {
 async fn two_hundred_racing_keepers_get_distinct_subnets_then_the_pool_runs_dry() {
     let etcd = Etcd::start().await;
     let c = cfg(NET16);
-    let stores: Vec<Arc<EtcdStore>> = futures::future::join_all((0..8).map(|_| etcd.store("/race"))).await.into_iter().map(Arc::new).collect();
+    let stores: Vec<Arc<EtcdStore>> =
+        futures::future::join_all((0..8).map(|_| etcd.store("/race")))
+            .await
+            .into_iter()
+            .map(Arc::new)
+            .collect();
     let acquire = |i: u32| {
         let store = stores[i as usize % stores.len()].clone();
         let c = c.clone();
-        async move { LeaseKeeper::new(store, c, settings(&format!("node-{i}"), node_ip(i), DAY)).acquire(None).await }
+        async move {
+            LeaseKeeper::new(store, c, settings(&format!("node-{i}"), node_ip(i), DAY))
+                .acquire(None)
+                .await
+        }
     };
     let results = futures::future::join_all((0..200).map(|i| tokio::spawn(acquire(i)))).await;
-    let subnets: Vec<Ipv4Network> = results.into_iter().map(|r| r.unwrap().expect("acquire").subnet).collect();
+    let subnets: Vec<Ipv4Network> = results
+        .into_iter()
+        .map(|r| r.unwrap().expect("acquire").subnet)
+        .collect();
     let distinct: BTreeSet<_> = subnets.iter().collect();
     assert_eq!(distinct.len(), 200, "200 keepers, 200 distinct subnets");
     for s in &subnets {
@@ -132,20 +168,34 @@ async fn two_hundred_racing_keepers_get_distinct_subnets_then_the_pool_runs_dry(
 
     // The keeper that found no room keeps running, reports why, and gets a subnet once one
     // is freed.
-    let mut late = Node::spawn(stores[0].clone(), c.clone(), settings("node-late", node_ip(999), DAY));
+    let mut late = Node::spawn(
+        stores[0].clone(),
+        c.clone(),
+        settings("node-late", node_ip(999), DAY),
+    );
     let mut st = late.status.clone();
-    let why = wait_for("the exhaustion to be reported", Duration::from_secs(20), || {
-        let v = match &*st.borrow_and_update() {
-            LeaseStatus::Failed(w) => Some(w.clone()),
-            _ => None,
-        };
-        async move { v }
-    })
+    let why = wait_for(
+        "the exhaustion to be reported",
+        Duration::from_secs(20),
+        || {
+            let v = match &*st.borrow_and_update() {
+                LeaseStatus::Failed(w) => Some(w.clone()),
+                _ => None,
+            };
+            async move { v }
+        },
+    )
     .await;
     assert!(why.contains("pool exhausted"), "{why}");
     let freed = subnets[17];
-    assert!(stores[0].delete(&SubnetKey::v4(freed).to_string(), None).await.unwrap());
-    assert_eq!(late.held("the late keeper to get the freed subnet").await, freed);
+    assert!(stores[0]
+        .delete(&SubnetKey::v4(freed).to_string(), None)
+        .await
+        .unwrap());
+    assert_eq!(
+        late.held("the late keeper to get the freed subnet").await,
+        freed
+    );
     late.stop().await;
 }
 
@@ -154,31 +204,66 @@ async fn restarted_node_keeps_its_subnet_by_name_and_a_flannel_lease_by_public_i
     let etcd = Etcd::start().await;
     let store = Arc::new(etcd.store("/restart").await);
     let c = cfg(NET16);
-    let first = LeaseKeeper::new(store.clone(), c.clone(), settings("n1", node_ip(1), DAY)).acquire(None).await.unwrap();
+    let first = LeaseKeeper::new(store.clone(), c.clone(), settings("n1", node_ip(1), DAY))
+        .acquire(None)
+        .await
+        .unwrap();
     // Some churn in between.
     for i in 2..20 {
-        LeaseKeeper::new(store.clone(), c.clone(), settings(&format!("n{i}"), node_ip(i), DAY)).acquire(None).await.unwrap();
+        LeaseKeeper::new(
+            store.clone(),
+            c.clone(),
+            settings(&format!("n{i}"), node_ip(i), DAY),
+        )
+        .acquire(None)
+        .await
+        .unwrap();
     }
     // Same name, new public IP: same subnet, attributes rewritten.
-    let again = LeaseKeeper::new(store.clone(), c.clone(), settings("n1", node_ip(500), DAY)).acquire(None).await.unwrap();
+    let again = LeaseKeeper::new(store.clone(), c.clone(), settings("n1", node_ip(500), DAY))
+        .acquire(None)
+        .await
+        .unwrap();
     assert_eq!(again.subnet, first.subnet);
-    let attrs = LeaseAttrs::decode(&store.get(&again.entry.name).await.unwrap().unwrap().value).unwrap();
+    let attrs =
+        LeaseAttrs::decode(&store.get(&again.entry.name).await.unwrap().unwrap().value).unwrap();
     assert_eq!(attrs.public_ip, Some(node_ip(500)));
 
     // A lease written by flannel (no NodeName) is recognised by its PublicIP.
     let mut raw = etcd.raw_client().await;
     let flannel_value = r#"{"PublicIP":"203.0.113.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:00:11:22"}}"#;
     let grant = raw.lease_grant(3600, None).await.unwrap();
-    raw.put("/restart/subnets/10.5.200.0-24", flannel_value, Some(etcd_client::PutOptions::new().with_lease(grant.id()))).await.unwrap();
-    let adopted = LeaseKeeper::new(store.clone(), c.clone(), settings("flannel-node", "203.0.113.9".parse().unwrap(), DAY)).acquire(None).await.unwrap();
+    raw.put(
+        "/restart/subnets/10.5.200.0-24",
+        flannel_value,
+        Some(etcd_client::PutOptions::new().with_lease(grant.id())),
+    )
+    .await
+    .unwrap();
+    let adopted = LeaseKeeper::new(
+        store.clone(),
+        c.clone(),
+        settings("flannel-node", "203.0.113.9".parse().unwrap(), DAY),
+    )
+    .acquire(None)
+    .await
+    .unwrap();
     assert_eq!(adopted.subnet.to_string(), "10.5.200.0/24");
-    let attrs = LeaseAttrs::decode(&store.get("10.5.200.0-24").await.unwrap().unwrap().value).unwrap();
-    assert_eq!(attrs.node_name.as_deref(), Some("flannel-node"), "weft adds its NodeName on adoption");
+    let attrs =
+        LeaseAttrs::decode(&store.get("10.5.200.0-24").await.unwrap().unwrap().value).unwrap();
+    assert_eq!(
+        attrs.node_name.as_deref(),
+        Some("flannel-node"),
+        "weft adds its NodeName on adoption"
+    );
 
     // A node whose previous subnet (subnet.env) is free gets it back.
     let mut s = settings("n-prev", node_ip(77), DAY);
     s.previous = Some("10.5.123.0/24".parse().unwrap());
-    let prev = LeaseKeeper::new(store.clone(), c.clone(), s).acquire(None).await.unwrap();
+    let prev = LeaseKeeper::new(store.clone(), c.clone(), s)
+        .acquire(None)
+        .await
+        .unwrap();
     assert_eq!(prev.subnet.to_string(), "10.5.123.0/24");
 }
 
@@ -195,16 +280,45 @@ async fn reservations_are_honoured_and_never_handed_to_another_node() {
         .unwrap();
     let mut got = BTreeSet::new();
     for i in 0..2 {
-        got.insert(LeaseKeeper::new(store.clone(), c.clone(), settings(&format!("o{i}"), node_ip(i), DAY)).acquire(None).await.unwrap().subnet);
+        got.insert(
+            LeaseKeeper::new(
+                store.clone(),
+                c.clone(),
+                settings(&format!("o{i}"), node_ip(i), DAY),
+            )
+            .acquire(None)
+            .await
+            .unwrap()
+            .subnet,
+        );
     }
-    assert!(!got.contains(&"10.6.0.128/26".parse().unwrap()), "reserved subnet handed out: {got:?}");
-    let err = LeaseKeeper::new(store.clone(), c.clone(), settings("o9", node_ip(9), DAY)).acquire(None).await.unwrap_err();
+    assert!(
+        !got.contains(&"10.6.0.128/26".parse().unwrap()),
+        "reserved subnet handed out: {got:?}"
+    );
+    let err = LeaseKeeper::new(store.clone(), c.clone(), settings("o9", node_ip(9), DAY))
+        .acquire(None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, KeeperError::PoolExhausted { .. }), "{err}");
-    let held = LeaseKeeper::new(store.clone(), c.clone(), settings("special", special_ip, DAY)).acquire(None).await.unwrap();
+    let held = LeaseKeeper::new(
+        store.clone(),
+        c.clone(),
+        settings("special", special_ip, DAY),
+    )
+    .acquire(None)
+    .await
+    .unwrap();
     assert_eq!(held.subnet.to_string(), "10.6.0.128/26");
-    assert!(held.is_reservation(), "adopting a reservation keeps it a reservation");
+    assert!(
+        held.is_reservation(),
+        "adopting a reservation keeps it a reservation"
+    );
     let stored = store.get("10.6.0.128-26").await.unwrap().unwrap();
-    assert_eq!(stored.ttl_lease, None, "no TTL was attached to the reservation");
+    assert_eq!(
+        stored.ttl_lease, None,
+        "no TTL was attached to the reservation"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,36 +326,73 @@ async fn a_deleted_lease_is_reacquired_and_renewal_never_takes_another_nodes_sub
     let etcd = Etcd::start().await;
     let store = Arc::new(etcd.store("/lost").await);
     let c = cfg(NET16);
-    let mut node = Node::spawn(store.clone(), c.clone(), settings("n1", node_ip(1), Duration::from_secs(4)));
+    let mut node = Node::spawn(
+        store.clone(),
+        c.clone(),
+        settings("n1", node_ip(1), Duration::from_secs(4)),
+    );
     let subnet = node.held("first lease").await;
     let name = SubnetKey::v4(subnet).to_string();
 
     // Deleted by hand: the watch tells the keeper, which takes the same subnet back.
     assert!(store.delete(&name, None).await.unwrap());
-    wait_for("the lease to be re-created", Duration::from_secs(20), || {
-        let (store, name) = (store.clone(), name.clone());
-        async move { store.get(&name).await.unwrap().map(|_| ()) }
-    })
+    wait_for(
+        "the lease to be re-created",
+        Duration::from_secs(20),
+        || {
+            let (store, name) = (store.clone(), name.clone());
+            async move { store.get(&name).await.unwrap().map(|_| ()) }
+        },
+    )
     .await;
     let back = LeaseAttrs::decode(&store.get(&name).await.unwrap().unwrap().value).unwrap();
     assert_eq!(back.node_name.as_deref(), Some("n1"));
 
     // Another node takes the subnet while n1 is not looking: n1 must not overwrite it.
-    let thief_value = LeaseAttrs::for_node("thief", node_ip(2), BackendKind::Vxlan, Some(VxlanData { vni: 1, vtep_mac: MacAddr::derive_from("thief") })).encode();
+    let thief_value = LeaseAttrs::for_node(
+        "thief",
+        node_ip(2),
+        BackendKind::Vxlan,
+        Some(VxlanData {
+            vni: 1,
+            vtep_mac: MacAddr::derive_from("thief"),
+        }),
+    )
+    .encode();
     let mut raw = etcd.raw_client().await;
-    raw.put(format!("/lost/subnets/{name}"), thief_value.clone(), None).await.unwrap();
+    raw.put(format!("/lost/subnets/{name}"), thief_value.clone(), None)
+        .await
+        .unwrap();
     let mut st = node.status.clone();
-    let new_subnet = wait_for("n1 to move to another subnet", Duration::from_secs(20), || {
-        let v = st.borrow_and_update().held().map(|h| h.subnet).filter(|s| *s != subnet);
-        async move { v }
-    })
+    let new_subnet = wait_for(
+        "n1 to move to another subnet",
+        Duration::from_secs(20),
+        || {
+            let v = st
+                .borrow_and_update()
+                .held()
+                .map(|h| h.subnet)
+                .filter(|s| *s != subnet);
+            async move { v }
+        },
+    )
     .await;
     assert_ne!(new_subnet, subnet);
     // Through renewals (TTL 4 s, renewed every 2 s), the thief's value is never touched.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(store.get(&name).await.unwrap().unwrap().value, thief_value);
-    let mine = store.get(&SubnetKey::v4(new_subnet).to_string()).await.unwrap().expect("n1's new lease was renewed and is alive");
-    assert_eq!(LeaseAttrs::decode(&mine.value).unwrap().node_name.as_deref(), Some("n1"));
+    let mine = store
+        .get(&SubnetKey::v4(new_subnet).to_string())
+        .await
+        .unwrap()
+        .expect("n1's new lease was renewed and is alive");
+    assert_eq!(
+        LeaseAttrs::decode(&mine.value)
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("n1")
+    );
     node.stop().await;
 }
 
@@ -255,9 +406,20 @@ async fn renewal_with_a_stale_revision_reports_the_lease_lost() {
     // The key is deleted and re-created by someone else.
     store.delete(&held.entry.name, None).await.unwrap();
     let other = LeaseAttrs::for_node("other", node_ip(2), BackendKind::HostGw, None).encode();
-    assert!(matches!(store.create(&held.entry.name, &other, None).await.unwrap(), CreateOutcome::Created(_)));
-    assert_eq!(k.renew(&held).await.unwrap(), None, "renewal must report the lease lost");
-    assert_eq!(store.get(&held.entry.name).await.unwrap().unwrap().value, other, "and leave the other node's lease alone");
+    assert!(matches!(
+        store.create(&held.entry.name, &other, None).await.unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    assert_eq!(
+        k.renew(&held).await.unwrap(),
+        None,
+        "renewal must report the lease lost"
+    );
+    assert_eq!(
+        store.get(&held.entry.name).await.unwrap().unwrap().value,
+        other,
+        "and leave the other node's lease alone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,17 +427,37 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
     let etcd = Etcd::start().await;
     let store = Arc::new(etcd.store("/compact").await);
     let c = cfg(NET16);
-    let mine = LeaseKeeper::new(store.clone(), c.clone(), settings("me", node_ip(1), DAY)).acquire(None).await.unwrap().subnet;
+    let mine = LeaseKeeper::new(store.clone(), c.clone(), settings("me", node_ip(1), DAY))
+        .acquire(None)
+        .await
+        .unwrap()
+        .subnet;
     let mut held = Vec::new();
     for i in 2..5 {
-        held.push(LeaseKeeper::new(store.clone(), c.clone(), settings(&format!("p{i}"), node_ip(i), DAY)).acquire(None).await.unwrap());
+        held.push(
+            LeaseKeeper::new(
+                store.clone(),
+                c.clone(),
+                settings(&format!("p{i}"), node_ip(i), DAY),
+            )
+            .acquire(None)
+            .await
+            .unwrap(),
+        );
     }
     // The watch's view: a listing taken now...
     let stale = store.snapshot(false).await.unwrap();
     // ...then the world moves on: p2 leaves, p5 joins, p3 changes its public IP...
     store.delete(&held[0].entry.name, None).await.unwrap();
-    let p5 = LeaseKeeper::new(store.clone(), c.clone(), settings("p5", node_ip(5), DAY)).acquire(None).await.unwrap().subnet;
-    let p3 = LeaseKeeper::new(store.clone(), c.clone(), settings("p3", node_ip(33), DAY)).acquire(None).await.unwrap();
+    let p5 = LeaseKeeper::new(store.clone(), c.clone(), settings("p5", node_ip(5), DAY))
+        .acquire(None)
+        .await
+        .unwrap()
+        .subnet;
+    let p3 = LeaseKeeper::new(store.clone(), c.clone(), settings("p3", node_ip(33), DAY))
+        .acquire(None)
+        .await
+        .unwrap();
     assert_eq!(p3.subnet, held[1].subnet);
     // ...and the history the watch would need is compacted away.
     etcd.compact_now().await;
@@ -284,7 +466,17 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
     let (ev_tx, mut events) = mpsc::channel(64);
     let (notice_tx, _notices) = mpsc::channel(64);
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_peer_watch(store.clone(), LeaseRules::from_config(&c), Some(stale), Some("me".into()), own_rx, ev_tx, notice_tx, |_, _| {}, stop_rx));
+    let task = tokio::spawn(run_peer_watch(
+        store.clone(),
+        LeaseRules::from_config(&c),
+        Some(stale),
+        Some("me".into()),
+        own_rx,
+        ev_tx,
+        notice_tx,
+        |_, _| {},
+        stop_rx,
+    ));
 
     let first = recv(&mut events).await;
     let added: BTreeSet<_> = first
@@ -294,7 +486,11 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
             other => panic!("initial listing gives only additions, got {other:?}"),
         })
         .collect();
-    assert_eq!(added, held.iter().map(|h| h.subnet).collect(), "own subnet excluded");
+    assert_eq!(
+        added,
+        held.iter().map(|h| h.subnet).collect(),
+        "own subnet excluded"
+    );
 
     let relist = recv(&mut events).await;
     let (mut removed, mut joined, mut updated) = (false, false, false);
@@ -328,7 +524,11 @@ async fn hostile_leases_are_skipped_by_the_watch_and_never_crash_the_keeper() {
     let store = Arc::new(etcd.store("/hostile").await);
     let c = cfg(r#"{"Network":"10.7.0.0/16"}"#);
     let mut raw = etcd.raw_client().await;
-    let good = |ip: &str, mac: &str| format!(r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#);
+    let good = |ip: &str, mac: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    };
     let hostile: Vec<(String, Vec<u8>)> = vec![
         ("10.7.1.0-24".into(), b"{not json".to_vec()),
         ("10.7.2.0-24".into(), Vec::new()),
@@ -343,12 +543,32 @@ async fn hostile_leases_are_skipped_by_the_watch_and_never_crash_the_keeper() {
         ("10.7.11.0-24".into(), vec![0, 1, 2, 0xff]),
     ];
     for (k, v) in &hostile {
-        raw.put(format!("/hostile/subnets/{k}"), v.clone(), None).await.unwrap();
+        raw.put(format!("/hostile/subnets/{k}"), v.clone(), None)
+            .await
+            .unwrap();
     }
     // Two keys claiming one subnet: the older one is used, once.
-    raw.put("/hostile/subnets/10.7.20.0-24", good("198.18.0.20", "aa:00:00:00:00:20"), None).await.unwrap();
-    raw.put("/hostile/subnets/10.7.20.0-24&fc00::-64", good("198.18.0.21", "aa:00:00:00:00:21"), None).await.unwrap();
-    raw.put("/hostile/subnets/10.7.30.0-24", good("198.18.0.30", "aa:00:00:00:00:30"), None).await.unwrap();
+    raw.put(
+        "/hostile/subnets/10.7.20.0-24",
+        good("198.18.0.20", "aa:00:00:00:00:20"),
+        None,
+    )
+    .await
+    .unwrap();
+    raw.put(
+        "/hostile/subnets/10.7.20.0-24&fc00::-64",
+        good("198.18.0.21", "aa:00:00:00:00:21"),
+        None,
+    )
+    .await
+    .unwrap();
+    raw.put(
+        "/hostile/subnets/10.7.30.0-24",
+        good("198.18.0.30", "aa:00:00:00:00:30"),
+        None,
+    )
+    .await
+    .unwrap();
 
     let mut node = Node::spawn(store.clone(), c.clone(), settings("me", node_ip(1), DAY));
     let mine = node.held("a lease despite the garbage").await;
@@ -363,7 +583,11 @@ async fn hostile_leases_are_skipped_by_the_watch_and_never_crash_the_keeper() {
             match ev {
                 PeerEvent::Added(p) => {
                     if p.subnet.to_string() == "10.7.20.0/24" {
-                        assert_eq!(p.public_ip.to_string(), "198.18.0.20", "the older claim wins");
+                        assert_eq!(
+                            p.public_ip.to_string(),
+                            "198.18.0.20",
+                            "the older claim wins"
+                        );
                     }
                     peers.insert(p.subnet);
                 }
@@ -371,13 +595,24 @@ async fn hostile_leases_are_skipped_by_the_watch_and_never_crash_the_keeper() {
             }
         }
     }
-    let expect: BTreeSet<Ipv4Network> = ["10.7.20.0/24", "10.7.30.0/24"].iter().map(|s| s.parse().unwrap()).collect();
+    let expect: BTreeSet<Ipv4Network> = ["10.7.20.0/24", "10.7.30.0/24"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
     assert_eq!(peers, expect);
     // A hostile write while running removes that peer and changes nothing else.
-    raw.put("/hostile/subnets/10.7.30.0-24", "garbage now", None).await.unwrap();
+    raw.put("/hostile/subnets/10.7.30.0-24", "garbage now", None)
+        .await
+        .unwrap();
     let batch = recv(&mut node.events).await;
-    assert!(matches!(&batch[..], [PeerEvent::Removed(p)] if p.subnet.to_string() == "10.7.30.0/24"), "{batch:?}");
-    assert!(node.status.borrow().held().is_some(), "keeper still holds its lease");
+    assert!(
+        matches!(&batch[..], [PeerEvent::Removed(p)] if p.subnet.to_string() == "10.7.30.0/24"),
+        "{batch:?}"
+    );
+    assert!(
+        node.status.borrow().held().is_some(),
+        "keeper still holds its lease"
+    );
     node.stop().await;
 }
 
@@ -394,10 +629,17 @@ async fn keeper_renews_at_half_ttl_under_paused_time() {
     .await;
     let name = first.entry.name.clone();
     tokio::time::sleep(Duration::from_secs(11 * 3600)).await;
-    assert_eq!(store.get(&name).await.unwrap().unwrap().mod_revision, first.entry.mod_revision, "no renewal before half the TTL");
+    assert_eq!(
+        store.get(&name).await.unwrap().unwrap().mod_revision,
+        first.entry.mod_revision,
+        "no renewal before half the TTL"
+    );
     tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
     let renewed = store.get(&name).await.unwrap().unwrap();
-    assert!(renewed.mod_revision > first.entry.mod_revision, "renewed after half the TTL");
+    assert!(
+        renewed.mod_revision > first.entry.mod_revision,
+        "renewed after half the TTL"
+    );
     // Three days on, renewals kept it alive; the old TTL lease was revoked.
     tokio::time::sleep(Duration::from_secs(3 * 86_400)).await;
     assert!(store.get(&name).await.unwrap().is_some());
@@ -411,7 +653,11 @@ async fn keeper_renews_at_half_ttl_under_paused_time() {
 async fn keeper_survives_a_store_outage_longer_than_the_ttl_and_keeps_its_subnet() {
     let store = Arc::new(MemoryStore::new());
     let c = cfg(NET16);
-    let mut node = Node::spawn(store.clone(), c, settings("n1", node_ip(1), Duration::from_secs(60)));
+    let mut node = Node::spawn(
+        store.clone(),
+        c,
+        settings("n1", node_ip(1), Duration::from_secs(60)),
+    );
     let subnet = node.held("lease").await;
     store.set_down(true);
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -423,7 +669,10 @@ async fn keeper_survives_a_store_outage_longer_than_the_ttl_and_keeps_its_subnet
         async move { store.get(&name).await.ok()?.map(|_| ()) }
     })
     .await;
-    assert_eq!(node.held("same subnet").await, subnet, "the previous subnet is taken back");
+    assert_eq!(
+        node.held("same subnet").await,
+        subnet,
+        "the previous subnet is taken back"
+    );
     node.stop().await;
 }
-

@@ -72,7 +72,8 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|e| StoreError::Config(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| StoreError::Config(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 /// Render an error with its whole source chain (tonic hides the useful part, such as
@@ -105,7 +106,8 @@ impl EtcdStore {
                 opts.prefix
             )));
         }
-        let tls_wanted = opts.ca_file.is_some() || opts.cert_file.is_some() || opts.key_file.is_some();
+        let tls_wanted =
+            opts.ca_file.is_some() || opts.cert_file.is_some() || opts.key_file.is_some();
         for ep in &opts.endpoints {
             let scheme_ok = ep.starts_with("http://") || ep.starts_with("https://");
             if !scheme_ok {
@@ -225,7 +227,12 @@ impl EtcdStore {
                 return Err(err);
             }
             tracing::debug!(member = %self.members[idx], error = %err, "etcd member unreachable; trying the next");
-            let _ = self.current.compare_exchange(idx, (idx + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(
+                idx,
+                (idx + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
             last = Some(err);
         }
         Err(last.expect("at least one endpoint"))
@@ -269,7 +276,11 @@ impl EtcdStore {
     async fn grant(&self, ttl: Option<Duration>) -> Result<Option<TtlLeaseId>, StoreError> {
         let Some(ttl) = ttl else { return Ok(None) };
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let resp = self.call("lease grant", |mut c| async move { c.lease_grant(secs, None).await }).await?;
+        let resp = self
+            .call("lease grant", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
         Ok(Some(TtlLeaseId(resp.id())))
     }
 
@@ -339,13 +350,21 @@ impl LeaseStore for EtcdStore {
         Ok(resp.kvs().first().and_then(|kv| self.entry(kv)))
     }
 
-    async fn create(&self, name: &str, value: &[u8], ttl: Option<Duration>) -> Result<CreateOutcome, StoreError> {
+    async fn create(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<CreateOutcome, StoreError> {
         let lease = self.grant(ttl).await?;
         let key = self.key(name);
         let put_opts = lease.map(|l| PutOptions::new().with_lease(l.0));
         let txn = Txn::new()
             .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), value.to_vec(), put_opts), TxnOp::get(key.clone(), None)])
+            .and_then([
+                TxnOp::put(key.clone(), value.to_vec(), put_opts),
+                TxnOp::get(key.clone(), None),
+            ])
             .or_else([TxnOp::get(key, None)]);
         let resp = match self
             .call("create", |mut c| {
@@ -362,7 +381,8 @@ impl LeaseStore for EtcdStore {
         };
         let current = self.first_get(&resp);
         if resp.succeeded() {
-            let entry = current.ok_or_else(|| StoreError::WatchEnded("create: no entry read back".into()))?;
+            let entry = current
+                .ok_or_else(|| StoreError::WatchEnded("create: no entry read back".into()))?;
             Ok(CreateOutcome::Created(entry))
         } else {
             self.discard(lease).await;
@@ -381,8 +401,15 @@ impl LeaseStore for EtcdStore {
         let key = self.key(name);
         let put_opts = lease.map(|l| PutOptions::new().with_lease(l.0));
         let txn = Txn::new()
-            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected.0)])
-            .and_then([TxnOp::put(key.clone(), value.to_vec(), put_opts), TxnOp::get(key.clone(), None)])
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                expected.0,
+            )])
+            .and_then([
+                TxnOp::put(key.clone(), value.to_vec(), put_opts),
+                TxnOp::get(key.clone(), None),
+            ])
             .or_else([TxnOp::get(key, None)]);
         let resp = match self
             .call("replace", |mut c| {
@@ -399,7 +426,8 @@ impl LeaseStore for EtcdStore {
         };
         let current = self.first_get(&resp);
         if resp.succeeded() {
-            let entry = current.ok_or_else(|| StoreError::WatchEnded("replace: no entry read back".into()))?;
+            let entry = current
+                .ok_or_else(|| StoreError::WatchEnded("replace: no entry read back".into()))?;
             Ok(ReplaceOutcome::Replaced(entry))
         } else {
             self.discard(lease).await;
@@ -435,25 +463,35 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn time_to_live(&self, lease: TtlLeaseId) -> Result<Option<Duration>, StoreError> {
-        let resp = self.call("lease ttl", |mut c| async move { c.lease_time_to_live(lease.0, None).await }).await?;
+        let resp = self
+            .call("lease ttl", |mut c| async move {
+                c.lease_time_to_live(lease.0, None).await
+            })
+            .await?;
         Ok((resp.ttl() >= 0).then(|| Duration::from_secs(resp.ttl() as u64)))
     }
 
     async fn revoke(&self, lease: TtlLeaseId) -> Result<(), StoreError> {
-        match self.call("lease revoke", |mut c| async move { c.lease_revoke(lease.0).await }).await {
+        match self
+            .call("lease revoke", |mut c| async move {
+                c.lease_revoke(lease.0).await
+            })
+            .await
+        {
             Ok(_) => Ok(()),
             // Revoking a lease that already expired is success.
-            Err(StoreError::Etcd { source: etcd_client::Error::GRpcStatus(s), .. })
-                if s.message().contains("not found") =>
-            {
-                Ok(())
-            }
+            Err(StoreError::Etcd {
+                source: etcd_client::Error::GRpcStatus(s),
+                ..
+            }) if s.message().contains("not found") => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     async fn watch(&self, from: Revision) -> Result<WatchStream, StoreError> {
-        let opts = WatchOptions::new().with_prefix().with_start_revision(from.0);
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from.0);
         let stream = self
             .call("watch", |mut c| {
                 let (k, o) = (self.subnets_prefix.clone(), opts.clone());
@@ -505,7 +543,10 @@ impl LeaseStore for EtcdStore {
                             return Some((Ok(events), Some(stream)));
                         }
                         Ok(None) => {
-                            return Some((Err(StoreError::WatchEnded("stream closed by etcd".into())), None))
+                            return Some((
+                                Err(StoreError::WatchEnded("stream closed by etcd".into())),
+                                None,
+                            ))
                         }
                         Err(e) => {
                             return Some((Err(StoreError::WatchEnded(chain(&e))), None));

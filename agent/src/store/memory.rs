@@ -149,7 +149,13 @@ impl MemoryStore {
         })
     }
 
-    fn put(&self, inner: &mut Inner, name: &str, value: &[u8], lease: Option<TtlLeaseId>) -> StoredEntry {
+    fn put(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        value: &[u8],
+        lease: Option<TtlLeaseId>,
+    ) -> StoredEntry {
         inner.revision += 1;
         let rev = Revision(inner.revision);
         let create_revision = inner
@@ -175,7 +181,11 @@ impl LeaseStore for MemoryStore {
         let inner = self.lock()?;
         Ok(Snapshot {
             revision: Revision(inner.revision),
-            config: if with_config { inner.config.clone() } else { None },
+            config: if with_config {
+                inner.config.clone()
+            } else {
+                None
+            },
             entries: inner.entries.values().cloned().collect(),
         })
     }
@@ -191,13 +201,20 @@ impl LeaseStore for MemoryStore {
         Ok(self.lock()?.entries.get(name).cloned())
     }
 
-    async fn create(&self, name: &str, value: &[u8], ttl: Option<Duration>) -> Result<CreateOutcome, StoreError> {
+    async fn create(
+        &self,
+        name: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<CreateOutcome, StoreError> {
         let mut inner = self.lock()?;
         if let Some(existing) = inner.entries.get(name) {
             return Ok(CreateOutcome::Exists(Some(existing.clone())));
         }
         let lease = Self::grant(&mut inner, ttl);
-        Ok(CreateOutcome::Created(self.put(&mut inner, name, value, lease)))
+        Ok(CreateOutcome::Created(
+            self.put(&mut inner, name, value, lease),
+        ))
     }
 
     async fn replace(
@@ -211,7 +228,9 @@ impl LeaseStore for MemoryStore {
         match inner.entries.get(name) {
             Some(e) if e.mod_revision == expected => {
                 let lease = Self::grant(&mut inner, ttl);
-                Ok(ReplaceOutcome::Replaced(self.put(&mut inner, name, value, lease)))
+                Ok(ReplaceOutcome::Replaced(
+                    self.put(&mut inner, name, value, lease),
+                ))
             }
             other => Ok(ReplaceOutcome::Conflict(other.cloned())),
         }
@@ -268,12 +287,18 @@ impl LeaseStore for MemoryStore {
             loop {
                 match rx.recv().await {
                     Ok((-1, _)) => {
-                        return Some((Err(StoreError::WatchEnded("store went down".into())), (rx, true)))
+                        return Some((
+                            Err(StoreError::WatchEnded("store went down".into())),
+                            (rx, true),
+                        ))
                     }
                     Ok((rev, _)) if rev <= seen_up_to => continue,
                     Ok((_, ev)) => return Some((Ok(vec![ev]), (rx, false))),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Some((Err(StoreError::WatchEnded("watcher lagged".into())), (rx, true)))
+                        return Some((
+                            Err(StoreError::WatchEnded("watcher lagged".into())),
+                            (rx, true),
+                        ))
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }

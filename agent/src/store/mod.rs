@@ -94,12 +94,18 @@ pub enum StoreError {
 impl StoreError {
     /// True when the member could not be reached (another member may answer).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. } | StoreError::Timeout { .. })
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
+        )
     }
 
     /// True when the caller should re-list instead of resuming a watch.
     pub fn needs_relist(&self) -> bool {
-        matches!(self, StoreError::Compacted { .. } | StoreError::WatchEnded(_))
+        matches!(
+            self,
+            StoreError::Compacted { .. } | StoreError::WatchEnded(_)
+        )
     }
 }
 
@@ -108,13 +114,17 @@ pub type WatchStream = BoxStream<'static, Result<Vec<WatchEvent>, StoreError>>;
 /// The lease storage boundary. Implemented by [`EtcdStore`] and, for tests, `MemoryStore`.
 pub trait LeaseStore: Send + Sync + 'static {
     /// Config (when `with_config`) and every subnet entry, at one revision, in one request.
-    fn snapshot(&self, with_config: bool)
-        -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+    fn snapshot(
+        &self,
+        with_config: bool,
+    ) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
     fn put_config(&self, value: &[u8]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn get(&self, name: &str)
-        -> impl Future<Output = Result<Option<StoredEntry>, StoreError>> + Send;
+    fn get(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<StoredEntry>, StoreError>> + Send;
 
     /// Create `name` only if it does not exist. `ttl: None` creates a reservation.
     fn create(
@@ -152,7 +162,8 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Watch every subnet entry from `from` (inclusive). The stream yields batches of events;
     /// an `Err` ends it (re-list on [`StoreError::needs_relist`], or on any error).
-    fn watch(&self, from: Revision) -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
+    fn watch(&self, from: Revision)
+        -> impl Future<Output = Result<WatchStream, StoreError>> + Send;
 
     /// Number of requests sent to the backing store so far.
     fn request_count(&self) -> u64;

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what weft's build and tests need on a Debian machine, if it is missing:
+# etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl.
+set -euo pipefail
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${need[*]}; run as root (sudo) to install them" >&2
+    exit 1
+  fi
+  echo "installing: ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The Debian etcd-server package starts a system etcd on 127.0.0.1:2379; weft's tests use
+# their own members on free ports, so that one is left alone.
+for tool in cargo rustc; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "$tool not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+done

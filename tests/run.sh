@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole weft test suite: unit tests, the LeaseStore contract suite (in-memory and a real
+# etcd), keeper/watch tests against etcd, and weftd/netctl process tests (single member,
+# three-member cluster, TLS). Extra arguments go to `cargo test`, e.g. a test-name filter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/install-deps.sh
+# The process tests run the real binaries; build them first.
+cargo build --workspace --bins
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
+echo
+echo "weft: $passed passed, $failed failed"
+exit "$status"
