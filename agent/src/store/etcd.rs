@@ -291,6 +291,52 @@ impl EtcdStore {
         })
     }
 
+    /// One transaction: if `compare` holds, put `value` (attached to a fresh TTL lease when
+    /// `ttl` is given) and read it back; otherwise read what is there. `Ok(Ok(entry))` when
+    /// written, `Ok(Err(current))` when the compare failed. A granted lease that ends up
+    /// unused is revoked.
+    async fn put_if(
+        &self,
+        op: &'static str,
+        name: &str,
+        value: &[u8],
+        compare: Compare,
+        ttl: Option<Duration>,
+    ) -> Result<Result<StoredEntry, Option<StoredEntry>>, StoreError> {
+        let lease = self.grant(ttl).await?;
+        let key = self.key(name);
+        let put_opts = lease.map(|l| PutOptions::new().with_lease(l.0));
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([
+                TxnOp::put(key.clone(), value.to_vec(), put_opts),
+                TxnOp::get(key.clone(), None),
+            ])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = match self
+            .call(op, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.discard(lease).await;
+                return Err(e);
+            }
+        };
+        let current = self.first_get(&resp);
+        if resp.succeeded() {
+            current.map(Ok).ok_or_else(|| {
+                StoreError::Protocol(format!("{op}: the written key was not read back"))
+            })
+        } else {
+            self.discard(lease).await;
+            Ok(Err(current))
+        }
+    }
+
     /// Revoke a TTL lease granted for a write that did not happen; best effort.
     async fn discard(&self, lease: Option<TtlLeaseId>) {
         if let Some(l) = lease {
@@ -356,38 +402,13 @@ impl LeaseStore for EtcdStore {
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<CreateOutcome, StoreError> {
-        let lease = self.grant(ttl).await?;
-        let key = self.key(name);
-        let put_opts = lease.map(|l| PutOptions::new().with_lease(l.0));
-        let txn = Txn::new()
-            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(key.clone(), value.to_vec(), put_opts),
-                TxnOp::get(key.clone(), None),
-            ])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = match self
-            .call("create", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.discard(lease).await;
-                return Err(e);
-            }
-        };
-        let current = self.first_get(&resp);
-        if resp.succeeded() {
-            let entry = current
-                .ok_or_else(|| StoreError::WatchEnded("create: no entry read back".into()))?;
-            Ok(CreateOutcome::Created(entry))
-        } else {
-            self.discard(lease).await;
-            Ok(CreateOutcome::Exists(current))
-        }
+        let compare = Compare::version(self.key(name), CompareOp::Equal, 0);
+        Ok(
+            match self.put_if("create", name, value, compare, ttl).await? {
+                Ok(entry) => CreateOutcome::Created(entry),
+                Err(current) => CreateOutcome::Exists(current),
+            },
+        )
     }
 
     async fn replace(
@@ -397,42 +418,13 @@ impl LeaseStore for EtcdStore {
         expected: Revision,
         ttl: Option<Duration>,
     ) -> Result<ReplaceOutcome, StoreError> {
-        let lease = self.grant(ttl).await?;
-        let key = self.key(name);
-        let put_opts = lease.map(|l| PutOptions::new().with_lease(l.0));
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                expected.0,
-            )])
-            .and_then([
-                TxnOp::put(key.clone(), value.to_vec(), put_opts),
-                TxnOp::get(key.clone(), None),
-            ])
-            .or_else([TxnOp::get(key, None)]);
-        let resp = match self
-            .call("replace", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.discard(lease).await;
-                return Err(e);
-            }
-        };
-        let current = self.first_get(&resp);
-        if resp.succeeded() {
-            let entry = current
-                .ok_or_else(|| StoreError::WatchEnded("replace: no entry read back".into()))?;
-            Ok(ReplaceOutcome::Replaced(entry))
-        } else {
-            self.discard(lease).await;
-            Ok(ReplaceOutcome::Conflict(current))
-        }
+        let compare = Compare::mod_revision(self.key(name), CompareOp::Equal, expected.0);
+        Ok(
+            match self.put_if("replace", name, value, compare, ttl).await? {
+                Ok(entry) => ReplaceOutcome::Replaced(entry),
+                Err(current) => ReplaceOutcome::Conflict(current),
+            },
+        )
     }
 
     async fn delete(&self, name: &str, expected: Option<Revision>) -> Result<bool, StoreError> {

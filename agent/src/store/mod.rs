@@ -87,6 +87,8 @@ pub enum StoreError {
     Compacted { requested: i64, compacted: i64 },
     #[error("watch stream ended: {0}")]
     WatchEnded(String),
+    #[error("unexpected answer from etcd: {0}")]
+    Protocol(String),
     #[error("invalid store configuration: {0}")]
     Config(String),
 }

@@ -35,7 +35,11 @@ async fn measure(w: &Weftd, started: Instant) -> Sample {
         if let Some((200, _)) = w.readyz() {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "weftd not ready:\n{}", w.proc.log_text());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "weftd not ready:\n{}",
+            w.proc.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let ready_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -44,14 +48,21 @@ async fn measure(w: &Weftd, started: Instant) -> Sample {
         if metric(&m, "weft_peers") == Some(LEASES as f64) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "peers never reached {LEASES}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "peers never reached {LEASES}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let peers_ms = started.elapsed().as_secs_f64() * 1e3;
     // Let the watch start; then read the count.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let requests = metric(&w.metrics(), "weft_etcd_requests_total").unwrap_or(f64::NAN);
-    Sample { ready_ms, peers_ms, requests }
+    Sample {
+        ready_ms,
+        peers_ms,
+        requests,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -63,7 +74,10 @@ async fn main() {
         .unwrap_or(5);
     let etcd = Etcd::start().await;
     let store = etcd.store(PREFIX).await;
-    store.put_config(br#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#).await.unwrap();
+    store
+        .put_config(br#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#)
+        .await
+        .unwrap();
     let mut raw = etcd.raw_client().await;
     let grant = raw.lease_grant(7200, None).await.unwrap().id();
     let t = Instant::now();
@@ -104,7 +118,11 @@ async fn main() {
         drop(w);
         // Remove the joiner's lease so the next run joins afresh.
         let snap = store.snapshot(false).await.unwrap();
-        for e in snap.entries.iter().filter(|e| String::from_utf8_lossy(&e.value).contains(&format!("\"{node}\""))) {
+        for e in snap
+            .entries
+            .iter()
+            .filter(|e| String::from_utf8_lossy(&e.value).contains(&format!("\"{node}\"")))
+        {
             store.delete(&e.name, None).await.unwrap();
         }
     }
@@ -150,16 +168,30 @@ async fn main() {
 }
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let date = std::process::Command::new("date").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let date = std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     format!("{date}, {cores} cores")
 }
 
 fn write_section(section: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# weft benchmarks\n\nEach section is written by the benchmark named in it; rerun it to refresh the figures.\n\n".into());
-    let new = match (old.find("<!-- bench-startup:begin -->"), old.find("<!-- bench-startup:end -->")) {
-        (Some(a), Some(b)) => format!("{}{}{}", &old[..a], section, &old[b + "<!-- bench-startup:end -->\n".len().min(old.len() - b)..]),
+    let new = match (
+        old.find("<!-- bench-startup:begin -->"),
+        old.find("<!-- bench-startup:end -->"),
+    ) {
+        (Some(a), Some(b)) => format!(
+            "{}{}{}",
+            &old[..a],
+            section,
+            &old[b + "<!-- bench-startup:end -->\n".len().min(old.len() - b)..]
+        ),
         _ => format!("{old}{section}"),
     };
     std::fs::write(&path, new).expect("write docs/benchmarks.md");
