@@ -13,5 +13,5 @@ pub mod netctl;
 pub mod pick;
 pub mod settings;
 pub mod store;
-pub mod subnet_env;
+pub use weft_backends::subnet_env;
 pub mod watch;

@@ -6,6 +6,7 @@
 
 mod mac;
 mod peer;
+pub mod subnet_env;
 
 pub use mac::{MacAddr, MacError};
 pub use peer::{BackendKind, Peer, PeerEvent, UnknownBackend};
