@@ -7,4 +7,5 @@ pub mod version;
 
 pub use error::CniError;
 pub use request::{Command, NetConf, Request};
+pub mod ipam;
 pub mod status;
