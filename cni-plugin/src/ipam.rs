@@ -67,28 +67,71 @@ pub fn choose_ip(
         .find(|a| !used.contains(a))
 }
 
-/// Where allocations are kept. Callers hold one per invocation; implementations serialise
-/// concurrent invocations themselves (a file lock for [`FileIpam`]).
+/// Where allocations are kept: a few primitive operations per medium, and the allocation
+/// policy (reuse, round-robin choice, lost-claim retry, release, GC) written once on top.
+/// Callers hold one store per invocation; implementations serialise concurrent invocations
+/// themselves (a file lock for [`FileIpam`]).
 pub trait IpamStore {
+    /// Every allocation, sorted.
+    fn list(&self) -> Result<Vec<Allocation>, IpamError>;
+    /// Record `a` only if its address is free; false if it is taken.
+    fn claim(&mut self, a: &Allocation) -> Result<bool, IpamError>;
+    /// Remove the record of `ip`; false if there was none.
+    fn remove(&mut self, ip: Ipv4Addr) -> Result<bool, IpamError>;
+    /// The address handed out last (the round-robin position).
+    fn last_reserved(&self) -> Option<Ipv4Addr>;
+    fn set_last_reserved(&mut self, ip: Ipv4Addr) -> Result<(), IpamError>;
+
     /// Allocate an address for (container, ifname) in `range`, or return the one it has.
     fn allocate(
         &mut self,
         range: Ipv4Network,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Ipv4Addr, IpamError>;
+    ) -> Result<Ipv4Addr, IpamError> {
+        let existing = self.list()?;
+        if let Some(a) = existing
+            .iter()
+            .find(|a| a.container_id == container_id && a.ifname == ifname)
+        {
+            return Ok(a.ip);
+        }
+        let mut used: BTreeSet<Ipv4Addr> = existing.iter().map(|a| a.ip).collect();
+        let capacity = pod_addresses(range).count() as u32;
+        loop {
+            let ip = choose_ip(range, &used, self.last_reserved())
+                .ok_or(IpamError::Exhausted { range, capacity })?;
+            let record = Allocation {
+                ip,
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+            };
+            if self.claim(&record)? {
+                self.set_last_reserved(ip)?;
+                return Ok(ip);
+            }
+            used.insert(ip);
+        }
+    }
+
     /// Release what (container, ifname) holds; `None` if nothing (not an error).
-    fn release(&mut self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError>;
-    fn list(&self) -> Result<Vec<Allocation>, IpamError>;
+    fn release(&mut self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+        for a in self.list()? {
+            if a.container_id == container_id && a.ifname == ifname && self.remove(a.ip)? {
+                return Ok(Some(a.ip));
+            }
+        }
+        Ok(None)
+    }
+
     /// Release every allocation whose attachment is not in `keep`; returns what was released.
     fn gc(&mut self, keep: &[(String, String)]) -> Result<Vec<Allocation>, IpamError> {
         let mut released = Vec::new();
         for a in self.list()? {
-            if !keep
+            let kept = keep
                 .iter()
-                .any(|(c, i)| *c == a.container_id && *i == a.ifname)
-            {
-                self.release(&a.container_id, &a.ifname)?;
+                .any(|(c, i)| *c == a.container_id && *i == a.ifname);
+            if !kept && self.remove(a.ip)? {
                 released.push(a);
             }
         }
@@ -104,45 +147,33 @@ pub struct MemoryIpam {
 }
 
 impl IpamStore for MemoryIpam {
-    fn allocate(
-        &mut self,
-        range: Ipv4Network,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<Ipv4Addr, IpamError> {
-        if let Some(a) = self
-            .allocations
-            .iter()
-            .find(|a| a.container_id == container_id && a.ifname == ifname)
-        {
-            return Ok(a.ip);
-        }
-        let used: BTreeSet<Ipv4Addr> = self.allocations.iter().map(|a| a.ip).collect();
-        let ip = choose_ip(range, &used, self.last).ok_or(IpamError::Exhausted {
-            range,
-            capacity: pod_addresses(range).count() as u32,
-        })?;
-        self.allocations.push(Allocation {
-            ip,
-            container_id: container_id.into(),
-            ifname: ifname.into(),
-        });
-        self.last = Some(ip);
-        Ok(ip)
-    }
-
-    fn release(&mut self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
-        let pos = self
-            .allocations
-            .iter()
-            .position(|a| a.container_id == container_id && a.ifname == ifname);
-        Ok(pos.map(|p| self.allocations.remove(p).ip))
-    }
-
     fn list(&self) -> Result<Vec<Allocation>, IpamError> {
         let mut v = self.allocations.clone();
         v.sort();
         Ok(v)
+    }
+
+    fn claim(&mut self, a: &Allocation) -> Result<bool, IpamError> {
+        if self.allocations.iter().any(|x| x.ip == a.ip) {
+            return Ok(false);
+        }
+        self.allocations.push(a.clone());
+        Ok(true)
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) -> Result<bool, IpamError> {
+        let before = self.allocations.len();
+        self.allocations.retain(|a| a.ip != ip);
+        Ok(self.allocations.len() < before)
+    }
+
+    fn last_reserved(&self) -> Option<Ipv4Addr> {
+        self.last
+    }
+
+    fn set_last_reserved(&mut self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        self.last = Some(ip);
+        Ok(())
     }
 }
 
@@ -245,62 +276,33 @@ impl FileIpam {
             }),
         }
     }
+}
 
-    fn last(&self) -> Option<Ipv4Addr> {
+impl IpamStore for FileIpam {
+    fn claim(&mut self, a: &Allocation) -> Result<bool, IpamError> {
+        self.create_record(a)
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) -> Result<bool, IpamError> {
+        let p = self.record_path(ip);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(IpamError::Io { path: p, source }),
+        }
+    }
+
+    fn last_reserved(&self) -> Option<Ipv4Addr> {
         std::fs::read_to_string(self.dir.join(LAST_FILE))
             .ok()?
             .trim()
             .parse()
             .ok()
     }
-}
 
-impl IpamStore for FileIpam {
-    fn allocate(
-        &mut self,
-        range: Ipv4Network,
-        container_id: &str,
-        ifname: &str,
-    ) -> Result<Ipv4Addr, IpamError> {
-        let existing = self.list()?;
-        if let Some(a) = existing
-            .iter()
-            .find(|a| a.container_id == container_id && a.ifname == ifname)
-        {
-            return Ok(a.ip);
-        }
-        let mut used: BTreeSet<Ipv4Addr> = existing.iter().map(|a| a.ip).collect();
-        let capacity = pod_addresses(range).count() as u32;
-        loop {
-            let ip = choose_ip(range, &used, self.last())
-                .ok_or(IpamError::Exhausted { range, capacity })?;
-            let record = Allocation {
-                ip,
-                container_id: container_id.into(),
-                ifname: ifname.into(),
-            };
-            if self.create_record(&record)? {
-                let last = self.dir.join(LAST_FILE);
-                std::fs::write(&last, ip.to_string())
-                    .map_err(|source| IpamError::Io { path: last, source })?;
-                return Ok(ip);
-            }
-            used.insert(ip);
-        }
-    }
-
-    fn release(&mut self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
-        for a in self.list()? {
-            if a.container_id == container_id && a.ifname == ifname {
-                let p = self.record_path(a.ip);
-                match std::fs::remove_file(&p) {
-                    Ok(()) => return Ok(Some(a.ip)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                    Err(source) => return Err(IpamError::Io { path: p, source }),
-                }
-            }
-        }
-        Ok(None)
+    fn set_last_reserved(&mut self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        let last = self.dir.join(LAST_FILE);
+        std::fs::write(&last, ip.to_string()).map_err(|source| IpamError::Io { path: last, source })
     }
 
     fn list(&self) -> Result<Vec<Allocation>, IpamError> {

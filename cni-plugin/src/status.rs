@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use weft_backends::subnet_env::{SubnetEnv, SubnetEnvError};
+use weft_backends::subnet_env::SubnetEnv;
 
 use crate::error::{code, CniError};
 
@@ -17,7 +17,7 @@ pub fn read_subnet(path: &Path) -> Result<SubnetEnv, CniError> {
             "weft is not ready: the node agent has not written this node's subnet yet",
             format!("{} does not exist; weftd writes it once it holds a subnet lease (is the weft DaemonSet pod running and ready on this node?)", path.display()),
         )),
-        Err(e @ SubnetEnvError::Invalid { .. }) | Err(e @ SubnetEnvError::Read { .. }) | Err(e @ SubnetEnvError::Write { .. }) => Err(CniError::new(
+        Err(e) => Err(CniError::new(
             code::NOT_AVAILABLE,
             "weft is not ready: this node's subnet file is unreadable",
             format!("{e}; weftd rewrites it when it holds a lease"),
