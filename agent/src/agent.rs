@@ -150,18 +150,21 @@ pub async fn run(
         "using interface {} because {}", chosen.name, chosen.reason
     );
 
-    let store = Arc::new(EtcdStore::connect(&settings.etcd).await?);
+    let store = Arc::new(
+        EtcdStore::connect(&settings.etcd)
+            .await?
+            .with_request_counter(metrics.etcd_requests.clone()),
+    );
 
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = settings.healthz {
-        // Bind now so a port clash is reported at start, not lost in a task.
-        let listener = std::net::TcpListener::bind(addr)
+        // Bound here so a port clash is reported at start, not lost in a task.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
             .map_err(|source| AgentError::Health { addr, source })?;
-        drop(listener);
-        let store = store.clone();
         let (r, m, s) = (ready_rx.clone(), metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Err(e) = health::serve(addr, r, m, move || store.request_count(), s).await {
+            if let Err(e) = health::serve(listener, r, m, s).await {
                 error!(error = %e, "health server stopped");
             }
         });

@@ -1,8 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics`.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 /// The agent's metrics. Cheap to clone (every metric is an `Arc`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
     pub lease_held: Gauge<i64, AtomicI64>,
     pub lease_expiry_seconds: Gauge<i64, AtomicI64>,
@@ -24,10 +23,28 @@ pub struct Metrics {
     pub etcd_requests: Counter<u64, AtomicU64>,
     pub lease_changes: Counter<u64, AtomicU64>,
     pub subnet_env_writes: Counter<u64, AtomicU64>,
+    registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            lease_held: Gauge::default(),
+            lease_expiry_seconds: Gauge::default(),
+            peers: Gauge::default(),
+            invalid_leases: Gauge::default(),
+            etcd_requests: Counter::default(),
+            lease_changes: Counter::default(),
+            subnet_env_writes: Counter::default(),
+            registry: Arc::new(Registry::default()),
+        };
+        m.registry = Arc::new(m.build_registry());
+        m
+    }
 }
 
 impl Metrics {
-    fn registry(&self) -> Registry {
+    fn build_registry(&self) -> Registry {
         let mut r = Registry::with_prefix("weft");
         r.register(
             "lease_held",
@@ -69,7 +86,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        encode(&mut out, &self.registry()).expect("writing to a String cannot fail");
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -81,40 +98,21 @@ pub enum Readiness {
     Ready,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct HealthState {
     ready: watch::Receiver<Readiness>,
     metrics: Metrics,
-    /// Sampled by the metrics handler so the etcd request count is always current.
-    etcd_requests: Arc<dyn Fn() -> u64 + Send + Sync>,
-    /// Serialises the sample-and-bump of the request counter.
-    sample_lock: Arc<Mutex<()>>,
 }
 
-impl std::fmt::Debug for HealthState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthState")
-            .field("ready", &*self.ready.borrow())
-            .finish()
-    }
-}
-
-/// Serve health and metrics until `shutdown` turns true.
+/// Serve health and metrics on `listener` until `shutdown` turns true.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     ready: watch::Receiver<Readiness>,
     metrics: Metrics,
-    etcd_requests: impl Fn() -> u64 + Send + Sync + 'static,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /metrics");
-    let state = HealthState {
-        ready,
-        metrics,
-        etcd_requests: Arc::new(etcd_requests),
-        sample_lock: Arc::new(Mutex::new(())),
-    };
+    let state = HealthState { ready, metrics };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -144,14 +142,6 @@ async fn readyz(State(s): State<HealthState>) -> (StatusCode, String) {
 async fn metrics_handler(
     State(s): State<HealthState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
-    {
-        let _guard = s.sample_lock.lock().unwrap();
-        let now = (s.etcd_requests)();
-        let seen = s.metrics.etcd_requests.get();
-        if now > seen {
-            s.metrics.etcd_requests.inc_by(now - seen);
-        }
-    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -2,7 +2,6 @@
 //! renews it before it expires, notices when it vanished or was taken, and re-acquires —
 //! never sharing a subnet silently and never giving up.
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,16 +105,6 @@ impl<S: LeaseStore> LeaseKeeper<S> {
             settings,
             rng: fastrand::Rng::new(),
         }
-    }
-
-    /// Use a seeded random source (tests).
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.rng = fastrand::Rng::with_seed(seed);
-        self
-    }
-
-    pub fn public_ip(&self) -> Ipv4Addr {
-        self.settings.identity.public_ip
     }
 
     /// Acquire a subnet. `snapshot` saves a request when the caller already listed.
@@ -268,6 +257,20 @@ impl<S: LeaseStore> LeaseKeeper<S> {
         }
     }
 
+    /// Hold an entry someone else wrote for us, with its expiry read from the store. A TTL
+    /// lease that already expired counts as expiring now, so the next renewal finds out.
+    async fn hold_existing(
+        &self,
+        subnet: Ipv4Network,
+        entry: StoredEntry,
+    ) -> Result<HeldLease, KeeperError> {
+        let remaining = match entry.ttl_lease {
+            Some(l) => Some(self.store.time_to_live(l).await?.unwrap_or(Duration::ZERO)),
+            None => None,
+        };
+        Ok(self.held(subnet, entry, remaining))
+    }
+
     /// When the lease should be renewed: once half the TTL has passed, measured as
     /// "remaining ≤ TTL/2". `None` for a reservation.
     pub fn renew_at(&self, held: &HeldLease) -> Option<Instant> {
@@ -301,11 +304,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 // Still ours by identity (rewritten by an operator, say): adopt it.
                 Some(cur) if self.still_mine(&cur) => {
                     warn!(subnet = %held.subnet, "own lease was rewritten by someone else; adopting it");
-                    let remaining = match cur.ttl_lease {
-                        Some(l) => self.store.time_to_live(l).await?,
-                        None => None,
-                    };
-                    Ok(Some(self.held(held.subnet, cur, remaining)))
+                    Ok(Some(self.hold_existing(held.subnet, cur).await?))
                 }
                 _ => Ok(None),
             },
@@ -325,11 +324,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
             None => Ok(None),
             Some(cur) if cur.mod_revision == held.entry.mod_revision => Ok(Some(held.clone())),
             Some(cur) if self.still_mine(&cur) => {
-                let remaining = match cur.ttl_lease {
-                    Some(l) => self.store.time_to_live(l).await?,
-                    None => None,
-                };
-                Ok(Some(self.held(held.subnet, cur, remaining)))
+                Ok(Some(self.hold_existing(held.subnet, cur).await?))
             }
             Some(_) => Ok(None),
         }

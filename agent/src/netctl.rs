@@ -43,18 +43,18 @@ pub fn lease_rows(
     let mut rows: Vec<(Option<(u32, u8)>, LeaseRow)> = entries
         .iter()
         .map(|e| {
-            let key = e.name.parse::<SubnetKey>().ok();
-            let attrs = LeaseAttrs::decode(&e.value).ok();
-            let problem = match rules {
-                Some(r) => validate(r, &e.name, &e.value)
+            let key = e.name.parse::<SubnetKey>();
+            let decoded = LeaseAttrs::decode(&e.value);
+            let problem = match (rules, &key, &decoded) {
+                (Some(r), _, _) => validate(r, &e.name, &e.value)
                     .err()
                     .map(|err| err.to_string()),
-                None => match (&key, &attrs) {
-                    (None, _) => Some(format!("key {:?} is not a subnet", e.name)),
-                    (_, None) => Some(LeaseAttrs::decode(&e.value).unwrap_err().to_string()),
-                    _ => None,
-                },
+                (None, Err(err), _) => Some(err.to_string()),
+                (None, _, Err(err)) => Some(err.to_string()),
+                (None, Ok(_), Ok(_)) => None,
             };
+            let key = key.ok();
+            let attrs = decoded.ok();
             let ttl = e.ttl_lease.and_then(|l| ttls.get(&l).copied().flatten());
             let vtep = attrs
                 .as_ref()

@@ -260,10 +260,9 @@ pub async fn run_peer_watch<S: LeaseStore>(
     let mut snapshot = initial;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut first = true;
-    let own_now = |own: &watch::Receiver<Option<(String, Ipv4Network)>>| own.borrow().clone();
-    let mut own_key = own_now(&own);
-    let out = set.set_own(own_key.as_ref().map(|(_, s)| *s));
-    debug_assert!(out.is_empty());
+    let mut own_key = own.borrow().clone();
+    // Nothing is known yet, so setting the own subnet emits nothing.
+    set.set_own(own_key.as_ref().map(|(_, s)| *s));
     loop {
         if *shutdown.borrow() {
             return;
@@ -324,7 +323,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
                 }
                 changed = own.changed() => {
                     if changed.is_err() { return; }
-                    own_key = own_now(&own);
+                    own_key = own.borrow().clone();
                     let diff = set.set_own(own_key.as_ref().map(|(_, s)| *s));
                     peer_count(set.len(), set.invalid_count());
                     if !diff.is_empty() && events.send(diff).await.is_err() { return; }

@@ -1,6 +1,8 @@
 //! [`LeaseStore`] on etcd's v3 API.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ pub struct EtcdStore {
     subnets_prefix: String,
     endpoints: String,
     timeout: Duration,
-    requests: Arc<AtomicU64>,
+    requests: Counter<u64, AtomicU64>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -166,8 +168,14 @@ impl EtcdStore {
             subnets_prefix: format!("{prefix}/subnets/"),
             endpoints: opts.endpoints.join(","),
             timeout: opts.request_timeout,
-            requests: Arc::new(AtomicU64::new(0)),
+            requests: Counter::default(),
         })
+    }
+
+    /// Count requests in `counter` (the agent's `weft_etcd_requests_total`).
+    pub fn with_request_counter(mut self, counter: Counter<u64, AtomicU64>) -> Self {
+        self.requests = counter;
+        self
     }
 
     /// The client for member `idx`, connecting on first use. With a username, connecting
@@ -210,7 +218,7 @@ impl EtcdStore {
         let mut last = None;
         for _ in 0..n {
             let idx = self.current.load(Ordering::Relaxed) % n;
-            self.requests.fetch_add(1, Ordering::Relaxed);
+            self.requests.inc();
             let err = match self.client(idx).await {
                 Err(e) => e,
                 Ok(c) => match tokio::time::timeout(self.timeout, f(c)).await {
@@ -551,6 +559,6 @@ impl LeaseStore for EtcdStore {
     }
 
     fn request_count(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.requests.get()
     }
 }
