@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what weft's build and tests need on a Debian machine, if it is missing:
-# etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl.
+# etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl,
+# ping, the reference CNI plugins (portmap chaining, the benchmark baseline) with iptables for
+# portmap, and podman + runc + a static busybox for the container-runtime end-to-end test.
 set -euo pipefail
 
 need=()
@@ -11,6 +13,13 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+[ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v hyperfine >/dev/null 2>&1 || need+=(hyperfine)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -20,7 +29,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 # The Debian etcd-server package starts a system etcd on 127.0.0.1:2379; weft's tests use

@@ -5,6 +5,7 @@
 //! data-plane work; what is here is the vocabulary every part of weft shares.
 
 mod mac;
+pub mod netlink;
 mod peer;
 pub mod subnet_env;
 

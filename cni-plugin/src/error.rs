@@ -13,6 +13,10 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
     pub const NOT_AVAILABLE: u32 = 50;
+    /// weft's own: the kernel refused a change while building or removing an attachment.
+    pub const DATAPATH: u32 = 100;
+    /// weft's own: CHECK found the attachment differs from what ADD made.
+    pub const CHECK_FAILED: u32 = 101;
 }
 
 /// A CNI error result. `msg` is short, `details` says what to look at.

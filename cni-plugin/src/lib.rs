@@ -1,11 +1,14 @@
-//! The `weft` CNI plugin: the protocol side (environment, stdin config, versions, errors).
-//! IPAM and the data path (bridge, veth) are added on top of these types.
+//! The `weft` CNI plugin: the protocol side (environment, stdin config, versions, errors),
+//! IPAM, the pure plan of an attachment, and the netlink code that carries it out.
 
+pub mod attach;
+pub mod cmd;
 pub mod error;
+pub mod ipam;
+pub mod kernel;
 pub mod request;
+pub mod status;
 pub mod version;
 
 pub use error::CniError;
 pub use request::{Command, NetConf, Request};
-pub mod ipam;
-pub mod status;

@@ -1,22 +1,29 @@
-//! `weft`: the CNI plugin binary. stdout carries only the protocol; diagnostics go to stderr.
+//! `weft`: the CNI plugin binary. stdout carries only the protocol; diagnostics go to stderr
+//! and, when the config names one, to a log file.
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
 
 use weft_cni::error::code;
 use weft_cni::request::MAX_STDIN;
-use weft_cni::{status, version, CniError, Command, Request};
+use weft_cni::{cmd, version, CniError, Request};
 
 fn main() -> ExitCode {
+    let started = Instant::now();
     let mut stdin = Vec::new();
     // Read one byte past the limit so an oversized config is reported, not truncated.
     let read = std::io::stdin()
         .take(MAX_STDIN as u64 + 1)
         .read_to_end(&mut stdin);
-    let result = match read {
+    let request = match read {
         Err(e) => Err(CniError::new(code::IO, "cannot read stdin", e.to_string())),
-        Ok(_) => Request::parse(&|k| std::env::var(k).ok(), &stdin).and_then(|req| run(&req)),
+        Ok(_) => Request::parse(&|k| std::env::var(k).ok(), &stdin),
     };
+    let result = request.as_ref().map_err(Clone::clone).and_then(cmd::run);
+    if let Ok(req) = &request {
+        log_to_file(req, &result, started);
+    }
     let mut out = std::io::stdout().lock();
     match result {
         Ok(Some(text)) => {
@@ -42,26 +49,45 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(req: &Request) -> Result<Option<String>, CniError> {
-    match req.command {
-        Command::Version => Ok(Some(version::version_json())),
-        Command::Status => {
-            let conf = req.conf.as_ref().expect("parsed with a config");
-            status::read_subnet(&conf.subnet_file).map(|_| None)
-        }
-        Command::Add | Command::Del | Command::Check | Command::Gc => {
-            let conf = req.conf.as_ref().expect("parsed with a config");
-            if req.command == Command::Add {
-                status::read_subnet(&conf.subnet_file)?;
-            }
-            Err(CniError::new(
-                code::NOT_AVAILABLE,
-                "this weft build cannot attach pods yet",
-                format!(
-                    "{:?} arrives with the CNI plugin's IPAM and data path",
-                    req.command
-                ),
-            ))
-        }
+/// One line per call in the config's `logFile`, if it names one. Logging never fails a call.
+fn log_to_file(req: &Request, result: &Result<Option<String>, CniError>, started: Instant) {
+    let Some(path) = req.conf.as_ref().and_then(|c| c.log_file.as_ref()) else {
+        return;
+    };
+    let outcome = match result {
+        Ok(Some(out)) => serde_json::from_str::<serde_json::Value>(out)
+            .ok()
+            .and_then(|v| {
+                v["ips"][0]["address"]
+                    .as_str()
+                    .map(|a| format!("ok ip={a}"))
+            })
+            .unwrap_or_else(|| "ok".into()),
+        Ok(None) => "ok".into(),
+        Err(e) => format!(
+            "error code={} msg={:?} details={:?}",
+            e.code, e.msg, e.details
+        ),
+    };
+    let line = format!(
+        "{} {:?} container={} ifname={} netns={} took={:.1}ms {}\n",
+        humantime::format_rfc3339_millis(SystemTime::now()),
+        req.command,
+        req.container_id.as_deref().unwrap_or("-"),
+        req.ifname.as_deref().unwrap_or("-"),
+        req.netns
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into()),
+        started.elapsed().as_secs_f64() * 1e3,
+        outcome
+    );
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("weft: cannot write log file {}: {e}", path.display());
     }
 }

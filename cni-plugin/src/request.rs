@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -70,6 +71,8 @@ pub struct NetConf {
     pub is_default_gateway: bool,
     pub mtu: Option<u32>,
     pub log_file: Option<PathBuf>,
+    /// An explicit pod range that replaces the host subnet from subnet.env.
+    pub range: Option<Ipv4Network>,
     pub prev_result: Option<Value>,
     pub valid_attachments: Option<Vec<Attachment>>,
 }
@@ -90,6 +93,7 @@ struct RawConf {
     is_default_gateway: Option<bool>,
     mtu: Option<u32>,
     log_file: Option<PathBuf>,
+    range: Option<String>,
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<Attachment>>,
@@ -210,6 +214,23 @@ fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
             )));
         }
     }
+    let range = match raw.range {
+        None => None,
+        Some(r) => {
+            let net: Ipv4Network = r.parse().map_err(|_| {
+                bad(format!(
+                    "range {:?} is not an IPv4 CIDR such as 10.244.3.0/24",
+                    r.chars().take(64).collect::<String>()
+                ))
+            })?;
+            if net.prefix() > 29 || net.ip() != net.network() {
+                return Err(bad(format!(
+                    "range {r} must be a network address with a prefix of /29 or shorter (it holds the gateway .1 and the pods)"
+                )));
+            }
+            Some(net)
+        }
+    };
     Ok(NetConf {
         cni_version,
         name,
@@ -220,6 +241,7 @@ fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
         is_default_gateway: raw.is_default_gateway.unwrap_or(true),
         mtu: raw.mtu,
         log_file: raw.log_file,
+        range,
         prev_result: raw.prev_result,
         valid_attachments: raw.valid_attachments,
     })

@@ -3,6 +3,7 @@
 //! loopback; every process started here is stopped by its pid when its handle drops.
 
 pub mod etcd;
+pub mod netns;
 pub mod procs;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,287 @@
+//! A small blocking rtnetlink client: one socket, each request answered by an ACK, one reply
+//! or a dump. Blocking is deliberate: the CNI plugin makes a handful of requests per call and
+//! gains nothing from an async runtime, and a netlink socket is bound to the network namespace
+//! it was opened in, so a socket for a pod's namespace is opened on a short-lived thread that
+//! entered it ([`Netlink::open_in`]) and then used from anywhere without moving the caller.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+
+/// A netlink failure: the socket itself, a refusal by the kernel (with what was asked), or
+/// an answer that could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum NlError {
+    #[error("netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("{op}: {source}")]
+    Kernel {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op}: cannot decode the kernel's answer: {problem}")]
+    Decode { op: String, problem: String },
+    #[error("cannot enter network namespace {path}: {source}")]
+    Namespace {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NlError {
+    /// The errno the kernel answered with, if this is a refusal.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NlError::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub fn is(&self, errno: nix::errno::Errno) -> bool {
+        self.errno() == Some(errno as i32)
+    }
+}
+
+/// One rtnetlink socket in the namespace it was opened in.
+#[derive(Debug)]
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+const RECV_BUF: usize = 64 * 1024;
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> Result<Netlink, NlError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NlError::Socket)?;
+        socket.bind_auto().map_err(NlError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NlError::Socket)?;
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// A socket in the network namespace `ns` (an open nsfs file such as
+    /// `/proc/<pid>/ns/net` or `/run/netns/<name>`). Only a scoped helper thread enters the
+    /// namespace; the caller's thread never changes namespace.
+    pub fn open_in(ns: &File, path: &str) -> Result<Netlink, NlError> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |e| NlError::Namespace {
+                        path: path.to_string(),
+                        source: e.into(),
+                    },
+                )?;
+                Netlink::open()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NlError::Socket(io::Error::other(
+                    "namespace helper thread panicked",
+                )))
+            })
+        })
+    }
+
+    /// Send `msg` and wait for the kernel's ACK.
+    pub fn ack(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NlError> {
+        self.exchange(op, msg, flags | NLM_F_ACK).map(drop)
+    }
+
+    /// Send a non-dump GET and return the one reply.
+    pub fn get(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<RouteNetlinkMessage, NlError> {
+        self.exchange(op, msg, NLM_F_ACK)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| NlError::Decode {
+                op: op.into(),
+                problem: "no reply".into(),
+            })
+    }
+
+    /// Send a dump request and collect every reply until `NLMSG_DONE`.
+    pub fn dump(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        self.exchange(op, msg, NLM_F_DUMP)
+    }
+
+    fn exchange(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut out = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut out);
+        self.socket.send(&out, 0).map_err(NlError::Socket)?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            self.buf.clear();
+            let n = self
+                .socket
+                .recv(&mut self.buf, 0)
+                .map_err(NlError::Socket)?;
+            let mut at = 0;
+            while at < n {
+                let frame = &self.buf[at..n];
+                let parsed =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame).map_err(|e| {
+                        NlError::Decode {
+                            op: op.into(),
+                            problem: e.to_string(),
+                        }
+                    })?;
+                let len = parsed.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                at += (len + 3) & !3;
+                if parsed.header.sequence_number != seq {
+                    continue; // a late answer to an earlier request
+                }
+                match parsed.payload {
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(replies),
+                            Some(_) => Err(NlError::Kernel {
+                                op: op.into(),
+                                source: e.to_io(),
+                            }),
+                        }
+                    }
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(m) => {
+                        replies.push(m);
+                        if !dump && flags & NLM_F_ACK == 0 {
+                            return Ok(replies);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<LinkMessage>, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        match self.get(
+            &format!("look up link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+        ) {
+            Ok(RouteNetlinkMessage::NewLink(l)) => Ok(Some(l)),
+            Ok(_) => Ok(None),
+            Err(e) if e.is(nix::errno::Errno::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delete the link called `name`; false if there was none.
+    pub fn delete_link_by_name(&mut self, name: &str) -> Result<bool, NlError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.into()));
+        match self.ack(
+            &format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is(nix::errno::Errno::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Read one attribute of a link.
+pub fn link_attr<T>(link: &LinkMessage, pick: impl Fn(&LinkAttribute) -> Option<T>) -> Option<T> {
+    link.attributes.iter().find_map(pick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_found_and_a_missing_link_is_none() {
+        // Reading links changes nothing, so this runs in whatever namespace the tests run in.
+        let mut nl = Netlink::open().unwrap();
+        let lo = nl
+            .link_by_name("lo")
+            .unwrap()
+            .expect("every namespace has lo");
+        assert_eq!(
+            link_attr(&lo, |a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })
+            .as_deref(),
+            Some("lo")
+        );
+        assert!(nl.link_by_name("weft-nosuch0").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_refusal_names_the_operation_and_the_errno() {
+        let mut nl = Netlink::open().unwrap();
+        let mut msg = LinkMessage::default();
+        msg.header.index = 999_999_999; // no such link; a GET changes nothing
+        let err = nl
+            .get("look up link 999999999", RouteNetlinkMessage::GetLink(msg))
+            .unwrap_err();
+        assert!(err.is(nix::errno::Errno::ENODEV), "{err:?}");
+        assert!(
+            err.to_string().starts_with("look up link 999999999: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_dump_returns_every_link() {
+        let mut nl = Netlink::open().unwrap();
+        let links = nl
+            .dump(
+                "list links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )
+            .unwrap();
+        assert!(!links.is_empty());
+        assert!(links
+            .iter()
+            .all(|m| matches!(m, RouteNetlinkMessage::NewLink(_))));
+    }
+}

@@ -1,0 +1,176 @@
+//! Network namespaces for kernel tests, and a runner for the `weft` CNI binary.
+//!
+//! Every namespace gets a unique name (`wt-<tag>-<pid>-<n>`) and is deleted when its handle
+//! drops, also when the test panics. Tests never touch the root namespace: commands are run
+//! inside a namespace with `ip netns exec`, and the plugin's "host" is a test namespace too.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Panic with a clear message unless running as root (kernel tests need it).
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "kernel tests create network namespaces and need root: run `sudo bash tests/run.sh`"
+    );
+}
+
+/// A network namespace owned by the test.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        require_root();
+        let name = format!(
+            "wt-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let (code, _, err) = run(Command::new("ip").args(["netns", "add", &name]), None);
+        assert_eq!(code, 0, "ip netns add {name}: {err}");
+        Netns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// A command that runs `program` inside this namespace.
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Run `program args` inside the namespace: (exit code, stdout, stderr).
+    pub fn exec(&self, program: &str, args: &[&str]) -> (i32, String, String) {
+        run(self.cmd(program).args(args), None)
+    }
+
+    /// `ip <args>` in this namespace; panics if it fails.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let (code, out, err) = run(
+            Command::new("ip").arg("-n").arg(&self.name).args(args),
+            None,
+        );
+        assert_eq!(code, 0, "ip -n {} {}: {err}", self.name, args.join(" "));
+        out
+    }
+
+    /// Names of the links in this namespace.
+    pub fn links(&self) -> Vec<String> {
+        let v: Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// One ICMP echo to `dst` from inside the namespace, waiting at most 2 s.
+    pub fn ping(&self, dst: &str) -> bool {
+        self.exec("ping", &["-c", "1", "-W", "2", dst]).0 == 0
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(Command::new("ip").args(["netns", "del", &self.name]), None);
+    }
+}
+
+/// Run a command to completion within 60 s, feeding `input` on stdin.
+pub fn run(cmd: &mut Command, input: Option<&[u8]>) -> (i32, String, String) {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let data = data.to_vec();
+        // A writer thread, so a child that exits without reading cannot block the test.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What one plugin call returned.
+#[derive(Debug)]
+pub struct CniOut {
+    pub exit: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOut {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+    }
+
+    /// The error code of a failed call (panics on success).
+    pub fn code(&self) -> u64 {
+        assert_ne!(self.exit, 0, "expected a failure, got {}", self.stdout);
+        self.json()["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no code in {}", self.stdout))
+    }
+
+    pub fn ok(self) -> CniOut {
+        assert_eq!(
+            self.exit, 0,
+            "plugin failed: {} {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Run the CNI plugin binary `plugin` inside `host` with `env` and `stdin`.
+pub fn cni_call(plugin: &PathBuf, host: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
+    let mut cmd = host.cmd(plugin);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (exit, stdout, stderr) = run(&mut cmd, Some(stdin));
+    CniOut {
+        exit,
+        stdout,
+        stderr,
+    }
+}

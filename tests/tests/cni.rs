@@ -1,0 +1,688 @@
+//! The `weft` CNI binary against the real kernel. Each test makes its own "host" namespace
+//! (where the plugin runs, as kubelet would run it on a node) and pod namespaces, and removes
+//! them when it ends, also on failure.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+use weft_tests::netns::{cni_call, CniOut, Netns};
+use weft_tests::procs::bin;
+
+const VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+struct Fixture {
+    host: Netns,
+    dir: tempfile::TempDir,
+    plugin: PathBuf,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        let f = Fixture {
+            host: Netns::new(tag),
+            dir: tempfile::tempdir().unwrap(),
+            plugin: bin("weft"),
+        };
+        f.write_subnet_env();
+        f
+    }
+
+    fn subnet_file(&self) -> PathBuf {
+        self.dir.path().join("subnet.env")
+    }
+
+    fn write_subnet_env(&self) {
+        std::fs::write(
+            self.subnet_file(),
+            "FLANNEL_NETWORK=10.77.0.0/16\nFLANNEL_SUBNET=10.77.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+        )
+        .unwrap();
+    }
+
+    fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "wtest",
+            "type": "weft",
+            "subnetFile": self.subnet_file(),
+            "dataDir": self.dir.path().join("ipam"),
+        })
+    }
+
+    fn call(&self, command: &str, cid: &str, pod: Option<&Netns>, conf: &Value) -> CniOut {
+        let netns = pod.map(|p| p.path().display().to_string());
+        let mut env = vec![
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", cid),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ];
+        if let Some(n) = &netns {
+            env.push(("CNI_NETNS", n));
+        }
+        cni_call(&self.plugin, &self.host, &env, conf.to_string().as_bytes())
+    }
+
+    fn add(&self, cid: &str, pod: &Netns, version: &str) -> Value {
+        self.call("ADD", cid, Some(pod), &self.conf(version))
+            .ok()
+            .json()
+    }
+
+    /// IPAM records on disk: "ip-<address>" names.
+    fn records(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.dir.path().join("ipam/wtest"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("ip-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn host_veths(&self) -> Vec<String> {
+        self.host
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("veth"))
+            .collect()
+    }
+
+    fn with_prev(&self, version: &str, prev: &Value) -> Value {
+        let mut c = self.conf(version);
+        c["prevResult"] = prev.clone();
+        c
+    }
+}
+
+fn pod_ip(result: &Value) -> String {
+    let cidr = result["ips"][0]["address"].as_str().expect("an address");
+    cidr.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn every_verb_in_every_version() {
+    let f = Fixture::new("verbs");
+    let v = cni_call(&f.plugin, &f.host, &[("CNI_COMMAND", "VERSION")], b"{}")
+        .ok()
+        .json();
+    assert_eq!(v["supportedVersions"], json!(VERSIONS));
+
+    for version in VERSIONS {
+        let pod = Netns::new("verbs-pod");
+        let cid = format!("ctr-{}", version.replace('.', ""));
+        let r = f.add(&cid, &pod, version);
+        assert_eq!(r["cniVersion"], version);
+        let ip = &r["ips"][0];
+        assert_eq!(ip["gateway"], "10.77.5.1");
+        assert_eq!(ip["interface"], 2);
+        assert_eq!(
+            ip.get("version").is_some(),
+            version.starts_with("0."),
+            "{r}"
+        );
+        assert_eq!(r["interfaces"][2]["name"], "eth0");
+        assert_eq!(
+            r["interfaces"][2]["sandbox"],
+            pod.path().display().to_string()
+        );
+        assert_eq!(r["interfaces"][0]["name"], "cni0");
+        assert_eq!(
+            r["routes"][0],
+            json!({"dst": "0.0.0.0/0", "gw": "10.77.5.1"})
+        );
+
+        // The kernel agrees with the result.
+        let addr = ip["address"].as_str().unwrap();
+        let shown = pod.ip(&["-4", "addr", "show", "dev", "eth0"]);
+        assert!(shown.contains(&format!("inet {addr}")), "{shown}");
+        assert!(
+            shown.contains("mtu 1450") || pod.ip(&["link", "show", "eth0"]).contains("mtu 1450")
+        );
+        let route = pod.ip(&["-4", "route", "show", "default"]);
+        assert!(route.contains("via 10.77.5.1 dev eth0"), "{route}");
+        let mac = r["interfaces"][2]["mac"].as_str().unwrap();
+        assert!(pod.ip(&["link", "show", "eth0"]).contains(mac));
+        assert!(f
+            .host
+            .ip(&["-4", "addr", "show", "dev", "cni0"])
+            .contains("inet 10.77.5.1/24"));
+        assert!(
+            pod.ping("10.77.5.1"),
+            "pod cannot reach its gateway ({version})"
+        );
+
+        if version != "0.3.1" {
+            f.call("CHECK", &cid, Some(&pod), &f.with_prev(version, &r))
+                .ok();
+        }
+        assert_eq!(f.records().len(), 1);
+        f.call("DEL", &cid, Some(&pod), &f.with_prev(version, &r))
+            .ok();
+        assert!(f.records().is_empty(), "DEL released the address");
+        assert!(
+            f.host_veths().is_empty(),
+            "DEL removed the veth: {:?}",
+            f.host_veths()
+        );
+        assert_eq!(pod.links(), vec!["lo"]);
+        // DEL is idempotent.
+        f.call("DEL", &cid, Some(&pod), &f.conf(version)).ok();
+    }
+    // STATUS and GC exist from 1.1.0 on.
+    f.call("STATUS", "", None, &f.conf("1.1.0")).ok();
+    let mut gc = f.conf("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    f.call("GC", "", None, &gc).ok();
+    assert_eq!(f.call("GC", "", None, &f.conf("1.0.0")).code(), 1);
+    assert_eq!(f.call("STATUS", "", None, &f.conf("1.0.0")).code(), 1);
+}
+
+#[test]
+fn check_catches_a_removed_route_address_or_interface() {
+    let f = Fixture::new("check");
+    let pod = Netns::new("check-pod");
+    let breakages: [(&str, &[&str], &str); 3] = [
+        ("route", &["route", "del", "default"], "route 0.0.0.0/0"),
+        ("address", &["addr", "flush", "dev", "eth0"], "address"),
+        ("interface", &["link", "set", "eth0", "down"], "down"),
+    ];
+    for (what, cmd, needle) in breakages {
+        let r = f.add("ctr", &pod, "1.1.0");
+        f.call("CHECK", "ctr", Some(&pod), &f.with_prev("1.1.0", &r))
+            .ok();
+        pod.ip(cmd);
+        let out = f.call("CHECK", "ctr", Some(&pod), &f.with_prev("1.1.0", &r));
+        assert_eq!(out.code(), 101, "{what}: {}", out.stdout);
+        assert!(
+            out.json()["details"].as_str().unwrap().contains(needle),
+            "{what}: {}",
+            out.stdout
+        );
+        f.call("DEL", "ctr", Some(&pod), &f.conf("1.1.0")).ok();
+    }
+    // The interface gone entirely (here: its host end deleted, which takes the pair).
+    let r = f.add("ctr", &pod, "1.1.0");
+    let veth = r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    f.host.ip(&["link", "del", &veth]);
+    let out = f.call("CHECK", "ctr", Some(&pod), &f.with_prev("1.1.0", &r));
+    assert_eq!(out.code(), 101, "{}", out.stdout);
+    // A result for another address is caught too.
+    let mut other = r.clone();
+    other["ips"][0]["address"] = json!("10.77.5.200/24");
+    let out = f.call("CHECK", "ctr", Some(&pod), &f.with_prev("1.1.0", &other));
+    assert_eq!(out.code(), 101, "{}", out.stdout);
+    // CHECK needs a prevResult, and a version that has CHECK.
+    assert_eq!(
+        f.call("CHECK", "ctr", Some(&pod), &f.conf("1.1.0")).code(),
+        7
+    );
+    assert_eq!(
+        f.call("CHECK", "ctr", Some(&pod), &f.with_prev("0.3.1", &r))
+            .code(),
+        1
+    );
+    f.call("DEL", "ctr", Some(&pod), &f.conf("1.1.0")).ok();
+}
+
+#[test]
+fn del_succeeds_after_the_netns_is_gone() {
+    let f = Fixture::new("delgone");
+    let pod = Netns::new("delgone-pod");
+    let path = pod.path().display().to_string();
+    f.add("ctr", &pod, "1.0.0");
+    drop(pod); // the runtime removed the pod's namespace first
+    let conf = f.conf("1.0.0").to_string();
+    let env = [
+        ("CNI_COMMAND", "DEL"),
+        ("CNI_CONTAINERID", "ctr"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", path.as_str()),
+    ];
+    cni_call(&f.plugin, &f.host, &env, conf.as_bytes()).ok();
+    cni_call(&f.plugin, &f.host, &env, conf.as_bytes()).ok();
+    assert!(f.records().is_empty());
+    assert!(f.host_veths().is_empty());
+}
+
+#[test]
+fn gc_releases_everything_not_in_valid_attachments() {
+    let f = Fixture::new("gc");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("gc-pod")).collect();
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| f.add(&format!("c{i}"), p, "1.1.0"))
+        .collect();
+    assert_eq!(f.records().len(), 3);
+    let mut gc = f.conf("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    f.call("GC", "", None, &gc).ok();
+    let kept = format!("ip-{}", pod_ip(&results[1]));
+    assert_eq!(f.records(), BTreeSet::from([kept]));
+    assert_eq!(f.host_veths().len(), 1);
+    assert!(pods[1].ping("10.77.5.1"), "the kept pod still works");
+    assert_eq!(pods[0].links(), vec!["lo"]);
+    // Without the list GC refuses rather than releasing everything.
+    assert_eq!(f.call("GC", "", None, &f.conf("1.1.0")).code(), 7);
+    assert_eq!(f.records().len(), 1);
+    f.call("DEL", "c1", Some(&pods[1]), &f.conf("1.1.0")).ok();
+}
+
+#[test]
+fn status_and_add_wait_for_subnet_env() {
+    let f = Fixture::new("status");
+    std::fs::remove_file(f.subnet_file()).unwrap();
+    let out = f.call("STATUS", "", None, &f.conf("1.1.0"));
+    assert_eq!(out.code(), 50);
+    let details = out.json()["details"].as_str().unwrap().to_string();
+    assert!(
+        details.contains(&f.subnet_file().display().to_string()) && details.contains("weftd"),
+        "{details}"
+    );
+    let pod = Netns::new("status-pod");
+    let out = f.call("ADD", "ctr", Some(&pod), &f.conf("1.1.0"));
+    assert_eq!(out.code(), 50);
+    assert!(
+        out.json()["msg"]
+            .as_str()
+            .unwrap()
+            .contains("has not written"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(f.host.links(), vec!["lo"], "nothing was created");
+    f.write_subnet_env();
+    f.call("STATUS", "", None, &f.conf("1.1.0")).ok();
+    f.add("ctr", &pod, "1.1.0");
+    f.call("DEL", "ctr", Some(&pod), &f.conf("1.1.0")).ok();
+}
+
+#[test]
+fn malformed_input_gets_the_right_code_and_changes_nothing() {
+    let f = Fixture::new("bad");
+    let pod = Netns::new("bad-pod");
+    let pod_path = pod.path().display().to_string();
+    let regular_file = f.dir.path().join("not-a-netns");
+    std::fs::write(&regular_file, "x").unwrap();
+    let regular_file = regular_file.display().to_string();
+    let good = f.conf("1.1.0");
+    let with = |k: &str, v: Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c.to_string().into_bytes()
+    };
+    let without = |k: &str| {
+        let mut c = good.clone();
+        c.as_object_mut().unwrap().remove(k);
+        c.to_string().into_bytes()
+    };
+    let ok_conf = good.to_string().into_bytes();
+    let env = |over: &[(&'static str, &str)], drop: &[&str]| -> Vec<(String, String)> {
+        let mut e: Vec<(String, String)> = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "ctr-1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", pod_path.as_str()),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ]
+        .iter()
+        .filter(|(k, _)| !drop.contains(k))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for (k, v) in over {
+            e.retain(|(ek, _)| ek != k);
+            e.push((k.to_string(), v.to_string()));
+        }
+        e
+    };
+    let std_env = env(&[], &[]);
+    let mut huge =
+        b"{\"cniVersion\":\"1.1.0\",\"name\":\"wtest\",\"type\":\"weft\",\"pad\":\"".to_vec();
+    huge.resize(1024 * 1024 + 100, b'a');
+    huge.extend_from_slice(b"\"}");
+
+    type Env = Vec<(String, String)>;
+    let cases: Vec<(&str, Env, Vec<u8>, u64)> = vec![
+        ("not JSON", std_env.clone(), b"{nope".to_vec(), 6),
+        ("empty stdin", std_env.clone(), Vec::new(), 6),
+        ("JSON array", std_env.clone(), b"[]".to_vec(), 6),
+        ("oversized stdin", std_env.clone(), huge, 6),
+        ("no cniVersion", std_env.clone(), without("cniVersion"), 7),
+        (
+            "unknown cniVersion",
+            std_env.clone(),
+            with("cniVersion", json!("9.9.9")),
+            1,
+        ),
+        (
+            "pre-0.3 cniVersion",
+            std_env.clone(),
+            with("cniVersion", json!("0.2.0")),
+            1,
+        ),
+        ("no name", std_env.clone(), without("name"), 7),
+        (
+            "name with ..",
+            std_env.clone(),
+            with("name", json!("../etc")),
+            7,
+        ),
+        (
+            "name with /",
+            std_env.clone(),
+            with("name", json!("a/b")),
+            7,
+        ),
+        ("no type", std_env.clone(), without("type"), 7),
+        (
+            "bridge with /",
+            std_env.clone(),
+            with("bridge", json!("br/0")),
+            7,
+        ),
+        (
+            "bridge too long",
+            std_env.clone(),
+            with("bridge", json!("bridge-name-too-long")),
+            7,
+        ),
+        ("mtu too small", std_env.clone(), with("mtu", json!(100)), 7),
+        (
+            "relative dataDir",
+            std_env.clone(),
+            with("dataDir", json!("ipam")),
+            7,
+        ),
+        (
+            "range not a CIDR",
+            std_env.clone(),
+            with("range", json!("ten.0.0.0/24")),
+            7,
+        ),
+        (
+            "range too small",
+            std_env.clone(),
+            with("range", json!("10.9.0.0/31")),
+            7,
+        ),
+        (
+            "no CNI_COMMAND",
+            env(&[], &["CNI_COMMAND"]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "unknown CNI_COMMAND",
+            env(&[("CNI_COMMAND", "FROB")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "no CNI_CONTAINERID",
+            env(&[], &["CNI_CONTAINERID"]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "container id with ../",
+            env(&[("CNI_CONTAINERID", "../../etc/passwd")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "hidden container id",
+            env(&[("CNI_CONTAINERID", ".hidden")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "no CNI_IFNAME",
+            env(&[], &["CNI_IFNAME"]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "ifname with /",
+            env(&[("CNI_IFNAME", "eth0/../x")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "ifname ..",
+            env(&[("CNI_IFNAME", "..")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "ifname too long",
+            env(&[("CNI_IFNAME", "eth0123456789012")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        ("no CNI_NETNS", env(&[], &["CNI_NETNS"]), ok_conf.clone(), 4),
+        (
+            "relative CNI_NETNS",
+            env(&[("CNI_NETNS", "run/netns/x")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "missing CNI_NETNS",
+            env(&[("CNI_NETNS", "/run/netns/wt-no-such-ns")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "CNI_NETNS a regular file",
+            env(&[("CNI_NETNS", regular_file.as_str())], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "CNI_NETNS the host's own",
+            env(&[("CNI_NETNS", "/proc/self/ns/net")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "CNI_ARGS not KEY=VALUE",
+            env(&[("CNI_ARGS", "garbage")], &[]),
+            ok_conf.clone(),
+            4,
+        ),
+        (
+            "GC before 1.1.0",
+            env(&[("CNI_COMMAND", "GC")], &[]),
+            with("cniVersion", json!("1.0.0")),
+            1,
+        ),
+        (
+            "CHECK in 0.3.1",
+            env(&[("CNI_COMMAND", "CHECK")], &[]),
+            with("cniVersion", json!("0.3.1")),
+            1,
+        ),
+    ];
+    assert!(cases.len() >= 25);
+    for (what, env, stdin, want) in &cases {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = cni_call(&f.plugin, &f.host, &pairs, stdin);
+        assert_eq!(out.code(), *want, "{what}: {} / {}", out.stdout, out.stderr);
+        let j = out.json();
+        assert!(
+            j["msg"].as_str().is_some_and(|m| !m.is_empty())
+                && j["details"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: error without msg/details: {j}"
+        );
+        assert!(
+            !out.stderr.is_empty(),
+            "{what}: the error also goes to stderr"
+        );
+        assert_eq!(f.host.links(), vec!["lo"], "{what}: the host was changed");
+        assert_eq!(pod.links(), vec!["lo"], "{what}: the pod was changed");
+        assert!(f.records().is_empty(), "{what}: an address was allocated");
+    }
+
+    // An interface name already taken in the pod, and a bridge name taken by a non-bridge:
+    // the ADD fails, and the address and any veth are gone again.
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let out = f.call("ADD", "ctr-1", Some(&pod), &good);
+    assert_eq!(out.code(), 4, "{}", out.stdout);
+    assert!(out.stdout.contains("already exists"), "{}", out.stdout);
+    assert!(f.records().is_empty());
+    assert_eq!(f.host.links(), vec!["lo"], "not even the bridge was made");
+    pod.ip(&["link", "del", "eth0"]);
+
+    f.host.ip(&[
+        "link", "add", "cni0", "type", "veth", "peer", "name", "cni0p",
+    ]);
+    let out = f.call("ADD", "ctr-1", Some(&pod), &good);
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert!(out.stdout.contains("not a bridge"), "{}", out.stdout);
+    assert!(f.records().is_empty());
+    assert_eq!(pod.links(), vec!["lo"]);
+}
+
+#[test]
+fn a_failed_add_undoes_what_it_did() {
+    let f = Fixture::new("undo");
+    let pod = Netns::new("undo-pod");
+    // The pod already has a default route, so adding weft's fails after the veth exists.
+    pod.ip(&["link", "add", "x0", "type", "veth", "peer", "name", "x1"]);
+    pod.ip(&["addr", "add", "192.0.2.1/24", "dev", "x0"]);
+    pod.ip(&["link", "set", "x0", "up"]);
+    pod.ip(&["link", "set", "x1", "up"]);
+    pod.ip(&["route", "add", "default", "via", "192.0.2.254"]);
+    let out = f.call("ADD", "ctr", Some(&pod), &f.conf("1.1.0"));
+    assert_eq!(out.code(), 100, "{}", out.stdout);
+    assert!(out.stdout.contains("add route 0.0.0.0/0"), "{}", out.stdout);
+    assert!(f.records().is_empty(), "the address was released");
+    assert!(f.host_veths().is_empty(), "the veth was removed");
+    assert!(!pod.links().contains(&"eth0".to_string()));
+}
+
+#[test]
+fn sixty_four_parallel_adds_get_distinct_working_addresses() {
+    let f = Fixture::new("par");
+    let pods: Vec<Netns> = (0..64).map(|_| Netns::new("par-pod")).collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let f = &f;
+                s.spawn(move || f.add(&format!("par-{i}"), p, "1.1.0"))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ips: Vec<String> = results.iter().map(pod_ip).collect();
+    let distinct: BTreeSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), 64, "{ips:?}");
+    assert_eq!(f.records().len(), 64);
+    // Every pod reaches the gateway and its neighbour.
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let next = &ips[(i + 1) % 64];
+            s.spawn(move || {
+                assert!(p.ping("10.77.5.1"), "pod {i} cannot reach the gateway");
+                assert!(p.ping(next), "pod {i} cannot reach {next}");
+            });
+        }
+    });
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let f = &f;
+            s.spawn(move || {
+                f.call("DEL", &format!("par-{i}"), Some(p), &f.conf("1.1.0"))
+                    .ok()
+            });
+        }
+    });
+    assert!(f.records().is_empty());
+    assert!(f.host_veths().is_empty());
+}
+
+#[test]
+fn a_full_range_is_a_clear_error() {
+    let f = Fixture::new("full");
+    let mut conf = f.conf("1.1.0");
+    conf["range"] = json!("10.78.0.0/29"); // .2 to .6: five pods
+    let pods: Vec<Netns> = (0..6).map(|_| Netns::new("full-pod")).collect();
+    for (i, p) in pods.iter().take(5).enumerate() {
+        f.call("ADD", &format!("c{i}"), Some(p), &conf).ok();
+    }
+    let out = f.call("ADD", "c5", Some(&pods[5]), &conf);
+    assert_eq!(out.code(), 11, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("no free address left in 10.78.0.0/29"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(pods[5].links(), vec!["lo"]);
+    assert_eq!(f.records().len(), 5);
+    assert_eq!(f.host_veths().len(), 5);
+    // Freeing one makes room.
+    f.call("DEL", "c2", Some(&pods[2]), &conf).ok();
+    let r = f.call("ADD", "c5", Some(&pods[5]), &conf).ok().json();
+    assert_eq!(pod_ip(&r), "10.78.0.4");
+    assert!(pods[5].ping("10.78.0.1"));
+}
+
+#[test]
+fn options_hairpin_routes_mtu_bridge_adoption_and_log_file() {
+    let f = Fixture::new("opts");
+    // A bridge made by someone else is adopted with its MAC.
+    f.host.ip(&[
+        "link",
+        "add",
+        "br-weft",
+        "address",
+        "02:aa:bb:cc:dd:ee",
+        "type",
+        "bridge",
+    ]);
+    let log = f.dir.path().join("weft.log");
+    let mut conf = f.conf("1.1.0");
+    conf["bridge"] = json!("br-weft");
+    conf["hairpinMode"] = json!(false);
+    conf["isDefaultGateway"] = json!(false);
+    conf["mtu"] = json!(1400);
+    conf["logFile"] = json!(log);
+    let pod = Netns::new("opts-pod");
+    let r = f.call("ADD", "ctr", Some(&pod), &conf).ok().json();
+    assert_eq!(r["interfaces"][0]["mac"], "02:aa:bb:cc:dd:ee");
+    let routes = pod.ip(&["-4", "route", "show"]);
+    assert!(routes.contains("10.77.0.0/16 via 10.77.5.1"), "{routes}");
+    assert!(!routes.contains("default"), "{routes}");
+    assert!(pod.ip(&["link", "show", "eth0"]).contains("mtu 1400"));
+    let veth = r["interfaces"][1]["name"].as_str().unwrap();
+    let hairpin = |ns: &Netns, veth: &str| {
+        ns.exec(
+            "cat",
+            &[&format!("/sys/class/net/{veth}/brport/hairpin_mode")],
+        )
+        .1
+        .trim()
+        .to_string()
+    };
+    assert_eq!(hairpin(&f.host, veth), "0");
+    assert!(f.host.ip(&["link", "show", "br-weft"]).contains("state UP"));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Add container=ctr ifname=eth0") && text.contains("ok ip=10.77.5."),
+        "{text}"
+    );
+
+    // Defaults: hairpin on, default route, MTU from subnet.env.
+    let pod2 = Netns::new("opts-pod");
+    let r2 = f.add("ctr2", &pod2, "1.1.0");
+    let veth2 = r2["interfaces"][1]["name"].as_str().unwrap();
+    assert_eq!(hairpin(&f.host, veth2), "1");
+    assert!(pod2.ip(&["link", "show", "eth0"]).contains("mtu 1450"));
+}
