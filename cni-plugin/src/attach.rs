@@ -50,7 +50,7 @@ pub struct Attachment {
 /// 64 bits of FNV-1a over the attachment's identity: the host veth's name and MAC come from
 /// it, so DEL and GC find the host end again without any state, and a retried ADD replaces
 /// the leftover of a killed one.
-fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
+pub(crate) fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in container_id
         .as_bytes()

@@ -136,10 +136,8 @@ fn check(req: &Request) -> Result<(), CniError> {
     let want = attach::expected_from_prev(prev, ifname)?;
     let net = pod_network(conf)?;
     let held = store(conf)?
-        .list()
+        .find(cid, ifname)
         .map_err(ipam_error)?
-        .into_iter()
-        .find(|a| a.container_id == cid && a.ifname == ifname)
         .ok_or_else(|| {
             CniError::new(
                 code::CHECK_FAILED,
@@ -147,13 +145,13 @@ fn check(req: &Request) -> Result<(), CniError> {
                 format!("no address is allocated to {cid}/{ifname}"),
             )
         })?;
-    if !want.addresses.iter().any(|a| a.ip() == held.ip) {
+    if !want.addresses.iter().any(|a| a.ip() == held) {
         return Err(CniError::new(
             code::CHECK_FAILED,
             "the pod's network is not as set up",
             format!(
                 "{cid}/{ifname} holds {} but prevResult says {:?}",
-                held.ip,
+                held,
                 want.addresses
                     .iter()
                     .map(|a| a.to_string())
@@ -161,7 +159,7 @@ fn check(req: &Request) -> Result<(), CniError> {
             ),
         ));
     }
-    let plan = attach::plan(&net, &Options::from(conf), cid, ifname, netns, held.ip);
+    let plan = attach::plan(&net, &Options::from(conf), cid, ifname, netns, held);
     let mut pod = PodNs::open(netns)?;
     kernel::check(&mut host()?, &mut pod, &plan, &want)
 }
@@ -195,7 +193,7 @@ fn gc(req: &Request) -> Result<(), CniError> {
             &mut host,
             &attach::host_veth_name(&a.container_id, &a.ifname),
         )?;
-        st.remove(a.ip).map_err(ipam_error)?;
+        st.remove(&a).map_err(ipam_error)?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! clustered, TLS), the real weftd/netctl binaries, and small HTTP probes. Everything runs on
 //! loopback; every process started here is stopped by its pid when its handle drops.
 
+pub mod bench;
 pub mod etcd;
 pub mod netns;
 pub mod procs;

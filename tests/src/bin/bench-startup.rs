@@ -10,6 +10,7 @@
 //!   cargo build --release --workspace --bins && target/release/bench-startup [--runs 5]
 
 use std::time::{Duration, Instant};
+use weft_tests::bench::{machine, write_section};
 
 use etcd_client::{PutOptions, Txn, TxnOp};
 use weft_agent::store::LeaseStore;
@@ -164,36 +165,5 @@ async fn main() {
         "<!-- bench-startup:begin -->\n## Agent start against 5,000 leases\n\nMeasured by `target/release/bench-startup --runs {runs}` (tests/src/bin/bench-startup.rs) on {}: a real etcd 3.4 on loopback holding a network config and {LEASES} leases; the real release `weftd` binary; median of {runs} runs. \"etcd requests\" is weftd's own `weft_etcd_requests_total`, which counts every request it sends, the watch included.\n\n{table}\n\nWhat the requests are: a new node sends one transaction that reads the config and every lease at one revision, one lease grant and one create-if-absent transaction, then opens the watch from the listing's revision (4). A restarting node reads the same transaction, asks the TimeToLive of its own lease and opens the watch (3). Neither depends on the number of leases. The grant cannot be folded into the create transaction (etcd's v3 API has no lease grant inside a transaction), which is why a joining node needs one request more than the target of 3.\n<!-- bench-startup:end -->\n",
         machine()
     );
-    write_section(&section);
-}
-
-fn machine() -> String {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let date = std::process::Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    format!("{date}, {cores} cores")
-}
-
-fn write_section(section: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# weft benchmarks\n\nEach section is written by the benchmark named in it; rerun it to refresh the figures.\n\n".into());
-    let new = match (
-        old.find("<!-- bench-startup:begin -->"),
-        old.find("<!-- bench-startup:end -->"),
-    ) {
-        (Some(a), Some(b)) => format!(
-            "{}{}{}",
-            &old[..a],
-            section,
-            &old[b + "<!-- bench-startup:end -->\n".len().min(old.len() - b)..]
-        ),
-        _ => format!("{old}{section}"),
-    };
-    std::fs::write(&path, new).expect("write docs/benchmarks.md");
-    eprintln!("updated {}", path.display());
+    write_section("bench-startup", &section);
 }
