@@ -19,7 +19,6 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
-command -v hyperfine >/dev/null 2>&1 || need+=(hyperfine)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
