@@ -1,12 +1,14 @@
 //! weft data-plane backends.
 //!
-//! This crate holds the peer model that the agent derives from validated leases and that the
-//! backends plan kernel state from. The planning (`plan`, `diff`, `apply`) arrives with the
-//! data-plane work; what is here is the vocabulary every part of weft shares.
+//! This crate holds the peer model that the agent derives from validated leases, the pure
+//! data-plane planning (`plan::plan` for vxlan with DirectRouting and host-gw, `plan::diff`
+//! from observed to desired state), subnet.env, and a small blocking netlink client shared
+//! with the CNI plugin. Applying a diff through netlink arrives with the data-plane work.
 
 mod mac;
 pub mod netlink;
 mod peer;
+pub mod plan;
 pub mod subnet_env;
 
 pub use mac::{MacAddr, MacError};

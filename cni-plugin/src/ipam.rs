@@ -2,10 +2,10 @@
 //!
 //! The choice of an address is pure ([`choose_ip`]); the records live behind the small
 //! [`IpamStore`] trait: [`FileIpam`] (one file per allocation under the data dir, a lock per
-//! network) and [`MemoryIpam`] for tests, both held to one contract suite.
+//! network) and `MemoryIpam` (compiled for tests only), both held to one contract suite.
 //!
 //! Record files are created atomically: the content is written to a temp file which is then
-//! hard-linked to `ip-<address>`; `link` fails if the name exists, so two plugins can never
+//! hard-linked to `att-<hash>-<address>` and `ip-<address>`; `link` fails if the name exists, so two plugins can never
 //! claim one address and a killed ADD never leaves a half-written record. A record left by a
 //! killed ADD holds a whole, valid (container, ifname) and is released by DEL or GC.
 
@@ -143,13 +143,16 @@ pub trait IpamStore {
     }
 }
 
-/// In-memory store for tests.
+/// In-memory store: the fake the contract suite runs next to [`FileIpam`]. Test-only, so it
+/// never ships in the plugin binary.
+#[cfg(test)]
 #[derive(Debug, Default)]
 pub struct MemoryIpam {
     allocations: Vec<Allocation>,
     last: Option<Ipv4Addr>,
 }
 
+#[cfg(test)]
 impl IpamStore for MemoryIpam {
     fn used(&self) -> Result<BTreeSet<Ipv4Addr>, IpamError> {
         Ok(self.allocations.iter().map(|a| a.ip).collect())

@@ -1,0 +1,496 @@
+//! The data plane as values: what the kernel should hold for this node ([`plan`]) and the
+//! operations that take the observed state there ([`diff`]). Both are pure; applying the
+//! operations through netlink is a separate step.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::{MacAddr, Peer};
+
+/// The route protocol number that marks weft's routes (`ip route ... proto 87`); routes with
+/// it that no lease explains are weft's to remove.
+pub const ROUTE_PROTOCOL: u8 = 87;
+
+/// VXLAN header overhead on an IPv4 underlay.
+pub const VXLAN_OVERHEAD_V4: u32 = 50;
+
+/// How this node reaches its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settings {
+    Vxlan(VxlanSettings),
+    HostGw(Underlay),
+}
+
+/// The interface weft's traffic leaves by, and the subnets directly connected to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    pub index: u32,
+    pub ip: Ipv4Addr,
+    pub mtu: u32,
+    pub connected: Vec<Ipv4Network>,
+}
+
+impl Underlay {
+    fn reaches_directly(&self, ip: Ipv4Addr) -> bool {
+        self.connected.iter().any(|n| n.contains(ip))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanSettings {
+    pub device: String,
+    pub vni: u32,
+    pub port: u16,
+    pub mac: MacAddr,
+    pub underlay: Underlay,
+    pub direct_routing: bool,
+}
+
+/// The VXLAN device as weft wants it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VxlanDevice {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub underlay_index: u32,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// `<own subnet>.0/32`.
+    pub address: Ipv4Network,
+}
+
+impl VxlanDevice {
+    /// Attributes the kernel cannot change on a live device: a difference means re-creating it.
+    pub fn needs_recreate(&self, other: &VxlanDevice) -> bool {
+        (self.vni, self.port, self.local, self.underlay_index)
+            != (other.vni, other.port, other.local, other.underlay_index)
+    }
+}
+
+/// A permanent neighbour entry on the VXLAN device: `<peer subnet>.0 → peer VTEP MAC`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+}
+
+/// A permanent FDB entry on the VXLAN device: `peer VTEP MAC → dst peer public IP`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FdbEntry {
+    pub mac: MacAddr,
+    pub dst: Ipv4Addr,
+}
+
+/// How a peer subnet is routed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Via {
+    /// `via <peer subnet>.0 dev <vxlan device> onlink`.
+    Overlay { gateway: Ipv4Addr },
+    /// `via <peer public IP> dev <underlay>` (DirectRouting and host-gw).
+    Direct { gateway: Ipv4Addr, index: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub dst: Ipv4Network,
+    pub via: Via,
+}
+
+/// Kernel state weft owns: what it wants, or what it observed (routes with
+/// [`ROUTE_PROTOCOL`], entries on its device, the device itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelState {
+    pub device: Option<VxlanDevice>,
+    pub neighbours: BTreeSet<Neighbour>,
+    pub fdb: BTreeSet<FdbEntry>,
+    pub routes: BTreeSet<Route>,
+}
+
+/// The result of planning: the state to reach, and the peers it cannot serve (host-gw peers
+/// not on a connected subnet, vxlan peers without a VTEP MAC), for logs, metrics and
+/// `netctl check`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub state: KernelState,
+    pub unreachable: Vec<(Ipv4Network, String)>,
+}
+
+/// The `.0` address of a subnet: the overlay gateway of that node.
+pub fn subnet_zero(s: Ipv4Network) -> Ipv4Addr {
+    s.network()
+}
+
+/// What the kernel should hold, given this node's subnet and its peers (the own lease is not
+/// among `peers`).
+pub fn plan(own_subnet: Ipv4Network, peers: &[Peer], settings: &Settings) -> Plan {
+    let mut p = Plan::default();
+    match settings {
+        Settings::Vxlan(v) => {
+            p.state.device = Some(VxlanDevice {
+                name: v.device.clone(),
+                vni: v.vni,
+                port: v.port,
+                local: v.underlay.ip,
+                underlay_index: v.underlay.index,
+                mac: v.mac,
+                mtu: v.underlay.mtu.saturating_sub(VXLAN_OVERHEAD_V4),
+                address: Ipv4Network::new(subnet_zero(own_subnet), 32).expect("/32"),
+            });
+            for peer in peers {
+                if v.direct_routing && v.underlay.reaches_directly(peer.public_ip) {
+                    p.state.routes.insert(Route {
+                        dst: peer.subnet,
+                        via: Via::Direct {
+                            gateway: peer.public_ip,
+                            index: v.underlay.index,
+                        },
+                    });
+                    continue;
+                }
+                let Some(mac) = peer.vtep_mac else {
+                    p.unreachable
+                        .push((peer.subnet, "its lease has no VtepMAC".into()));
+                    continue;
+                };
+                let gw = subnet_zero(peer.subnet);
+                p.state.neighbours.insert(Neighbour { ip: gw, mac });
+                p.state.fdb.insert(FdbEntry {
+                    mac,
+                    dst: peer.public_ip,
+                });
+                p.state.routes.insert(Route {
+                    dst: peer.subnet,
+                    via: Via::Overlay { gateway: gw },
+                });
+            }
+        }
+        Settings::HostGw(u) => {
+            for peer in peers {
+                if u.reaches_directly(peer.public_ip) {
+                    p.state.routes.insert(Route {
+                        dst: peer.subnet,
+                        via: Via::Direct {
+                            gateway: peer.public_ip,
+                            index: u.index,
+                        },
+                    });
+                } else {
+                    p.unreachable.push((
+                        peer.subnet,
+                        format!(
+                            "public IP {} is not on a subnet connected to the underlay (host-gw needs one L2 segment)",
+                            peer.public_ip
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    p
+}
+
+/// One change to the kernel. Adds use replace semantics, deletes treat "not found" as done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create the device, or change its MAC/MTU/address in place.
+    SetDevice(VxlanDevice),
+    /// Delete the device (it must be re-created, or the backend no longer uses one).
+    DeleteDevice(String),
+    DeleteRoute(Route),
+    DeleteFdb(FdbEntry),
+    DeleteNeighbour(Neighbour),
+    SetNeighbour(Neighbour),
+    SetFdb(FdbEntry),
+    SetRoute(Route),
+}
+
+/// The operations that take `observed` to `desired`, in a safe order: the device first;
+/// removals route → FDB → neighbour; additions neighbour → FDB → route, so a route never
+/// points at a gateway the kernel cannot resolve yet.
+pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
+    let mut ops = Vec::new();
+    // A device that is re-created loses every entry on it.
+    let mut observed = observed.clone();
+    match (&observed.device, &desired.device) {
+        (None, Some(d)) => ops.push(Op::SetDevice(d.clone())),
+        (Some(o), Some(d)) if o.needs_recreate(d) => {
+            ops.push(Op::DeleteDevice(o.name.clone()));
+            ops.push(Op::SetDevice(d.clone()));
+            observed.neighbours.clear();
+            observed.fdb.clear();
+            observed
+                .routes
+                .retain(|r| matches!(r.via, Via::Direct { .. }));
+        }
+        (Some(o), Some(d)) if o != d => ops.push(Op::SetDevice(d.clone())),
+        (Some(o), None) => {
+            ops.push(Op::DeleteDevice(o.name.clone()));
+            observed.neighbours.clear();
+            observed.fdb.clear();
+            observed
+                .routes
+                .retain(|r| matches!(r.via, Via::Direct { .. }));
+        }
+        _ => {}
+    }
+
+    // Routes and neighbours are keyed by destination: a changed one is replaced, not deleted.
+    let want_routes: BTreeMap<Ipv4Network, Via> =
+        desired.routes.iter().map(|r| (r.dst, r.via)).collect();
+    for r in &observed.routes {
+        if !want_routes.contains_key(&r.dst) {
+            ops.push(Op::DeleteRoute(*r));
+        }
+    }
+    // FDB entries are keyed by MAC and destination: an old MAC's entry must go.
+    for f in observed.fdb.difference(&desired.fdb) {
+        ops.push(Op::DeleteFdb(*f));
+    }
+    let want_neigh: BTreeSet<Ipv4Addr> = desired.neighbours.iter().map(|n| n.ip).collect();
+    for n in &observed.neighbours {
+        if !want_neigh.contains(&n.ip) {
+            ops.push(Op::DeleteNeighbour(*n));
+        }
+    }
+    for n in desired.neighbours.difference(&observed.neighbours) {
+        ops.push(Op::SetNeighbour(*n));
+    }
+    for f in desired.fdb.difference(&observed.fdb) {
+        ops.push(Op::SetFdb(*f));
+    }
+    for r in desired.routes.difference(&observed.routes) {
+        ops.push(Op::SetRoute(*r));
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BackendKind;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn mac(n: u8) -> MacAddr {
+        MacAddr([0x02, 0, 0, 0, 0, n])
+    }
+
+    fn peer(subnet: &str, public: &str, m: Option<u8>) -> Peer {
+        Peer {
+            subnet: net(subnet),
+            public_ip: ip(public),
+            subnet_v6: None,
+            public_ip_v6: None,
+            backend: BackendKind::Vxlan,
+            vtep_mac: m.map(mac),
+            node_name: None,
+        }
+    }
+
+    fn underlay() -> Underlay {
+        Underlay {
+            index: 2,
+            ip: ip("192.168.1.10"),
+            mtu: 1500,
+            connected: vec![net("192.168.1.0/24")],
+        }
+    }
+
+    fn vxlan(direct: bool) -> Settings {
+        Settings::Vxlan(VxlanSettings {
+            device: "weft.1".into(),
+            vni: 1,
+            port: 8472,
+            mac: mac(1),
+            underlay: underlay(),
+            direct_routing: direct,
+        })
+    }
+
+    #[test]
+    fn vxlan_plan_has_a_device_and_three_entries_per_peer() {
+        let peers = [
+            peer("10.244.2.0/24", "192.168.1.11", Some(2)),
+            peer("10.244.3.0/24", "10.0.9.9", Some(3)),
+            peer("10.244.4.0/24", "10.0.9.10", None),
+        ];
+        let p = plan(net("10.244.1.0/24"), &peers, &vxlan(false));
+        let d = p.state.device.clone().unwrap();
+        assert_eq!(
+            (d.mtu, d.address, d.local, d.vni, d.port),
+            (1450, net("10.244.1.0/32"), ip("192.168.1.10"), 1, 8472)
+        );
+        assert_eq!(
+            p.state.neighbours,
+            BTreeSet::from([
+                Neighbour {
+                    ip: ip("10.244.2.0"),
+                    mac: mac(2)
+                },
+                Neighbour {
+                    ip: ip("10.244.3.0"),
+                    mac: mac(3)
+                },
+            ])
+        );
+        assert!(p.state.fdb.contains(&FdbEntry {
+            mac: mac(3),
+            dst: ip("10.0.9.9")
+        }));
+        assert!(p.state.routes.contains(&Route {
+            dst: net("10.244.2.0/24"),
+            via: Via::Overlay {
+                gateway: ip("10.244.2.0")
+            }
+        }));
+        assert_eq!(
+            p.unreachable.len(),
+            1,
+            "a peer without a VTEP MAC is reported"
+        );
+    }
+
+    #[test]
+    fn direct_routing_uses_the_underlay_for_peers_on_the_same_segment() {
+        let peers = [
+            peer("10.244.2.0/24", "192.168.1.11", Some(2)),
+            peer("10.244.3.0/24", "10.0.9.9", Some(3)),
+        ];
+        let p = plan(net("10.244.1.0/24"), &peers, &vxlan(true));
+        assert!(p.state.routes.contains(&Route {
+            dst: net("10.244.2.0/24"),
+            via: Via::Direct {
+                gateway: ip("192.168.1.11"),
+                index: 2
+            }
+        }));
+        assert_eq!(
+            p.state.neighbours.len(),
+            1,
+            "only the remote peer goes over VXLAN"
+        );
+        assert_eq!(p.state.fdb.len(), 1);
+    }
+
+    #[test]
+    fn host_gw_routes_direct_and_reports_unreachable_peers() {
+        let peers = [
+            peer("10.244.2.0/24", "192.168.1.11", None),
+            peer("10.244.3.0/24", "10.0.9.9", None),
+        ];
+        let p = plan(net("10.244.1.0/24"), &peers, &Settings::HostGw(underlay()));
+        assert!(p.state.device.is_none());
+        assert_eq!(p.state.routes.len(), 1);
+        assert_eq!(p.unreachable.len(), 1);
+        assert!(p.unreachable[0].1.contains("10.0.9.9"));
+    }
+
+    #[test]
+    fn diff_of_equal_states_is_empty_and_a_fresh_node_gets_everything_in_order() {
+        let peers = [peer("10.244.2.0/24", "192.168.1.11", Some(2))];
+        let want = plan(net("10.244.1.0/24"), &peers, &vxlan(false)).state;
+        assert!(diff(&want, &want).is_empty());
+        let ops = diff(&KernelState::default(), &want);
+        let kinds: Vec<&str> = ops
+            .iter()
+            .map(|o| match o {
+                Op::SetDevice(_) => "device",
+                Op::SetNeighbour(_) => "neigh",
+                Op::SetFdb(_) => "fdb",
+                Op::SetRoute(_) => "route",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["device", "neigh", "fdb", "route"]);
+    }
+
+    #[test]
+    fn a_changed_vtep_mac_replaces_the_neighbour_and_removes_the_old_fdb_entry() {
+        let own = net("10.244.1.0/24");
+        let before = plan(
+            own,
+            &[peer("10.244.2.0/24", "192.168.1.11", Some(2))],
+            &vxlan(false),
+        )
+        .state;
+        let after = plan(
+            own,
+            &[peer("10.244.2.0/24", "192.168.1.11", Some(9))],
+            &vxlan(false),
+        )
+        .state;
+        let ops = diff(&before, &after);
+        assert_eq!(
+            ops,
+            vec![
+                Op::DeleteFdb(FdbEntry {
+                    mac: mac(2),
+                    dst: ip("192.168.1.11")
+                }),
+                Op::SetNeighbour(Neighbour {
+                    ip: ip("10.244.2.0"),
+                    mac: mac(9)
+                }),
+                Op::SetFdb(FdbEntry {
+                    mac: mac(9),
+                    dst: ip("192.168.1.11")
+                }),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_peer_goes_in_reverse_order_and_a_recreated_device_gets_everything_back() {
+        let own = net("10.244.1.0/24");
+        let one = plan(
+            own,
+            &[peer("10.244.2.0/24", "10.0.9.9", Some(2))],
+            &vxlan(false),
+        )
+        .state;
+        let none = plan(own, &[], &vxlan(false)).state;
+        let ops = diff(&one, &none);
+        assert!(matches!(
+            ops.as_slice(),
+            [Op::DeleteRoute(_), Op::DeleteFdb(_), Op::DeleteNeighbour(_)]
+        ));
+        // The device came back with another local IP: delete, create, re-add every entry.
+        let mut moved = one.clone();
+        moved.device.as_mut().unwrap().local = ip("192.168.1.99");
+        let ops = diff(&moved, &one);
+        assert!(matches!(ops[0], Op::DeleteDevice(_)));
+        assert!(matches!(ops[1], Op::SetDevice(_)));
+        assert_eq!(ops.len(), 5, "{ops:?}");
+        // A changed MTU is changed in place.
+        let mut mtu = one.clone();
+        mtu.device.as_mut().unwrap().mtu = 1400;
+        assert_eq!(
+            diff(&mtu, &one),
+            vec![Op::SetDevice(one.device.clone().unwrap())]
+        );
+    }
+
+    #[test]
+    fn switching_to_host_gw_deletes_the_device_and_keeps_direct_routes_consistent() {
+        let own = net("10.244.1.0/24");
+        let peers = [peer("10.244.2.0/24", "192.168.1.11", Some(2))];
+        let vx = plan(own, &peers, &vxlan(false)).state;
+        let hg = plan(own, &peers, &Settings::HostGw(underlay())).state;
+        let ops = diff(&vx, &hg);
+        assert_eq!(ops[0], Op::DeleteDevice("weft.1".into()));
+        assert_eq!(
+            ops.last(),
+            Some(&Op::SetRoute(*hg.routes.iter().next().unwrap()))
+        );
+        assert_eq!(ops.len(), 2, "{ops:?}");
+    }
+}
