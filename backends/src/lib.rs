@@ -11,5 +11,5 @@ mod peer;
 pub mod plan;
 pub mod subnet_env;
 
-pub use mac::{MacAddr, MacError};
+pub use mac::{stable_hash, MacAddr, MacError};
 pub use peer::{BackendKind, Peer, PeerEvent, UnknownBackend};

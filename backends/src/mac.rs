@@ -24,21 +24,31 @@ impl MacAddr {
     /// neighbour and FDB entries stay valid. FNV-1a is enough: this is not a security boundary,
     /// only a spread.
     pub fn derive_from(seed: &str) -> Self {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in seed.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        // Finalise (murmur3's fmix64) so names differing in one character differ everywhere.
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        hash ^= hash >> 33;
+        let hash = stable_hash(&[seed.as_bytes()]);
         let b = hash.to_be_bytes();
         // Locally administered (bit 1 set), unicast (bit 0 clear).
         MacAddr([(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]])
     }
+}
+
+/// A stable 64-bit hash of `parts` (FNV-1a over the parts joined by NUL, so ("ab","c") and
+/// ("a","bc") differ, then murmur3's fmix64 so inputs differing in one byte differ
+/// everywhere). Not a security boundary, only a spread that never changes between versions:
+/// VTEP MACs and CNI host-veth names are derived from it.
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        let sep: &[u8] = if i + 1 < parts.len() { &[0] } else { &[] };
+        for byte in part.iter().chain(sep) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }
 
 impl fmt::Display for MacAddr {

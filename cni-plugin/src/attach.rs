@@ -47,23 +47,11 @@ pub struct Attachment {
     pub routes: Vec<Ipv4Network>,
 }
 
-/// 64 bits of FNV-1a over the attachment's identity: the host veth's name and MAC come from
+/// The attachment's identity as a number: the host veth's name and the IPAM index come from
 /// it, so DEL and GC find the host end again without any state, and a retried ADD replaces
 /// the leftover of a killed one.
 pub(crate) fn attachment_hash(container_id: &str, ifname: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id
-        .as_bytes()
-        .iter()
-        .chain(&[0u8])
-        .chain(ifname.as_bytes())
-    {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
+    weft_backends::stable_hash(&[container_id.as_bytes(), ifname.as_bytes()])
 }
 
 /// The host end's name: `veth` + 11 hex digits (44 bits), 15 bytes, the kernel's limit.

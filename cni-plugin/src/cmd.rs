@@ -28,9 +28,15 @@ fn conf(req: &Request) -> &NetConf {
         .expect("every verb but VERSION is parsed with a config")
 }
 
-fn field<'a>(v: &'a Option<String>, what: &str) -> &'a str {
-    v.as_deref()
-        .unwrap_or_else(|| panic!("{what} is validated for this verb"))
+/// (container id, ifname): validated present for ADD, DEL and CHECK.
+fn attachment(req: &Request) -> (&str, &str) {
+    match (req.container_id.as_deref(), req.ifname.as_deref()) {
+        (Some(c), Some(i)) => (c, i),
+        _ => unreachable!(
+            "CNI_CONTAINERID and CNI_IFNAME are validated for {:?}",
+            req.command
+        ),
+    }
 }
 
 /// The subnet pods get addresses from: an explicit `range`, or this node's lease from
@@ -51,17 +57,19 @@ pub fn pod_network(conf: &NetConf) -> Result<PodNetwork, CniError> {
     })
 }
 
-fn ipam_error(e: IpamError) -> CniError {
-    match e {
-        IpamError::Exhausted { .. } => {
-            CniError::new(code::TRY_AGAIN_LATER, "no pod address left", e.to_string())
+impl From<IpamError> for CniError {
+    fn from(e: IpamError) -> CniError {
+        match e {
+            IpamError::Exhausted { .. } => {
+                CniError::new(code::TRY_AGAIN_LATER, "no pod address left", e.to_string())
+            }
+            other => CniError::new(code::IO, "IPAM store failure", other.to_string()),
         }
-        other => CniError::new(code::IO, "IPAM store failure", other.to_string()),
     }
 }
 
 fn store(conf: &NetConf) -> Result<FileIpam, CniError> {
-    FileIpam::open(&conf.data_dir, &conf.name).map_err(ipam_error)
+    Ok(FileIpam::open(&conf.data_dir, &conf.name)?)
 }
 
 fn host() -> Result<Netlink, CniError> {
@@ -76,10 +84,7 @@ fn host() -> Result<Netlink, CniError> {
 
 fn add(req: &Request) -> Result<String, CniError> {
     let conf = conf(req);
-    let (cid, ifname) = (
-        field(&req.container_id, "CNI_CONTAINERID"),
-        field(&req.ifname, "CNI_IFNAME"),
-    );
+    let (cid, ifname) = attachment(req);
     let netns = req
         .netns
         .as_deref()
@@ -89,9 +94,7 @@ fn add(req: &Request) -> Result<String, CniError> {
     let mut pod = PodNs::open(netns)?;
     let mut host = host()?;
     // The lock is held only while choosing the address, not while building the interfaces.
-    let ip = store(conf)?
-        .allocate(net.subnet, cid, ifname)
-        .map_err(ipam_error)?;
+    let ip = store(conf)?.allocate(net.subnet, cid, ifname)?;
     let plan = attach::plan(&net, &Options::from(conf), cid, ifname, netns, ip);
     match kernel::add(&mut host, &mut pod, &plan) {
         Ok(bridge) => Ok(plan.result(&conf.cni_version, bridge.mac).to_string()),
@@ -106,22 +109,16 @@ fn add(req: &Request) -> Result<String, CniError> {
 
 fn del(req: &Request) -> Result<(), CniError> {
     let conf = conf(req);
-    let (cid, ifname) = (
-        field(&req.container_id, "CNI_CONTAINERID"),
-        field(&req.ifname, "CNI_IFNAME"),
-    );
+    let (cid, ifname) = attachment(req);
     // The interfaces go first, so the address is never handed out while still in use.
     kernel::delete(&mut host()?, &attach::host_veth_name(cid, ifname))?;
-    store(conf)?.release(cid, ifname).map_err(ipam_error)?;
+    store(conf)?.release(cid, ifname)?;
     Ok(())
 }
 
 fn check(req: &Request) -> Result<(), CniError> {
     let conf = conf(req);
-    let (cid, ifname) = (
-        field(&req.container_id, "CNI_CONTAINERID"),
-        field(&req.ifname, "CNI_IFNAME"),
-    );
+    let (cid, ifname) = attachment(req);
     let netns = req
         .netns
         .as_deref()
@@ -135,16 +132,13 @@ fn check(req: &Request) -> Result<(), CniError> {
     })?;
     let want = attach::expected_from_prev(prev, ifname)?;
     let net = pod_network(conf)?;
-    let held = store(conf)?
-        .find(cid, ifname)
-        .map_err(ipam_error)?
-        .ok_or_else(|| {
-            CniError::new(
-                code::CHECK_FAILED,
-                "the pod's network is not as set up",
-                format!("no address is allocated to {cid}/{ifname}"),
-            )
-        })?;
+    let held = store(conf)?.find(cid, ifname)?.ok_or_else(|| {
+        CniError::new(
+            code::CHECK_FAILED,
+            "the pod's network is not as set up",
+            format!("no address is allocated to {cid}/{ifname}"),
+        )
+    })?;
     if !want.addresses.iter().any(|a| a.ip() == held) {
         return Err(CniError::new(
             code::CHECK_FAILED,
@@ -180,20 +174,13 @@ fn gc(req: &Request) -> Result<(), CniError> {
         .map(|a| (a.container_id.clone(), a.ifname.clone()))
         .collect();
     // Under the store's lock: an attachment's interfaces go before its address is freed.
-    let mut st = store(conf)?;
     let mut host = host()?;
-    for a in st.list().map_err(ipam_error)? {
-        if keep
-            .iter()
-            .any(|(c, i)| *c == a.container_id && *i == a.ifname)
-        {
-            continue;
-        }
+    store(conf)?.gc_with(&keep, |a| {
         kernel::delete(
             &mut host,
             &attach::host_veth_name(&a.container_id, &a.ifname),
-        )?;
-        st.remove(&a).map_err(ipam_error)?;
-    }
+        )
+        .map(drop)
+    })?;
     Ok(())
 }

@@ -129,13 +129,34 @@ pub trait IpamStore {
     }
 
     /// Release every allocation whose attachment is not in `keep`; returns what was released.
-    fn gc(&mut self, keep: &[(String, String)]) -> Result<Vec<Allocation>, IpamError> {
+    fn gc(&mut self, keep: &[(String, String)]) -> Result<Vec<Allocation>, IpamError>
+    where
+        Self: Sized,
+    {
+        self.gc_with(keep, |_| Ok::<(), IpamError>(()))
+    }
+
+    /// [`IpamStore::gc`], calling `before_release` for each allocation before its record goes
+    /// (the plugin removes the attachment's interfaces there, so an address is never freed
+    /// while still in use). The first error stops the sweep.
+    fn gc_with<E: From<IpamError>>(
+        &mut self,
+        keep: &[(String, String)],
+        mut before_release: impl FnMut(&Allocation) -> Result<(), E>,
+    ) -> Result<Vec<Allocation>, E>
+    where
+        Self: Sized,
+    {
         let mut released = Vec::new();
         for a in self.list()? {
             let kept = keep
                 .iter()
                 .any(|(c, i)| *c == a.container_id && *i == a.ifname);
-            if !kept && self.remove(&a)? {
+            if kept {
+                continue;
+            }
+            before_release(&a)?;
+            if self.remove(&a)? {
                 released.push(a);
             }
         }
@@ -503,7 +524,7 @@ mod tests {
     }
 
     /// The contract both stores keep.
-    fn contract(store: &mut dyn IpamStore) {
+    fn contract(store: &mut impl IpamStore) {
         let r = net("10.9.0.0/29"); // 5 pod addresses
         let a = store.allocate(r, "c1", "eth0").unwrap();
         assert_eq!(a.to_string(), "10.9.0.2");

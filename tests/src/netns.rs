@@ -4,11 +4,10 @@
 //! drops, also when the test panics. Tests never touch the root namespace: commands are run
 //! inside a namespace with `ip netns exec`, and the plugin's "host" is a test namespace too.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -77,6 +76,14 @@ impl Netns {
             .collect()
     }
 
+    /// The veths in this namespace (the host ends the CNI plugin makes are `veth…`).
+    pub fn veths(&self) -> Vec<String> {
+        self.links()
+            .into_iter()
+            .filter(|l| l.starts_with("veth"))
+            .collect()
+    }
+
     /// One ICMP echo to `dst` from inside the namespace, waiting at most 2 s.
     pub fn ping(&self, dst: &str) -> bool {
         self.exec("ping", &["-c", "1", "-W", "2", dst]).0 == 0
@@ -91,40 +98,7 @@ impl Drop for Netns {
 
 /// Run a command to completion within 60 s, feeding `input` on stdin.
 pub fn run(cmd: &mut Command, input: Option<&[u8]>) -> (i32, String, String) {
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    if let Some(data) = input {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let data = data.to_vec();
-        // A writer thread, so a child that exits without reading cannot block the test.
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&data);
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let out = child.wait_with_output().expect("collect output");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::procs::run_input(cmd, input, Duration::from_secs(60))
 }
 
 /// What one plugin call returned.

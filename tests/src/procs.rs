@@ -146,12 +146,36 @@ pub fn metric(body: &str, name: &str) -> Option<f64> {
 
 /// Run a command to completion with a time bound: (exit code, stdout, stderr).
 pub fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String) {
+    run_input(&mut cmd, None, timeout)
+}
+
+/// Run a command to completion within `timeout`, feeding `input` on stdin. Output goes to
+/// temp files, so a chatty child can never block on a full pipe while we wait for it.
+pub fn run_input(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (o, e) = (dir.path().join("out"), dir.path().join("err"));
-    cmd.stdin(Stdio::null())
-        .stdout(std::fs::File::create(&o).unwrap())
-        .stderr(std::fs::File::create(&e).unwrap());
-    let mut child = cmd.spawn().expect("spawn command");
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(std::fs::File::create(&o).unwrap())
+    .stderr(std::fs::File::create(&e).unwrap());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|err| panic!("spawn {cmd:?}: {err}"));
+    if let Some(data) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let data = data.to_vec();
+        // A writer thread, so a child that exits without reading cannot block the caller.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
     let deadline = std::time::Instant::now() + timeout;
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
@@ -162,7 +186,7 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> (i32, String, String)
             let _ = child.wait();
             panic!("command {cmd:?} did not finish within {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     };
     (
         status.code().unwrap_or(-1),

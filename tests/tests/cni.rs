@@ -83,11 +83,7 @@ impl Fixture {
     }
 
     fn host_veths(&self) -> Vec<String> {
-        self.host
-            .links()
-            .into_iter()
-            .filter(|l| l.starts_with("veth"))
-            .collect()
+        self.host.veths()
     }
 
     fn with_prev(&self, version: &str, prev: &Value) -> Value {

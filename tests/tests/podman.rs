@@ -322,11 +322,7 @@ runc = [{wrapper}]
     }
 
     fn host_veths(&self) -> Vec<String> {
-        self.host
-            .links()
-            .into_iter()
-            .filter(|l| l.starts_with("veth"))
-            .collect()
+        self.host.veths()
     }
 
     /// The cgroup directories under `cgroup_parent`, one per mounted hierarchy.
