@@ -4,9 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
+use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument};
+use weft_backends::dataplane::KernelNetlink;
+use weft_backends::plan::{Settings, Underlay, VxlanSettings};
 use weft_backends::{BackendKind, MacAddr, PeerEvent};
 
 use crate::config::{ConfigError, NetConfig};
@@ -18,9 +22,6 @@ use crate::pick::Identity;
 use crate::settings::AgentSettings;
 use crate::store::{EtcdStore, LeaseStore, Snapshot, StoreError};
 use crate::subnet_env::SubnetEnv;
-
-/// VXLAN encapsulation overhead on an IPv4 underlay.
-pub const VXLAN_OVERHEAD_V4: u32 = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -40,6 +41,10 @@ pub enum AgentError {
         #[source]
         source: ConfigError,
     },
+    #[error("data plane: {0}")]
+    Dataplane(#[from] weft_backends::dataplane::DataplaneError),
+    #[error("kernel notification listener: {0}")]
+    Monitor(#[from] weft_backends::netlink::NlError),
     #[error("health server on {addr}: {source}")]
     Health {
         addr: std::net::SocketAddr,
@@ -67,8 +72,41 @@ pub fn pod_mtu(cfg: &NetConfig, underlay_mtu: u32) -> u32 {
         return m;
     }
     match cfg.backend.kind {
-        BackendKind::Vxlan => underlay_mtu.saturating_sub(VXLAN_OVERHEAD_V4),
+        BackendKind::Vxlan => VxlanSettings::mtu_for(underlay_mtu, None),
         BackendKind::HostGw => underlay_mtu,
+    }
+}
+
+/// The name of weft's VXLAN device for a VNI.
+pub fn device_name(vni: u32) -> String {
+    format!("weft.{vni}")
+}
+
+/// The backend settings for this node: the device, the underlay it runs over, and the
+/// subnets directly connected to it (for DirectRouting and host-gw).
+pub fn backend_settings(cfg: &NetConfig, node_name: &str, chosen: &ChosenIface) -> Settings {
+    let underlay = Underlay {
+        index: chosen.index,
+        // VXLAN packets leave from the interface's address; the published public IP may be a
+        // NAT address in front of it.
+        ip: chosen.iface_addr.ip(),
+        mtu: chosen.mtu,
+        connected: vec![
+            Ipv4Network::new(chosen.iface_addr.network(), chosen.iface_addr.prefix())
+                .expect("prefix from a valid network"),
+        ],
+    };
+    match cfg.backend.kind {
+        BackendKind::Vxlan => Settings::Vxlan(VxlanSettings {
+            device: device_name(cfg.backend.vni),
+            vni: cfg.backend.vni,
+            port: cfg.backend.port,
+            mac: MacAddr::derive_from(node_name),
+            mtu: VxlanSettings::mtu_for(chosen.mtu, cfg.backend.mtu),
+            underlay,
+            direct_routing: cfg.backend.direct_routing,
+        }),
+        BackendKind::HostGw => Settings::HostGw(underlay),
     }
 }
 
@@ -207,7 +245,7 @@ pub async fn run(
     let (status_tx, mut status_rx) = watch::channel(LeaseStatus::Acquiring);
     let (own_tx, own_rx) = watch::channel(None);
     let (notice_tx, notice_rx) = mpsc::channel(64);
-    let (peer_tx, mut peer_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
+    let (peer_tx, peer_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
 
     tasks.spawn(
         keeper
@@ -241,18 +279,25 @@ pub async fn run(
         .instrument(info_span!("peer_watch")),
     );
 
-    // Until the data plane consumes them, peer events are logged.
-    tasks.spawn(async move {
-        while let Some(batch) = peer_rx.recv().await {
-            for ev in batch {
-                match ev {
-                    PeerEvent::Added(p) => info!(subnet = %p.subnet, public_ip = %p.public_ip, node = ?p.node_name, vtep_mac = ?p.vtep_mac, "peer added"),
-                    PeerEvent::Updated { old, new } => info!(subnet = %new.subnet, public_ip = %new.public_ip, old_public_ip = %old.public_ip, vtep_mac = ?new.vtep_mac, old_vtep_mac = ?old.vtep_mac, "peer changed"),
-                    PeerEvent::Removed(p) => info!(subnet = %p.subnet, public_ip = %p.public_ip, "peer removed"),
-                }
-            }
-        }
-    });
+    // The data plane: one owner task, kicked by the kernel notification listener.
+    let backend = backend_settings(&cfg, &settings.node_name, &chosen);
+    let device = device_name(cfg.backend.vni);
+    let nl = KernelNetlink::open(&device)?;
+    let (kick_tx, kick_rx) = mpsc::channel(1);
+    crate::reconcile::spawn_monitor(device.clone(), kick_tx)?;
+    let (dp_own_tx, dp_own_rx) = watch::channel(None::<Ipv4Network>);
+    tasks.spawn(
+        crate::reconcile::Reconciler::new(nl, backend, metrics.clone())
+            .run(
+                dp_own_rx,
+                peer_rx,
+                kick_rx,
+                crate::reconcile::RESYNC_INTERVAL,
+                shutdown.clone(),
+            )
+            .map(drop)
+            .instrument(info_span!("dataplane", device = %device)),
+    );
 
     // This task owns readiness and subnet.env.
     loop {
@@ -260,6 +305,7 @@ pub async fn run(
         match &status {
             LeaseStatus::Held(h) => {
                 own_tx.send_replace(Some((SubnetKey::v4(h.subnet).to_string(), h.subnet)));
+                dp_own_tx.send_replace(Some(h.subnet));
                 metrics.lease_held.set(1);
                 metrics.lease_changes.inc();
                 let expiry = h.expires_at.map(|e| {

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub etcd_requests: Counter<u64, AtomicU64>,
     pub lease_changes: Counter<u64, AtomicU64>,
     pub subnet_env_writes: Counter<u64, AtomicU64>,
+    pub reconciles: Counter<u64, AtomicU64>,
+    pub reconcile_errors: Counter<u64, AtomicU64>,
+    pub repairs: Counter<u64, AtomicU64>,
+    pub peers_programmed: Gauge<i64, AtomicI64>,
+    pub peers_unreachable: Gauge<i64, AtomicI64>,
+    pub reconcile_seconds: Gauge<f64, AtomicU64>,
     registry: Arc<Registry>,
 }
 
@@ -36,6 +42,12 @@ impl Default for Metrics {
             etcd_requests: Counter::default(),
             lease_changes: Counter::default(),
             subnet_env_writes: Counter::default(),
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            repairs: Counter::default(),
+            peers_programmed: Gauge::default(),
+            peers_unreachable: Gauge::default(),
+            reconcile_seconds: Gauge::default(),
             registry: Arc::new(Registry::default()),
         };
         m.registry = Arc::new(m.build_registry());
@@ -80,6 +92,36 @@ impl Metrics {
             "subnet_env_writes",
             "Times subnet.env was (re)written",
             self.subnet_env_writes.clone(),
+        );
+        r.register(
+            "dataplane_reconciles",
+            "Data-plane passes (compare the wanted state with the kernel, apply the difference)",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "dataplane_reconcile_errors",
+            "Data-plane operations the kernel refused (retried on the next pass)",
+            self.reconcile_errors.clone(),
+        );
+        r.register(
+            "dataplane_repairs",
+            "Passes that restored state someone else changed or removed",
+            self.repairs.clone(),
+        );
+        r.register(
+            "dataplane_peers_programmed",
+            "Peers whose routes are in the kernel",
+            self.peers_programmed.clone(),
+        );
+        r.register(
+            "dataplane_peers_unreachable",
+            "Peers the backend cannot serve (host-gw peer off the local segment, lease without a VTEP MAC)",
+            self.peers_unreachable.clone(),
+        );
+        r.register(
+            "dataplane_last_reconcile_seconds",
+            "Duration of the last data-plane pass",
+            self.reconcile_seconds.clone(),
         );
         r
     }

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod logging;
 pub mod netctl;
 pub mod pick;
+pub mod reconcile;
 pub mod settings;
 pub mod store;
 pub use weft_backends::subnet_env;

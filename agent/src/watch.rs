@@ -260,6 +260,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
     let mut snapshot = initial;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut first = true;
+    let mut first_sent_pending = true;
     let mut own_key = own.borrow().clone();
     // Nothing is known yet, so setting the own subnet emits nothing.
     set.set_own(own_key.as_ref().map(|(_, s)| *s));
@@ -301,9 +302,12 @@ pub async fn run_peer_watch<S: LeaseStore>(
             }
         }
         peer_count(set.len(), set.invalid_count());
-        if !diff.is_empty() && events.send(diff).await.is_err() {
+        // The first listing is always sent, even empty: it tells the data plane that the
+        // peer set is known and stale state may now be removed.
+        if (!diff.is_empty() || first_sent_pending) && events.send(diff).await.is_err() {
             return;
         }
+        first_sent_pending = false;
         let mut stream = match store.watch(Revision(snap.revision.0 + 1)).await {
             Ok(s) => s,
             Err(e) => {

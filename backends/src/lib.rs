@@ -5,6 +5,7 @@
 //! from observed to desired state), subnet.env, and a small blocking netlink client shared
 //! with the CNI plugin. Applying a diff through netlink arrives with the data-plane work.
 
+pub mod dataplane;
 mod mac;
 pub mod netlink;
 mod peer;

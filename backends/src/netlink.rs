@@ -2,7 +2,7 @@
 //! or a dump. Blocking is deliberate: the CNI plugin makes a handful of requests per call and
 //! gains nothing from an async runtime, and a netlink socket is bound to the network namespace
 //! it was opened in, so a socket for a pod's namespace is opened on a short-lived thread that
-//! entered it ([`Netlink::open_in`]) and then used from anywhere without moving the caller.
+//! entered it ([`NlSocket::open_in`]) and then used from anywhere without moving the caller.
 
 use std::fs::File;
 use std::io;
@@ -55,7 +55,7 @@ impl NlError {
 
 /// One rtnetlink socket in the namespace it was opened in.
 #[derive(Debug)]
-pub struct Netlink {
+pub struct NlSocket {
     socket: Socket,
     seq: u32,
     buf: Vec<u8>,
@@ -63,25 +63,52 @@ pub struct Netlink {
 
 const RECV_BUF: usize = 64 * 1024;
 
-impl Netlink {
+/// Requests sent per `send` in [`NlSocket::ack_batch`]. Larger batches gain little and risk
+/// ENOBUFS on the ACKs (each ACK is its own socket buffer).
+const BATCH: usize = 128;
+
+/// Kernel socket receive buffer asked for on sockets that send batches (the kernel doubles it).
+const BATCH_SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
+
+/// One request of a batch: what it is for (used in errors), the message, extra header flags.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub op: String,
+    pub msg: RouteNetlinkMessage,
+    pub flags: u16,
+}
+
+impl NlSocket {
     /// A socket in the calling thread's network namespace.
-    pub fn open() -> Result<Netlink, NlError> {
+    pub fn open() -> Result<NlSocket, NlError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(NlError::Socket)?;
         socket.bind_auto().map_err(NlError::Socket)?;
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(NlError::Socket)?;
-        Ok(Netlink {
+        Ok(NlSocket {
             socket,
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
     }
 
+    /// Ask for a large receive buffer (needed for batches and for event listeners, whose
+    /// notifications arrive faster than they are read). `SO_RCVBUFFORCE` works as root and
+    /// ignores `rmem_max`; otherwise the ordinary, capped option is used.
+    pub fn set_receive_buffer(&self, bytes: usize) -> Result<(), NlError> {
+        set_receive_buffer(&self.socket, bytes)
+    }
+
+    /// The underlying socket, for subscribing to multicast groups.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+
     /// A socket in the network namespace `ns` (an open nsfs file such as
     /// `/proc/<pid>/ns/net` or `/run/netns/<name>`). Only a scoped helper thread enters the
     /// namespace; the caller's thread never changes namespace.
-    pub fn open_in(ns: &File, path: &str) -> Result<Netlink, NlError> {
+    pub fn open_in(ns: &File, path: &str) -> Result<NlSocket, NlError> {
         std::thread::scope(|s| {
             s.spawn(|| {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
@@ -90,7 +117,7 @@ impl Netlink {
                         source: e.into(),
                     },
                 )?;
-                Netlink::open()
+                NlSocket::open()
             })
             .join()
             .unwrap_or_else(|_| {
@@ -104,6 +131,93 @@ impl Netlink {
     /// Send `msg` and wait for the kernel's ACK.
     pub fn ack(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NlError> {
         self.exchange(op, msg, flags | NLM_F_ACK).map(drop)
+    }
+
+    /// Send many requests, [`BATCH`] per `send`, and collect one result per request, in order.
+    /// The kernel processes them in order; a refusal does not stop the ones after it. A socket
+    /// failure fails every request whose answer was not read.
+    pub fn ack_batch(&mut self, reqs: &[Request]) -> Vec<Result<(), NlError>> {
+        if reqs.len() > BATCH {
+            // Best effort: a smaller buffer only means smaller safe batches.
+            let _ = self.set_receive_buffer(BATCH_SOCKET_RCVBUF);
+        }
+        let mut results = Vec::with_capacity(reqs.len());
+        for chunk in reqs.chunks(BATCH) {
+            results.extend(self.ack_chunk(chunk));
+        }
+        results
+    }
+
+    fn ack_chunk(&mut self, chunk: &[Request]) -> Vec<Result<(), NlError>> {
+        let first = self.seq.wrapping_add(1);
+        let mut out = Vec::new();
+        for r in chunk {
+            self.seq = self.seq.wrapping_add(1);
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_ACK | r.flags;
+            header.sequence_number = self.seq;
+            let mut packet =
+                NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg.clone()));
+            packet.finalize();
+            let at = out.len();
+            out.resize(at + packet.buffer_len(), 0);
+            packet.serialize(&mut out[at..]);
+        }
+        let mut results: Vec<Option<Result<(), NlError>>> =
+            (0..chunk.len()).map(|_| None).collect();
+        let fail_rest = |results: &mut Vec<Option<Result<(), NlError>>>, e: &io::Error| {
+            for (i, slot) in results.iter_mut().enumerate() {
+                if slot.is_none() {
+                    *slot = Some(Err(NlError::Kernel {
+                        op: chunk[i].op.clone(),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    }));
+                }
+            }
+        };
+        if let Err(e) = self.socket.send(&out, 0) {
+            fail_rest(&mut results, &e);
+            return results.into_iter().flatten().collect();
+        }
+        let mut pending = chunk.len();
+        while pending > 0 {
+            self.buf.clear();
+            let n = match self.socket.recv(&mut self.buf, 0) {
+                Ok(n) => n,
+                Err(e) => {
+                    fail_rest(&mut results, &e);
+                    break;
+                }
+            };
+            let mut at = 0;
+            while at < n {
+                let Ok(parsed) =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[at..n])
+                else {
+                    break;
+                };
+                let len = parsed.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                at += (len + 3) & !3;
+                let i = parsed.header.sequence_number.wrapping_sub(first) as usize;
+                if i >= chunk.len() || results[i].is_some() {
+                    continue; // not an answer to this chunk
+                }
+                if let NetlinkPayload::Error(e) = parsed.payload {
+                    results[i] = Some(match e.code {
+                        None => Ok(()),
+                        Some(_) => Err(NlError::Kernel {
+                            op: chunk[i].op.clone(),
+                            source: e.to_io(),
+                        }),
+                    });
+                    pending -= 1;
+                }
+            }
+        }
+        results.into_iter().flatten().collect()
     }
 
     /// Send a non-dump GET and return the one reply.
@@ -227,6 +341,14 @@ impl Netlink {
     }
 }
 
+fn set_receive_buffer(socket: &Socket, bytes: usize) -> Result<(), NlError> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &bytes).is_ok() {
+        return Ok(());
+    }
+    socket.set_rx_buf_sz(bytes).map_err(NlError::Socket)
+}
+
 /// Read one attribute of a link.
 pub fn link_attr<T>(link: &LinkMessage, pick: impl Fn(&LinkAttribute) -> Option<T>) -> Option<T> {
     link.attributes.iter().find_map(pick)
@@ -239,7 +361,7 @@ mod tests {
     #[test]
     fn loopback_is_found_and_a_missing_link_is_none() {
         // Reading links changes nothing, so this runs in whatever namespace the tests run in.
-        let mut nl = Netlink::open().unwrap();
+        let mut nl = NlSocket::open().unwrap();
         let lo = nl
             .link_by_name("lo")
             .unwrap()
@@ -257,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_refusal_names_the_operation_and_the_errno() {
-        let mut nl = Netlink::open().unwrap();
+        let mut nl = NlSocket::open().unwrap();
         let mut msg = LinkMessage::default();
         msg.header.index = 999_999_999; // no such link; a GET changes nothing
         let err = nl
@@ -272,7 +394,7 @@ mod tests {
 
     #[test]
     fn a_dump_returns_every_link() {
-        let mut nl = Netlink::open().unwrap();
+        let mut nl = NlSocket::open().unwrap();
         let links = nl
             .dump(
                 "list links",

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::{MacAddr, Peer};
+use crate::{BackendKind, MacAddr, Peer};
 
 /// The route protocol number that marks weft's routes (`ip route ... proto 87`); routes with
 /// it that no lease explains are weft's to remove.
@@ -44,8 +44,18 @@ pub struct VxlanSettings {
     pub vni: u32,
     pub port: u16,
     pub mac: MacAddr,
+    /// The device's MTU: an explicit `Backend.MTU`, else the underlay's minus
+    /// [`VXLAN_OVERHEAD_V4`] (see [`VxlanSettings::mtu_for`]).
+    pub mtu: u32,
     pub underlay: Underlay,
     pub direct_routing: bool,
+}
+
+impl VxlanSettings {
+    /// The overlay MTU for an underlay MTU, unless the operator set one.
+    pub fn mtu_for(underlay_mtu: u32, explicit: Option<u32>) -> u32 {
+        explicit.unwrap_or(underlay_mtu.saturating_sub(VXLAN_OVERHEAD_V4))
+    }
 }
 
 /// The VXLAN device as weft wants it.
@@ -58,15 +68,30 @@ pub struct VxlanDevice {
     pub underlay_index: u32,
     pub mac: MacAddr,
     pub mtu: u32,
-    /// `<own subnet>.0/32`.
-    pub address: Ipv4Network,
+    /// MAC learning from received packets; weft's device has it off (the FDB is programmed).
+    pub learning: bool,
+    /// Administratively up.
+    pub up: bool,
+    /// IPv4 addresses on the device: weft wants exactly `<own subnet>.0/32`.
+    pub addresses: Vec<Ipv4Network>,
 }
 
 impl VxlanDevice {
-    /// Attributes the kernel cannot change on a live device: a difference means re-creating it.
+    /// Attributes weft does not change on a live device: a difference means re-creating it.
     pub fn needs_recreate(&self, other: &VxlanDevice) -> bool {
-        (self.vni, self.port, self.local, self.underlay_index)
-            != (other.vni, other.port, other.local, other.underlay_index)
+        (
+            self.vni,
+            self.port,
+            self.local,
+            self.underlay_index,
+            self.learning,
+        ) != (
+            other.vni,
+            other.port,
+            other.local,
+            other.underlay_index,
+            other.learning,
+        )
     }
 }
 
@@ -123,73 +148,116 @@ pub fn subnet_zero(s: Ipv4Network) -> Ipv4Addr {
     s.network()
 }
 
-/// What the kernel should hold, given this node's subnet and its peers (the own lease is not
-/// among `peers`).
-pub fn plan(own_subnet: Ipv4Network, peers: &[Peer], settings: &Settings) -> Plan {
-    let mut p = Plan::default();
-    match settings {
-        Settings::Vxlan(v) => {
-            p.state.device = Some(VxlanDevice {
-                name: v.device.clone(),
-                vni: v.vni,
-                port: v.port,
-                local: v.underlay.ip,
-                underlay_index: v.underlay.index,
-                mac: v.mac,
-                mtu: v.underlay.mtu.saturating_sub(VXLAN_OVERHEAD_V4),
-                address: Ipv4Network::new(subnet_zero(own_subnet), 32).expect("/32"),
-            });
-            for peer in peers {
-                if v.direct_routing && v.underlay.reaches_directly(peer.public_ip) {
-                    p.state.routes.insert(Route {
-                        dst: peer.subnet,
-                        via: Via::Direct {
-                            gateway: peer.public_ip,
-                            index: v.underlay.index,
-                        },
-                    });
-                    continue;
-                }
-                let Some(mac) = peer.vtep_mac else {
-                    p.unreachable
-                        .push((peer.subnet, "its lease has no VtepMAC".into()));
-                    continue;
-                };
-                let gw = subnet_zero(peer.subnet);
-                p.state.neighbours.insert(Neighbour { ip: gw, mac });
-                p.state.fdb.insert(FdbEntry {
-                    mac,
-                    dst: peer.public_ip,
-                });
+/// A data-plane backend: turns this node's subnet and its peers into the kernel state it
+/// wants. Pure; applying the result is [`diff`] plus a [`crate::dataplane::Netlink`].
+pub trait Backend {
+    fn kind(&self) -> BackendKind;
+    /// What the kernel should hold, given this node's subnet and its peers (the own lease is
+    /// not among `peers`).
+    fn plan(&self, own_subnet: Ipv4Network, peers: &[Peer]) -> Plan;
+}
+
+impl Backend for VxlanSettings {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vxlan
+    }
+
+    fn plan(&self, own_subnet: Ipv4Network, peers: &[Peer]) -> Plan {
+        let v = self;
+        let mut p = Plan::default();
+        p.state.device = Some(VxlanDevice {
+            name: v.device.clone(),
+            vni: v.vni,
+            port: v.port,
+            local: v.underlay.ip,
+            underlay_index: v.underlay.index,
+            mac: v.mac,
+            mtu: v.mtu,
+            learning: false,
+            up: true,
+            addresses: vec![Ipv4Network::new(subnet_zero(own_subnet), 32).expect("/32")],
+        });
+        for peer in peers {
+            if v.direct_routing && v.underlay.reaches_directly(peer.public_ip) {
                 p.state.routes.insert(Route {
                     dst: peer.subnet,
-                    via: Via::Overlay { gateway: gw },
+                    via: Via::Direct {
+                        gateway: peer.public_ip,
+                        index: v.underlay.index,
+                    },
                 });
+                continue;
+            }
+            let Some(mac) = peer.vtep_mac else {
+                p.unreachable
+                    .push((peer.subnet, "its lease has no VtepMAC".into()));
+                continue;
+            };
+            let gw = subnet_zero(peer.subnet);
+            p.state.neighbours.insert(Neighbour { ip: gw, mac });
+            p.state.fdb.insert(FdbEntry {
+                mac,
+                dst: peer.public_ip,
+            });
+            p.state.routes.insert(Route {
+                dst: peer.subnet,
+                via: Via::Overlay { gateway: gw },
+            });
+        }
+        p
+    }
+}
+
+/// host-gw: every peer is routed through its public IP on the underlay.
+impl Backend for Underlay {
+    fn kind(&self) -> BackendKind {
+        BackendKind::HostGw
+    }
+
+    fn plan(&self, _own_subnet: Ipv4Network, peers: &[Peer]) -> Plan {
+        let mut p = Plan::default();
+        for peer in peers {
+            if self.reaches_directly(peer.public_ip) {
+                p.state.routes.insert(Route {
+                    dst: peer.subnet,
+                    via: Via::Direct {
+                        gateway: peer.public_ip,
+                        index: self.index,
+                    },
+                });
+            } else {
+                p.unreachable.push((
+                    peer.subnet,
+                    format!(
+                        "public IP {} is not on a subnet connected to the underlay (host-gw needs one L2 segment)",
+                        peer.public_ip
+                    ),
+                ));
             }
         }
-        Settings::HostGw(u) => {
-            for peer in peers {
-                if u.reaches_directly(peer.public_ip) {
-                    p.state.routes.insert(Route {
-                        dst: peer.subnet,
-                        via: Via::Direct {
-                            gateway: peer.public_ip,
-                            index: u.index,
-                        },
-                    });
-                } else {
-                    p.unreachable.push((
-                        peer.subnet,
-                        format!(
-                            "public IP {} is not on a subnet connected to the underlay (host-gw needs one L2 segment)",
-                            peer.public_ip
-                        ),
-                    ));
-                }
-            }
+        p
+    }
+}
+
+impl Backend for Settings {
+    fn kind(&self) -> BackendKind {
+        match self {
+            Settings::Vxlan(v) => v.kind(),
+            Settings::HostGw(u) => u.kind(),
         }
     }
-    p
+
+    fn plan(&self, own_subnet: Ipv4Network, peers: &[Peer]) -> Plan {
+        match self {
+            Settings::Vxlan(v) => v.plan(own_subnet, peers),
+            Settings::HostGw(u) => u.plan(own_subnet, peers),
+        }
+    }
+}
+
+/// What the kernel should hold for `settings` (shorthand for [`Backend::plan`]).
+pub fn plan(own_subnet: Ipv4Network, peers: &[Peer], settings: &Settings) -> Plan {
+    settings.plan(own_subnet, peers)
 }
 
 /// One change to the kernel. Adds use replace semantics, deletes treat "not found" as done.
@@ -270,7 +338,6 @@ pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::BackendKind;
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()
@@ -311,6 +378,7 @@ mod tests {
             vni: 1,
             port: 8472,
             mac: mac(1),
+            mtu: VxlanSettings::mtu_for(1500, None),
             underlay: underlay(),
             direct_routing: direct,
         })
@@ -326,8 +394,22 @@ mod tests {
         let p = plan(net("10.244.1.0/24"), &peers, &vxlan(false));
         let d = p.state.device.clone().unwrap();
         assert_eq!(
-            (d.mtu, d.address, d.local, d.vni, d.port),
-            (1450, net("10.244.1.0/32"), ip("192.168.1.10"), 1, 8472)
+            (
+                d.mtu,
+                d.addresses.clone(),
+                d.local,
+                d.vni,
+                d.port,
+                d.learning
+            ),
+            (
+                1450,
+                vec![net("10.244.1.0/32")],
+                ip("192.168.1.10"),
+                1,
+                8472,
+                false
+            )
         );
         assert_eq!(
             p.state.neighbours,

@@ -1,7 +1,7 @@
 //! The CNI verbs: each reads what it needs, then changes the IPAM store and the kernel in an
 //! order that leaves nothing behind when it fails.
 
-use weft_backends::netlink::Netlink;
+use weft_backends::netlink::NlSocket;
 
 use crate::attach::{self, Options, PodNetwork};
 use crate::error::{code, CniError};
@@ -72,8 +72,8 @@ fn store(conf: &NetConf) -> Result<FileIpam, CniError> {
     Ok(FileIpam::open(&conf.data_dir, &conf.name)?)
 }
 
-fn host() -> Result<Netlink, CniError> {
-    Netlink::open().map_err(|e| {
+fn host() -> Result<NlSocket, CniError> {
+    NlSocket::open().map_err(|e| {
         CniError::new(
             code::DATAPATH,
             "cannot set up the pod's network",

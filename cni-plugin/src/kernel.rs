@@ -2,7 +2,7 @@
 //! pair created with its pod end directly inside the pod's namespace (named, addressed with a
 //! MAC and brought up in the same request), then the pod's address and routes over a socket
 //! opened in the pod namespace. No thread of this process other than a scoped helper ever
-//! enters the pod namespace (see [`Netlink::open_in`]).
+//! enters the pod namespace (see [`NlSocket::open_in`]).
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,7 +21,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
-use weft_backends::netlink::{link_attr, Netlink, NlError, NLM_F_CREATE, NLM_F_EXCL};
+use weft_backends::netlink::{link_attr, NlError, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
 use weft_backends::MacAddr;
 
 use crate::attach::{Attachment, Expected};
@@ -40,7 +40,7 @@ fn datapath(e: NlError) -> CniError {
 #[derive(Debug)]
 pub struct PodNs {
     pub file: File,
-    pub nl: Netlink,
+    pub nl: NlSocket,
 }
 
 impl PodNs {
@@ -63,7 +63,7 @@ impl PodNs {
                 path.display()
             )));
         }
-        let nl = Netlink::open_in(&file, &path.display().to_string()).map_err(|e| match e {
+        let nl = NlSocket::open_in(&file, &path.display().to_string()).map_err(|e| match e {
             NlError::Namespace { .. } => bad(format!(
                 "{} is not a network namespace ({e})",
                 path.display()
@@ -117,7 +117,7 @@ pub struct Bridge {
 }
 
 /// Find or create the bridge, make sure it is up and has the gateway address.
-pub fn ensure_bridge(host: &mut Netlink, a: &Attachment) -> Result<Bridge, CniError> {
+pub fn ensure_bridge(host: &mut NlSocket, a: &Attachment) -> Result<Bridge, CniError> {
     let found = match host.link_by_name(&a.bridge).map_err(datapath)? {
         Some(l) => l,
         None => {
@@ -187,7 +187,7 @@ pub fn ensure_bridge(host: &mut Netlink, a: &Attachment) -> Result<Bridge, CniEr
 }
 
 fn add_address(
-    nl: &mut Netlink,
+    nl: &mut NlSocket,
     index: u32,
     addr: Ipv4Network,
     on: &str,
@@ -259,7 +259,7 @@ fn veth_request(a: &Attachment, bridge: &Bridge, ns: &File) -> RouteNetlinkMessa
 /// Create the veth pair. A host end left by a killed ADD of the same attachment (same
 /// derived name) is replaced; an `ifname` already taken inside the pod is an error.
 fn create_veth(
-    host: &mut Netlink,
+    host: &mut NlSocket,
     a: &Attachment,
     bridge: &Bridge,
     ns: &File,
@@ -297,7 +297,7 @@ fn ifname_taken(a: &Attachment) -> CniError {
     )
 }
 
-fn hairpin(host: &mut Netlink, a: &Attachment) -> Result<(), CniError> {
+fn hairpin(host: &mut NlSocket, a: &Attachment) -> Result<(), CniError> {
     let mut msg = LinkMessage::default();
     msg.attributes
         .push(LinkAttribute::IfName(a.host_veth.clone()));
@@ -337,7 +337,7 @@ fn route_message(dst: Ipv4Network, gw: Option<Ipv4Addr>, oif: u32) -> RouteMessa
     r
 }
 
-fn configure_pod(pod: &mut Netlink, a: &Attachment) -> Result<(), CniError> {
+fn configure_pod(pod: &mut NlSocket, a: &Attachment) -> Result<(), CniError> {
     let link = pod
         .link_by_name(&a.ifname)
         .map_err(datapath)?
@@ -372,7 +372,7 @@ fn configure_pod(pod: &mut Netlink, a: &Attachment) -> Result<(), CniError> {
 
 /// Build the attachment. On any failure after the veth exists, the veth (both ends) is
 /// removed again; the bridge, shared by every pod, stays.
-pub fn add(host: &mut Netlink, pod: &mut PodNs, a: &Attachment) -> Result<Bridge, CniError> {
+pub fn add(host: &mut NlSocket, pod: &mut PodNs, a: &Attachment) -> Result<Bridge, CniError> {
     // A name already taken in the pod is refused before the host is touched at all.
     if pod.nl.link_by_name(&a.ifname).map_err(datapath)?.is_some() {
         return Err(ifname_taken(a));
@@ -395,7 +395,7 @@ pub fn add(host: &mut Netlink, pod: &mut PodNs, a: &Attachment) -> Result<Bridge
 
 /// Remove the attachment's veth pair (deleting the host end takes the pod end with it).
 /// Absent is fine: the pod namespace may be gone and the pair with it.
-pub fn delete(host: &mut Netlink, host_veth: &str) -> Result<bool, CniError> {
+pub fn delete(host: &mut NlSocket, host_veth: &str) -> Result<bool, CniError> {
     host.delete_link_by_name(host_veth).map_err(datapath)
 }
 
@@ -409,7 +409,7 @@ fn check_failed(details: String) -> CniError {
 
 /// Compare the kernel with what ADD made and what the previous result says.
 pub fn check(
-    host: &mut Netlink,
+    host: &mut NlSocket,
     pod: &mut PodNs,
     a: &Attachment,
     want: &Expected,

@@ -1,0 +1,620 @@
+//! The data-plane owner: one task that holds the kernel state weft programs.
+//!
+//! Inputs: this node's subnet (from the lease keeper), peer events (from the lease watch),
+//! kicks from the kernel notification listener (someone changed or deleted something of
+//! weft's), and a periodic resync. Each pass plans the wanted state (pure), compares it with
+//! the kernel (read back when a kick, a resync or a failure says the last known state cannot
+//! be trusted; otherwise the state the last pass left) and applies the difference.
+//!
+//! Nothing is programmed before the first full peer listing has arrived, so a restarted
+//! weftd never removes a peer's entries just because it has not heard of the peer yet; and
+//! nothing is torn down on exit.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
+use weft_backends::plan::{diff, Backend, KernelState, Op, Settings};
+use weft_backends::{Peer, PeerEvent};
+
+use crate::health::Metrics;
+
+/// How often the kernel is read back even when nothing was heard.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why a pass runs; decides whether the kernel is read back and how the result is logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    Peers,
+    Kernel,
+    Resync,
+    Retry,
+}
+
+/// The reconciler's state. Pure bookkeeping plus one [`Netlink`].
+#[derive(Debug)]
+pub struct Reconciler<N> {
+    nl: Option<N>,
+    backend: Settings,
+    own: Option<Ipv4Network>,
+    peers: BTreeMap<Ipv4Network, Peer>,
+    /// The first peer listing has arrived.
+    listed: bool,
+    /// What the kernel holds if the last pass fully succeeded.
+    believed: Option<KernelState>,
+    unreachable: BTreeSet<Ipv4Network>,
+    passes: u64,
+    metrics: Metrics,
+}
+
+impl<N: Netlink + Send + 'static> Reconciler<N> {
+    pub fn new(nl: N, backend: Settings, metrics: Metrics) -> Self {
+        Reconciler {
+            nl: Some(nl),
+            backend,
+            own: None,
+            peers: BTreeMap::new(),
+            listed: false,
+            believed: None,
+            unreachable: BTreeSet::new(),
+            passes: 0,
+            metrics,
+        }
+    }
+
+    /// The [`Netlink`], for tests that inspect the fake after a run.
+    pub fn netlink(&self) -> Option<&N> {
+        self.nl.as_ref()
+    }
+
+    fn take_events(&mut self, batch: Vec<PeerEvent>) {
+        self.listed = true;
+        for ev in batch {
+            match ev {
+                PeerEvent::Added(p) => {
+                    self.peers.insert(p.subnet, p);
+                }
+                PeerEvent::Updated { old, new } => {
+                    self.peers.remove(&old.subnet);
+                    self.peers.insert(new.subnet, new);
+                }
+                PeerEvent::Removed(p) => {
+                    self.peers.remove(&p.subnet);
+                }
+            }
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.listed && self.own.is_some()
+    }
+
+    /// One pass. Returns whether it fully succeeded.
+    async fn pass(&mut self, trigger: Trigger) -> bool {
+        let Some(own) = self.own else { return true };
+        let started = Instant::now();
+        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        let plan = self.backend.plan(own, &peers);
+        let look = trigger != Trigger::Peers || self.believed.is_none();
+        let believed = if look { None } else { self.believed.take() };
+        let mut nl = self
+            .nl
+            .take()
+            .expect("the netlink handle is always returned");
+        let desired = plan.state.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = (|| -> Result<(Vec<Op>, ApplyReport), DataplaneError> {
+                let observed = match believed {
+                    Some(b) => b,
+                    None => nl.observe()?,
+                };
+                let ops = diff(&observed, &desired);
+                let report = nl.apply(&ops);
+                Ok((ops, report))
+            })();
+            (nl, result)
+        })
+        .await;
+        let (nl, result) = match joined {
+            Ok(x) => x,
+            Err(e) => panic!("data-plane worker failed: {e}"),
+        };
+        self.nl = Some(nl);
+        self.passes += 1;
+        self.metrics.reconciles.inc();
+        self.metrics
+            .reconcile_seconds
+            .set(started.elapsed().as_secs_f64());
+
+        let now_unreachable: BTreeSet<Ipv4Network> =
+            plan.unreachable.iter().map(|(s, _)| *s).collect();
+        for (subnet, why) in &plan.unreachable {
+            if !self.unreachable.contains(subnet) {
+                warn!(peer_subnet = %subnet, backend = %self.backend.kind(), "cannot program this peer: {why}");
+            }
+        }
+        self.unreachable = now_unreachable;
+        self.metrics
+            .peers_unreachable
+            .set(self.unreachable.len() as i64);
+
+        let (ops, report) = match result {
+            Ok(x) => x,
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                warn!(error = %e, "cannot read the data plane from the kernel; retrying");
+                return false;
+            }
+        };
+        let programmed = plan.state.routes.len() as i64;
+        self.metrics.peers_programmed.set(programmed);
+        self.log_pass(trigger, &ops, &report, started.elapsed());
+        if report.ok() {
+            self.believed = Some(plan.state);
+            true
+        } else {
+            self.metrics
+                .reconcile_errors
+                .inc_by(report.failures.len() as u64);
+            for (op, why) in report.failures.iter().take(10) {
+                warn!(op = ?op, error = %why, "data-plane operation failed; retrying");
+            }
+            false
+        }
+    }
+
+    fn log_pass(&self, trigger: Trigger, ops: &[Op], report: &ApplyReport, took: Duration) {
+        if ops.is_empty() {
+            debug!(
+                ?trigger,
+                peers = self.peers.len(),
+                "data plane already as wanted"
+            );
+            return;
+        }
+        let took_ms = took.as_secs_f64() * 1000.0;
+        let count = |f: fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
+        let added = count(|o| {
+            matches!(
+                o,
+                Op::SetDevice(_) | Op::SetNeighbour(_) | Op::SetFdb(_) | Op::SetRoute(_)
+            )
+        });
+        let removed = ops.len() - added;
+        match trigger {
+            Trigger::Kernel | Trigger::Resync if self.passes > 1 => {
+                self.metrics.repairs.inc();
+                for op in ops.iter().take(20) {
+                    info!(op = %describe(op), "repair: restoring the data plane");
+                }
+                info!(
+                    set = added,
+                    removed,
+                    failed = report.failures.len(),
+                    took_ms,
+                    "repaired the data plane"
+                );
+            }
+            Trigger::Start | Trigger::Kernel | Trigger::Resync => {
+                for op in ops.iter().filter(|o| !is_set(o)).take(20) {
+                    info!(op = %describe(op), "start-up: removing state no lease explains");
+                }
+                info!(
+                    set = added,
+                    removed,
+                    failed = report.failures.len(),
+                    peers = self.peers.len(),
+                    took_ms,
+                    "data plane programmed"
+                );
+            }
+            Trigger::Peers | Trigger::Retry => {
+                for op in ops.iter().take(20) {
+                    debug!(op = %describe(op), "data-plane change");
+                }
+                info!(
+                    set = added,
+                    removed,
+                    failed = report.failures.len(),
+                    peers = self.peers.len(),
+                    took_ms,
+                    "data plane updated"
+                );
+            }
+        }
+    }
+
+    /// Run until `shutdown` turns true (or every input is gone). The kernel state stays.
+    pub async fn run(
+        mut self,
+        mut own: watch::Receiver<Option<Ipv4Network>>,
+        mut peers: mpsc::Receiver<Vec<PeerEvent>>,
+        mut kicks: mpsc::Receiver<()>,
+        resync: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let mut tick = tokio::time::interval(resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.reset();
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_delay = Duration::from_millis(200);
+        let mut started = false;
+        self.own = *own.borrow_and_update();
+        let mut peers_open = true;
+        let mut kicks_open = true;
+        loop {
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let trigger = tokio::select! {
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break; }
+                    continue;
+                }
+                changed = own.changed() => {
+                    if changed.is_err() { break; }
+                    let new = *own.borrow_and_update();
+                    if new.is_none() || new == self.own { continue; }
+                    if let Some(subnet) = new {
+                        info!(%subnet, "this node's subnet is known; planning the data plane");
+                    }
+                    self.own = new;
+                    Trigger::Peers
+                }
+                batch = peers.recv(), if peers_open => {
+                    match batch {
+                        Some(b) => {
+                            self.take_events(b);
+                            // Drain what else is queued: one pass for a burst.
+                            while let Ok(b) = peers.try_recv() {
+                                self.take_events(b);
+                            }
+                            Trigger::Peers
+                        }
+                        None => { peers_open = false; continue; }
+                    }
+                }
+                kick = kicks.recv(), if kicks_open => {
+                    if kick.is_none() { kicks_open = false; continue; }
+                    Trigger::Kernel
+                }
+                _ = tick.tick() => Trigger::Resync,
+                _ = retry => Trigger::Retry,
+            };
+            if !self.ready() {
+                continue;
+            }
+            let trigger = if started { trigger } else { Trigger::Start };
+            started = true;
+            retry_at = None;
+            if self.pass(trigger).await {
+                retry_delay = Duration::from_millis(200);
+            } else {
+                // A failed pass leaves the believed state unknown: read it back next time.
+                self.believed = None;
+                retry_at = Some(tokio::time::Instant::now() + retry_delay);
+                retry_delay = (retry_delay * 2).min(Duration::from_secs(10));
+            }
+        }
+        self
+    }
+}
+
+fn is_set(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::SetDevice(_) | Op::SetNeighbour(_) | Op::SetFdb(_) | Op::SetRoute(_)
+    )
+}
+
+/// One operation in the words of `ip`/`bridge`, for logs.
+pub fn describe(op: &Op) -> String {
+    use weft_backends::plan::Via;
+    let via = |v: &Via| match v {
+        Via::Overlay { gateway } => format!("via {gateway} onlink (overlay)"),
+        Via::Direct { gateway, index } => format!("via {gateway} dev #{index}"),
+    };
+    match op {
+        Op::SetDevice(d) => format!(
+            "set device {} (vxlan id {} port {} local {} dev #{} mac {} mtu {})",
+            d.name, d.vni, d.port, d.local, d.underlay_index, d.mac, d.mtu
+        ),
+        Op::DeleteDevice(n) => format!("delete device {n}"),
+        Op::DeleteRoute(r) => format!("delete route {} {}", r.dst, via(&r.via)),
+        Op::SetRoute(r) => format!("set route {} {}", r.dst, via(&r.via)),
+        Op::DeleteFdb(f) => format!("delete fdb {} dst {}", f.mac, f.dst),
+        Op::SetFdb(f) => format!("set fdb {} dst {}", f.mac, f.dst),
+        Op::DeleteNeighbour(n) => format!("delete neighbour {} lladdr {}", n.ip, n.mac),
+        Op::SetNeighbour(n) => format!("set neighbour {} lladdr {}", n.ip, n.mac),
+    }
+}
+
+/// Listen to the kernel's notifications on a thread of its own and send a kick whenever one
+/// concerns weft's device, entries or routes. Kicks coalesce (the channel holds one). The
+/// thread ends when the receiving side is dropped.
+pub fn spawn_monitor(
+    device: String,
+    kicks: mpsc::Sender<()>,
+) -> Result<std::thread::JoinHandle<()>, weft_backends::netlink::NlError> {
+    let mut monitor = Monitor::open(Duration::from_millis(500))?;
+    let mut index = weft_backends::netlink::NlSocket::open()?
+        .link_by_name(&device)?
+        .map(|l| l.header.index);
+    std::thread::Builder::new()
+        .name("weft-monitor".into())
+        .spawn(move || loop {
+            if kicks.is_closed() {
+                return;
+            }
+            let notes = match monitor.recv() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, "kernel notification listener failed; relying on resync");
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let mut kick = false;
+            for n in &notes {
+                if let weft_backends::dataplane::Notification::Link {
+                    name: Some(name),
+                    index: i,
+                    deleted,
+                } = n
+                {
+                    if *name == device {
+                        index = (!deleted).then_some(*i);
+                        kick = true;
+                        continue;
+                    }
+                }
+                if n.concerns_weft(&device, index) {
+                    debug!(notification = ?n, "kernel change concerning weft");
+                    kick = true;
+                }
+            }
+            if kick {
+                match kicks.try_send(()) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
+                    Err(mpsc::error::TrySendError::Closed(())) => return,
+                }
+            }
+        })
+        .map_err(weft_backends::netlink::NlError::Socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_backends::dataplane::FakeNetlink;
+    use weft_backends::plan::{Underlay, Via, VxlanSettings};
+    use weft_backends::{BackendKind, MacAddr};
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings::Vxlan(VxlanSettings {
+            device: "weft.1".into(),
+            vni: 1,
+            port: 8472,
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            mtu: 1450,
+            underlay: Underlay {
+                index: 2,
+                ip: "192.168.1.10".parse().unwrap(),
+                mtu: 1500,
+                connected: vec![net("192.168.1.0/24")],
+            },
+            direct_routing: false,
+        })
+    }
+
+    fn peer(n: u8, mac: u8) -> Peer {
+        Peer {
+            subnet: net(&format!("10.244.{n}.0/24")),
+            public_ip: format!("10.9.0.{n}").parse().unwrap(),
+            subnet_v6: None,
+            public_ip_v6: None,
+            backend: BackendKind::Vxlan,
+            vtep_mac: Some(MacAddr([2, 0, 0, 0, 9, mac])),
+            node_name: None,
+        }
+    }
+
+    struct Harness {
+        own: watch::Sender<Option<Ipv4Network>>,
+        peers: mpsc::Sender<Vec<PeerEvent>>,
+        kicks: mpsc::Sender<()>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<Reconciler<FakeNetlink>>,
+    }
+
+    fn start(fake: FakeNetlink) -> Harness {
+        let (own, own_rx) = watch::channel(Some(net("10.244.1.0/24")));
+        let (peers, peers_rx) = mpsc::channel(16);
+        let (kicks, kicks_rx) = mpsc::channel(1);
+        let (stop, stop_rx) = watch::channel(false);
+        let r = Reconciler::new(fake, settings(), Metrics::default());
+        let task =
+            tokio::spawn(r.run(own_rx, peers_rx, kicks_rx, Duration::from_secs(30), stop_rx));
+        Harness {
+            own,
+            peers,
+            kicks,
+            stop,
+            task,
+        }
+    }
+
+    impl Harness {
+        async fn finish(self) -> FakeNetlink {
+            // Let queued inputs be handled, then stop.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.stop.send_replace(true);
+            drop(self.own);
+            let r = self.task.await.unwrap();
+            let Reconciler { nl, .. } = r;
+            nl.unwrap()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_touched_before_the_first_listing_then_stale_state_is_removed() {
+        // State left by a previous run: a peer that no longer exists, and one that still does.
+        let mut fake = FakeNetlink::default();
+        let own = net("10.244.1.0/24");
+        let old = settings().plan(own, &[peer(2, 2), peer(3, 3)]).state;
+        fake.state = old.clone();
+        let h = start(fake);
+        tokio::time::sleep(Duration::from_secs(60)).await; // resyncs pass; no listing yet
+        h.peers
+            .send(vec![PeerEvent::Added(peer(2, 2))])
+            .await
+            .unwrap();
+        let fake = h.finish().await;
+        let want = settings().plan(own, &[peer(2, 2)]).state;
+        assert_eq!(fake.state, want);
+        assert!(
+            fake.applied
+                .iter()
+                .all(|o| !matches!(o, Op::SetDevice(_) | Op::SetRoute(_))),
+            "the surviving peer's entries were left alone: {:?}",
+            fake.applied
+        );
+        assert_eq!(
+            fake.applied.len(),
+            3,
+            "route, FDB entry, neighbour of peer 3"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peer_events_are_applied_without_reading_the_kernel_each_time() {
+        let h = start(FakeNetlink::default());
+        h.peers.send(vec![]).await.unwrap(); // an empty first listing
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for n in 2..6 {
+            h.peers
+                .send(vec![PeerEvent::Added(peer(n, n))])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        h.peers
+            .send(vec![PeerEvent::Updated {
+                old: peer(2, 2),
+                new: peer(2, 7),
+            }])
+            .await
+            .unwrap();
+        h.peers
+            .send(vec![PeerEvent::Removed(peer(3, 3))])
+            .await
+            .unwrap();
+        let fake = h.finish().await;
+        let want = settings()
+            .plan(net("10.244.1.0/24"), &[peer(2, 7), peer(4, 4), peer(5, 5)])
+            .state;
+        assert_eq!(fake.state, want);
+        assert_eq!(fake.observed, 1, "only the first pass reads the kernel");
+        assert!(
+            !fake.state.fdb.iter().any(|f| f.mac.0[5] == 2),
+            "old MAC gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kick_reads_the_kernel_and_repairs_what_someone_removed() {
+        let h = start(FakeNetlink::default());
+        h.peers
+            .send(vec![
+                PeerEvent::Added(peer(2, 2)),
+                PeerEvent::Added(peer(3, 3)),
+            ])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let fake = h.finish().await;
+        let want = fake.state.clone();
+        assert!(want.device.is_some());
+
+        // Someone deletes the device (and with it the entries and overlay routes).
+        let mut broken = FakeNetlink {
+            state: want.clone(),
+            ..Default::default()
+        };
+        broken.state.device = None;
+        broken.state.neighbours.clear();
+        broken.state.fdb.clear();
+        broken
+            .state
+            .routes
+            .retain(|r| matches!(r.via, Via::Direct { .. }));
+        let h = start(broken);
+        h.peers
+            .send(vec![
+                PeerEvent::Added(peer(2, 2)),
+                PeerEvent::Added(peer(3, 3)),
+            ])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        h.kicks.send(()).await.unwrap();
+        let fake = h.finish().await;
+        assert_eq!(fake.state, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_operation_is_retried_until_it_succeeds() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static FAIL: AtomicBool = AtomicBool::new(true);
+        let fake = FakeNetlink {
+            fail_if: Some(|op| matches!(op, Op::SetRoute(_)) && FAIL.load(Ordering::SeqCst)),
+            ..Default::default()
+        };
+        let h = start(fake);
+        h.peers
+            .send(vec![PeerEvent::Added(peer(2, 2))])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await; // several failed retries
+        FAIL.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(15)).await; // longer than the longest backoff
+        let fake = h.finish().await;
+        assert_eq!(
+            fake.state.routes.len(),
+            1,
+            "the route arrived once the kernel accepted it"
+        );
+        assert!(
+            fake.observed >= 3,
+            "every failed pass makes the next one read the kernel: {}",
+            fake.observed
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_own_subnet_moves_the_device_address() {
+        let h = start(FakeNetlink::default());
+        h.peers
+            .send(vec![PeerEvent::Added(peer(2, 2))])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        h.own.send_replace(Some(net("10.244.9.0/24")));
+        let fake = h.finish().await;
+        assert_eq!(
+            fake.state.device.unwrap().addresses,
+            vec![net("10.244.9.0/32")]
+        );
+    }
+}
