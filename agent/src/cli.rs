@@ -129,6 +129,18 @@ pub enum NetctlCommand {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Compare this host's kernel state (VXLAN device, routes, neighbour and FDB entries)
+    /// and subnet.env with the leases; list every difference, exit 1 on drift.
+    Check {
+        /// The subnet file weftd writes on this host.
+        #[arg(long, env = "WEFTD_SUBNET_FILE", default_value = DEFAULT_SUBNET_FILE)]
+        subnet_file: PathBuf,
+        /// The underlay interface (default: the one holding this host's public IP).
+        #[arg(long)]
+        iface: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 /// flannel's `FLANNELD_*` environment names, for the flags weft shares with flannel.

@@ -2,6 +2,7 @@
 //! metrics, and the `netctl` operator commands.
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod health;

@@ -23,13 +23,24 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
     let result = runtime.block_on(async {
-        let store = EtcdStore::connect(&opts).await?;
+        let store = EtcdStore::connect(&opts).await.map_err(|e| e.to_string())?;
         match cli.command {
-            NetctlCommand::Leases { output } => netctl::leases(&store, output).await,
+            NetctlCommand::Leases { output } => netctl::leases(&store, output)
+                .await
+                .map_err(|e| e.to_string()),
             NetctlCommand::Config { output } => {
                 let key = format!("{}/config", opts.prefix.trim_end_matches('/'));
-                netctl::config(&store, output, &key).await
+                netctl::config(&store, output, &key)
+                    .await
+                    .map_err(|e| e.to_string())
             }
+            NetctlCommand::Check {
+                subnet_file,
+                iface,
+                output,
+            } => weft_agent::check::run(&store, &subnet_file, iface.as_deref(), output)
+                .await
+                .map_err(|e| e.to_string()),
         }
     });
     match result {
