@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod etcd;
+pub mod forward;
 pub mod netns;
 pub mod procs;
 

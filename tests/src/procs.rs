@@ -2,6 +2,7 @@
 //! binaries built by cargo next to the test executable.
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -195,8 +196,11 @@ pub fn run_input(
     )
 }
 
-/// A running weftd on loopback (`--iface lo`, a test public IP, its own subnet file and
-/// health port).
+/// A running weftd in a network namespace of its own (weftd programs the kernel of the
+/// namespace it runs in, so it never runs in the machine's root namespace here), with
+/// `--iface lo`, a test public IP, its own subnet file and health port. etcd on the root
+/// namespace's loopback and the health port are joined to the namespace by TCP relays
+/// ([`crate::forward`]), so tests use the same 127.0.0.1 addresses as before.
 #[derive(Debug)]
 pub struct Weftd {
     pub proc: Proc,
@@ -204,7 +208,31 @@ pub struct Weftd {
     pub subnet_file: PathBuf,
     pub node: String,
     pub args: Vec<String>,
+    _relays: Vec<crate::forward::Forward>,
+    pub ns: crate::netns::Netns,
     _dir: tempfile::TempDir,
+}
+
+/// The 127.0.0.1 ports named in `--etcd-endpoints` values.
+fn etcd_ports(args: &[String]) -> Vec<u16> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = match a.strip_prefix("--etcd-endpoints=") {
+            Some(v) => Some(v.to_string()),
+            None if a == "--etcd-endpoints" => it.next().cloned(),
+            None => None,
+        };
+        for url in value.iter().flat_map(|v| v.split(',')) {
+            if let Some(port) = url
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
+            {
+                out.push(port);
+            }
+        }
+    }
+    out
 }
 
 impl Weftd {
@@ -213,18 +241,45 @@ impl Weftd {
     pub fn start(node: &str, public_ip: &str, etcd_args: &[String], extra: &[&str]) -> Weftd {
         let dir = tempfile::Builder::new().prefix("weftd-").tempdir().unwrap();
         let subnet_file = dir.path().join("run/subnet.env");
-        Self::start_in(dir, subnet_file, node, public_ip, etcd_args, extra)
+        let ns = crate::netns::Netns::new("wd");
+        ns.ip(&["link", "set", "lo", "up"]);
+        let port = crate::free_port();
+        let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let mut relays = Vec::new();
+        for p in etcd_ports(etcd_args) {
+            relays.push(
+                crate::forward::into_ns(&ns.path(), local(p), local(p)).expect("relay to etcd"),
+            );
+        }
+        relays.push(
+            crate::forward::out_of_ns(&ns.path(), local(port), local(port))
+                .expect("relay to the health port"),
+        );
+        Self::start_in(
+            dir,
+            subnet_file,
+            ns,
+            relays,
+            port,
+            node,
+            public_ip,
+            etcd_args,
+            extra,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_in(
         dir: tempfile::TempDir,
         subnet_file: PathBuf,
+        ns: crate::netns::Netns,
+        relays: Vec<crate::forward::Forward>,
+        port: u16,
         node: &str,
         public_ip: &str,
         etcd_args: &[String],
         extra: &[&str],
     ) -> Weftd {
-        let port = crate::free_port();
         let mut args: Vec<String> = vec![
             "--node-name".into(),
             node.into(),
@@ -241,7 +296,7 @@ impl Weftd {
         ];
         args.extend(etcd_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut cmd = Command::new(bin("weftd"));
+        let mut cmd = ns.cmd(bin("weftd"));
         cmd.args(&args)
             .env("WEFT_LOG", "info")
             .env_remove("NODE_NAME");
@@ -253,25 +308,40 @@ impl Weftd {
             subnet_file,
             node: node.into(),
             args,
+            _relays: relays,
+            ns,
             _dir: dir,
         }
     }
 
-    /// Stop (SIGTERM) and start again with the same flags, subnet file and directory.
+    /// Stop (SIGTERM) and start again with the same flags, subnet file, directory and
+    /// namespace.
     pub fn restart(self) -> Weftd {
         let Weftd {
             mut proc,
             subnet_file,
             node,
             args,
+            _relays,
+            ns,
+            port,
             _dir,
-            ..
         } = self;
         proc.stop(Duration::from_secs(5));
         // args: --node-name N --iface lo --public-ip IP --subnet-file F --healthz-ip I
         // --healthz-port P, then the etcd and extra flags.
         let public_ip = args[5].clone();
-        Self::start_in(_dir, subnet_file, &node, &public_ip, &args[12..], &[])
+        Self::start_in(
+            _dir,
+            subnet_file,
+            ns,
+            _relays,
+            port,
+            &node,
+            &public_ip,
+            &args[12..],
+            &[],
+        )
     }
 
     pub fn readyz(&self) -> Option<(u16, String)> {
