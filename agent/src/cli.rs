@@ -93,6 +93,10 @@ pub struct WeftdCli {
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Remove weft's nftables table (and, once the data plane lands, its VXLAN device and
+    /// routes) from this host, then exit; the lease in etcd is left to expire.
+    #[arg(long, env = "WEFTD_CLEANUP")]
+    pub cleanup: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
@@ -210,5 +214,11 @@ mod tests {
         assert_eq!(cli.etcd.etcd_prefix, DEFAULT_PREFIX);
         assert_eq!(cli.subnet_lease_ttl, "24h");
         assert!(WeftdCli::try_parse_from(["weftd", "--public-ip", "not-an-ip"]).is_err());
+        assert!(!cli.cleanup);
+        assert!(
+            WeftdCli::try_parse_from(["weftd", "--cleanup"])
+                .unwrap()
+                .cleanup
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! weft's node agent: subnet leases in etcd, the peer watch, subnet.env, health and
-//! metrics, and the `netctl` operator commands.
+//! metrics, the masquerade firewall, and the `netctl` operator commands.
 
 pub mod agent;
 pub mod check;
+pub mod cleanup;
 pub mod cli;
 pub mod config;
+pub mod firewall;
 pub mod health;
 pub mod iface;
 pub mod keeper;

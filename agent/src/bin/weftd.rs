@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::sync::watch;
+use weft_agent::cleanup::cleanup_host;
 use weft_agent::cli::{flannel_env_aliases, WeftdCli};
+use weft_agent::firewall::NftFirewall;
 use weft_agent::settings::AgentSettings;
 use weft_agent::{agent, logging};
 
@@ -16,6 +18,9 @@ fn main() -> ExitCode {
     }
     let cli = WeftdCli::parse();
     logging::init(cli.log_format);
+    if cli.cleanup {
+        return cleanup();
+    }
     let hostname = hostname::get().ok().and_then(|h| h.into_string().ok());
     let settings = match AgentSettings::from_cli(&cli, std::env::var("NODE_NAME").ok(), hostname) {
         Ok(s) => s,
@@ -51,6 +56,27 @@ fn main() -> ExitCode {
             tracing::error!("{:#}", anyhow::Error::from(e));
             ExitCode::from(code)
         }
+    }
+}
+
+/// `--cleanup`: remove weft's host state and exit (1 if any step failed). Needs neither etcd
+/// nor the interface, so it works on a node whose configuration is gone.
+fn cleanup() -> ExitCode {
+    let report = cleanup_host(&mut NftFirewall::new(None));
+    for object in &report.removed {
+        tracing::info!(%object, "removed");
+    }
+    for object in &report.absent {
+        tracing::info!(%object, "not present; nothing to remove");
+    }
+    for e in &report.errors {
+        tracing::error!(error = %e, "cleanup step failed");
+    }
+    if report.is_ok() {
+        tracing::info!("host cleanup done; the lease in etcd is left to expire");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -1,5 +1,7 @@
 //! A tiny TCP probe for tests that need a server or client inside a namespace:
 //! `tcp-probe serve <port> <reply>` answers every connection with `<reply>` until killed;
+//! `tcp-probe serve-peer <port>` answers every connection with the peer's IP address as text
+//! (what the server saw as the source, e.g. after masquerading) until killed;
 //! `tcp-probe fetch <ip:port>` prints what the server sent (exit 1 if nothing within 3 s).
 
 use std::io::{Read, Write};
@@ -15,6 +17,17 @@ fn main() {
             eprintln!("tcp-probe: listening on {port}");
             for mut conn in listener.incoming().flatten() {
                 let _ = conn.write_all(args[3].as_bytes());
+            }
+        }
+        Some("serve-peer") if args.len() == 3 => {
+            let port: u16 = args[2].parse().expect("port");
+            let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            eprintln!("tcp-probe: listening on {port}, answering with the peer address");
+            for mut conn in listener.incoming().flatten() {
+                if let Ok(peer) = conn.peer_addr() {
+                    eprintln!("tcp-probe: connection from {peer}");
+                    let _ = conn.write_all(peer.ip().to_string().as_bytes());
+                }
             }
         }
         Some("fetch") if args.len() == 3 => {
@@ -33,7 +46,9 @@ fn main() {
             std::process::exit(if text.is_empty() { 1 } else { 0 });
         }
         _ => {
-            eprintln!("usage: tcp-probe serve <port> <reply> | tcp-probe fetch <ip:port>");
+            eprintln!(
+                "usage: tcp-probe serve <port> <reply> | tcp-probe serve-peer <port> | tcp-probe fetch <ip:port>"
+            );
             std::process::exit(2);
         }
     }

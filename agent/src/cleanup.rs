@@ -1,0 +1,80 @@
+//! `weftd --cleanup`: remove what weft put on this host, then exit. The lease in etcd is left
+//! to expire on its own (another node may take the subnet after its TTL).
+//!
+//! Like every teardown in weft, it is idempotent ("already gone" is success) and carries on
+//! after a failed step, collecting every error.
+
+use tracing::debug;
+
+use crate::firewall::{self, Firewall, FirewallError, TABLE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Firewall(#[from] FirewallError),
+}
+
+/// What [`cleanup_host`] did.
+#[derive(Debug, Default)]
+pub struct CleanupReport {
+    /// Objects removed, named for the operator (`nftables table ip weft`).
+    pub removed: Vec<String>,
+    /// Objects that were not there.
+    pub absent: Vec<String>,
+    /// Steps that failed; the others still ran.
+    pub errors: Vec<CleanupError>,
+}
+
+impl CleanupReport {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Remove weft's host state.
+///
+/// Steps, in order; each records into the report and a failure does not stop the next:
+/// 1. the nftables table `ip weft` (masquerade and forward rules);
+/// 2. the data plane (VXLAN device, routes, neighbour and FDB entries) — that step is added
+///    here with the data plane, next to the firewall step below.
+pub fn cleanup_host<F: Firewall>(fw: &mut F) -> CleanupReport {
+    let mut report = CleanupReport::default();
+    let table = format!("nftables table ip {TABLE}");
+    match firewall::cleanup(fw) {
+        Ok(true) => report.removed.push(table),
+        Ok(false) => report.absent.push(table),
+        Err(e) => report.errors.push(e.into()),
+    }
+    debug!(
+        removed = report.removed.len(),
+        absent = report.absent.len(),
+        errors = report.errors.len(),
+        "host cleanup steps done"
+    );
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::{render, FakeFirewall, MasqRules};
+
+    #[test]
+    fn removes_the_table_then_finds_nothing() {
+        let mut fw = FakeFirewall::new();
+        fw.apply(&render(&MasqRules {
+            network: "10.244.0.0/16".parse().unwrap(),
+            own_subnet: "10.244.1.0/24".parse().unwrap(),
+        }))
+        .unwrap();
+        let first = cleanup_host(&mut fw);
+        assert!(first.is_ok());
+        assert_eq!(first.removed, vec!["nftables table ip weft".to_string()]);
+        assert!(first.absent.is_empty());
+        let second = cleanup_host(&mut fw);
+        assert!(second.is_ok());
+        assert!(second.removed.is_empty());
+        assert_eq!(second.absent, vec!["nftables table ip weft".to_string()]);
+        assert_eq!(fw.table(), None);
+    }
+}

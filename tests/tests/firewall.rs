@@ -1,0 +1,414 @@
+//! weft's nftables table against the real kernel, each test in its own namespaces (nft runs
+//! through `ip netns exec`, so the root namespace's ruleset is never touched): the rules as
+//! nftables lists them, atomic replacement, the owner task restoring a deleted table,
+//! cleanup, clear errors, and packets actually being masqueraded end to end.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use weft_agent::firewall::{
+    cleanup, render, run_firewall, Firewall, FirewallError, MasqRules, NftFirewall,
+};
+use weft_tests::netns::Netns;
+use weft_tests::procs::{bin, run_bounded, Proc};
+
+fn rules(network: &str, own_subnet: &str) -> MasqRules {
+    MasqRules {
+        network: network.parse().unwrap(),
+        own_subnet: own_subnet.parse().unwrap(),
+    }
+}
+
+fn nft_in(ns: &Netns) -> NftFirewall {
+    NftFirewall::new(Some(ns.name.clone()))
+}
+
+/// `nft <args>` in `ns`, by hand (as an operator would): (exit code, stdout, stderr).
+fn nft(ns: &Netns, args: &[&str]) -> (i32, String, String) {
+    ns.exec("nft", args)
+}
+
+/// `nft list table ip weft` in `ns`, `None` if it fails (no table).
+fn listing(ns: &Netns) -> Option<String> {
+    listing_in(&ns.name)
+}
+
+/// [`listing`] by namespace name (for a blocking task that cannot borrow the handle).
+fn listing_in(netns: &str) -> Option<String> {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", netns, "nft", "list", "table", "ip", "weft"]);
+    let (code, out, _) = run_bounded(cmd, Duration::from_secs(30));
+    (code == 0).then_some(out)
+}
+
+/// All tables in `ns`, one `table <family> <name>` per entry.
+fn tables(ns: &Netns) -> Vec<String> {
+    let (code, out, err) = nft(ns, &["list", "tables"]);
+    assert_eq!(code, 0, "nft list tables: {err}");
+    out.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// Poll `f` every 20 ms until it holds; panic after `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn applied_table_lists_the_masquerade_and_forward_rules() {
+    let ns = Netns::new("fw-list");
+    let mut fw = nft_in(&ns);
+    assert_eq!(fw.list().unwrap(), None, "a fresh namespace has no table");
+    fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    let text = listing(&ns).expect("nft list table ip weft");
+    for want in [
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "meta mark & 0x00004000 == 0x00004000 return comment \"marked by kube-proxy",
+        "ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return comment \"pod to pod",
+        "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment",
+        "ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return comment",
+        "ip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment",
+        "type filter hook forward priority filter; policy accept;",
+        "ip saddr 10.244.0.0/16 accept comment",
+        "ip daddr 10.244.0.0/16 accept comment",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // The trait's listing is what nft shows.
+    assert_eq!(fw.list().unwrap().as_deref(), Some(text.as_str()));
+}
+
+#[test]
+fn applying_again_replaces_the_table_and_leaves_other_tables_alone() {
+    let ns = Netns::new("fw-replace");
+    // Someone else's table in the same namespace.
+    let (code, _, err) = nft(&ns, &["add", "table", "inet", "other"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = nft(
+        &ns,
+        &[
+            "add",
+            "chain",
+            "inet",
+            "other",
+            "input",
+            "{ type filter hook input priority 0; policy accept; }",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let other_before = nft(&ns, &["list", "table", "inet", "other"]).1;
+
+    let mut fw = nft_in(&ns);
+    fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    fw.apply(&render(&rules("10.244.0.0/16", "10.244.7.0/24")))
+        .unwrap();
+    let all = tables(&ns);
+    assert_eq!(
+        all.iter().filter(|t| *t == "table ip weft").count(),
+        1,
+        "{all:?}"
+    );
+    let text = listing(&ns).unwrap();
+    assert!(text.contains("ip daddr 10.244.7.0/24 return"), "{text}");
+    assert!(!text.contains("10.244.1.0/24"), "old rules left:\n{text}");
+    assert_eq!(text.matches("chain postrouting").count(), 1, "{text}");
+    assert_eq!(
+        nft(&ns, &["list", "table", "inet", "other"]).1,
+        other_before
+    );
+
+    // A script nft rejects changes nothing: the transaction is all or nothing.
+    let broken = format!(
+        "{}\ntable ip weft {{ chain broken {{ this is not a rule }} }}\n",
+        render(&rules("10.244.0.0/16", "10.244.9.0/24"))
+    );
+    let err = fw.apply(&broken).unwrap_err();
+    assert!(matches!(err, FirewallError::Nft { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("apply") && msg.contains("Error"),
+        "error names the action and carries nft's stderr: {msg}"
+    );
+    assert_eq!(listing(&ns).unwrap(), text, "a failed apply left a change");
+}
+
+#[tokio::test]
+async fn owner_task_restores_a_table_deleted_by_hand() {
+    let ns = Netns::new("fw-owner");
+    let (rules_tx, rules_rx) = watch::channel(Some(rules("10.244.0.0/16", "10.244.1.0/24")));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let repairs = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&repairs);
+    let task = tokio::spawn(run_firewall(
+        nft_in(&ns),
+        rules_rx,
+        Duration::from_millis(100),
+        stop_rx,
+        move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        },
+    ));
+    let name = ns.name.clone();
+    let probe = move || {
+        let name = name.clone();
+        move || listing_in(&name)
+    };
+    let original = weft_tests::wait_for("the first apply", Duration::from_secs(10), || {
+        let probe = probe();
+        async move { tokio::task::spawn_blocking(probe).await.unwrap() }
+    })
+    .await;
+
+    let (code, _, err) = nft(&ns, &["delete", "table", "ip", "weft"]);
+    assert_eq!(code, 0, "{err}");
+    let restored =
+        weft_tests::wait_for("the table to be restored", Duration::from_secs(10), || {
+            let probe = probe();
+            async move { tokio::task::spawn_blocking(probe).await.unwrap() }
+        })
+        .await;
+    assert_eq!(restored, original);
+    weft_tests::wait_for("the repair to be counted", Duration::from_secs(5), || {
+        let n = repairs.load(Ordering::SeqCst);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    // Unchanged from here on: no further repairs over several checks.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(repairs.load(Ordering::SeqCst), 1);
+
+    stop_tx.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("the owner stops")
+        .unwrap();
+    drop(rules_tx);
+    assert!(listing(&ns).is_some(), "stopping leaves the table in place");
+}
+
+#[test]
+fn cleanup_removes_the_table_and_a_second_cleanup_finds_nothing() {
+    let ns = Netns::new("fw-clean");
+    let mut fw = nft_in(&ns);
+    fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    assert!(cleanup(&mut fw).unwrap());
+    assert!(!tables(&ns).contains(&"table ip weft".to_string()));
+    assert_eq!(listing(&ns), None);
+    assert!(!cleanup(&mut fw).unwrap());
+    assert_eq!(fw.list().unwrap(), None);
+}
+
+#[test]
+fn weftd_cleanup_flag_removes_the_table() {
+    let ns = Netns::new("fw-weftd");
+    nft_in(&ns)
+        .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    let weftd = bin("weftd");
+    let run = || {
+        let mut cmd = ns.cmd(&weftd);
+        cmd.arg("--cleanup").env("WEFT_LOG", "info");
+        run_bounded(cmd, Duration::from_secs(30))
+    };
+    let (code, _, err) = run();
+    assert_eq!(code, 0, "weftd --cleanup: {err}");
+    assert!(err.contains("nftables table ip weft"), "{err}");
+    assert_eq!(listing(&ns), None);
+    let (code, _, err) = run();
+    assert_eq!(code, 0, "second weftd --cleanup: {err}");
+    assert!(err.contains("not present"), "{err}");
+}
+
+#[test]
+fn missing_nft_or_namespace_gives_a_clear_error() {
+    let ns = Netns::new("fw-bad");
+    let missing = "/nonexistent/weft-test/nft";
+    let mut fw = nft_in(&ns).with_binary(missing);
+    for err in [
+        fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+            .unwrap_err(),
+        fw.list().unwrap_err(),
+        cleanup(&mut fw).unwrap_err(),
+    ] {
+        assert!(matches!(err, FirewallError::NftNotFound { .. }), "{err:?}");
+        assert!(err.to_string().contains(missing), "{err}");
+    }
+
+    let gone = format!("{}-does-not-exist", ns.name);
+    let err = NftFirewall::new(Some(gone.clone())).list().unwrap_err();
+    assert!(matches!(err, FirewallError::Nft { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&gone),
+        "names the namespace: {err}"
+    );
+}
+
+/// Three namespaces: a pod (10.244.1.2) behind a node ("host", 10.244.1.1 towards the pod,
+/// 192.0.2.10 upstream, forwarding on) and an "internet" host (192.0.2.1) with no route back
+/// to 10.244.0.0/16.
+struct Topology {
+    pod: Netns,
+    host: Netns,
+    internet: Netns,
+}
+
+fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ]);
+}
+
+fn address(ns: &Netns, dev: &str, cidr: &str) {
+    ns.ip(&["addr", "add", cidr, "dev", dev]);
+    ns.ip(&["link", "set", dev, "up"]);
+}
+
+fn topology(tag: &str) -> Topology {
+    let t = Topology {
+        pod: Netns::new(&format!("{tag}-pod")),
+        host: Netns::new(&format!("{tag}-host")),
+        internet: Netns::new(&format!("{tag}-net")),
+    };
+    for ns in [&t.pod, &t.host, &t.internet] {
+        ns.ip(&["link", "set", "lo", "up"]);
+    }
+    veth(&t.pod, "eth0", &t.host, "vpod");
+    veth(&t.host, "uplink", &t.internet, "eth0");
+    address(&t.pod, "eth0", "10.244.1.2/24");
+    t.pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+    address(&t.host, "vpod", "10.244.1.1/24");
+    address(&t.host, "uplink", "192.0.2.10/24");
+    address(&t.internet, "eth0", "192.0.2.1/24");
+    let (code, _, err) = t.host.exec("sysctl", &["-w", "net.ipv4.ip_forward=1"]);
+    assert_eq!(code, 0, "ip_forward in the host namespace: {err}");
+    t
+}
+
+/// Start `tcp-probe serve-peer <port>` in `ns` and wait (10 s at most) until `client`
+/// reaches it on `addr`.
+fn serve_peer(
+    ns: &Netns,
+    port: u16,
+    client: &Netns,
+    addr: &str,
+    log_dir: &std::path::Path,
+) -> Proc {
+    let mut cmd = ns.cmd(bin("tcp-probe"));
+    cmd.args(["serve-peer", &port.to_string()]);
+    let proc = Proc::spawn(
+        &format!("tcp-probe-{}", ns.name),
+        cmd,
+        &log_dir.join(format!("{}.log", ns.name)),
+    );
+    wait_until(
+        &format!("tcp-probe in {} to answer", ns.name),
+        Duration::from_secs(10),
+        || fetch(client, addr).is_some(),
+    );
+    proc
+}
+
+/// What the server at `addr` saw as our address, fetched from inside `ns`; `None` when the
+/// connection failed (tcp-probe gives up after 3 s).
+fn fetch(ns: &Netns, addr: &str) -> Option<String> {
+    let (code, out, _) = ns.exec(bin("tcp-probe").to_str().unwrap(), &["fetch", addr]);
+    (code == 0).then_some(out)
+}
+
+#[test]
+fn masquerade_hides_pods_behind_the_node_address() {
+    let t = topology("fw-masq");
+    let dir = tempfile::tempdir().unwrap();
+    // The server is up (reached from the node itself, which needs no NAT).
+    let _server = serve_peer(&t.internet, 8080, &t.host, "192.0.2.1:8080", dir.path());
+    assert!(t.pod.ping("10.244.1.1"), "the pod reaches its gateway");
+
+    // Without the rules the reply has no way back to 10.244.1.2.
+    assert_eq!(
+        fetch(&t.pod, "192.0.2.1:8080"),
+        None,
+        "reached without NAT?"
+    );
+
+    let mut fw = nft_in(&t.host);
+    fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    assert_eq!(
+        fetch(&t.pod, "192.0.2.1:8080").as_deref(),
+        Some("192.0.2.10"),
+        "the pod's connection must arrive from the node's address"
+    );
+
+    assert!(cleanup(&mut fw).unwrap());
+    assert_eq!(
+        fetch(&t.pod, "192.0.2.1:8080"),
+        None,
+        "still masqueraded after cleanup"
+    );
+}
+
+#[test]
+fn pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
+    let t = topology("fw-keep");
+    // A second pod in another node's subnet (10.244.2.0/24), routed through the same host.
+    let pod2 = Netns::new("fw-keep-pod2");
+    pod2.ip(&["link", "set", "lo", "up"]);
+    veth(&pod2, "eth0", &t.host, "vpod2");
+    address(&pod2, "eth0", "10.244.2.2/24");
+    pod2.ip(&["route", "add", "default", "via", "10.244.2.1"]);
+    address(&t.host, "vpod2", "10.244.2.1/24");
+    // Here the outside does know the way to the pods (as a router in front of the nodes
+    // would), so what arrives shows what the rules did.
+    t.internet
+        .ip(&["route", "add", "10.244.0.0/16", "via", "192.0.2.10"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let _s_pod = serve_peer(&t.pod, 8080, &t.host, "10.244.1.2:8080", dir.path());
+    let _s_pod2 = serve_peer(&pod2, 8080, &t.host, "10.244.2.2:8080", dir.path());
+    let _s_net = serve_peer(&t.internet, 8080, &t.host, "192.0.2.1:8080", dir.path());
+
+    nft_in(&t.host)
+        .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+
+    let cases = [
+        (
+            &t.pod,
+            "10.244.2.2:8080",
+            "10.244.1.2",
+            "pod to pod keeps the pod source",
+        ),
+        (
+            &t.pod,
+            "192.0.2.1:8080",
+            "192.0.2.10",
+            "pod to outside is masqueraded",
+        ),
+        (
+            &t.internet,
+            "10.244.1.2:8080",
+            "192.0.2.1",
+            "outside to this node's pods keeps its source",
+        ),
+        (
+            &t.internet,
+            "10.244.2.2:8080",
+            "10.244.2.1",
+            "outside to other nodes' pods is masqueraded",
+        ),
+    ];
+    for (client, addr, want, what) in cases {
+        assert_eq!(fetch(client, addr).as_deref(), Some(want), "{what}");
+    }
+}
