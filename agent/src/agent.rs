@@ -8,12 +8,13 @@ use futures::FutureExt;
 use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 use weft_backends::dataplane::KernelNetlink;
 use weft_backends::plan::{Settings, Underlay, VxlanSettings};
 use weft_backends::{BackendKind, MacAddr, PeerEvent};
 
 use crate::config::{ConfigError, NetConfig};
+use crate::firewall::{run_firewall, MasqRules, NftFirewall};
 use crate::health::{self, Metrics, Readiness};
 use crate::iface::{self, ChosenIface, IfaceError};
 use crate::keeper::{sleep_or_shutdown, Backoff, KeeperSettings, LeaseKeeper, LeaseStatus};
@@ -299,6 +300,40 @@ pub async fn run(
             .instrument(info_span!("dataplane", device = %device)),
     );
 
+    // The masquerade table: its own owner task, fed the rules once the subnet is known.
+    let (masq_tx, masq_rx) = watch::channel(None::<MasqRules>);
+    if settings.ip_masq {
+        let m = metrics.clone();
+        tasks.spawn(
+            run_firewall(
+                NftFirewall::new(None),
+                masq_rx,
+                crate::reconcile::RESYNC_INTERVAL,
+                shutdown.clone(),
+                move || {
+                    m.firewall_repairs.inc();
+                },
+            )
+            .instrument(info_span!("firewall")),
+        );
+    } else {
+        // A table left by an earlier run with --ip-masq would keep masquerading.
+        tasks.spawn(async move {
+            let removed = tokio::task::spawn_blocking(|| {
+                crate::firewall::cleanup(&mut NftFirewall::new(None))
+            })
+            .await;
+            match removed {
+                Ok(Ok(true)) => info!(
+                    "removed the nftables table ip weft left by an earlier run with --ip-masq"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => debug!(error = %e, "cannot check for a leftover nftables table"),
+                Err(e) => debug!(error = %e, "leftover table check failed"),
+            }
+        });
+    }
+
     // This task owns readiness and subnet.env.
     loop {
         let status = status_rx.borrow_and_update().clone();
@@ -306,6 +341,10 @@ pub async fn run(
             LeaseStatus::Held(h) => {
                 own_tx.send_replace(Some((SubnetKey::v4(h.subnet).to_string(), h.subnet)));
                 dp_own_tx.send_replace(Some(h.subnet));
+                masq_tx.send_replace(Some(MasqRules {
+                    network: cfg.network,
+                    own_subnet: h.subnet,
+                }));
                 metrics.lease_held.set(1);
                 metrics.lease_changes.inc();
                 let expiry = h.expires_at.map(|e| {

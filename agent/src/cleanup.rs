@@ -6,12 +6,16 @@
 
 use tracing::debug;
 
+use weft_backends::dataplane::{DataplaneError, Removed};
+
 use crate::firewall::{self, Firewall, FirewallError, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
     #[error(transparent)]
     Firewall(#[from] FirewallError),
+    #[error("removing the data plane: {0}")]
+    Dataplane(#[from] DataplaneError),
 }
 
 /// What [`cleanup_host`] did.
@@ -35,14 +39,33 @@ impl CleanupReport {
 ///
 /// Steps, in order; each records into the report and a failure does not stop the next:
 /// 1. the nftables table `ip weft` (masquerade and forward rules);
-/// 2. the data plane (VXLAN device, routes, neighbour and FDB entries) — that step is added
-///    here with the data plane, next to the firewall step below.
-pub fn cleanup_host<F: Firewall>(fw: &mut F) -> CleanupReport {
+/// 2. the data plane: weft's routes (route protocol 87) and its VXLAN devices with every
+///    neighbour and FDB entry on them (`dataplane` is
+///    [`weft_backends::dataplane::remove_weft_state`] outside tests).
+pub fn cleanup_host<F: Firewall>(
+    fw: &mut F,
+    dataplane: impl FnOnce() -> Result<Removed, DataplaneError>,
+) -> CleanupReport {
     let mut report = CleanupReport::default();
     let table = format!("nftables table ip {TABLE}");
     match firewall::cleanup(fw) {
         Ok(true) => report.removed.push(table),
         Ok(false) => report.absent.push(table),
+        Err(e) => report.errors.push(e.into()),
+    }
+    match dataplane() {
+        Ok(r) => {
+            for d in r.devices {
+                report.removed.push(format!("VXLAN device {d}"));
+            }
+            if r.routes > 0 {
+                report
+                    .removed
+                    .push(format!("{} route(s) with protocol 87", r.routes));
+            } else {
+                report.absent.push("routes with protocol 87".into());
+            }
+        }
         Err(e) => report.errors.push(e.into()),
     }
     debug!(
@@ -67,14 +90,32 @@ mod tests {
             own_subnet: "10.244.1.0/24".parse().unwrap(),
         }))
         .unwrap();
-        let first = cleanup_host(&mut fw);
+        let first = cleanup_host(&mut fw, || {
+            Ok(Removed {
+                devices: vec!["weft.1".into()],
+                routes: 2,
+            })
+        });
         assert!(first.is_ok());
-        assert_eq!(first.removed, vec!["nftables table ip weft".to_string()]);
+        assert_eq!(
+            first.removed,
+            vec![
+                "nftables table ip weft".to_string(),
+                "VXLAN device weft.1".to_string(),
+                "2 route(s) with protocol 87".to_string()
+            ]
+        );
         assert!(first.absent.is_empty());
-        let second = cleanup_host(&mut fw);
+        let second = cleanup_host(&mut fw, || Ok(Removed::default()));
         assert!(second.is_ok());
         assert!(second.removed.is_empty());
-        assert_eq!(second.absent, vec!["nftables table ip weft".to_string()]);
+        assert_eq!(
+            second.absent,
+            vec![
+                "nftables table ip weft".to_string(),
+                "routes with protocol 87".to_string()
+            ]
+        );
         assert_eq!(fw.table(), None);
     }
 }

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub peers_programmed: Gauge<i64, AtomicI64>,
     pub peers_unreachable: Gauge<i64, AtomicI64>,
     pub reconcile_seconds: Gauge<f64, AtomicU64>,
+    pub firewall_repairs: Counter<u64, AtomicU64>,
     registry: Arc<Registry>,
 }
 
@@ -48,6 +49,7 @@ impl Default for Metrics {
             peers_programmed: Gauge::default(),
             peers_unreachable: Gauge::default(),
             reconcile_seconds: Gauge::default(),
+            firewall_repairs: Counter::default(),
             registry: Arc::new(Registry::default()),
         };
         m.registry = Arc::new(m.build_registry());
@@ -122,6 +124,11 @@ impl Metrics {
             "dataplane_last_reconcile_seconds",
             "Duration of the last data-plane pass",
             self.reconcile_seconds.clone(),
+        );
+        r.register(
+            "firewall_repairs",
+            "Times weft's nftables table was found missing or changed and restored",
+            self.firewall_repairs.clone(),
         );
         r
     }

@@ -289,25 +289,6 @@ impl KernelNetlink {
         )?;
         Ok(index)
     }
-
-    /// Remove weft's data plane from this namespace: the VXLAN device (with every entry on
-    /// it) and every route carrying [`ROUTE_PROTOCOL`]. Returns what was removed.
-    pub fn remove_all(&mut self) -> Result<(bool, usize), DataplaneError> {
-        let state = self.observe()?;
-        let mut ops: Vec<Op> = state.routes.iter().map(|r| Op::DeleteRoute(*r)).collect();
-        if let Some(d) = &state.device {
-            ops.push(Op::DeleteDevice(d.name.clone()));
-        }
-        let report = self.apply(&ops);
-        if let Some((op, why)) = report.failures.first() {
-            return Err(NlError::Decode {
-                op: format!("{op:?}"),
-                problem: why.clone(),
-            }
-            .into());
-        }
-        Ok((state.device.is_some(), state.routes.len()))
-    }
 }
 
 fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
@@ -927,6 +908,69 @@ fn reduce(m: RouteNetlinkMessage) -> Option<Notification> {
         },
         _ => return None,
     })
+}
+
+/// What [`remove_weft_state`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub devices: Vec<String>,
+    pub routes: usize,
+}
+
+/// Remove weft's data plane from the calling thread's namespace whatever its configuration
+/// was: every VXLAN link named `weft.<number>` (with every entry on it) and every main-table
+/// route carrying [`ROUTE_PROTOCOL`]. Links of other kinds with such names are left alone.
+pub fn remove_weft_state() -> Result<Removed, DataplaneError> {
+    let mut nl = NlSocket::open()?;
+    let links = nl.dump(
+        "list links",
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+    )?;
+    let mut devices = Vec::new();
+    for m in links {
+        let RouteNetlinkMessage::NewLink(l) = m else {
+            continue;
+        };
+        let name = link_attr(&l, |a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let Some(name) = name {
+            let ours = name
+                .strip_prefix("weft.")
+                .is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+            if ours && link_kind(&l) == Some(InfoKind::Vxlan) {
+                devices.push(name);
+            }
+        }
+    }
+    let mut removed = Removed::default();
+    // Routes first (as a peer's removal does), then the devices.
+    let mut kernel = KernelNetlink {
+        nl,
+        device: devices.first().cloned().unwrap_or_else(|| "weft.1".into()),
+    };
+    let routes: Vec<Op> = kernel
+        .observe()?
+        .routes
+        .into_iter()
+        .map(Op::DeleteRoute)
+        .collect();
+    let report = kernel.apply(&routes);
+    if let Some((op, why)) = report.failures.into_iter().next() {
+        return Err(NlError::Decode {
+            op: format!("{op:?}"),
+            problem: why,
+        }
+        .into());
+    }
+    removed.routes = routes.len();
+    for d in devices {
+        if kernel.nl.delete_link_by_name(&d)? {
+            removed.devices.push(d);
+        }
+    }
+    Ok(removed)
 }
 
 /// The set of peers' subnets that a state routes, for summaries.

@@ -62,7 +62,10 @@ fn main() -> ExitCode {
 /// `--cleanup`: remove weft's host state and exit (1 if any step failed). Needs neither etcd
 /// nor the interface, so it works on a node whose configuration is gone.
 fn cleanup() -> ExitCode {
-    let report = cleanup_host(&mut NftFirewall::new(None));
+    let report = cleanup_host(
+        &mut NftFirewall::new(None),
+        weft_backends::dataplane::remove_weft_state,
+    );
     for object in &report.removed {
         tracing::info!(%object, "removed");
     }

@@ -51,7 +51,12 @@ fn subnet(i: usize) -> Ipv4Network {
 }
 
 fn public_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(172, 16 + (i / 250 / 250) as u8, ((i / 250) % 250) as u8, (i % 250 + 1) as u8)
+    Ipv4Addr::new(
+        172,
+        16 + (i / 250 / 250) as u8,
+        ((i / 250) % 250) as u8,
+        (i % 250 + 1) as u8,
+    )
 }
 
 fn mac(i: usize) -> String {
@@ -221,8 +226,7 @@ impl RouteWatch {
                     break;
                 }
                 at += (len + 3) & !3;
-                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = m.payload
-                {
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) = m.payload {
                     let got = r.attributes.iter().find_map(|a| match a {
                         RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
                         _ => None,
@@ -311,7 +315,9 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = w.proc.pid().unwrap();
     let (rss, hwm) = (rss_kib(pid, "VmRSS:"), rss_kib(pid, "VmHWM:"));
-    eprintln!("weftd: spawn → {peers} routes {spawn_to_routes:.0} ms, RSS {rss} KiB, peak {hwm} KiB");
+    eprintln!(
+        "weftd: spawn → {peers} routes {spawn_to_routes:.0} ms, RSS {rss} KiB, peak {hwm} KiB"
+    );
 
     // 3. Lease put → route present in weftd's namespace.
     let mut watch = RouteWatch::open(&w.ns);
@@ -326,9 +332,13 @@ async fn main() {
             mac(i)
         );
         let t = Instant::now();
-        raw.put(key.clone(), value, Some(PutOptions::new().with_lease(grant)))
-            .await
-            .unwrap();
+        raw.put(
+            key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(grant)),
+        )
+        .await
+        .unwrap();
         let seen = tokio::task::block_in_place(|| {
             watch.wait_for(s, Instant::now() + Duration::from_secs(5))
         })
