@@ -258,12 +258,13 @@ async fn main() {
     weft_tests::netns::require_root();
     let peers = arg("--peers", 5000);
     let rounds = arg("--rounds", 3);
+    let config = std::env::var("BENCH_NET_CONFIG").unwrap_or_else(|_| CONFIG.to_string());
     let samples = arg("--latency-samples", 200);
     let dir = tempfile::tempdir().unwrap();
 
     let etcd = Etcd::start().await;
     let store = etcd.store(PREFIX).await;
-    store.put_config(CONFIG.as_bytes()).await.unwrap();
+    store.put_config(config.as_bytes()).await.unwrap();
     let mut raw = etcd.raw_client().await;
     let grant = raw.lease_grant(7200, None).await.unwrap().id();
     for chunk in (0..peers).collect::<Vec<_>>().chunks(100) {
@@ -301,7 +302,11 @@ async fn main() {
     let started = Instant::now();
     let w = Weftd::start("bench-node", "192.0.2.200", &etcd.cli_args(), &[]);
     let spawn_to_routes = loop {
-        let n = w.ns.ip(&["route", "show", "proto", "87"]).lines().count();
+        let n = if std::env::var("BENCH_WAIT_PEERS").is_ok() {
+            weft_tests::procs::metric(&w.metrics(), "weft_peers").unwrap_or(0.0) as usize
+        } else {
+            w.ns.ip(&["route", "show", "proto", "87"]).lines().count()
+        };
         if n >= peers {
             break started.elapsed().as_secs_f64() * 1e3;
         }
@@ -318,6 +323,11 @@ async fn main() {
     eprintln!(
         "weftd: spawn → {peers} routes {spawn_to_routes:.0} ms, RSS {rss} KiB, peak {hwm} KiB"
     );
+    if std::env::var("BENCH_STOP_AFTER_RSS").is_ok() {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+        eprintln!("{rollup}");
+        return;
+    }
 
     // 3. Lease put → route present in weftd's namespace.
     let mut watch = RouteWatch::open(&w.ns);
