@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what weft's build and tests need on a Debian machine, if it is missing:
 # etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl,
-# ping, the reference CNI plugins (portmap chaining, the benchmark baseline) with iptables for
-# portmap, and podman + runc + a static busybox for the container-runtime end-to-end test.
+# ping, curl and sysctl (the lab), the reference CNI plugins (portmap chaining, the benchmark
+# baseline) with iptables for portmap, and podman + runc + a static busybox for the
+# container-runtime end-to-end test.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v sysctl >/dev/null 2>&1 || need+=(procps)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)

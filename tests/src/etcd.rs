@@ -1,15 +1,17 @@
 //! Real etcd processes on loopback: one member, a three-member cluster, and TLS with client
-//! certificates generated for the test.
+//! certificates generated for the test; and one member inside a network namespace, for the
+//! multi-host lab.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use weft_agent::store::{EtcdOptions, EtcdStore, LeaseStore};
 
 use crate::free_port;
-use crate::procs::Proc;
+use crate::procs::{run_bounded, Proc};
 
 /// TLS material for a test etcd (all PEM files in one temp dir).
 #[derive(Debug)]
@@ -353,5 +355,108 @@ impl Etcd {
         etcd_client::Client::connect(self.endpoints(), None)
             .await
             .expect("raw etcd client")
+    }
+}
+
+/// One etcd member inside a network namespace, listening on `ip` (clients on port 2379,
+/// peers on 2380), so other namespaces reach it over the links they share with it. It runs
+/// through `ip netns exec`, which execs, so the handle's pid is etcd's own.
+#[derive(Debug)]
+pub struct NetnsEtcd {
+    netns: String,
+    endpoint: String,
+    proc: Proc,
+}
+
+impl NetnsEtcd {
+    /// Start etcd in `netns` with its data and log under `dir`, and wait (at most 30 s) until
+    /// it answers. `detached`: let it outlive this process (see [`Proc::spawn_detached`]).
+    pub fn start(netns: &str, ip: Ipv4Addr, dir: &Path, detached: bool) -> NetnsEtcd {
+        let endpoint = format!("http://{ip}:2379");
+        let peer = format!("http://{ip}:2380");
+        let name = format!("{netns}-etcd");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, "etcd", "--name", &name])
+            .arg("--data-dir")
+            .arg(dir.join("etcd-data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("{name}={peer}")])
+            .args(["--initial-cluster-token", &name])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--log-level", "warn", "--logger", "zap"]);
+        let log = dir.join("etcd.log");
+        let proc = if detached {
+            Proc::spawn_detached(&name, cmd, &log)
+        } else {
+            Proc::spawn(&name, cmd, &log)
+        };
+        let mut etcd = NetnsEtcd {
+            netns: netns.to_string(),
+            endpoint,
+            proc,
+        };
+        etcd.wait_healthy(Duration::from_secs(30));
+        etcd
+    }
+
+    /// The client URL (`http://<ip>:2379`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// `etcdctl <args>` (API v3) inside the namespace against this member, bounded to 15 s:
+    /// (exit code, stdout, stderr).
+    pub fn etcdctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "etcdctl"])
+            .args(["--endpoints", &self.endpoint, "--command-timeout=5s"])
+            .args(args)
+            .env("ETCDCTL_API", "3");
+        run_bounded(cmd, Duration::from_secs(15))
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.proc.try_exit() {
+                panic!(
+                    "etcd in {} exited ({st}) before serving; log:\n{}",
+                    self.netns,
+                    self.log_text()
+                );
+            }
+            if self.etcdctl(&["endpoint", "health"]).0 == 0 {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "etcd in {} not healthy after {timeout:?}; log:\n{}",
+                    self.netns,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop it (SIGTERM by pid, SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        self.proc.stop(Duration::from_secs(5));
+    }
+
+    /// Let it run on after the handle is gone; returns its pid.
+    pub fn release(self) -> Option<u32> {
+        self.proc.release()
     }
 }

@@ -35,9 +35,24 @@ impl Netns {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let (code, _, err) = run(Command::new("ip").args(["netns", "add", &name]), None);
+        Self::named(&name)
+    }
+
+    /// A namespace with exactly this name (the caller makes it unique); panics if it exists.
+    pub fn named(name: &str) -> Netns {
+        require_root();
+        let (code, _, err) = run(Command::new("ip").args(["netns", "add", name]), None);
         assert_eq!(code, 0, "ip netns add {name}: {err}");
-        Netns { name }
+        Netns {
+            name: name.to_string(),
+        }
+    }
+
+    /// Leave the namespace in place: the handle is consumed without deleting it. Returns
+    /// its name (for a later `ip netns del`).
+    pub fn keep(self) -> String {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        std::mem::take(&mut this.name)
     }
 
     pub fn path(&self) -> PathBuf {

@@ -23,10 +23,22 @@ impl Proc {
     /// Spawn `cmd` with stdout+stderr going to `log`. The child also gets SIGKILL if the
     /// spawning thread dies, so a crashed test cannot leave it running.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        set_parent_death_signal(&mut cmd);
+        Self::spawn_prepared(name, cmd, log)
+    }
+
+    /// Spawn `cmd` in a session of its own and without a parent-death signal, so it keeps
+    /// running after this process exits (for a lab left up with `--keep`). Dropping the
+    /// handle still stops it; [`Proc::release`] lets it go.
+    pub fn spawn_detached(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        start_new_session(&mut cmd);
+        Self::spawn_prepared(name, cmd, log)
+    }
+
+    fn spawn_prepared(name: &str, mut cmd: Command, log: &Path) -> Proc {
         let out = std::fs::File::create(log).expect("create log file");
         let err = out.try_clone().expect("clone log handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        set_parent_death_signal(&mut cmd);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         Proc {
             name: name.to_string(),
@@ -79,6 +91,11 @@ impl Proc {
         }
     }
 
+    /// Let the process run on: the handle forgets it (no signal on drop). Returns its pid.
+    pub fn release(mut self) -> Option<u32> {
+        self.child.take().map(|c| c.id())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -103,14 +120,34 @@ fn set_parent_death_signal(cmd: &mut Command) {
     }
 }
 
-/// Path of a binary built by cargo for this workspace (`weftd`, `netctl`, `weft`).
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
+#[allow(unsafe_code)]
+fn start_new_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe syscall (setsid), touching no locks or allocations.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
     }
+}
+
+/// Path of a binary built by cargo for this workspace (`weftd`, `netctl`, `weft`): in
+/// `$WEFT_BIN_DIR` when that is set, else next to the running executable (`target/<profile>`,
+/// also for test executables in `target/<profile>/deps`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("WEFT_BIN_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let exe = std::env::current_exe().expect("current exe");
+            let mut dir = exe.parent().expect("exe dir").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
