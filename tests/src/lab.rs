@@ -592,6 +592,26 @@ impl Lab {
         self.save_state();
     }
 
+    /// Stop the lab's etcd (SIGTERM by pid); its data stays for [`Lab::start_etcd_again`].
+    pub fn stop_etcd(&mut self) {
+        if let Some(e) = self.etcd.as_mut() {
+            e.stop();
+        }
+        self.save_state();
+    }
+
+    /// Start the lab's etcd again on the same data directory (waits until it answers).
+    pub fn start_etcd_again(&mut self) {
+        let etcd = NetnsEtcd::start(
+            &self.switch().name,
+            SWITCH_IP,
+            &self.dir_path,
+            self.opts.keep,
+        );
+        self.etcd = Some(etcd);
+        self.save_state();
+    }
+
     /// Stop weftd on host `i` and start it again (same flags, subnet file and directory).
     pub fn restart(&mut self, i: usize) {
         self.stop_weftd(i);

@@ -2,8 +2,6 @@
 //! real etcd inside the switch, the real weftd on every host, pods through the real CNI
 //! plugin. Needs root and the workspace binaries (`cargo build --workspace --bins`).
 //!
-//! The cross-host tests are ignored until weftd programs the data plane; run them with
-//! `cargo test -p weft-tests --test lab -- --include-ignored`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -236,13 +234,13 @@ fn a_kept_lab_stays_up_until_torn_down_from_its_state_file() {
 }
 
 /// Every probe of [`Lab::connectivity`] answers, within 10 s of the pods being added.
-fn assert_full_connectivity(opts: LabOptions) {
+fn assert_full_connectivity(opts: LabOptions) -> Lab {
     let lab = up(opts);
     let start = Instant::now();
     let failed = loop {
         let failed: Vec<Probe> = lab.connectivity().into_iter().filter(|p| !p.ok).collect();
         if failed.is_empty() {
-            return;
+            return lab;
         }
         if start.elapsed() > Duration::from_secs(10) {
             break failed;
@@ -265,36 +263,119 @@ fn assert_full_connectivity(opts: LabOptions) {
 }
 
 #[test]
-#[ignore = "needs the data plane (issue 4)"]
 fn pods_reach_pods_and_hosts_across_hosts_over_vxlan() {
     assert_full_connectivity(hosts(3));
 }
 
 #[test]
-#[ignore = "needs the data plane (issue 4)"]
 fn pods_reach_pods_and_hosts_across_hosts_with_direct_routing() {
-    assert_full_connectivity(LabOptions {
+    let lab = assert_full_connectivity(LabOptions {
         direct_routing: true,
         ..hosts(2)
     });
+    assert_direct_routes(&lab);
+}
+
+/// Every peer is routed through its underlay address on eth0 (no overlay entries).
+fn assert_direct_routes(lab: &Lab) {
+    for h in 1..=lab.host_count() {
+        let (_, routes, _) = lab.exec_in(lab.host_name(h), "ip", &["route", "show", "proto", "87"]);
+        for p in (1..=lab.host_count()).filter(|p| *p != h) {
+            let s = lab.subnet(p).unwrap();
+            let want = format!(
+                "{}/{} via {} dev eth0",
+                s.network(),
+                s.prefix(),
+                lab.host_ip(p)
+            );
+            assert!(routes.contains(&want), "h{h} lacks `{want}`:\n{routes}");
+        }
+        assert!(!routes.contains("weft.1"), "{routes}");
+    }
 }
 
 #[test]
-#[ignore = "needs the data plane (issue 4)"]
 fn pods_reach_pods_and_hosts_across_hosts_over_host_gw() {
-    assert_full_connectivity(LabOptions {
+    let lab = assert_full_connectivity(LabOptions {
         backend: LabBackend::HostGw,
         ..hosts(2)
     });
+    assert_direct_routes(&lab);
+    for h in 1..=lab.host_count() {
+        let (_, links, _) = lab.exec_in(lab.host_name(h), "ip", &["link"]);
+        assert!(!links.contains("weft.1"), "host-gw makes no VXLAN device");
+    }
 }
 
 #[test]
-#[ignore = "needs the data plane (issue 4) and the masquerade of --ip-masq"]
 fn pods_reach_outside_only_through_masquerade() {
     assert_full_connectivity(LabOptions {
         ip_masq: true,
         ..hosts(2)
     });
+    // The outside sees the host's address, not the pod's.
+    let lab = up(LabOptions {
+        ip_masq: true,
+        ..hosts(2)
+    });
+    let log = lab.dir().join("serve-peer.log");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", lab.internet_ns()])
+        .arg(weft_tests::procs::bin("tcp-probe"))
+        .args(["serve-peer", "18099"]);
+    let _server = weft_tests::procs::Proc::spawn("serve-peer", cmd, &log);
+    let outside = format!("{}:18099", weft_tests::lab::OUTSIDE_IP);
+    let probe = weft_tests::procs::bin("tcp-probe").display().to_string();
+    for pod in lab.pods() {
+        let start = Instant::now();
+        let seen = loop {
+            let (code, out, _) = lab.exec_in(&pod.name, &probe, &["fetch", &outside]);
+            if code == 0 {
+                break out;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{} never reached {outside}",
+                pod.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(
+            seen.trim(),
+            lab.host_ip(pod.host).to_string(),
+            "{} seen as",
+            pod.name
+        );
+    }
+    // Pod to pod keeps the pod's address (never masqueraded).
+    let (a, b) = (
+        &lab.pods()[0],
+        lab.pods()
+            .iter()
+            .find(|p| p.host != lab.pods()[0].host)
+            .unwrap(),
+    );
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", lab.ns_of(&b.name)])
+        .arg(weft_tests::procs::bin("tcp-probe"))
+        .args(["serve-peer", "18098"]);
+    let _pod_server =
+        weft_tests::procs::Proc::spawn("serve-peer-pod", cmd, &lab.dir().join("pod-peer.log"));
+    let target = format!("{}:18098", b.ip);
+    let start = Instant::now();
+    let seen = loop {
+        let (code, out, _) = lab.exec_in(&a.name, &probe, &["fetch", &target]);
+        if code == 0 {
+            break out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "pod never reached {target}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(seen.trim(), a.ip.to_string());
+    drop(lab);
     // Without --ip-masq nothing outside the cluster answers a pod.
     let lab = up(hosts(1));
     let pod = &lab.pods()[0];
