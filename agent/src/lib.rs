@@ -12,6 +12,7 @@ pub mod iface;
 pub mod keeper;
 pub mod lease;
 pub mod logging;
+pub mod memory;
 pub mod netctl;
 pub mod pick;
 pub mod reconcile;

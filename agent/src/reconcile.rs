@@ -17,13 +17,16 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
-use weft_backends::plan::{diff, Backend, KernelState, Op, Settings};
+use weft_backends::plan::{diff, Backend, KernelState, Op, Plan, Settings};
 use weft_backends::{Peer, PeerEvent};
 
 use crate::health::Metrics;
 
 /// How often the kernel is read back even when nothing was heard.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A pass with at least this many operations is followed by giving free memory back.
+const BIG_PASS: usize = 512;
 
 /// Why a pass runs; decides whether the kernel is read back and how the result is logged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,8 +108,11 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             .nl
             .take()
             .expect("the netlink handle is always returned");
-        let desired = plan.state.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let Plan {
+            state: desired,
+            unreachable,
+        } = plan;
+        let work = move || {
             let result = (|| -> Result<(Vec<Op>, ApplyReport), DataplaneError> {
                 let observed = match believed {
                     Some(b) => b,
@@ -116,12 +122,18 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 let report = nl.apply(&ops);
                 Ok((ops, report))
             })();
-            (nl, result)
-        })
-        .await;
-        let (nl, result) = match joined {
-            Ok(x) => x,
-            Err(e) => panic!("data-plane worker failed: {e}"),
+            (nl, result, desired)
+        };
+        // The netlink calls block. On weftd's multi-thread runtime they run in place (other
+        // tasks move to the other worker), which keeps their allocations in this thread's
+        // malloc arena rather than a blocking-pool thread's; elsewhere (unit tests) they run
+        // on the blocking pool.
+        let (nl, result, desired) = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+            _ => match tokio::task::spawn_blocking(work).await {
+                Ok(x) => x,
+                Err(e) => panic!("data-plane worker failed: {e}"),
+            },
         };
         self.nl = Some(nl);
         self.passes += 1;
@@ -130,9 +142,8 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             .reconcile_seconds
             .set(started.elapsed().as_secs_f64());
 
-        let now_unreachable: BTreeSet<Ipv4Network> =
-            plan.unreachable.iter().map(|(s, _)| *s).collect();
-        for (subnet, why) in &plan.unreachable {
+        let now_unreachable: BTreeSet<Ipv4Network> = unreachable.iter().map(|(s, _)| *s).collect();
+        for (subnet, why) in &unreachable {
             if !self.unreachable.contains(subnet) {
                 warn!(peer_subnet = %subnet, backend = %self.backend.kind(), "cannot program this peer: {why}");
             }
@@ -150,11 +161,14 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 return false;
             }
         };
-        let programmed = plan.state.routes.len() as i64;
+        if ops.len() >= BIG_PASS {
+            crate::memory::release_free_memory();
+        }
+        let programmed = desired.routes.len() as i64;
         self.metrics.peers_programmed.set(programmed);
         self.log_pass(trigger, &ops, &report, started.elapsed());
         if report.ok() {
-            self.believed = Some(plan.state);
+            self.believed = Some(desired);
             true
         } else {
             self.metrics

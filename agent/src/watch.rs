@@ -308,7 +308,11 @@ pub async fn run_peer_watch<S: LeaseStore>(
             return;
         }
         first_sent_pending = false;
-        let mut stream = match store.watch(Revision(snap.revision.0 + 1)).await {
+        // The listing is not needed any more; holding it while watching would keep every
+        // lease value twice.
+        let revision = snap.revision.0;
+        drop(snap);
+        let mut stream = match store.watch(Revision(revision + 1)).await {
             Ok(s) => s,
             Err(e) => {
                 let d = backoff.next();

@@ -33,6 +33,9 @@ use crate::MacAddr;
 
 pub use netlink_packet_core::NLM_F_REPLACE;
 
+/// Operations turned into requests and sent per batch.
+const BATCH_OPS: usize = 128;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error(transparent)]
@@ -538,8 +541,6 @@ impl Netlink for KernelNetlink {
                 return report;
             }
         };
-        let mut reqs = Vec::with_capacity(rest.len());
-        let mut sent = Vec::with_capacity(rest.len());
         let no_device = |op: &Op| {
             (
                 op.clone(),
@@ -547,73 +548,81 @@ impl Netlink for KernelNetlink {
                     .to_string(),
             )
         };
-        for op in rest {
-            let req = match (op, index) {
-                (Op::SetNeighbour(n), Some(i)) => Request {
-                    op: format!("set neighbour {} lladdr {}", n.ip, n.mac),
-                    msg: RouteNetlinkMessage::NewNeighbour(neighbour_message(i, n)),
-                    flags: NLM_F_CREATE | NLM_F_REPLACE,
-                },
-                (Op::DeleteNeighbour(n), Some(i)) => Request {
-                    op: format!("delete neighbour {}", n.ip),
-                    msg: RouteNetlinkMessage::DelNeighbour(neighbour_message(i, n)),
-                    flags: 0,
-                },
-                (Op::SetFdb(f), Some(i)) => Request {
-                    op: format!("set FDB entry {} dst {}", f.mac, f.dst),
-                    msg: RouteNetlinkMessage::NewNeighbour(fdb_message(i, f)),
-                    flags: NLM_F_CREATE | NLM_F_REPLACE,
-                },
-                (Op::DeleteFdb(f), Some(i)) => Request {
-                    op: format!("delete FDB entry {} dst {}", f.mac, f.dst),
-                    msg: RouteNetlinkMessage::DelNeighbour(fdb_message(i, f)),
-                    flags: 0,
-                },
-                (Op::SetRoute(r), _) => match route_message(r, index) {
-                    Some(m) => Request {
-                        op: format!("set route {}", r.dst),
-                        msg: RouteNetlinkMessage::NewRoute(m),
+        // Requests are built a batch at a time: 15,000 of them at once would cost megabytes
+        // that the allocator keeps afterwards.
+        for chunk in rest.chunks(BATCH_OPS) {
+            let mut reqs = Vec::with_capacity(chunk.len());
+            let mut sent = Vec::with_capacity(chunk.len());
+            for &op in chunk {
+                let req = match (op, index) {
+                    (Op::SetNeighbour(n), Some(i)) => Request {
+                        op: format!("set neighbour {} lladdr {}", n.ip, n.mac),
+                        msg: RouteNetlinkMessage::NewNeighbour(neighbour_message(i, n)),
                         flags: NLM_F_CREATE | NLM_F_REPLACE,
                     },
-                    None => {
+                    (Op::DeleteNeighbour(n), Some(i)) => Request {
+                        op: format!("delete neighbour {}", n.ip),
+                        msg: RouteNetlinkMessage::DelNeighbour(neighbour_message(i, n)),
+                        flags: 0,
+                    },
+                    (Op::SetFdb(f), Some(i)) => Request {
+                        op: format!("set FDB entry {} dst {}", f.mac, f.dst),
+                        msg: RouteNetlinkMessage::NewNeighbour(fdb_message(i, f)),
+                        flags: NLM_F_CREATE | NLM_F_REPLACE,
+                    },
+                    (Op::DeleteFdb(f), Some(i)) => Request {
+                        op: format!("delete FDB entry {} dst {}", f.mac, f.dst),
+                        msg: RouteNetlinkMessage::DelNeighbour(fdb_message(i, f)),
+                        flags: 0,
+                    },
+                    (Op::SetRoute(r), _) => match route_message(r, index) {
+                        Some(m) => Request {
+                            op: format!("set route {}", r.dst),
+                            msg: RouteNetlinkMessage::NewRoute(m),
+                            flags: NLM_F_CREATE | NLM_F_REPLACE,
+                        },
+                        None => {
+                            report.failures.push(no_device(op));
+                            continue;
+                        }
+                    },
+                    (Op::DeleteRoute(r), _) => {
+                        // Deleting by destination, table and protocol: the device is not
+                        // needed (and may be gone already).
+                        let mut m = route_message(r, index.or(Some(0))).expect("index given");
+                        m.attributes
+                            .retain(|a| matches!(a, RouteAttribute::Destination(_)));
+                        m.header.flags = RouteFlags::empty();
+                        m.header.scope = RouteScope::NoWhere;
+                        Request {
+                            op: format!("delete route {}", r.dst),
+                            msg: RouteNetlinkMessage::DelRoute(m),
+                            flags: 0,
+                        }
+                    }
+                    // Entries on a device that does not exist: there is nothing to delete,
+                    // and nothing to add until the device is back.
+                    (Op::DeleteNeighbour(_) | Op::DeleteFdb(_), None) => {
+                        report.applied += 1;
+                        continue;
+                    }
+                    (_, None) => {
                         report.failures.push(no_device(op));
                         continue;
                     }
-                },
-                (Op::DeleteRoute(r), _) => {
-                    // Deleting by destination, table and protocol: the device is not needed
-                    // (and may be gone already).
-                    let mut m = route_message(r, index.or(Some(0))).expect("index given");
-                    m.attributes
-                        .retain(|a| matches!(a, RouteAttribute::Destination(_)));
-                    m.header.flags = RouteFlags::empty();
-                    m.header.scope = RouteScope::NoWhere;
-                    Request {
-                        op: format!("delete route {}", r.dst),
-                        msg: RouteNetlinkMessage::DelRoute(m),
-                        flags: 0,
+                    (Op::SetDevice(_) | Op::DeleteDevice(_), _) => {
+                        unreachable!("handled above")
                     }
+                };
+                reqs.push(req);
+                sent.push(op);
+            }
+            for (op, result) in sent.into_iter().zip(self.nl.ack_batch(&reqs)) {
+                match result {
+                    Ok(()) => report.applied += 1,
+                    Err(e) if is_delete(op) && gone(&e) => report.applied += 1,
+                    Err(e) => report.failures.push((op.clone(), e.to_string())),
                 }
-                // Entries on a device that does not exist: there is nothing to delete, and
-                // nothing to add until the device is back.
-                (Op::DeleteNeighbour(_) | Op::DeleteFdb(_), None) => {
-                    report.applied += 1;
-                    continue;
-                }
-                (_, None) => {
-                    report.failures.push(no_device(op));
-                    continue;
-                }
-                (Op::SetDevice(_) | Op::DeleteDevice(_), _) => unreachable!("handled above"),
-            };
-            reqs.push(req);
-            sent.push(op);
-        }
-        for (op, result) in sent.into_iter().zip(self.nl.ack_batch(&reqs)) {
-            match result {
-                Ok(()) => report.applied += 1,
-                Err(e) if is_delete(op) && gone(&e) => report.applied += 1,
-                Err(e) => report.failures.push((op.clone(), e.to_string())),
             }
         }
         report
@@ -668,7 +677,7 @@ impl Netlink for FakeNetlink {
                         s.fdb.clear();
                         s.routes.retain(|r| matches!(r.via, Via::Direct { .. }));
                     }
-                    s.device = Some(d.clone());
+                    s.device = Some((**d).clone());
                 }
                 Op::DeleteDevice(_) => {
                     s.device = None;

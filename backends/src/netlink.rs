@@ -135,7 +135,7 @@ impl NlSocket {
 
     /// Send many requests, [`BATCH`] per `send`, and collect one result per request, in order.
     /// The kernel processes them in order; a refusal does not stop the ones after it. A socket
-    /// failure fails every request whose answer was not read.
+    /// failure fails every request whose outcome was not known yet.
     pub fn ack_batch(&mut self, reqs: &[Request]) -> Vec<Result<(), NlError>> {
         if reqs.len() > BATCH {
             // Best effort: a smaller buffer only means smaller safe batches.
@@ -148,13 +148,18 @@ impl NlSocket {
         results
     }
 
+    /// One send for the whole chunk. Only the last request asks for an ACK: the kernel
+    /// answers the others only if they fail, and it handles a send in order, so the last
+    /// ACK means every request before it is done. That saves one message and one `recv` per
+    /// request.
     fn ack_chunk(&mut self, chunk: &[Request]) -> Vec<Result<(), NlError>> {
         let first = self.seq.wrapping_add(1);
         let mut out = Vec::new();
-        for r in chunk {
+        for (i, r) in chunk.iter().enumerate() {
             self.seq = self.seq.wrapping_add(1);
             let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_ACK | r.flags;
+            let ack = if i + 1 == chunk.len() { NLM_F_ACK } else { 0 };
+            header.flags = NLM_F_REQUEST | ack | r.flags;
             header.sequence_number = self.seq;
             let mut packet =
                 NetlinkMessage::new(header, NetlinkPayload::InnerMessage(r.msg.clone()));
@@ -163,6 +168,7 @@ impl NlSocket {
             out.resize(at + packet.buffer_len(), 0);
             packet.serialize(&mut out[at..]);
         }
+        let last = chunk.len() - 1;
         let mut results: Vec<Option<Result<(), NlError>>> =
             (0..chunk.len()).map(|_| None).collect();
         let fail_rest = |results: &mut Vec<Option<Result<(), NlError>>>, e: &io::Error| {
@@ -179,8 +185,7 @@ impl NlSocket {
             fail_rest(&mut results, &e);
             return results.into_iter().flatten().collect();
         }
-        let mut pending = chunk.len();
-        while pending > 0 {
+        while results[last].is_none() {
             self.buf.clear();
             let n = match self.socket.recv(&mut self.buf, 0) {
                 Ok(n) => n,
@@ -213,11 +218,11 @@ impl NlSocket {
                             source: e.to_io(),
                         }),
                     });
-                    pending -= 1;
                 }
             }
         }
-        results.into_iter().flatten().collect()
+        // Everything the kernel did not complain about before the last ACK succeeded.
+        results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
     }
 
     /// Send a non-dump GET and return the one reply.

@@ -264,7 +264,7 @@ pub fn plan(own_subnet: Ipv4Network, peers: &[Peer], settings: &Settings) -> Pla
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Create the device, or change its MAC/MTU/address in place.
-    SetDevice(VxlanDevice),
+    SetDevice(Box<VxlanDevice>),
     /// Delete the device (it must be re-created, or the backend no longer uses one).
     DeleteDevice(String),
     DeleteRoute(Route),
@@ -283,17 +283,17 @@ pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
     // A device that is re-created loses every entry on it.
     let mut observed = observed.clone();
     match (&observed.device, &desired.device) {
-        (None, Some(d)) => ops.push(Op::SetDevice(d.clone())),
+        (None, Some(d)) => ops.push(Op::SetDevice(Box::new(d.clone()))),
         (Some(o), Some(d)) if o.needs_recreate(d) => {
             ops.push(Op::DeleteDevice(o.name.clone()));
-            ops.push(Op::SetDevice(d.clone()));
+            ops.push(Op::SetDevice(Box::new(d.clone())));
             observed.neighbours.clear();
             observed.fdb.clear();
             observed
                 .routes
                 .retain(|r| matches!(r.via, Via::Direct { .. }));
         }
-        (Some(o), Some(d)) if o != d => ops.push(Op::SetDevice(d.clone())),
+        (Some(o), Some(d)) if o != d => ops.push(Op::SetDevice(Box::new(d.clone()))),
         (Some(o), None) => {
             ops.push(Op::DeleteDevice(o.name.clone()));
             observed.neighbours.clear();
@@ -557,7 +557,7 @@ mod tests {
         mtu.device.as_mut().unwrap().mtu = 1400;
         assert_eq!(
             diff(&mtu, &one),
-            vec![Op::SetDevice(one.device.clone().unwrap())]
+            vec![Op::SetDevice(Box::new(one.device.clone().unwrap()))]
         );
     }
 

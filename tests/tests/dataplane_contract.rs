@@ -250,3 +250,41 @@ fn kernel_refuses_a_foreign_link_with_the_device_name_and_changes_nothing() {
         "no route without the device"
     );
 }
+
+#[test]
+fn kernel_reports_exactly_the_refused_operations_of_a_batch() {
+    use weft_backends::plan::{Op, Route};
+    let (ns, mut nl, index) = kernel_ns("dpb");
+    // 300 routes (more than one batch), three of them through a device that does not exist.
+    let bad = [7u32, 150, 299];
+    let ops: Vec<Op> = (0..300u32)
+        .map(|i| {
+            let dst = Ipv4Network::new(
+                std::net::Ipv4Addr::new(10, 200, (i / 256) as u8, (i % 256) as u8),
+                32,
+            )
+            .unwrap();
+            Op::SetRoute(Route {
+                dst,
+                via: Via::Direct {
+                    gateway: "10.9.0.2".parse().unwrap(),
+                    index: if bad.contains(&i) { 999_999 } else { index },
+                },
+            })
+        })
+        .collect();
+    let report = nl.apply(&ops);
+    assert_eq!(report.applied, 297);
+    let failed: Vec<&Op> = report.failures.iter().map(|(op, _)| op).collect();
+    let want: Vec<&Op> = bad.iter().map(|&i| &ops[i as usize]).collect();
+    assert_eq!(failed, want);
+    assert!(
+        report.failures[0].1.contains("set route 10.200.0.7/32"),
+        "{:?}",
+        report.failures[0]
+    );
+    assert_eq!(
+        ns.ip(&["route", "show", "proto", "87"]).lines().count(),
+        297
+    );
+}

@@ -109,12 +109,20 @@ async fn program_weft(store: &weft_agent::store::EtcdStore, peers: usize) -> f64
     assert_eq!(peer_list.len(), peers);
     let own: Ipv4Network = "10.255.255.0/24".parse().unwrap();
     let path = ns.path().display().to_string();
+    let t_read = t.elapsed();
     let ms = tokio::task::spawn_blocking(move || {
         let plan = settings(index).plan(own, &peer_list);
         let mut nl = KernelNetlink::open_in(&file, &path, "weft.1").unwrap();
         let observed = nl.observe().unwrap();
         let ops = diff(&observed, &plan.state);
+        let t_plan = t.elapsed();
         let report = nl.apply(&ops);
+        if std::env::var("BENCH_STAGES").is_ok() {
+            eprintln!(
+                "read {t_read:?} plan+observe {t_plan:?} total {:?}",
+                t.elapsed()
+            );
+        }
         assert!(report.ok(), "{:?}", report.failures.first());
         t.elapsed().as_secs_f64() * 1e3
     })
