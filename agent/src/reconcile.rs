@@ -100,8 +100,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
     async fn pass(&mut self, trigger: Trigger) -> bool {
         let Some(own) = self.own else { return true };
         let started = Instant::now();
-        let peers: Vec<Peer> = self.peers.values().cloned().collect();
-        let plan = self.backend.plan(own, &peers);
+        let plan = self.backend.plan(own, self.peers.values());
         let look = trigger != Trigger::Peers || self.believed.is_none();
         let believed = if look { None } else { self.believed.take() };
         let mut nl = self
@@ -161,7 +160,9 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 return false;
             }
         };
-        if ops.len() >= BIG_PASS {
+        // A pass over a big peer set allocates its size again, even for one change; without
+        // giving the free pages back, RSS would creep up to the allocator's high-water mark.
+        if ops.len() >= BIG_PASS || self.peers.len() >= BIG_PASS {
             crate::memory::release_free_memory();
         }
         let programmed = desired.routes.len() as i64;

@@ -154,7 +154,7 @@ pub trait Backend {
     fn kind(&self) -> BackendKind;
     /// What the kernel should hold, given this node's subnet and its peers (the own lease is
     /// not among `peers`).
-    fn plan(&self, own_subnet: Ipv4Network, peers: &[Peer]) -> Plan;
+    fn plan<'a>(&self, own_subnet: Ipv4Network, peers: impl IntoIterator<Item = &'a Peer>) -> Plan;
 }
 
 impl Backend for VxlanSettings {
@@ -162,7 +162,7 @@ impl Backend for VxlanSettings {
         BackendKind::Vxlan
     }
 
-    fn plan(&self, own_subnet: Ipv4Network, peers: &[Peer]) -> Plan {
+    fn plan<'a>(&self, own_subnet: Ipv4Network, peers: impl IntoIterator<Item = &'a Peer>) -> Plan {
         let v = self;
         let mut p = Plan::default();
         p.state.device = Some(VxlanDevice {
@@ -214,7 +214,11 @@ impl Backend for Underlay {
         BackendKind::HostGw
     }
 
-    fn plan(&self, _own_subnet: Ipv4Network, peers: &[Peer]) -> Plan {
+    fn plan<'a>(
+        &self,
+        _own_subnet: Ipv4Network,
+        peers: impl IntoIterator<Item = &'a Peer>,
+    ) -> Plan {
         let mut p = Plan::default();
         for peer in peers {
             if self.reaches_directly(peer.public_ip) {
@@ -247,7 +251,7 @@ impl Backend for Settings {
         }
     }
 
-    fn plan(&self, own_subnet: Ipv4Network, peers: &[Peer]) -> Plan {
+    fn plan<'a>(&self, own_subnet: Ipv4Network, peers: impl IntoIterator<Item = &'a Peer>) -> Plan {
         match self {
             Settings::Vxlan(v) => v.plan(own_subnet, peers),
             Settings::HostGw(u) => u.plan(own_subnet, peers),
@@ -280,30 +284,42 @@ pub enum Op {
 /// points at a gateway the kernel cannot resolve yet.
 pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
     let mut ops = Vec::new();
-    // A device that is re-created loses every entry on it.
-    let mut observed = observed.clone();
-    match (&observed.device, &desired.device) {
-        (None, Some(d)) => ops.push(Op::SetDevice(Box::new(d.clone()))),
+    // A device that is deleted (to be re-created or for good) loses every entry on it and
+    // every route through it; only then is the observed state copied.
+    let wiped = |o: &KernelState| KernelState {
+        device: None,
+        neighbours: BTreeSet::new(),
+        fdb: BTreeSet::new(),
+        routes: o
+            .routes
+            .iter()
+            .filter(|r| matches!(r.via, Via::Direct { .. }))
+            .copied()
+            .collect(),
+    };
+    let after_delete;
+    let observed = match (&observed.device, &desired.device) {
+        (None, Some(d)) => {
+            ops.push(Op::SetDevice(Box::new(d.clone())));
+            observed
+        }
         (Some(o), Some(d)) if o.needs_recreate(d) => {
             ops.push(Op::DeleteDevice(o.name.clone()));
             ops.push(Op::SetDevice(Box::new(d.clone())));
-            observed.neighbours.clear();
-            observed.fdb.clear();
-            observed
-                .routes
-                .retain(|r| matches!(r.via, Via::Direct { .. }));
+            after_delete = wiped(observed);
+            &after_delete
         }
-        (Some(o), Some(d)) if o != d => ops.push(Op::SetDevice(Box::new(d.clone()))),
+        (Some(o), Some(d)) if o != d => {
+            ops.push(Op::SetDevice(Box::new(d.clone())));
+            observed
+        }
         (Some(o), None) => {
             ops.push(Op::DeleteDevice(o.name.clone()));
-            observed.neighbours.clear();
-            observed.fdb.clear();
-            observed
-                .routes
-                .retain(|r| matches!(r.via, Via::Direct { .. }));
+            after_delete = wiped(observed);
+            &after_delete
         }
-        _ => {}
-    }
+        _ => observed,
+    };
 
     // Routes and neighbours are keyed by destination: a changed one is replaced, not deleted.
     let want_routes: BTreeMap<Ipv4Network, Via> =
