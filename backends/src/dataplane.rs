@@ -42,6 +42,8 @@ pub enum DataplaneError {
     Netlink(#[from] NlError),
     #[error("a link named {name} exists but is not a VXLAN device ({kind}); weft will not touch it: rename or remove it, or pick another device name")]
     NotVxlan { name: String, kind: String },
+    #[error("{op}: {reason}")]
+    Refused { op: String, reason: String },
 }
 
 /// What an [`Netlink::apply`] did: how many operations succeeded, and each failure.
@@ -967,11 +969,10 @@ pub fn remove_weft_state() -> Result<Removed, DataplaneError> {
         .collect();
     let report = kernel.apply(&routes);
     if let Some((op, why)) = report.failures.into_iter().next() {
-        return Err(NlError::Decode {
+        return Err(DataplaneError::Refused {
             op: format!("{op:?}"),
-            problem: why,
-        }
-        .into());
+            reason: why,
+        });
     }
     removed.routes = routes.len();
     for d in devices {
@@ -985,4 +986,131 @@ pub fn remove_weft_state() -> Result<Removed, DataplaneError> {
 /// The set of peers' subnets that a state routes, for summaries.
 pub fn routed_subnets(state: &KernelState) -> BTreeSet<Ipv4Network> {
     state.routes.iter().map(|r| r.dst).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_notifications_about_weft_state_kick_a_pass() {
+        let dev = "weft.1";
+        let idx = Some(7);
+        let cases = [
+            (Notification::Overrun, true),
+            (
+                Notification::Link {
+                    name: Some(dev.into()),
+                    index: 7,
+                    deleted: true,
+                },
+                true,
+            ),
+            (
+                Notification::Link {
+                    name: Some("eth0".into()),
+                    index: 2,
+                    deleted: false,
+                },
+                false,
+            ),
+            // weft's own permanent entries appearing: no pass.
+            (
+                Notification::Neighbour {
+                    index: 7,
+                    fdb: false,
+                    deleted: false,
+                    permanent: true,
+                },
+                false,
+            ),
+            (
+                Notification::Neighbour {
+                    index: 7,
+                    fdb: true,
+                    deleted: true,
+                    permanent: true,
+                },
+                true,
+            ),
+            (
+                Notification::Neighbour {
+                    index: 7,
+                    fdb: false,
+                    deleted: false,
+                    permanent: false,
+                },
+                true,
+            ),
+            (
+                Notification::Neighbour {
+                    index: 3,
+                    fdb: false,
+                    deleted: true,
+                    permanent: true,
+                },
+                false,
+            ),
+            (
+                Notification::Route {
+                    protocol: ROUTE_PROTOCOL,
+                    table: 254,
+                    deleted: true,
+                },
+                true,
+            ),
+            (
+                Notification::Route {
+                    protocol: ROUTE_PROTOCOL,
+                    table: 254,
+                    deleted: false,
+                },
+                false,
+            ),
+            // Someone else's route in the main table may shadow one of weft's.
+            (
+                Notification::Route {
+                    protocol: 4,
+                    table: 254,
+                    deleted: false,
+                },
+                true,
+            ),
+            (
+                Notification::Route {
+                    protocol: 4,
+                    table: 254,
+                    deleted: true,
+                },
+                false,
+            ),
+            (
+                Notification::Route {
+                    protocol: 2,
+                    table: 254,
+                    deleted: false,
+                },
+                false,
+            ),
+            (
+                Notification::Route {
+                    protocol: 4,
+                    table: 100,
+                    deleted: false,
+                },
+                false,
+            ),
+        ];
+        for (n, want) in cases {
+            assert_eq!(n.concerns_weft(dev, idx), want, "{n:?}");
+        }
+        // Before the device exists, entries on index 7 are someone else's.
+        let n = Notification::Neighbour {
+            index: 7,
+            fdb: true,
+            deleted: true,
+            permanent: true,
+        };
+        assert!(!n.concerns_weft(dev, None));
+    }
 }
