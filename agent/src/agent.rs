@@ -271,9 +271,12 @@ pub async fn run(
             own_rx,
             peer_tx,
             notice_tx,
-            move |peers, invalid| {
+            move |peers, invalid, relisted| {
                 m.peers.set(peers as i64);
                 m.invalid_leases.set(invalid as i64);
+                if relisted {
+                    m.watch_restarts.inc();
+                }
             },
             shutdown.clone(),
         )

@@ -16,6 +16,8 @@ pub enum CleanupError {
     Firewall(#[from] FirewallError),
     #[error("removing the data plane: {0}")]
     Dataplane(#[from] DataplaneError),
+    #[error("removing the CNI config: {0}")]
+    Cni(#[from] crate::install_cni::InstallError),
 }
 
 /// What [`cleanup_host`] did.

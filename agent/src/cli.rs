@@ -93,10 +93,49 @@ pub struct WeftdCli {
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Remove weft's nftables table (and, once the data plane lands, its VXLAN device and
-    /// routes) from this host, then exit; the lease in etcd is left to expire.
+    /// Remove weft's nftables table, its VXLAN devices, its routes (protocol 87) and the CNI
+    /// conflist it installed from this host, then exit; the lease in etcd is left to expire.
     #[arg(long, env = "WEFTD_CLEANUP")]
     pub cleanup: bool,
+    /// At start, install the CNI plugin and conflist (as `weftd install-cni` does).
+    #[arg(long, env = "WEFTD_INSTALL_CNI")]
+    pub install_cni: bool,
+    /// Where the CNI plugin binary is installed.
+    #[arg(long, env = "WEFTD_CNI_BIN_DIR", default_value = DEFAULT_CNI_BIN_DIR, global = true)]
+    pub cni_bin_dir: PathBuf,
+    /// Where the CNI conflist is installed (and removed by --cleanup).
+    #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = DEFAULT_CNI_CONF_DIR, global = true)]
+    pub cni_conf_dir: PathBuf,
+    /// The conflist to install (default: a built-in one for the weft plugin plus portmap).
+    #[arg(long, env = "WEFTD_CNI_CONF_SOURCE", global = true)]
+    pub cni_conf_source: Option<PathBuf>,
+    /// The plugin binary to install (default: `weft` next to weftd, then /opt/weft/bin/weft).
+    #[arg(long, env = "WEFTD_CNI_PLUGIN_SOURCE", global = true)]
+    pub cni_plugin_source: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<WeftdCommand>,
+}
+
+pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum WeftdCommand {
+    /// Install the `weft` CNI plugin into --cni-bin-dir and its conflist into --cni-conf-dir
+    /// (each written to a temporary file and renamed), then exit. For an init container.
+    InstallCni,
+}
+
+impl WeftdCli {
+    /// The install-cni settings these flags give.
+    pub fn install_cni_settings(&self) -> crate::install_cni::InstallCni {
+        crate::install_cni::InstallCni {
+            bin_dir: self.cni_bin_dir.clone(),
+            conf_dir: self.cni_conf_dir.clone(),
+            conf_source: self.cni_conf_source.clone(),
+            plugin_source: self.cni_plugin_source.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]

@@ -10,6 +10,7 @@ use axum::Router;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -28,7 +29,9 @@ pub struct Metrics {
     pub repairs: Counter<u64, AtomicU64>,
     pub peers_programmed: Gauge<i64, AtomicI64>,
     pub peers_unreachable: Gauge<i64, AtomicI64>,
-    pub reconcile_seconds: Gauge<f64, AtomicU64>,
+    pub reconcile_seconds: Histogram,
+    pub netlink_errors: Counter<u64, AtomicU64>,
+    pub watch_restarts: Counter<u64, AtomicU64>,
     pub firewall_repairs: Counter<u64, AtomicU64>,
     registry: Arc<Registry>,
 }
@@ -48,7 +51,9 @@ impl Default for Metrics {
             repairs: Counter::default(),
             peers_programmed: Gauge::default(),
             peers_unreachable: Gauge::default(),
-            reconcile_seconds: Gauge::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            netlink_errors: Counter::default(),
+            watch_restarts: Counter::default(),
             firewall_repairs: Counter::default(),
             registry: Arc::new(Registry::default()),
         };
@@ -102,7 +107,7 @@ impl Metrics {
         );
         r.register(
             "dataplane_reconcile_errors",
-            "Data-plane operations the kernel refused (retried on the next pass)",
+            "Data-plane passes that failed (kernel unreadable or an operation refused); retried",
             self.reconcile_errors.clone(),
         );
         r.register(
@@ -121,9 +126,19 @@ impl Metrics {
             self.peers_unreachable.clone(),
         );
         r.register(
-            "dataplane_last_reconcile_seconds",
-            "Duration of the last data-plane pass",
+            "dataplane_reconcile_duration_seconds",
+            "Duration of data-plane passes",
             self.reconcile_seconds.clone(),
+        );
+        r.register(
+            "netlink_errors",
+            "Netlink operations the kernel refused, and failed reads of the kernel state",
+            self.netlink_errors.clone(),
+        );
+        r.register(
+            "etcd_watch_restarts",
+            "Times the lease watch was re-established (compaction, broken stream, etcd outage)",
+            self.watch_restarts.clone(),
         );
         r.register(
             "firewall_repairs",

@@ -9,6 +9,8 @@ pub mod config;
 pub mod firewall;
 pub mod health;
 pub mod iface;
+pub mod init;
+pub mod install_cni;
 pub mod keeper;
 pub mod lease;
 pub mod logging;

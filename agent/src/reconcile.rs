@@ -139,7 +139,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         self.metrics.reconciles.inc();
         self.metrics
             .reconcile_seconds
-            .set(started.elapsed().as_secs_f64());
+            .observe(started.elapsed().as_secs_f64());
 
         let now_unreachable: BTreeSet<Ipv4Network> = unreachable.iter().map(|(s, _)| *s).collect();
         for (subnet, why) in &unreachable {
@@ -156,6 +156,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             Ok(x) => x,
             Err(e) => {
                 self.metrics.reconcile_errors.inc();
+                self.metrics.netlink_errors.inc();
                 warn!(error = %e, "cannot read the data plane from the kernel; retrying");
                 return false;
             }
@@ -172,8 +173,9 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             self.believed = Some(desired);
             true
         } else {
+            self.metrics.reconcile_errors.inc();
             self.metrics
-                .reconcile_errors
+                .netlink_errors
                 .inc_by(report.failures.len() as u64);
             for (op, why) in report.failures.iter().take(10) {
                 warn!(op = ?op, error = %why, "data-plane operation failed; retrying");

@@ -246,7 +246,8 @@ pub async fn run_peer_watch<S: LeaseStore>(
     mut own: watch::Receiver<Option<(String, Ipv4Network)>>,
     events: mpsc::Sender<Vec<PeerEvent>>,
     own_notices: mpsc::Sender<OwnKeyNotice>,
-    peer_count: impl Fn(usize, usize) + Send,
+    // (valid peers, invalid leases, whether this listing restarted the watch)
+    peer_count: impl Fn(usize, usize, bool) + Send,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut set = PeerSet::new(rules, me);
@@ -283,6 +284,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
             },
         };
         let diff = set.reset(&snap.entries);
+        let relisted = !first;
         if !first {
             info!(
                 revision = snap.revision.0,
@@ -301,7 +303,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
                     .await;
             }
         }
-        peer_count(set.len(), set.invalid_count());
+        peer_count(set.len(), set.invalid_count(), relisted);
         // The first listing is always sent, even empty: it tells the data plane that the
         // peer set is known and stale state may now be removed.
         if (!diff.is_empty() || first_sent_pending) && events.send(diff).await.is_err() {
@@ -333,7 +335,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
                     if changed.is_err() { return; }
                     own_key = own.borrow().clone();
                     let diff = set.set_own(own_key.as_ref().map(|(_, s)| *s));
-                    peer_count(set.len(), set.invalid_count());
+                    peer_count(set.len(), set.invalid_count(), relisted);
                     if !diff.is_empty() && events.send(diff).await.is_err() { return; }
                 }
                 item = stream.next() => {
@@ -352,7 +354,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
                                 }
                             }
                             let diff = set.apply(&batch);
-                            peer_count(set.len(), set.invalid_count());
+                            peer_count(set.len(), set.invalid_count(), relisted);
                             if !diff.is_empty() && events.send(diff).await.is_err() { return; }
                         }
                         Some(Err(e)) => {

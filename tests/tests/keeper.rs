@@ -96,7 +96,7 @@ impl Node {
             own_rx,
             ev_tx,
             notice_tx,
-            |_, _| {},
+            |_, _, _| {},
             stop_rx,
         )));
         Node {
@@ -474,7 +474,7 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
         own_rx,
         ev_tx,
         notice_tx,
-        |_, _| {},
+        |_, _, _| {},
         stop_rx,
     ));
 

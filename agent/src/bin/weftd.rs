@@ -5,12 +5,23 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::sync::watch;
 use weft_agent::cleanup::cleanup_host;
-use weft_agent::cli::{flannel_env_aliases, WeftdCli};
+use weft_agent::cli::{flannel_env_aliases, WeftdCli, WeftdCommand};
 use weft_agent::firewall::NftFirewall;
 use weft_agent::settings::AgentSettings;
 use weft_agent::{agent, logging};
 
 fn main() -> ExitCode {
+    weft_agent::init::unblock_inherited_signals();
+    if weft_agent::init::should_be_init() {
+        // PID 1 of a container: become a minimal init around the real agent.
+        return match weft_agent::init::run_as_init() {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("weftd: cannot start the agent under PID 1: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // flannel's FLANNELD_* names, for clusters moving over; applied before any thread runs.
     let env: Vec<(String, String)> = std::env::vars().collect();
     for (k, v) in flannel_env_aliases(&env) {
@@ -19,7 +30,16 @@ fn main() -> ExitCode {
     let cli = WeftdCli::parse();
     logging::init(cli.log_format);
     if cli.cleanup {
-        return cleanup();
+        return cleanup(&cli);
+    }
+    if let Some(WeftdCommand::InstallCni) = cli.command {
+        return match install_cni(&cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(()) => ExitCode::FAILURE,
+        };
+    }
+    if cli.install_cni && install_cni(&cli).is_err() {
+        return ExitCode::FAILURE;
     }
     let hostname = hostname::get().ok().and_then(|h| h.into_string().ok());
     let settings = match AgentSettings::from_cli(&cli, std::env::var("NODE_NAME").ok(), hostname) {
@@ -61,11 +81,23 @@ fn main() -> ExitCode {
 
 /// `--cleanup`: remove weft's host state and exit (1 if any step failed). Needs neither etcd
 /// nor the interface, so it works on a node whose configuration is gone.
-fn cleanup() -> ExitCode {
-    let report = cleanup_host(
+fn cleanup(cli: &WeftdCli) -> ExitCode {
+    let mut report = cleanup_host(
         &mut NftFirewall::new(None),
         weft_backends::dataplane::remove_weft_state,
     );
+    let conflist = cli
+        .cni_conf_dir
+        .join(weft_agent::install_cni::CONFLIST_NAME);
+    match weft_agent::install_cni::uninstall(&cli.cni_conf_dir) {
+        Ok(true) => report
+            .removed
+            .push(format!("CNI config {}", conflist.display())),
+        Ok(false) => report
+            .absent
+            .push(format!("CNI config {}", conflist.display())),
+        Err(e) => report.errors.push(e.into()),
+    }
     for object in &report.removed {
         tracing::info!(%object, "removed");
     }
@@ -90,5 +122,25 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Install the CNI plugin and conflist; errors are logged.
+fn install_cni(cli: &WeftdCli) -> Result<(), ()> {
+    match weft_agent::install_cni::install(&cli.install_cni_settings()) {
+        Ok(done) => {
+            tracing::info!(
+                plugin = %done.plugin.display(),
+                plugin_written = done.plugin_written,
+                conflist = %done.conflist.display(),
+                conflist_written = done.conflist_written,
+                "CNI plugin installed"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the CNI plugin");
+            Err(())
+        }
     }
 }

@@ -1,0 +1,310 @@
+//! Installing the CNI plugin on the node: the `weft` binary into the CNI bin directory and
+//! the network list into the CNI config directory, both atomically.
+//!
+//! kubelet (through the runtime) reads every `*.conf`, `*.conflist` and `*.json` in the config
+//! directory, at any moment, and execs whatever is in the bin directory. So each file is
+//! written under a hidden temporary name in the same directory (never matching those
+//! patterns), flushed, given its mode, and renamed over the target: a reader sees the old file
+//! or the new one, never half of one. A file that already has the right content is left
+//! alone, so running the installer again (every weftd start) changes nothing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The conflist weft installs when no other is given (the same as deploy/10-weft.conflist).
+pub const DEFAULT_CONFLIST: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "weft",
+  "plugins": [
+    {
+      "type": "weft",
+      "subnetFile": "/run/weft/subnet.env",
+      "dataDir": "/var/lib/cni/weft",
+      "bridge": "cni0",
+      "hairpinMode": true,
+      "isDefaultGateway": true
+    },
+    {
+      "type": "portmap",
+      "capabilities": { "portMappings": true }
+    }
+  ]
+}
+"#;
+
+/// The conflist's file name; the `10-` prefix puts it before most others.
+pub const CONFLIST_NAME: &str = "10-weft.conflist";
+/// The plugin's file name in the CNI bin directory (its `type`).
+pub const PLUGIN_NAME: &str = "weft";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("reading {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the CNI config {path} is not usable: {problem}")]
+    BadConflist { path: String, problem: String },
+    #[error("no weft plugin binary found (looked at {looked}); pass --cni-plugin-source")]
+    NoPlugin { looked: String },
+}
+
+/// Where to install from and to.
+#[derive(Clone, Debug)]
+pub struct InstallCni {
+    pub bin_dir: PathBuf,
+    pub conf_dir: PathBuf,
+    /// The conflist text's file; `None` for [`DEFAULT_CONFLIST`].
+    pub conf_source: Option<PathBuf>,
+    /// The plugin binary to copy; `None` to look next to the running executable, then at
+    /// `/opt/weft/bin/weft` (the image's place for it).
+    pub plugin_source: Option<PathBuf>,
+}
+
+/// What [`install`] did, for the log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Installed {
+    pub plugin: PathBuf,
+    pub plugin_written: bool,
+    pub conflist: PathBuf,
+    pub conflist_written: bool,
+}
+
+/// Check that `text` is a network list whose plugins include `weft` (pure).
+pub fn validate_conflist(text: &str, source: &str) -> Result<(), InstallError> {
+    let bad = |problem: String| InstallError::BadConflist {
+        path: source.to_string(),
+        problem,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if !v.get("name").is_some_and(|n| n.is_string()) {
+        return Err(bad("no \"name\"".into()));
+    }
+    if !v.get("cniVersion").is_some_and(|n| n.is_string()) {
+        return Err(bad("no \"cniVersion\"".into()));
+    }
+    let plugins = v
+        .get("plugins")
+        .and_then(|p| p.as_array())
+        .ok_or_else(|| bad("no \"plugins\" list (a .conflist is needed)".into()))?;
+    if !plugins
+        .iter()
+        .any(|p| p.get("type").and_then(|t| t.as_str()) == Some(PLUGIN_NAME))
+    {
+        return Err(bad(format!("no plugin of type \"{PLUGIN_NAME}\"")));
+    }
+    Ok(())
+}
+
+fn plugin_source(explicit: Option<&Path>) -> Result<PathBuf, InstallError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut looked = Vec::new();
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(PLUGIN_NAME)));
+    for candidate in beside
+        .into_iter()
+        .chain([PathBuf::from("/opt/weft/bin").join(PLUGIN_NAME)])
+    {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        looked.push(candidate.display().to_string());
+    }
+    Err(InstallError::NoPlugin {
+        looked: looked.join(", "),
+    })
+}
+
+/// Write `content` to `target` through a hidden temporary file in the same directory, unless
+/// it already holds exactly that. Returns whether it wrote.
+fn write_atomically(target: &Path, content: &[u8], mode: u32) -> Result<bool, InstallError> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::read(target).is_ok_and(|old| old == content) {
+        let perms = std::fs::metadata(target).map(|m| m.permissions().mode() & 0o777);
+        if perms.is_ok_and(|m| m == mode) {
+            return Ok(false);
+        }
+    }
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.weft-tmp-{}", std::process::id()));
+    let err = |source| InstallError::Write {
+        path: target.to_path_buf(),
+        source,
+    };
+    let result = (|| {
+        std::fs::create_dir_all(dir)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(content)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, target)?;
+        // The rename is durable once the directory is.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| true).map_err(err)
+}
+
+/// Install the plugin and the conflist. Everything is read and checked before anything is
+/// written, so bad input changes nothing on the node.
+pub fn install(opts: &InstallCni) -> Result<Installed, InstallError> {
+    let (conflist_text, conf_source) = match &opts.conf_source {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|source| InstallError::Read {
+                what: "the CNI config",
+                path: p.clone(),
+                source,
+            })?,
+            p.display().to_string(),
+        ),
+        None => (DEFAULT_CONFLIST.to_string(), "(built-in)".to_string()),
+    };
+    validate_conflist(&conflist_text, &conf_source)?;
+    let source = plugin_source(opts.plugin_source.as_deref())?;
+    let plugin_bytes = std::fs::read(&source).map_err(|source_err| InstallError::Read {
+        what: "the plugin binary",
+        path: source.clone(),
+        source: source_err,
+    })?;
+    let plugin = opts.bin_dir.join(PLUGIN_NAME);
+    let conflist = opts.conf_dir.join(CONFLIST_NAME);
+    // The binary first: a conflist naming a plugin that is not there yet would fail pods.
+    let plugin_written = write_atomically(&plugin, &plugin_bytes, 0o755)?;
+    let conflist_written = write_atomically(&conflist, conflist_text.as_bytes(), 0o644)?;
+    Ok(Installed {
+        plugin,
+        plugin_written,
+        conflist,
+        conflist_written,
+    })
+}
+
+/// Remove the conflist weft installed (the plugin binary stays: pods still being deleted may
+/// need it). Returns whether there was one.
+pub fn uninstall(conf_dir: &Path) -> Result<bool, InstallError> {
+    let path = conf_dir.join(CONFLIST_NAME);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(InstallError::Write { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn setup() -> (tempfile::TempDir, InstallCni) {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = dir.path().join("src-weft");
+        std::fs::write(&plugin, b"\x7fELF fake plugin").unwrap();
+        let opts = InstallCni {
+            bin_dir: dir.path().join("bin"),
+            conf_dir: dir.path().join("net.d"),
+            conf_source: None,
+            plugin_source: Some(plugin),
+        };
+        (dir, opts)
+    }
+
+    #[test]
+    fn installs_both_files_with_modes_and_is_idempotent() {
+        let (_dir, opts) = setup();
+        let first = install(&opts).unwrap();
+        assert!(first.plugin_written && first.conflist_written);
+        assert_eq!(
+            std::fs::read(&first.plugin).unwrap(),
+            b"\x7fELF fake plugin"
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&first.plugin), 0o755);
+        assert_eq!(mode(&first.conflist), 0o644);
+        assert_eq!(
+            std::fs::read_to_string(&first.conflist).unwrap(),
+            DEFAULT_CONFLIST
+        );
+        let again = install(&opts).unwrap();
+        assert!(!again.plugin_written && !again.conflist_written);
+        // Nothing but the two files is left in the directories.
+        for d in [&opts.bin_dir, &opts.conf_dir] {
+            assert_eq!(std::fs::read_dir(d).unwrap().count(), 1);
+        }
+        assert!(uninstall(&opts.conf_dir).unwrap());
+        assert!(!uninstall(&opts.conf_dir).unwrap());
+        assert!(opts.bin_dir.join(PLUGIN_NAME).exists(), "the plugin stays");
+    }
+
+    #[test]
+    fn a_changed_source_replaces_the_installed_file() {
+        let (dir, mut opts) = setup();
+        install(&opts).unwrap();
+        let custom = dir.path().join("custom.conflist");
+        let text = DEFAULT_CONFLIST.replace("cni0", "weft0");
+        std::fs::write(&custom, &text).unwrap();
+        opts.conf_source = Some(custom);
+        let r = install(&opts).unwrap();
+        assert!(r.conflist_written && !r.plugin_written);
+        assert_eq!(std::fs::read_to_string(r.conflist).unwrap(), text);
+    }
+
+    #[test]
+    fn bad_input_is_refused_before_anything_is_written() {
+        let (dir, mut opts) = setup();
+        for (text, want) in [
+            ("not json", "not JSON"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"x","type":"weft"}"#,
+                "plugins",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#,
+                "no plugin of type \"weft\"",
+            ),
+        ] {
+            let f = dir.path().join("bad.conflist");
+            std::fs::write(&f, text).unwrap();
+            opts.conf_source = Some(f);
+            let e = install(&opts).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+            assert!(e.contains("bad.conflist"), "{e}");
+            assert!(!opts.bin_dir.exists() && !opts.conf_dir.exists());
+        }
+        opts.conf_source = None;
+        opts.plugin_source = Some(dir.path().join("missing"));
+        let e = install(&opts).unwrap_err().to_string();
+        assert!(e.contains("plugin binary") && e.contains("missing"), "{e}");
+        assert!(!opts.conf_dir.exists());
+    }
+
+    #[test]
+    fn the_built_in_conflist_matches_the_shipped_example() {
+        let shipped = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/10-weft.conflist"
+        ))
+        .unwrap();
+        let a: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+        let b: serde_json::Value = serde_json::from_str(DEFAULT_CONFLIST).unwrap();
+        assert_eq!(a, b);
+    }
+}
