@@ -123,6 +123,16 @@ fn fdb(lab: &Lab, h: usize) -> String {
     out
 }
 
+/// One series from host `h`'s /metrics.
+fn metric(lab: &Lab, h: usize, name: &str) -> Option<f64> {
+    let (_, body, _) = lab.exec_in(
+        lab.host_name(h),
+        "curl",
+        &["-s", "--max-time", "5", "http://127.0.0.1:8471/metrics"],
+    );
+    weft_tests::procs::metric(&body, name)
+}
+
 fn check(lab: &Lab, h: usize) -> (i32, String, String) {
     let netctl = bin("netctl").display().to_string();
     let file = lab.subnet_file(h).display().to_string();
@@ -223,6 +233,9 @@ fn hand_deleted_routes_neighbours_fdb_entries_and_the_device_are_restored() {
         || lab.ping(&pod1, ip2),
     );
     assert!(lab.weftd_log(1).contains("repaired the data plane"));
+    let repairs = metric(&lab, 1, "weft_dataplane_repairs_total").unwrap();
+    assert!(repairs >= 5.0, "each fault counted as a repair: {repairs}");
+    assert_eq!(metric(&lab, 1, "weft_netlink_errors_total"), Some(0.0));
 
     // netctl check sees drift that weftd is not there to repair.
     let mut lab = lab;
@@ -451,6 +464,12 @@ fn an_etcd_outage_loses_no_reply_and_a_host_joining_after_it_is_reachable_at_onc
     lab.start_etcd_again();
     let (sent, got, text) = ping_result(ping, Duration::from_secs(60));
     assert_eq!(sent, got, "replies lost during the etcd outage:\n{text}");
+    within(
+        &lab,
+        Duration::from_secs(10),
+        "the watch restarted after the outage",
+        || metric(&lab, 1, "weft_etcd_watch_restarts_total").is_some_and(|n| n >= 1.0),
+    );
 
     // A host joining now is reachable from h1's pod within a second of having a pod.
     lab.start_weftd(3);

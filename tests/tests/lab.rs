@@ -264,7 +264,55 @@ fn assert_full_connectivity(opts: LabOptions) -> Lab {
 
 #[test]
 fn pods_reach_pods_and_hosts_across_hosts_over_vxlan() {
-    assert_full_connectivity(hosts(3));
+    let lab = assert_full_connectivity(hosts(3));
+    // Every host's /metrics, scraped as Prometheus would, has the series with sane values.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for h in 1..=3 {
+        let (code, body, err) = lab.exec_in(
+            lab.host_name(h),
+            "curl",
+            &[
+                "-s",
+                "--fail",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:8471/metrics",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let m = |name: &str| {
+            weft_tests::procs::metric(&body, name)
+                .unwrap_or_else(|| panic!("h{h}: no {name} in:\n{body}"))
+        };
+        assert_eq!(m("weft_lease_held"), 1.0);
+        let expiry = m("weft_lease_expiry_timestamp_seconds");
+        assert!(
+            expiry > now && expiry < now + 25.0 * 3600.0,
+            "expiry {expiry}"
+        );
+        assert_eq!(m("weft_peers"), 2.0);
+        assert_eq!(m("weft_invalid_leases"), 0.0);
+        assert_eq!(m("weft_dataplane_peers_programmed"), 2.0);
+        assert_eq!(m("weft_dataplane_peers_unreachable"), 0.0);
+        assert!(m("weft_dataplane_reconciles_total") >= 1.0);
+        assert_eq!(m("weft_dataplane_reconcile_errors_total"), 0.0);
+        assert_eq!(m("weft_netlink_errors_total"), 0.0);
+        assert_eq!(m("weft_etcd_watch_restarts_total"), 0.0);
+        assert!(m("weft_etcd_requests_total") >= 3.0);
+        assert!(m("weft_dataplane_reconcile_duration_seconds_count") >= 1.0);
+        assert!(m("weft_dataplane_reconcile_duration_seconds_sum") > 0.0);
+        assert!(m("weft_subnet_env_writes_total") >= 1.0);
+        for series in [
+            "weft_dataplane_repairs_total",
+            "weft_firewall_repairs_total",
+            "weft_lease_changes_total",
+        ] {
+            m(series);
+        }
+    }
 }
 
 #[test]
