@@ -261,3 +261,56 @@ fn weftd_as_pid_1_reaps_orphans_and_stops_promptly_on_sigterm() {
         assert!(state_of(p).is_none(), "process {p} left behind");
     }
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_interface_choice_as_fields() {
+    let ns = Netns::new("jlog");
+    ns.ip(&["link", "set", "lo", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let subnet_file = dir.path().join("subnet.env").display().to_string();
+    let mut cmd = ns.cmd(bin("weftd"));
+    cmd.args([
+        "--log-format",
+        "json",
+        "--etcd-endpoints",
+        "http://127.0.0.1:9",
+    ])
+    .args([
+        "--iface",
+        "lo",
+        "--subnet-file",
+        &subnet_file,
+        "--healthz-port",
+        "0",
+    ])
+    .env("WEFT_LOG", "info");
+    let mut p = Proc::spawn("weftd-json", cmd, &dir.path().join("weftd.log"));
+    let start = Instant::now();
+    while !p.log_text().contains("cannot read leases from etcd") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no etcd warning:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.stop(Duration::from_secs(5));
+    let text = p.log_text();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let choice = lines
+        .iter()
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("using interface lo because"))
+        })
+        .unwrap_or_else(|| panic!("no interface line in:\n{text}"));
+    assert_eq!(choice["level"], "INFO");
+    assert_eq!(choice["fields"]["iface"], "lo");
+    assert_eq!(choice["fields"]["public_ip"], "127.0.0.1");
+    assert!(lines.iter().any(|v| v["level"] == "WARN"));
+}
