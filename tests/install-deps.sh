@@ -3,8 +3,15 @@
 # etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl,
 # ping, curl and sysctl (the lab), the reference CNI plugins (portmap chaining, the benchmark
 # baseline) with iptables for portmap, and podman + runc + a static busybox for the
-# container-runtime end-to-end test.
+# container-runtime end-to-end test; kubectl (Debian's kubernetes-client, for its built-in
+# kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest tests.
 set -euo pipefail
+
+# kubernetes-validate ships the Kubernetes JSON schemas inside the package, so the manifest
+# tests validate offline. Pinned: tests/tests/manifests.rs names Kubernetes versions whose
+# schemas this release bundles (1.25 to 1.37).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+KUBERNETES_VALIDATE_VENV=/opt/weft-test-tools/kubernetes-validate
 
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
@@ -21,6 +28,8 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -31,6 +40,32 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# kubernetes-validate, unless the pinned version already answers on PATH. A venv of its own
+# (not pip into the system Python, which Debian marks externally managed), linked into
+# /usr/local/bin. A Debian Python without ensurepip gets python3-venv first.
+if [ "$(kubernetes-validate --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "kubernetes-validate $KUBERNETES_VALIDATE_VERSION missing; run as root (sudo) to install it" >&2
+    exit 1
+  fi
+  echo "installing: kubernetes-validate==$KUBERNETES_VALIDATE_VERSION (pip, in $KUBERNETES_VALIDATE_VENV)" >&2
+  rm -rf "$KUBERNETES_VALIDATE_VENV"
+  if ! python3 -m venv "$KUBERNETES_VALIDATE_VENV" >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$KUBERNETES_VALIDATE_VENV"
+    python3 -m venv "$KUBERNETES_VALIDATE_VENV"
+  fi
+  "$KUBERNETES_VALIDATE_VENV/bin/python3" -m pip install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  ln -sf "$KUBERNETES_VALIDATE_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+  [ "$(kubernetes-validate --version)" = "$KUBERNETES_VALIDATE_VERSION" ] || {
+    echo "kubernetes-validate on PATH is not $KUBERNETES_VALIDATE_VERSION after installing it" >&2
+    exit 1
+  }
 fi
 
 # The Debian etcd-server package starts a system etcd on 127.0.0.1:2379; weft's tests use
