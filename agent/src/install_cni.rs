@@ -11,7 +11,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The conflist weft installs when no other is given (the same as deploy/10-weft.conflist).
+/// The conflist weft installs when no other is given (the same as deploy/base/10-weft.conflist).
 pub const DEFAULT_CONFLIST: &str = r#"{
   "cniVersion": "1.0.0",
   "name": "weft",
@@ -300,7 +300,7 @@ mod tests {
     fn the_built_in_conflist_matches_the_shipped_example() {
         let shipped = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/10-weft.conflist"
+            "/../deploy/base/10-weft.conflist"
         ))
         .unwrap();
         let a: serde_json::Value = serde_json::from_str(&shipped).unwrap();
