@@ -298,11 +298,20 @@ pub async fn run<S: LeaseStore>(
     store: &S,
     subnet_file: &Path,
     iface: Option<&str>,
+    net_config: Option<&Path>,
     output: Output,
 ) -> Result<CommandOutput, CheckError> {
     let env = SubnetEnv::read(subnet_file).map_err(|e| CheckError::Other(e.to_string()))?;
-    let snap = store.snapshot(true).await?;
-    let cfg = match snap.config.as_deref().map(NetConfig::parse) {
+    let snap = store.snapshot(net_config.is_none()).await?;
+    let file_cfg =
+        match net_config {
+            None => None,
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                CheckError::Other(format!("network config file {}: {e}", p.display()))
+            })?),
+        };
+    let text = file_cfg.as_deref().or(snap.config.as_deref());
+    let cfg = match text.map(NetConfig::parse) {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             return Err(CheckError::Other(format!(

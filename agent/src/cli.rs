@@ -156,6 +156,10 @@ pub enum Output {
 pub struct NetctlCli {
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    /// Read the network config from this file instead of `<prefix>/config` in etcd (as weftd
+    /// run with --net-config does).
+    #[arg(long, env = "WEFTD_NET_CONFIG", global = true)]
+    pub net_config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: NetctlCommand,
 }

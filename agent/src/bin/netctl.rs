@@ -23,6 +23,10 @@ fn main() -> ExitCode {
         .build()
         .expect("runtime");
     let result = runtime.block_on(async {
+        // `config` with a config file needs no etcd at all.
+        if let (NetctlCommand::Config { output }, Some(path)) = (&cli.command, &cli.net_config) {
+            return config_from_file(path, *output);
+        }
         let store = EtcdStore::connect(&opts).await.map_err(|e| e.to_string())?;
         match cli.command {
             NetctlCommand::Leases { output } => netctl::leases(&store, output)
@@ -38,9 +42,15 @@ fn main() -> ExitCode {
                 subnet_file,
                 iface,
                 output,
-            } => weft_agent::check::run(&store, &subnet_file, iface.as_deref(), output)
-                .await
-                .map_err(|e| e.to_string()),
+            } => weft_agent::check::run(
+                &store,
+                &subnet_file,
+                iface.as_deref(),
+                cli.net_config.as_deref(),
+                output,
+            )
+            .await
+            .map_err(|e| e.to_string()),
         }
     });
     match result {
@@ -55,4 +65,22 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `netctl --net-config FILE config`: the file's config, checked as weftd checks it.
+fn config_from_file(
+    path: &std::path::Path,
+    output: weft_agent::cli::Output,
+) -> Result<netctl::CommandOutput, String> {
+    let text =
+        std::fs::read(path).map_err(|e| format!("network config file {}: {e}", path.display()))?;
+    let mut out = netctl::CommandOutput::default();
+    match weft_agent::config::NetConfig::parse(&text) {
+        Ok(cfg) => out.stdout = netctl::render_config(&cfg, output),
+        Err(e) => {
+            out.stderr = format!("{}: {e}\n", path.display());
+            out.code = 1;
+        }
+    }
+    Ok(out)
 }
