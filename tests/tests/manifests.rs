@@ -451,7 +451,6 @@ fn weftd_command_env_probes_and_resources() {
         cmd,
         [
             "/usr/local/bin/weftd",
-            "--net-config=/etc/weft/net-conf.json",
             "--ip-masq",
             "--install-cni",
             "--cni-conf-source=/etc/weft/cni-conf.json",
@@ -476,6 +475,11 @@ fn weftd_command_env_probes_and_resources() {
     assert_eq!(
         env_var(weftd, "WEFTD_ETCD_ENDPOINTS")["valueFrom"],
         json!({"configMapKeyRef": {"name": "weft-config", "key": "etcd-endpoints"}})
+    );
+    // weftd and netctl (kubectl exec) both read the mounted config file.
+    assert_eq!(
+        env_var(weftd, "WEFTD_NET_CONFIG")["value"],
+        "/etc/weft/net-conf.json"
     );
 
     let live = &weftd["livenessProbe"]["httpGet"];
