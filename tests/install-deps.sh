@@ -3,7 +3,8 @@
 # etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl,
 # ping, curl and sysctl (the lab), the reference CNI plugins (portmap chaining, the benchmark
 # baseline) with iptables for portmap, and podman + runc + a static busybox for the
-# container-runtime end-to-end test.
+# container-runtime end-to-end test (podman, runc and nftables also serve the image test,
+# which builds deploy/image with podman build).
 set -euo pipefail
 
 need=()
