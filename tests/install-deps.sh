@@ -3,8 +3,10 @@
 # etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl,
 # ping, curl and sysctl (the lab), the reference CNI plugins (portmap chaining, the benchmark
 # baseline) with iptables for portmap, and podman + runc + a static busybox for the
-# container-runtime end-to-end test; kubectl (Debian's kubernetes-client, for its built-in
-# kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest tests.
+# container-runtime end-to-end test (podman, runc and nftables also serve the image test,
+# which builds deploy/image with podman build); kubectl (Debian's kubernetes-client, for its
+# built-in kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest
+# tests.
 set -euo pipefail
 
 # kubernetes-validate ships the Kubernetes JSON schemas inside the package, so the manifest

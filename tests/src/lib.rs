@@ -1,13 +1,15 @@
 //! Test harness for weft's integration tests and benchmarks: real etcd processes (single,
 //! clustered, TLS), the real weftd/netctl binaries, small HTTP probes, and the multi-host lab
-//! (hosts and pods as network namespaces). Everything runs on loopback or inside namespaces
-//! made here; every process started here is stopped by its pid when its handle drops.
+//! (hosts and pods as network namespaces), and rootful podman with its state in a temp dir.
+//! Everything runs on loopback or inside namespaces made here; every process started here is
+//! stopped by its pid when its handle drops.
 
 pub mod bench;
 pub mod etcd;
 pub mod forward;
 pub mod lab;
 pub mod netns;
+pub mod podman;
 pub mod procs;
 
 use std::time::{Duration, Instant};

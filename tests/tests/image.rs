@@ -1,0 +1,427 @@
+//! weft's container image (deploy/image): `deploy/image/build.sh --bin-dir <cargo's binaries>`
+//! builds it into a temporary podman storage, and the test checks what is in it — exactly
+//! weftd, netctl, the weft CNI plugin, nft and the shared libraries `ldd` lists for them, the
+//! two empty directories, the entrypoint and labels — and that each binary runs inside it
+//! (`podman run --network none`): weftd and netctl print the workspace version, the plugin
+//! answers CNI VERSION, nft prints its version and applies weft's masquerade ruleset in the
+//! container's own network namespace.
+//!
+//! podman runs in the environment of `weft_tests::podman` (storage, runc state, /var/lib and
+//! /var/tmp in a temp dir, a test network namespace as its host); the Drop guard removes the
+//! containers, their cgroups and the temp dir with the image, also when the test fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use serde_json::Value;
+use weft_agent::firewall::{render, MasqRules};
+use weft_tests::podman::{require_program, Podman};
+use weft_tests::procs::{bin, run_input};
+
+/// The workspace version (weft-tests inherits it).
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const NFT: &str = "/usr/sbin/nft";
+/// The binaries the image carries, at their paths in the image, with their names in the
+/// cargo target directory.
+const WEFT_BINARIES: [(&str, &str); 3] = [
+    ("/usr/local/bin/weftd", "weftd"),
+    ("/usr/local/bin/netctl", "netctl"),
+    ("/opt/weft/bin/weft", "weft"),
+];
+const EMPTY_DIRS: [&str; 2] = ["/etc/weft", "/run/weft"];
+/// Where rootful podman keeps its state by default; the test must create none of them.
+const DEFAULT_PODMAN_PATHS: [&str; 5] = [
+    "/var/lib/containers",
+    "/run/containers",
+    "/run/libpod",
+    "/run/runc",
+    "/var/lib/cni",
+];
+/// Upper bound for everything in the image except weft's own binaries: glibc's loader,
+/// libc, libm, libgcc_s and nft with its eight libraries come to ≈ 5.6 MB on Debian 12. The
+/// bound catches a copied directory or an extra runtime, not a library update.
+const RUNTIME_MAX_BYTES: u64 = 16_000_000;
+/// Sanity bound for the whole image. Built from `cargo build` (debug) binaries with their
+/// debug info stripped it is ≈ 68 MB, from release binaries ≈ 29 MB; the debug weftd alone is
+/// ≈ 157 MB with its debug info, so a build that forgot to strip fails here.
+const IMAGE_MAX_BYTES: u64 = 100_000_000;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The shared objects `ldd` lists for `binary` (absolute paths, the loader included).
+fn shared_libs(binary: &Path) -> BTreeSet<String> {
+    let (code, out, err) = run_input(
+        Command::new("ldd").arg(binary).env("LC_ALL", "C"),
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "ldd {}: {err}{out}", binary.display());
+    assert!(
+        !out.contains("not found"),
+        "{} misses libraries on this machine:\n{out}",
+        binary.display()
+    );
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [_, "=>", path, ..] if path.starts_with('/') => Some(path.to_string()),
+                [path, ..] if path.starts_with('/') => Some(path.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// One entry of the image's file system.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File { size: u64, mode: u32 },
+    Other(String),
+}
+
+/// Every path below `root`, as an absolute path inside the image.
+fn walk(root: &Path) -> BTreeMap<String, Entry> {
+    use std::os::unix::fs::PermissionsExt;
+    fn visit(root: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = e.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = format!("/{}", path.strip_prefix(root).unwrap().display());
+            let ft = meta.file_type();
+            if ft.is_dir() {
+                out.insert(rel, Entry::Dir);
+                visit(root, &path, out);
+            } else if ft.is_file() {
+                out.insert(
+                    rel,
+                    Entry::File {
+                        size: meta.len(),
+                        mode: meta.permissions().mode() & 0o7777,
+                    },
+                );
+            } else {
+                out.insert(rel, Entry::Other(format!("{ft:?}")));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    visit(root, root, &mut out);
+    out
+}
+
+/// `/a/b/c` → `/a`, `/a/b`.
+fn ancestors(path: &str) -> impl Iterator<Item = String> + '_ {
+    Path::new(path)
+        .ancestors()
+        .skip(1)
+        .filter(|a| *a != Path::new("/"))
+        .map(|a| a.display().to_string())
+}
+
+fn podman_state_paths() -> BTreeSet<&'static str> {
+    DEFAULT_PODMAN_PATHS
+        .into_iter()
+        .filter(|p| Path::new(p).exists())
+        .collect()
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+#[test]
+fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
+    let state_before = podman_state_paths();
+    require_program("bash");
+    require_program("ldd");
+    assert!(
+        Path::new(NFT).is_file(),
+        "{NFT} not found: run `sudo bash tests/install-deps.sh` (it installs nftables)"
+    );
+    let bin_dir = bin("weftd").parent().unwrap().to_path_buf();
+    let image = format!("localhost/weft:{VERSION}");
+    let p = Podman::new("image");
+    let temp = p.path("");
+
+    // Build: the script copies the binaries cargo already built, no cargo run, no pull.
+    let script = repo_root().join("deploy/image/build.sh");
+    let (code, out, err) = run_input(
+        p.command("bash")
+            .arg(&script)
+            .arg("--bin-dir")
+            .arg(&bin_dir),
+        None,
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, 0, "build.sh failed ({code}):\n{err}\n{out}");
+    assert_eq!(out.trim(), image, "build.sh prints the image name:\n{err}");
+    eprintln!("{}", err.lines().last().unwrap_or_default());
+    assert_eq!(p.podman(&["image", "exists", &image]).0, 0, "no {image}");
+
+    // Configuration: entrypoint, labels, PATH (weftd looks nft up there), two layers.
+    let inspect: Value = serde_json::from_str(&p.ok(&["image", "inspect", &image])).unwrap();
+    let info = &inspect[0];
+    let config = &info["Config"];
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!(["/usr/local/bin/weftd"])
+    );
+    assert!(
+        config["Cmd"].is_null(),
+        "no CMD expected: {}",
+        config["Cmd"]
+    );
+    let labels = &config["Labels"];
+    assert_eq!(labels["org.opencontainers.image.title"], "weft");
+    assert_eq!(labels["org.opencontainers.image.version"], VERSION);
+    assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0");
+    assert!(
+        labels["org.opencontainers.image.source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("http")),
+        "source label: {labels}"
+    );
+    let env: Vec<&str> = config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("PATH=") && e.split(':').any(|d| d.ends_with("/usr/sbin"))),
+        "PATH must name /usr/sbin (nft): {env:?}"
+    );
+    assert_eq!(
+        info["RootFS"]["Layers"].as_array().map(Vec::len),
+        Some(2),
+        "a runtime layer and a weft layer: {}",
+        info["RootFS"]
+    );
+
+    // Contents: exactly the four programs, the libraries ldd lists for them, two empty
+    // directories, and the directories leading to them. No shell, nothing else.
+    let mut libs = shared_libs(Path::new(NFT));
+    for (_, name) in WEFT_BINARIES {
+        libs.extend(shared_libs(&bin_dir.join(name)));
+    }
+    let programs: BTreeSet<String> = WEFT_BINARIES
+        .iter()
+        .map(|(path, _)| path.to_string())
+        .chain([NFT.to_string()])
+        .collect();
+    let want_files: BTreeSet<String> = programs.iter().chain(&libs).cloned().collect();
+    let want_dirs: BTreeSet<String> = want_files
+        .iter()
+        .map(String::as_str)
+        .chain(EMPTY_DIRS)
+        .flat_map(|p| ancestors(p).collect::<Vec<_>>())
+        .chain(EMPTY_DIRS.map(String::from))
+        .collect();
+    let mount = p.ok(&["image", "mount", &image]);
+    let tree = walk(Path::new(mount.trim()));
+    p.ok(&["image", "unmount", &image]);
+    let files: BTreeSet<String> = tree
+        .iter()
+        .filter(|(_, e)| **e != Entry::Dir)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let dirs: BTreeSet<String> = tree
+        .iter()
+        .filter(|(_, e)| **e == Entry::Dir)
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert_eq!(
+        files.difference(&want_files).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "files in the image that should not be there"
+    );
+    assert_eq!(
+        want_files.difference(&files).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "files missing from the image"
+    );
+    assert_eq!(dirs, want_dirs, "directories in the image");
+    for dir in EMPTY_DIRS {
+        assert!(
+            !tree.keys().any(|p| p.starts_with(&format!("{dir}/"))),
+            "{dir} is not empty"
+        );
+    }
+    for path in &programs {
+        match &tree[path] {
+            Entry::File { mode, .. } => {
+                assert_eq!(mode & 0o111, 0o111, "{path} is not executable ({mode:o})")
+            }
+            other => panic!("{path} is not a regular file: {other:?}"),
+        }
+    }
+
+    // Size: the files, and nothing hidden besides them.
+    let size_of = |pred: &dyn Fn(&str) -> bool| -> u64 {
+        tree.iter()
+            .filter(|(p, _)| pred(p))
+            .map(|(_, e)| match e {
+                Entry::File { size, .. } => *size,
+                _ => 0,
+            })
+            .sum()
+    };
+    let content = size_of(&|_| true);
+    let weft = size_of(&|p| WEFT_BINARIES.iter().any(|(w, _)| *w == p));
+    let image_size = info["Size"].as_u64().expect("image size");
+    eprintln!(
+        "image {image}: {} (files {}: weft binaries {}, loader + libraries + nft {})",
+        mb(image_size),
+        mb(content),
+        mb(weft),
+        mb(content - weft)
+    );
+    assert!(
+        content - weft < RUNTIME_MAX_BYTES,
+        "runtime part is {} (bound {})",
+        mb(content - weft),
+        mb(RUNTIME_MAX_BYTES)
+    );
+    assert!(
+        image_size >= content && image_size < content + 1_000_000,
+        "image size {image_size} should be its files ({content}) plus tar headers"
+    );
+    assert!(
+        image_size < IMAGE_MAX_BYTES,
+        "image is {} (bound {})",
+        mb(image_size),
+        mb(IMAGE_MAX_BYTES)
+    );
+
+    // Each program runs inside the image, with no network and no pull.
+    let run_in_image = |extra: &[&str], args: &[&str], input: Option<&[u8]>| {
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--pull=never",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &p.cgroup_parent,
+        ];
+        all.extend_from_slice(extra);
+        all.push(&image);
+        all.extend_from_slice(args);
+        let (code, out, err) = match input {
+            Some(bytes) => p.podman_input(&all, bytes),
+            None => p.podman(&all),
+        };
+        assert_eq!(
+            code,
+            0,
+            "podman {} failed ({code}):\n{err}\n{out}",
+            all.join(" ")
+        );
+        out
+    };
+    // weftd through the image's ENTRYPOINT.
+    assert_eq!(
+        run_in_image(&[], &["--version"], None).trim(),
+        format!("weftd {VERSION}")
+    );
+    assert_eq!(
+        run_in_image(
+            &["--entrypoint", "/usr/local/bin/netctl"],
+            &["--version"],
+            None
+        )
+        .trim(),
+        format!("netctl {VERSION}")
+    );
+    // The plugin has no --version: CNI VERSION is its version answer. It must be the same
+    // as the one the binary cargo built gives.
+    let out = run_in_image(
+        &[
+            "--entrypoint",
+            "/opt/weft/bin/weft",
+            "--env",
+            "CNI_COMMAND=VERSION",
+        ],
+        &[],
+        None,
+    );
+    let answer: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("CNI VERSION answer is not JSON ({e}): {out}"));
+    let supported: Vec<&str> = answer["supportedVersions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        supported.contains(&"1.0.0") && supported.contains(&"1.1.0"),
+        "{answer}"
+    );
+    let (code, host_out, err) = run_input(
+        Command::new(bin("weft")).env("CNI_COMMAND", "VERSION"),
+        Some(b""),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "weft VERSION on the host: {err}");
+    assert_eq!(
+        answer,
+        serde_json::from_str::<Value>(host_out.trim()).unwrap()
+    );
+    // nft: the same version as the host's, and it applies weft's ruleset (in the
+    // container's own network namespace, which goes away with it).
+    let (code, host_nft, err) = run_input(
+        Command::new(NFT).arg("--version"),
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "nft --version on the host: {err}");
+    let nft_version = run_in_image(&["--entrypoint", NFT], &["--version"], None);
+    assert!(nft_version.starts_with("nftables v"), "{nft_version}");
+    assert_eq!(nft_version.trim(), host_nft.trim());
+    let rules = render(&MasqRules {
+        network: "10.244.0.0/16".parse::<Ipv4Network>().unwrap(),
+        own_subnet: "10.244.1.0/24".parse::<Ipv4Network>().unwrap(),
+    });
+    let echoed = run_in_image(
+        &[
+            "--interactive",
+            "--cap-add",
+            "NET_ADMIN",
+            "--entrypoint",
+            NFT,
+        ],
+        &["--echo", "--file", "-"],
+        Some(rules.as_bytes()),
+    );
+    assert!(
+        echoed.contains("add chain ip weft postrouting") && echoed.contains("masquerade"),
+        "nft in the image did not apply weft's rules:\n{echoed}"
+    );
+
+    // Cleanup: the guard removes containers, cgroups and the temp dir with the storage.
+    let cgroups = p.cgroup_dirs();
+    let left = p.ok(&["ps", "--all", "--quiet"]);
+    assert!(left.trim().is_empty(), "containers remain: {left}");
+    drop(p);
+    assert!(!temp.exists(), "{} remains", temp.display());
+    assert!(
+        cgroups.iter().all(|c| !c.exists()),
+        "cgroups remain: {cgroups:?}"
+    );
+    assert_eq!(
+        podman_state_paths(),
+        state_before,
+        "podman's default state paths on this machine changed"
+    );
+}
