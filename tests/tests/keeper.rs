@@ -229,12 +229,25 @@ async fn restarted_node_keeps_its_subnet_by_name_and_a_flannel_lease_by_public_i
         LeaseAttrs::decode(&store.get(&again.entry.name).await.unwrap().unwrap().value).unwrap();
     assert_eq!(attrs.public_ip, Some(node_ip(500)));
 
+    // Subnets nobody took in the churn above (nodes pick at random).
+    let taken: Vec<String> = store
+        .snapshot(false)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    let mut free = (100..=250)
+        .map(|n| format!("10.5.{n}.0"))
+        .filter(|s| !taken.iter().any(|t| t.starts_with(&format!("{s}-"))));
+    let (flannel_subnet, previous) = (free.next().unwrap(), free.next().unwrap());
     // A lease written by flannel (no NodeName) is recognised by its PublicIP.
     let mut raw = etcd.raw_client().await;
     let flannel_value = r#"{"PublicIP":"203.0.113.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:00:11:22"}}"#;
     let grant = raw.lease_grant(3600, None).await.unwrap();
     raw.put(
-        "/restart/subnets/10.5.200.0-24",
+        format!("/restart/subnets/{flannel_subnet}-24"),
         flannel_value,
         Some(etcd_client::PutOptions::new().with_lease(grant.id())),
     )
@@ -248,9 +261,16 @@ async fn restarted_node_keeps_its_subnet_by_name_and_a_flannel_lease_by_public_i
     .acquire(None)
     .await
     .unwrap();
-    assert_eq!(adopted.subnet.to_string(), "10.5.200.0/24");
-    let attrs =
-        LeaseAttrs::decode(&store.get("10.5.200.0-24").await.unwrap().unwrap().value).unwrap();
+    assert_eq!(adopted.subnet.to_string(), format!("{flannel_subnet}/24"));
+    let attrs = LeaseAttrs::decode(
+        &store
+            .get(&format!("{flannel_subnet}-24"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+    )
+    .unwrap();
     assert_eq!(
         attrs.node_name.as_deref(),
         Some("flannel-node"),
@@ -259,12 +279,12 @@ async fn restarted_node_keeps_its_subnet_by_name_and_a_flannel_lease_by_public_i
 
     // A node whose previous subnet (subnet.env) is free gets it back.
     let mut s = settings("n-prev", node_ip(77), DAY);
-    s.previous = Some("10.5.123.0/24".parse().unwrap());
+    s.previous = Some(format!("{previous}/24").parse().unwrap());
     let prev = LeaseKeeper::new(store.clone(), c.clone(), s)
         .acquire(None)
         .await
         .unwrap();
-    assert_eq!(prev.subnet.to_string(), "10.5.123.0/24");
+    assert_eq!(prev.subnet.to_string(), format!("{previous}/24"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
