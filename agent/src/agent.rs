@@ -259,7 +259,7 @@ pub async fn run(
             .instrument(info_span!("keeper")),
     );
 
-    let rules = LeaseRules::from_config(&cfg);
+    let rules = LeaseRules::from_config(&cfg).for_peers_of(chosen.public_ip);
     let m = metrics.clone();
     let my_name = settings.node_name.clone();
     tasks.spawn(

@@ -179,6 +179,10 @@ pub fn differences(
         BackendKind::HostGw => Settings::HostGw(base),
     };
 
+    let rules = match own_attrs.public_ip {
+        Some(ip) => rules.for_peers_of(ip),
+        None => rules,
+    };
     let mut peers: Vec<Peer> = Vec::new();
     for e in entries.iter().filter(|e| e.name != own_key) {
         match validate(&rules, &e.name, &e.value) {
@@ -194,6 +198,9 @@ pub fn differences(
         }
     }
     let plan = settings.plan(own_subnet, &peers);
+    for (subnet, why) in &plan.refused {
+        out.push(d("problem", "peer", format!("{subnet} is refused: {why}")));
+    }
     for (subnet, why) in &plan.unreachable {
         out.push(d(
             "problem",

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub repairs: Counter<u64, AtomicU64>,
     pub peers_programmed: Gauge<i64, AtomicI64>,
     pub peers_unreachable: Gauge<i64, AtomicI64>,
+    pub peers_refused: Gauge<i64, AtomicI64>,
     pub reconcile_seconds: Histogram,
     pub netlink_errors: Counter<u64, AtomicU64>,
     pub watch_restarts: Counter<u64, AtomicU64>,
@@ -51,6 +52,7 @@ impl Default for Metrics {
             repairs: Counter::default(),
             peers_programmed: Gauge::default(),
             peers_unreachable: Gauge::default(),
+            peers_refused: Gauge::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             netlink_errors: Counter::default(),
             watch_restarts: Counter::default(),
@@ -82,7 +84,7 @@ impl Metrics {
         );
         r.register(
             "invalid_leases",
-            "Leases present in etcd that failed validation",
+            "Leases present in etcd that are not used: invalid, or their subnet or PublicIP is held by an older lease",
             self.invalid_leases.clone(),
         );
         r.register(
@@ -124,6 +126,11 @@ impl Metrics {
             "dataplane_peers_unreachable",
             "Peers the backend cannot serve (host-gw peer off the local segment, lease without a VTEP MAC)",
             self.peers_unreachable.clone(),
+        );
+        r.register(
+            "dataplane_peers_refused",
+            "Peers refused because their route would shadow this node's underlay or pod subnet",
+            self.peers_refused.clone(),
         );
         r.register(
             "dataplane_reconcile_duration_seconds",

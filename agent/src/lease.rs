@@ -196,6 +196,10 @@ pub enum LeaseError {
     BadMac(MacAddr),
     #[error("NodeName is empty, too long or has control characters")]
     BadNodeName,
+    #[error("PublicIP {ip} is inside the cluster network {network}: its VXLAN traffic would be routed into the overlay itself")]
+    PublicIpInNetwork { ip: Ipv4Addr, network: Ipv4Network },
+    #[error("PublicIP {0} is this node's own address: another lease cannot take it")]
+    PublicIpIsOurs(Ipv4Addr),
 }
 
 /// The rules a lease must satisfy to be used, derived from the network config.
@@ -204,6 +208,8 @@ pub struct LeaseRules {
     pub network: Ipv4Network,
     pub subnet_len: u8,
     pub vni: u32,
+    /// This node's public IP, when validating peers' leases: no peer may claim it.
+    pub own_public_ip: Option<Ipv4Addr>,
 }
 
 impl LeaseRules {
@@ -212,7 +218,14 @@ impl LeaseRules {
             network: cfg.network,
             subnet_len: cfg.subnet_len,
             vni: cfg.backend.vni,
+            own_public_ip: None,
         }
+    }
+
+    /// The same rules, for peers of the node with `ip`.
+    pub fn for_peers_of(mut self, ip: Ipv4Addr) -> Self {
+        self.own_public_ip = Some(ip);
+        self
     }
 }
 
@@ -247,6 +260,15 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
         .ok_or(LeaseError::MissingField("PublicIP"))?;
     if !is_unicast_host(public_ip) {
         return Err(LeaseError::BadPublicIp(public_ip));
+    }
+    if rules.network.contains(public_ip) {
+        return Err(LeaseError::PublicIpInNetwork {
+            ip: public_ip,
+            network: rules.network,
+        });
+    }
+    if rules.own_public_ip == Some(public_ip) {
+        return Err(LeaseError::PublicIpIsOurs(public_ip));
     }
     if let Some(name) = &attrs.node_name {
         if !node_name_ok(name) {
@@ -293,6 +315,7 @@ mod tests {
             network: "10.5.0.0/16".parse().unwrap(),
             subnet_len: 24,
             vni: 1,
+            own_public_ip: None,
         }
     }
 

@@ -340,6 +340,7 @@ mod tests {
             network: "10.5.0.0/16".parse().unwrap(),
             subnet_len: 24,
             vni: 1,
+            own_public_ip: None,
         };
         let mk = |name: &str, value: &str| StoredEntry {
             name: name.into(),

@@ -50,6 +50,7 @@ pub struct Reconciler<N> {
     /// What the kernel holds if the last pass fully succeeded.
     believed: Option<KernelState>,
     unreachable: BTreeSet<Ipv4Network>,
+    refused: BTreeSet<Ipv4Network>,
     passes: u64,
     metrics: Metrics,
 }
@@ -64,6 +65,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             listed: false,
             believed: None,
             unreachable: BTreeSet::new(),
+            refused: BTreeSet::new(),
             passes: 0,
             metrics,
         }
@@ -110,6 +112,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         let Plan {
             state: desired,
             unreachable,
+            refused,
         } = plan;
         let work = move || {
             let result = (|| -> Result<(Vec<Op>, ApplyReport), DataplaneError> {
@@ -148,6 +151,14 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             }
         }
         self.unreachable = now_unreachable;
+        let now_refused: BTreeSet<Ipv4Network> = refused.iter().map(|(s, _)| *s).collect();
+        for (subnet, why) in &refused {
+            if !self.refused.contains(subnet) {
+                warn!(peer_subnet = %subnet, "refusing to program this peer: {why}");
+            }
+        }
+        self.refused = now_refused;
+        self.metrics.peers_refused.set(self.refused.len() as i64);
         self.metrics
             .peers_unreachable
             .set(self.unreachable.len() as i64);

@@ -32,6 +32,12 @@ pub struct PeerSet {
     me: Option<String>,
     entries: BTreeMap<String, Known>,
     by_subnet: BTreeMap<Ipv4Network, BTreeSet<String>>,
+    /// Valid entries by the public IP they claim (a second claimant is refused).
+    by_ip: BTreeMap<std::net::Ipv4Addr, BTreeSet<String>>,
+    /// Subnets whose winner may have changed because a public IP's claimants changed.
+    ip_touched: BTreeSet<Ipv4Network>,
+    /// Entries refused because an older lease holds their subnet or public IP.
+    conflicts: BTreeSet<String>,
     /// What has been emitted: subnet → peer.
     emitted: BTreeMap<Ipv4Network, Peer>,
     warned: HashSet<(String, i64)>,
@@ -46,6 +52,9 @@ impl PeerSet {
             me,
             entries: BTreeMap::new(),
             by_subnet: BTreeMap::new(),
+            by_ip: BTreeMap::new(),
+            ip_touched: BTreeSet::new(),
+            conflicts: BTreeSet::new(),
             emitted: BTreeMap::new(),
             warned: HashSet::new(),
             invalid: 0,
@@ -64,9 +73,20 @@ impl PeerSet {
         self.emitted.is_empty()
     }
 
-    /// Entries present that failed validation.
+    /// Entries present that are not used: they failed validation, or an older lease holds
+    /// their subnet or public IP.
     pub fn invalid_count(&self) -> usize {
-        self.invalid
+        self.invalid + self.conflicts.len()
+    }
+
+    /// Every subnet of a valid entry claiming `ip`.
+    fn subnets_claiming(&self, ip: std::net::Ipv4Addr) -> Vec<Ipv4Network> {
+        self.by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|n| self.entries.get(n)?.peer.as_ref().map(|p| p.subnet))
+            .collect()
     }
 
     /// Set this node's own subnet (never a peer). Returns the resulting events.
@@ -138,7 +158,21 @@ impl PeerSet {
     /// Record an entry; returns its subnet if it names one.
     fn learn(&mut self, e: &StoredEntry) -> Option<Ipv4Network> {
         self.forget(&e.name);
-        let peer = match validate(&self.rules, &e.name, &e.value) {
+        // This node's own lease carries its own public IP; only peers may not.
+        let own_key = self.own.is_some_and(|own| {
+            e.name
+                .parse::<crate::lease::SubnetKey>()
+                .is_ok_and(|k| k.v4 == own)
+        });
+        let rules = if own_key {
+            LeaseRules {
+                own_public_ip: None,
+                ..self.rules.clone()
+            }
+        } else {
+            self.rules.clone()
+        };
+        let peer = match validate(&rules, &e.name, &e.value) {
             Ok(p) => Some(p),
             Err(err) => {
                 self.invalid += 1;
@@ -160,6 +194,11 @@ impl PeerSet {
         if let Some(s) = subnet {
             self.by_subnet.entry(s).or_default().insert(e.name.clone());
         }
+        if let Some(ip) = self.entries[&e.name].peer.as_ref().map(|p| p.public_ip) {
+            self.by_ip.entry(ip).or_default().insert(e.name.clone());
+            let others = self.subnets_claiming(ip);
+            self.ip_touched.extend(others);
+        }
         subnet
     }
 
@@ -177,16 +216,43 @@ impl PeerSet {
                         self.by_subnet.remove(&p.subnet);
                     }
                 }
+                if let Some(set) = self.by_ip.get_mut(&p.public_ip) {
+                    set.remove(name);
+                    if set.is_empty() {
+                        self.by_ip.remove(&p.public_ip);
+                    }
+                }
+                self.conflicts.remove(name);
+                let others = self.subnets_claiming(p.public_ip);
+                self.ip_touched.extend(others);
                 Some(p.subnet)
             }
         }
     }
 
     /// Recompute the winner for each touched subnet and emit what changed.
-    fn settle(&mut self, touched: BTreeSet<Ipv4Network>) -> Vec<PeerEvent> {
+    fn settle(&mut self, mut touched: BTreeSet<Ipv4Network>) -> Vec<PeerEvent> {
+        touched.append(&mut self.ip_touched);
         let mut out = Vec::new();
         for subnet in touched {
             let winner = if Some(subnet) == self.own {
+                // Any other key for this node's own subnet is somebody else's claim on it.
+                let mine = crate::lease::SubnetKey::v4(subnet).to_string();
+                let intruders: Vec<String> = self
+                    .by_subnet
+                    .get(&subnet)
+                    .into_iter()
+                    .flatten()
+                    .filter(|n| **n != mine)
+                    .cloned()
+                    .collect();
+                for n in intruders {
+                    let rev = self.entries.get(&n).map_or(0, |k| k.mod_revision.0);
+                    if self.warned.insert((format!("own:{n}"), rev)) {
+                        warn!(key = %n.escape_debug(), subnet = %subnet, "refusing a lease that claims this node's own subnet");
+                    }
+                    self.conflicts.insert(n);
+                }
                 None
             } else {
                 self.winner(subnet)
@@ -231,7 +297,34 @@ impl PeerSet {
                 warn!(subnet = %subnet, chosen = %name, ignored = ?others, "several leases claim one subnet; using the oldest");
             }
         }
-        known.peer.clone()
+        let name = name.clone();
+        let peer = known.peer.clone()?;
+        let created = known.create_revision;
+        for n in names.iter().filter(|n| **n != name) {
+            self.conflicts.insert(n.clone());
+        }
+        self.conflicts.remove(&name);
+        // A public IP claimed by an older lease for another subnet: this one is refused, so
+        // that a copied or mistyped address cannot pull a live node's traffic elsewhere.
+        let older = self.by_ip.get(&peer.public_ip).and_then(|holders| {
+            holders
+                .iter()
+                .filter(|n| **n != name)
+                .filter_map(|n| Some((n, self.entries.get(n)?)))
+                .filter(|(_, k)| k.peer.as_ref().is_some_and(|p| p.subnet != subnet))
+                .filter(|(n, k)| (k.create_revision, n.as_str()) < (created, name.as_str()))
+                .map(|(n, _)| n.clone())
+                .next()
+        });
+        if let Some(holder) = older {
+            self.conflicts.insert(name.clone());
+            let key = (format!("ip:{name}"), known.mod_revision.0);
+            if self.warned.insert(key) {
+                warn!(key = %name.escape_debug(), public_ip = %peer.public_ip, held_by = %holder.escape_debug(), "refusing a lease whose PublicIP an older lease already holds");
+            }
+            return None;
+        }
+        Some(peer)
     }
 }
 
@@ -376,5 +469,93 @@ pub async fn run_peer_watch<S: LeaseStore>(
         if sleep_or_shutdown(backoff.next(), &mut shutdown).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Revision;
+
+    fn rules() -> LeaseRules {
+        LeaseRules {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet_len: 24,
+            vni: 1,
+            own_public_ip: Some("192.0.2.1".parse().unwrap()),
+        }
+    }
+
+    fn entry(key: &str, ip: &str, rev: i64) -> StoredEntry {
+        StoredEntry {
+            name: key.into(),
+            value: format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{rev:02x}"}}}}"#
+            )
+            .into_bytes(),
+            create_revision: Revision(rev),
+            mod_revision: Revision(rev),
+            ttl_lease: None,
+        }
+    }
+
+    fn subnets(events: &[PeerEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                PeerEvent::Added(p) => format!("+{}", p.subnet),
+                PeerEvent::Removed(p) => format!("-{}", p.subnet),
+                PeerEvent::Updated { new, .. } => format!("~{}", new.subnet),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_second_lease_with_a_taken_public_ip_is_refused_until_the_first_goes() {
+        let mut set = PeerSet::new(rules(), None);
+        let a = entry("10.244.1.0-24", "192.0.2.10", 5);
+        let b = entry("10.244.2.0-24", "192.0.2.10", 7);
+        let c = entry("10.244.3.0-24", "192.0.2.11", 8);
+        let ev = set.reset(&[a.clone(), b.clone(), c.clone()]);
+        assert_eq!(subnets(&ev), ["+10.244.1.0/24", "+10.244.3.0/24"]);
+        assert_eq!(set.invalid_count(), 1, "the refused lease is counted");
+        // The holder leaves: the other claimant is used from now on.
+        let ev = set.apply(&[WatchEvent::Delete {
+            name: a.name.clone(),
+            revision: Revision(9),
+        }]);
+        assert_eq!(subnets(&ev), ["-10.244.1.0/24", "+10.244.2.0/24"]);
+        assert_eq!(set.invalid_count(), 0);
+        // A newcomer copying a live node's IP changes nothing.
+        let d = entry("10.244.4.0-24", "192.0.2.11", 10);
+        assert!(set.apply(&[WatchEvent::Put(d)]).is_empty());
+        assert_eq!(set.invalid_count(), 1);
+    }
+
+    #[test]
+    fn leases_claiming_this_node_or_the_cluster_network_as_public_ip_are_refused() {
+        let mut set = PeerSet::new(rules(), None);
+        let ev = set.reset(&[
+            entry("10.244.1.0-24", "192.0.2.1", 3),
+            entry("10.244.2.0-24", "10.244.9.9", 4),
+            entry("10.244.3.0-24", "192.0.2.30", 5),
+        ]);
+        assert_eq!(subnets(&ev), ["+10.244.3.0/24"]);
+        assert_eq!(set.invalid_count(), 2);
+    }
+
+    #[test]
+    fn a_second_key_for_a_held_subnet_is_refused_and_counted() {
+        let mut set = PeerSet::new(rules(), None);
+        let ev = set.reset(&[
+            entry("10.244.1.0-24", "192.0.2.10", 3),
+            entry("10.244.1.0-24&fc00::-64", "192.0.2.66", 9),
+        ]);
+        assert_eq!(ev.len(), 1);
+        match &ev[0] {
+            PeerEvent::Added(p) => assert_eq!(p.public_ip.to_string(), "192.0.2.10"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(set.invalid_count(), 1);
     }
 }

@@ -36,6 +36,23 @@ impl Underlay {
     fn reaches_directly(&self, ip: Ipv4Addr) -> bool {
         self.connected.iter().any(|n| n.contains(ip))
     }
+
+    /// Why a route to `peer` must not be installed on this node, if it must not.
+    fn shadows(&self, own_subnet: Ipv4Network, peer: Ipv4Network) -> Option<String> {
+        let overlap =
+            |a: Ipv4Network, b: Ipv4Network| a.contains(b.network()) || b.contains(a.network());
+        if let Some(n) = self.connected.iter().find(|n| overlap(**n, peer)) {
+            return Some(format!(
+                "its subnet overlaps this node's underlay network {n}: the route would cut the node off"
+            ));
+        }
+        if overlap(own_subnet, peer) {
+            return Some(format!(
+                "its subnet overlaps this node's own pod subnet {own_subnet}"
+            ));
+        }
+        None
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +158,9 @@ pub struct KernelState {
 pub struct Plan {
     pub state: KernelState,
     pub unreachable: Vec<(Ipv4Network, String)>,
+    /// Peers refused because their route would shadow this node's own networks (its
+    /// underlay subnet, or its own pod subnet): programming them would cut the node off.
+    pub refused: Vec<(Ipv4Network, String)>,
 }
 
 /// The `.0` address of a subnet: the overlay gateway of that node.
@@ -178,6 +198,10 @@ impl Backend for VxlanSettings {
             addresses: vec![Ipv4Network::new(subnet_zero(own_subnet), 32).expect("/32")],
         });
         for peer in peers {
+            if let Some(why) = v.underlay.shadows(own_subnet, peer.subnet) {
+                p.refused.push((peer.subnet, why));
+                continue;
+            }
             if v.direct_routing && v.underlay.reaches_directly(peer.public_ip) {
                 p.state.routes.insert(Route {
                     dst: peer.subnet,
@@ -214,13 +238,13 @@ impl Backend for Underlay {
         BackendKind::HostGw
     }
 
-    fn plan<'a>(
-        &self,
-        _own_subnet: Ipv4Network,
-        peers: impl IntoIterator<Item = &'a Peer>,
-    ) -> Plan {
+    fn plan<'a>(&self, own_subnet: Ipv4Network, peers: impl IntoIterator<Item = &'a Peer>) -> Plan {
         let mut p = Plan::default();
         for peer in peers {
+            if let Some(why) = self.shadows(own_subnet, peer.subnet) {
+                p.refused.push((peer.subnet, why));
+                continue;
+            }
             if self.reaches_directly(peer.public_ip) {
                 p.state.routes.insert(Route {
                     dst: peer.subnet,
@@ -490,6 +514,28 @@ mod tests {
         assert_eq!(p.state.routes.len(), 1);
         assert_eq!(p.unreachable.len(), 1);
         assert!(p.unreachable[0].1.contains("10.0.9.9"));
+    }
+
+    #[test]
+    fn peers_whose_route_would_shadow_the_node_are_refused_by_both_backends() {
+        let peers = [
+            peer("192.168.1.0/24", "10.0.9.9", Some(2)),
+            peer("192.168.0.0/16", "10.0.9.8", Some(3)),
+            peer("10.244.1.0/25", "10.0.9.7", Some(4)),
+            peer("10.244.2.0/24", "192.168.1.11", Some(5)),
+        ];
+        for settings in [vxlan(false), vxlan(true), Settings::HostGw(underlay())] {
+            let p = plan(net("10.244.1.0/24"), &peers, &settings);
+            let refused: Vec<String> = p.refused.iter().map(|(s, _)| s.to_string()).collect();
+            assert_eq!(
+                refused,
+                ["192.168.1.0/24", "192.168.0.0/16", "10.244.1.0/25"],
+                "{settings:?}"
+            );
+            assert!(p.refused[0].1.contains("underlay network 192.168.1.0/24"));
+            assert!(p.state.routes.iter().all(|r| r.dst == net("10.244.2.0/24")));
+            assert!(p.state.neighbours.iter().all(|n| n.mac == mac(5)));
+        }
     }
 
     #[test]
