@@ -15,6 +15,17 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
 failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
+# Fuzzing, bounded: every parser of outside input for WEFT_FUZZ_SECONDS (default 20) each.
+# A crash fails the run and leaves its input in tests/fuzz/crashes/ (commit it: it becomes a
+# regression test).
+fuzz_status=0
+if [ -z "${WEFT_NO_FUZZ:-}" ] && [ "$#" -eq 0 ]; then
+  target/debug/fuzz --seconds "${WEFT_FUZZ_SECONDS:-20}" || fuzz_status=$?
+fi
 echo
 echo "weft: $passed passed, $failed failed"
+if [ "$status" -eq 0 ] && [ "$fuzz_status" -ne 0 ]; then
+  echo "weft: the fuzzer found a crash (see above)"
+  exit "$fuzz_status"
+fi
 exit "$status"

@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod etcd;
 pub mod forward;
+pub mod fuzz;
 pub mod lab;
 pub mod netns;
 pub mod podman;
