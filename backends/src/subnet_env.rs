@@ -130,6 +130,11 @@ impl SubnetEnv {
         let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
+            // Readable by everyone, whatever the umask: it holds no secret and tools other
+            // than the (root) CNI plugin read it.
+            f.set_permissions(
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+            )?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)?;
@@ -173,6 +178,12 @@ mod tests {
         let path = dir.path().join("run/weft/subnet.env");
         assert_eq!(SubnetEnv::read(&path).unwrap(), None);
         assert!(sample().write(&path).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644,
+            "a deliberate mode, not the umask's"
+        );
         assert!(
             !sample().write(&path).unwrap(),
             "unchanged content is not rewritten"

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
@@ -267,10 +268,15 @@ impl FileIpam {
         let f = match open_lock() {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&dir).map_err(|source| IpamError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
+                // Only root reads the records (container IDs and interface names).
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(RECORD_DIR_MODE)
+                    .create(&dir)
+                    .map_err(|source| IpamError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
                 open_lock().map_err(|source| IpamError::Io {
                     path: lock_path.clone(),
                     source,
@@ -358,7 +364,13 @@ impl FileIpam {
             .dir
             .join(format!("{TEMP_PREFIX}{}", std::process::id()));
         {
-            let mut f = File::create(&tmp).map_err(self.io(&tmp))?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(RECORD_MODE)
+                .open(&tmp)
+                .map_err(self.io(&tmp))?;
             f.write_all(format!("{}\n{}\n", a.container_id, a.ifname).as_bytes())
                 .map_err(self.io(&tmp))?;
         }
@@ -482,6 +494,10 @@ impl IpamStore for FileIpam {
     }
 }
 
+/// Modes of the IPAM directory and of each record: root only (the umask can narrow them).
+const RECORD_DIR_MODE: u32 = 0o700;
+const RECORD_MODE: u32 = 0o600;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +597,29 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn records_are_readable_by_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = FileIpam::open(dir.path(), "weft").unwrap();
+        s.allocate(net("10.9.0.0/29"), "c1", "eth0").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let d = dir.path().join("weft");
+        assert_eq!(mode(&d), RECORD_DIR_MODE);
+        let records: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("ip-") || n.starts_with("att-")
+            })
+            .collect();
+        assert_eq!(records.len(), 2, "claim and index");
+        for r in records {
+            assert_eq!(mode(&r.path()), RECORD_MODE, "{:?}", r.file_name());
+        }
     }
 
     #[test]
