@@ -175,7 +175,8 @@ fn weftd_as_pid_1_reaps_orphans_and_stops_promptly_on_sigterm() {
     let subnet_file = dir.path().join("subnet.env").display().to_string();
     // etcd is unreachable on purpose: weftd stays up, unready, retrying.
     let mut cmd = ns.cmd("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc"])
+    // --kill-child: if the test fails and unshare is killed, the namespace goes with it.
+    cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child"])
         .arg(bin("weftd"))
         .args(["--etcd-endpoints", "http://127.0.0.1:9", "--iface", "lo"])
         .args(["--subnet-file", &subnet_file, "--healthz-port", "0"]);
