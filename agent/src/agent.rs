@@ -83,32 +83,37 @@ pub fn device_name(vni: u32) -> String {
     format!("weft.{vni}")
 }
 
-/// The backend settings for this node: the device, the underlay it runs over, and the
-/// subnets directly connected to it (for DirectRouting and host-gw).
-pub fn backend_settings(cfg: &NetConfig, node_name: &str, chosen: &ChosenIface) -> Settings {
-    let underlay = Underlay {
-        index: chosen.index,
-        // VXLAN packets leave from the interface's address; the published public IP may be a
-        // NAT address in front of it.
-        ip: chosen.iface_addr.ip(),
-        mtu: chosen.mtu,
-        connected: vec![
-            Ipv4Network::new(chosen.iface_addr.network(), chosen.iface_addr.prefix())
-                .expect("prefix from a valid network"),
-        ],
-    };
+/// The backend settings for a node with VTEP MAC `mac` over `underlay` (weftd and
+/// `netctl check` plan with the same ones).
+pub fn backend_settings(cfg: &NetConfig, mac: MacAddr, underlay: Underlay) -> Settings {
     match cfg.backend.kind {
         BackendKind::Vxlan => Settings::Vxlan(VxlanSettings {
             device: device_name(cfg.backend.vni),
             vni: cfg.backend.vni,
             port: cfg.backend.port,
-            mac: MacAddr::derive_from(node_name),
-            mtu: VxlanSettings::mtu_for(chosen.mtu, cfg.backend.mtu),
+            mac,
+            mtu: VxlanSettings::mtu_for(underlay.mtu, cfg.backend.mtu),
             underlay,
             direct_routing: cfg.backend.direct_routing,
         }),
         BackendKind::HostGw => Settings::HostGw(underlay),
     }
+}
+
+/// The underlay an interface gives: its index, MTU, first IPv4 address (VXLAN packets leave
+/// from it; the published public IP may be a NAT address in front of it) and the subnets of
+/// all its IPv4 addresses (directly reachable for DirectRouting and host-gw).
+pub fn underlay_of(index: u32, mtu: u32, v4: &[Ipv4Network]) -> Option<Underlay> {
+    let first = v4.first()?;
+    Some(Underlay {
+        index,
+        ip: first.ip(),
+        mtu,
+        connected: v4
+            .iter()
+            .map(|n| Ipv4Network::new(n.network(), n.prefix()).expect("prefix of a valid network"))
+            .collect(),
+    })
 }
 
 /// The lease value this node publishes.
@@ -284,7 +289,9 @@ pub async fn run(
     );
 
     // The data plane: one owner task, kicked by the kernel notification listener.
-    let backend = backend_settings(&cfg, &settings.node_name, &chosen);
+    let underlay =
+        underlay_of(chosen.index, chosen.mtu, &[chosen.iface_addr]).expect("one address given");
+    let backend = backend_settings(&cfg, MacAddr::derive_from(&settings.node_name), underlay);
     let device = device_name(cfg.backend.vni);
     let nl = KernelNetlink::open(&device)?;
     let (kick_tx, kick_rx) = mpsc::channel(1);

@@ -11,13 +11,11 @@ use std::path::Path;
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
 use weft_backends::dataplane::{KernelNetlink, Netlink};
-use weft_backends::plan::{
-    diff, Backend, KernelState, Op, Route, Settings, Underlay, Via, VxlanSettings,
-};
+use weft_backends::plan::{diff, Backend, KernelState, Op, Route, Via};
 use weft_backends::subnet_env::SubnetEnv;
-use weft_backends::{BackendKind, Peer};
+use weft_backends::{BackendKind, MacAddr, Peer};
 
-use crate::agent::{device_name, pod_mtu};
+use crate::agent::{backend_settings, device_name, pod_mtu, underlay_of};
 use crate::cli::Output;
 use crate::config::NetConfig;
 use crate::iface::ObservedIface;
@@ -119,10 +117,7 @@ pub fn differences(
         ));
         return out;
     };
-    let want_mtu = match cfg.backend.kind {
-        BackendKind::Vxlan => pod_mtu(cfg, underlay.mtu),
-        BackendKind::HostGw => pod_mtu(cfg, underlay.mtu),
-    };
+    let want_mtu = pod_mtu(cfg, underlay.mtu);
     if env.mtu != want_mtu {
         out.push(d(
             "wrong",
@@ -134,7 +129,7 @@ pub fn differences(
         ));
     }
 
-    let Some(addr) = underlay.v4.first().copied() else {
+    let Some(base) = underlay_of(underlay.index, underlay.mtu, &underlay.v4) else {
         out.push(d(
             "problem",
             "device",
@@ -142,42 +137,20 @@ pub fn differences(
         ));
         return out;
     };
-    let base = Underlay {
-        index: underlay.index,
-        ip: addr.ip(),
-        mtu: underlay.mtu,
-        connected: underlay
-            .v4
-            .iter()
-            .map(|n| Ipv4Network::new(n.network(), n.prefix()).expect("valid"))
-            .collect(),
-    };
     let device = device_name(cfg.backend.vni);
-    let settings = match cfg.backend.kind {
-        BackendKind::Vxlan => {
-            let mac = match own_attrs.vxlan_data() {
-                Ok(v) => v.vtep_mac,
-                Err(e) => {
-                    out.push(d(
-                        "problem",
-                        "lease",
-                        format!("this host's lease has no usable VtepMAC: {e}"),
-                    ));
-                    return out;
-                }
-            };
-            Settings::Vxlan(VxlanSettings {
-                device: device.clone(),
-                vni: cfg.backend.vni,
-                port: cfg.backend.port,
-                mac,
-                mtu: VxlanSettings::mtu_for(underlay.mtu, cfg.backend.mtu),
-                underlay: base,
-                direct_routing: cfg.backend.direct_routing,
-            })
+    let mac = match (cfg.backend.kind, own_attrs.vxlan_data()) {
+        (BackendKind::HostGw, _) => MacAddr([0; 6]), // unused by host-gw
+        (BackendKind::Vxlan, Ok(v)) => v.vtep_mac,
+        (BackendKind::Vxlan, Err(e)) => {
+            out.push(d(
+                "problem",
+                "lease",
+                format!("this host's lease has no usable VtepMAC: {e}"),
+            ));
+            return out;
         }
-        BackendKind::HostGw => Settings::HostGw(base),
     };
+    let settings = backend_settings(cfg, mac, base);
 
     let rules = match own_attrs.public_ip {
         Some(ip) => rules.for_peers_of(ip),
@@ -374,7 +347,7 @@ mod tests {
     use super::*;
     use crate::lease::VxlanData;
     use crate::store::Revision;
-    use weft_backends::MacAddr;
+    use weft_backends::plan::{Settings, Underlay, VxlanSettings};
 
     fn cfg() -> NetConfig {
         NetConfig::parse(

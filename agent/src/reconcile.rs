@@ -71,11 +71,6 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         }
     }
 
-    /// The [`Netlink`], for tests that inspect the fake after a run.
-    pub fn netlink(&self) -> Option<&N> {
-        self.nl.as_ref()
-    }
-
     fn take_events(&mut self, batch: Vec<PeerEvent>) {
         self.listed = true;
         for ev in batch {

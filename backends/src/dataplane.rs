@@ -7,7 +7,6 @@
 //! listens to the kernel's notifications so that a hand-deleted route or device is noticed at
 //! once, and [`Notification::concerns_weft`] decides which ones matter.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -96,10 +95,6 @@ impl KernelNetlink {
             nl: NlSocket::open_in(ns, path)?,
             device: device.to_string(),
         })
-    }
-
-    pub fn device(&self) -> &str {
-        &self.device
     }
 
     /// The device's link message, if it exists; an error if the name is taken by another kind.
@@ -817,11 +812,7 @@ impl Monitor {
         }
         {
             use nix::sys::socket::{setsockopt, sockopt};
-            if setsockopt(&socket, sockopt::RcvBufForce, &MONITOR_RCVBUF).is_err() {
-                socket
-                    .set_rx_buf_sz(MONITOR_RCVBUF)
-                    .map_err(NlError::Socket)?;
-            }
+            crate::netlink::set_receive_buffer(&socket, MONITOR_RCVBUF)?;
             let tv = nix::sys::time::TimeVal::new(
                 timeout.as_secs() as i64,
                 timeout.subsec_micros() as i64,
@@ -981,11 +972,6 @@ pub fn remove_weft_state() -> Result<Removed, DataplaneError> {
         }
     }
     Ok(removed)
-}
-
-/// The set of peers' subnets that a state routes, for summaries.
-pub fn routed_subnets(state: &KernelState) -> BTreeSet<Ipv4Network> {
-    state.routes.iter().map(|r| r.dst).collect()
 }
 
 #[cfg(test)]

@@ -100,11 +100,6 @@ impl NlSocket {
         set_receive_buffer(&self.socket, bytes)
     }
 
-    /// The underlying socket, for subscribing to multicast groups.
-    pub fn socket(&self) -> &Socket {
-        &self.socket
-    }
-
     /// A socket in the network namespace `ns` (an open nsfs file such as
     /// `/proc/<pid>/ns/net` or `/run/netns/<name>`). Only a scoped helper thread enters the
     /// namespace; the caller's thread never changes namespace.
@@ -346,7 +341,7 @@ impl NlSocket {
     }
 }
 
-fn set_receive_buffer(socket: &Socket, bytes: usize) -> Result<(), NlError> {
+pub(crate) fn set_receive_buffer(socket: &Socket, bytes: usize) -> Result<(), NlError> {
     use nix::sys::socket::{setsockopt, sockopt};
     if setsockopt(socket, sockopt::RcvBufForce, &bytes).is_ok() {
         return Ok(());
