@@ -8,7 +8,6 @@
 //! or the new one, never half of one. A file that already has the right content is left
 //! alone, so running the installer again (every weftd start) changes nothing.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The conflist weft installs when no other is given (the same as deploy/base/10-weft.conflist).
@@ -128,40 +127,13 @@ fn plugin_source(explicit: Option<&Path>) -> Result<PathBuf, InstallError> {
     })
 }
 
-/// Write `content` to `target` through a hidden temporary file in the same directory, unless
-/// it already holds exactly that. Returns whether it wrote.
 fn write_atomically(target: &Path, content: &[u8], mode: u32) -> Result<bool, InstallError> {
-    use std::os::unix::fs::PermissionsExt;
-    if std::fs::read(target).is_ok_and(|old| old == content) {
-        let perms = std::fs::metadata(target).map(|m| m.permissions().mode() & 0o777);
-        if perms.is_ok_and(|m| m == mode) {
-            return Ok(false);
+    weft_backends::files::write_atomically(target, content, mode).map_err(|source| {
+        InstallError::Write {
+            path: target.to_path_buf(),
+            source,
         }
-    }
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.weft-tmp-{}", std::process::id()));
-    let err = |source| InstallError::Write {
-        path: target.to_path_buf(),
-        source,
-    };
-    let result = (|| {
-        std::fs::create_dir_all(dir)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, target)?;
-        // The rename is durable once the directory is.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map(|()| true).map_err(err)
+    })
 }
 
 /// Install the plugin and the conflist. Everything is read and checked before anything is

@@ -6,6 +6,7 @@
 //! with the CNI plugin. Applying a diff through netlink arrives with the data-plane work.
 
 pub mod dataplane;
+pub mod files;
 mod mac;
 pub mod netlink;
 mod peer;

@@ -1,6 +1,5 @@
 //! `subnet.env`, flannel's hand-off file to the CNI plugin, written atomically.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -110,44 +109,14 @@ impl SubnetEnv {
     /// Write atomically: a temp file in the same directory, fsync, rename. Readers see the
     /// old file or the new one, never a half-written one. Unchanged content is not rewritten.
     pub fn write(&self, path: &Path) -> Result<bool, SubnetEnvError> {
-        let text = self.render();
-        if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
-            return Ok(false);
-        }
-        let err = |source| SubnetEnvError::Write {
-            path: path.to_path_buf(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            // Readable by everyone, whatever the umask: it holds no secret and tools other
-            // than the (root) CNI plugin read it.
-            f.set_permissions(
-                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
-            )?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
+        // Mode 0644 whatever the umask: it holds no secret and tools other than the (root)
+        // CNI plugin read it.
+        crate::files::write_atomically(path, self.render().as_bytes(), 0o644).map_err(|source| {
+            SubnetEnvError::Write {
+                path: path.to_path_buf(),
+                source,
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(e));
-        }
-        Ok(true)
+        })
     }
 }
 
