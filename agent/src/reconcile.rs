@@ -199,56 +199,36 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             );
             return;
         }
-        let took_ms = took.as_secs_f64() * 1000.0;
-        let count = |f: fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
-        let added = count(|o| {
-            matches!(
-                o,
-                Op::SetDevice(_) | Op::SetNeighbour(_) | Op::SetFdb(_) | Op::SetRoute(_)
-            )
-        });
-        let removed = ops.len() - added;
-        match trigger {
+        let added = ops.iter().filter(|o| is_set(o)).count();
+        let summary = match trigger {
             Trigger::Kernel | Trigger::Resync if self.passes > 1 => {
                 self.metrics.repairs.inc();
                 for op in ops.iter().take(20) {
                     info!(op = %describe(op), "repair: restoring the data plane");
                 }
-                info!(
-                    set = added,
-                    removed,
-                    failed = report.failures.len(),
-                    took_ms,
-                    "repaired the data plane"
-                );
+                "repaired the data plane"
             }
             Trigger::Start | Trigger::Kernel | Trigger::Resync => {
                 for op in ops.iter().filter(|o| !is_set(o)).take(20) {
                     info!(op = %describe(op), "start-up: removing state no lease explains");
                 }
-                info!(
-                    set = added,
-                    removed,
-                    failed = report.failures.len(),
-                    peers = self.peers.len(),
-                    took_ms,
-                    "data plane programmed"
-                );
+                "data plane programmed"
             }
             Trigger::Peers | Trigger::Retry => {
                 for op in ops.iter().take(20) {
                     debug!(op = %describe(op), "data-plane change");
                 }
-                info!(
-                    set = added,
-                    removed,
-                    failed = report.failures.len(),
-                    peers = self.peers.len(),
-                    took_ms,
-                    "data plane updated"
-                );
+                "data plane updated"
             }
-        }
+        };
+        info!(
+            set = added,
+            removed = ops.len() - added,
+            failed = report.failures.len(),
+            peers = self.peers.len(),
+            took_ms = took.as_secs_f64() * 1000.0,
+            "{summary}"
+        );
     }
 
     /// Run until `shutdown` turns true (or every input is gone). The kernel state stays.

@@ -494,14 +494,7 @@ impl Lab {
     }
 
     fn start_etcd(&mut self) {
-        let etcd = NetnsEtcd::start(
-            &self.switch().name,
-            SWITCH_IP,
-            &self.dir_path,
-            self.opts.keep,
-        );
-        self.etcd = Some(etcd);
-        self.save_state();
+        self.start_etcd_again();
         let key = format!("{ETCD_PREFIX}/config");
         let config = self.opts.net_config();
         let (code, _, err) = self.etcdctl(&["put", &key, &config]);
@@ -592,6 +585,16 @@ impl Lab {
         self.save_state();
     }
 
+    /// Host `i`'s `/metrics` body (fetched inside its namespace; empty if unreachable).
+    pub fn metrics(&self, i: usize) -> String {
+        let (_, body, _) = self.exec_in(
+            self.host_name(i),
+            "curl",
+            &["-s", "--max-time", "5", "http://127.0.0.1:8471/metrics"],
+        );
+        body
+    }
+
     /// Stop the lab's etcd (SIGTERM by pid); its data stays for [`Lab::start_etcd_again`].
     pub fn stop_etcd(&mut self) {
         if let Some(e) = self.etcd.as_mut() {
@@ -600,7 +603,7 @@ impl Lab {
         self.save_state();
     }
 
-    /// Start the lab's etcd again on the same data directory (waits until it answers).
+    /// Start the lab's etcd (again, on the same data directory); waits until it answers.
     pub fn start_etcd_again(&mut self) {
         let etcd = NetnsEtcd::start(
             &self.switch().name,

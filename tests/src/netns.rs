@@ -71,6 +71,24 @@ impl Netns {
         run(self.cmd(program).args(args), None)
     }
 
+    /// A namespace with loopback up and a veth pair `u0`/`u1` as a test underlay, `u0`
+    /// holding 10.9.0.1/24; returns it and `u0`'s interface index.
+    pub fn with_underlay(tag: &str) -> (Netns, u32) {
+        let ns = Netns::new(tag);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns.ip(&["link", "add", "u0", "type", "veth", "peer", "name", "u1"]);
+        ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "u0"]);
+        ns.ip(&["link", "set", "u0", "up"]);
+        ns.ip(&["link", "set", "u1", "up"]);
+        let out = ns.ip(&["-o", "link", "show", "u0"]);
+        let index = out
+            .split(':')
+            .next()
+            .and_then(|i| i.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no index in {out:?}"));
+        (ns, index)
+    }
+
     /// `ip <args>` in this namespace; panics if it fails.
     pub fn ip(&self, args: &[&str]) -> String {
         let (code, out, err) = run(

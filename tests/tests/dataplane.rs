@@ -125,12 +125,7 @@ fn fdb(lab: &Lab, h: usize) -> String {
 
 /// One series from host `h`'s /metrics.
 fn metric(lab: &Lab, h: usize, name: &str) -> Option<f64> {
-    let (_, body, _) = lab.exec_in(
-        lab.host_name(h),
-        "curl",
-        &["-s", "--max-time", "5", "http://127.0.0.1:8471/metrics"],
-    );
-    weft_tests::procs::metric(&body, name)
+    weft_tests::procs::metric(&lab.metrics(h), name)
 }
 
 fn check(lab: &Lab, h: usize) -> (i32, String, String) {

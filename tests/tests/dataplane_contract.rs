@@ -126,14 +126,7 @@ fn the_fake_meets_the_contract() {
 
 /// A namespace with a veth underlay `u0` (10.9.0.1/24) and a kernel data plane in it.
 fn kernel_ns(tag: &str) -> (Netns, KernelNetlink, u32) {
-    let ns = Netns::new(tag);
-    ns.ip(&["link", "set", "lo", "up"]);
-    ns.ip(&["link", "add", "u0", "type", "veth", "peer", "name", "u1"]);
-    ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "u0"]);
-    ns.ip(&["link", "set", "u0", "up"]);
-    ns.ip(&["link", "set", "u1", "up"]);
-    let out = ns.ip(&["-o", "link", "show", "u0"]);
-    let index: u32 = out.split(':').next().unwrap().trim().parse().unwrap();
+    let (ns, index) = Netns::with_underlay(tag);
     let file = File::open(ns.path()).unwrap();
     let nl = KernelNetlink::open_in(&file, &ns.path().display().to_string(), "weft.1").unwrap();
     (ns, nl, index)

@@ -23,12 +23,7 @@ fn kernel_state(lab: &Lab, h: usize) -> String {
 }
 
 fn metric(lab: &Lab, h: usize, name: &str) -> f64 {
-    let (_, body, _) = lab.exec_in(
-        lab.host_name(h),
-        "curl",
-        &["-s", "--max-time", "5", "http://127.0.0.1:8471/metrics"],
-    );
-    weft_tests::procs::metric(&body, name).unwrap_or_else(|| panic!("no {name}"))
+    weft_tests::procs::metric(&lab.metrics(h), name).unwrap_or_else(|| panic!("no {name}"))
 }
 
 fn put(lab: &Lab, key: &str, ip: &str, mac: &str) {

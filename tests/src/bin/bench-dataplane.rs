@@ -68,17 +68,8 @@ fn mac(i: usize) -> String {
     format!("0e:00:00:00:{:02x}:{:02x}", i / 256, i % 256)
 }
 
-/// A fresh namespace with a veth underlay `u0` 10.9.0.1/24; returns it and u0's index.
 fn fresh_ns() -> (Netns, u32) {
-    let ns = Netns::new("bdp");
-    ns.ip(&["link", "set", "lo", "up"]);
-    ns.ip(&["link", "add", "u0", "type", "veth", "peer", "name", "u1"]);
-    ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "u0"]);
-    ns.ip(&["link", "set", "u0", "up"]);
-    ns.ip(&["link", "set", "u1", "up"]);
-    let out = ns.ip(&["-o", "link", "show", "u0"]);
-    let index = out.split(':').next().unwrap().trim().parse().unwrap();
-    (ns, index)
+    Netns::with_underlay("bdp")
 }
 
 fn settings(index: u32) -> Settings {
