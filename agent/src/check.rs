@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::Serialize;
 use weft_backends::dataplane::{KernelNetlink, Netlink};
 use weft_backends::plan::{diff, Backend, KernelState, Op, Route, Via};
 use weft_backends::subnet_env::SubnetEnv;
-use weft_backends::{BackendKind, MacAddr, Peer};
+use weft_backends::{BackendKind, IpFamily, MacAddr, Peer};
 
-use crate::agent::{backend_settings, device_name, pod_mtu, underlay_of};
+use crate::agent::{backend_settings, device_name, families, pod_mtu, underlay_of};
 use crate::cli::Output;
 use crate::config::NetConfig;
 use crate::iface::ObservedIface;
@@ -55,12 +55,18 @@ fn via_text(v: &Via, device: &str) -> String {
     }
 }
 
-/// Every difference between the host and the leases. `entries` are all lease entries.
+/// The network form of a subnet.env subnet (the file holds the gateway form, `.1/len`).
+fn net_of(n: IpNetwork) -> IpNetwork {
+    IpNetwork::new(n.network(), n.prefix()).expect("prefix of a valid network")
+}
+
+/// Every difference between the host and the leases. `entries` are all lease entries;
+/// `observed` is what the kernel holds for each enabled family.
 pub fn differences(
     cfg: &NetConfig,
     entries: &[StoredEntry],
     host: &HostFacts,
-    observed: &KernelState,
+    observed: &[(IpFamily, KernelState)],
 ) -> Vec<Difference> {
     let mut out = Vec::new();
     let Some(env) = &host.env else {
@@ -71,25 +77,57 @@ pub fn differences(
         ));
         return out;
     };
-    if env.network != cfg.network {
+    let show = |n: Option<String>| n.unwrap_or_else(|| "(absent)".into());
+    if env.network != cfg.v4_network() {
         out.push(d(
             "wrong",
             "subnet.env",
             format!(
                 "FLANNEL_NETWORK is {}, the network config says {}",
-                env.network, cfg.network
+                show(env.network.map(|n| n.to_string())),
+                show(cfg.v4_network().map(|n| n.to_string()))
             ),
         ));
     }
-    let own_subnet = Ipv4Network::new(env.subnet.network(), env.subnet.prefix()).expect("valid");
-    let rules = LeaseRules::from_config(cfg);
-    let own_key = SubnetKey::v4(own_subnet).to_string();
-    let own = entries.iter().find(|e| e.name == own_key);
-    let Some(own) = own else {
+    if env.ipv6_network != cfg.v6_network() {
+        out.push(d(
+            "wrong",
+            "subnet.env",
+            format!(
+                "FLANNEL_IPV6_NETWORK is {}, the network config says {}",
+                show(env.ipv6_network.map(|n| n.to_string())),
+                show(cfg.v6_network().map(|n| n.to_string()))
+            ),
+        ));
+    }
+    let own_v4 = env
+        .subnet
+        .map(|s| net_of(IpNetwork::V4(s)))
+        .and_then(|n| match n {
+            IpNetwork::V4(n) => Some(n),
+            IpNetwork::V6(_) => None,
+        });
+    let own_v6 = env
+        .ipv6_subnet
+        .map(|s| net_of(IpNetwork::V6(s)))
+        .and_then(|n| match n {
+            IpNetwork::V6(n) => Some(n),
+            IpNetwork::V4(_) => None,
+        });
+    let Some(own_key) = SubnetKey::new(own_v4, own_v6) else {
+        out.push(d(
+            "problem",
+            "subnet.env",
+            "the subnet file names no subnet".into(),
+        ));
+        return out;
+    };
+    let own_name = own_key.to_string();
+    let Some(own) = entries.iter().find(|e| e.name == own_name) else {
         out.push(d(
             "missing",
             "lease",
-            format!("no lease {own_key} in etcd for this host's subnet {own_subnet} (expired or deleted?)"),
+            format!("no lease {own_name} in etcd for this host's subnet (expired or deleted?)"),
         ));
         return out;
     };
@@ -99,7 +137,7 @@ pub fn differences(
             out.push(d(
                 "problem",
                 "lease",
-                format!("this host's lease {own_key} is unreadable: {e}"),
+                format!("this host's lease {own_name} is unreadable: {e}"),
             ));
             return out;
         }
@@ -112,7 +150,10 @@ pub fn differences(
                 "no interface on this host holds the lease's public IP {}; pass --iface",
                 own_attrs
                     .public_ip
-                    .map_or("(none)".into(), |ip| ip.to_string())
+                    .filter(|ip| !ip.is_unspecified())
+                    .map(|ip| ip.to_string())
+                    .or(own_attrs.public_ip_v6.map(|ip| ip.to_string()))
+                    .unwrap_or_else(|| "(none)".into())
             ),
         ));
         return out;
@@ -129,35 +170,12 @@ pub fn differences(
         ));
     }
 
-    let Some(base) = underlay_of(underlay.index, underlay.mtu, &underlay.v4) else {
-        out.push(d(
-            "problem",
-            "device",
-            format!("{} has no IPv4 address", underlay.name),
-        ));
-        return out;
-    };
-    let device = device_name(cfg.backend.vni);
-    let mac = match (cfg.backend.kind, own_attrs.vxlan_data()) {
-        (BackendKind::HostGw, _) => MacAddr([0; 6]), // unused by host-gw
-        (BackendKind::Vxlan, Ok(v)) => v.vtep_mac,
-        (BackendKind::Vxlan, Err(e)) => {
-            out.push(d(
-                "problem",
-                "lease",
-                format!("this host's lease has no usable VtepMAC: {e}"),
-            ));
-            return out;
-        }
-    };
-    let settings = backend_settings(cfg, mac, base);
-
-    let rules = match own_attrs.public_ip {
-        Some(ip) => rules.for_peers_of(ip),
-        None => rules,
-    };
+    let rules = LeaseRules::from_config(cfg).for_peers_of(
+        own_attrs.public_ip.filter(|ip| !ip.is_unspecified()),
+        own_attrs.public_ip_v6,
+    );
     let mut peers: Vec<Peer> = Vec::new();
-    for e in entries.iter().filter(|e| e.name != own_key) {
+    for e in entries.iter().filter(|e| e.name != own_name) {
         match validate(&rules, &e.name, &e.value) {
             Ok(p) => peers.push(p),
             Err(err) => out.push(d(
@@ -170,7 +188,76 @@ pub fn differences(
             )),
         }
     }
-    let plan = settings.plan(own_subnet, &peers);
+    for (family, observed) in observed {
+        family_differences(
+            cfg,
+            *family,
+            &own_key,
+            &own_attrs,
+            underlay,
+            &peers,
+            observed,
+            &mut out,
+        );
+    }
+    out
+}
+
+/// The differences of one family's data plane.
+#[allow(clippy::too_many_arguments)]
+fn family_differences(
+    cfg: &NetConfig,
+    family: IpFamily,
+    own_key: &SubnetKey,
+    own_attrs: &LeaseAttrs,
+    underlay: &ObservedIface,
+    peers: &[Peer],
+    observed: &KernelState,
+    out: &mut Vec<Difference>,
+) {
+    let (own_subnet, addrs, vxlan) = match family {
+        IpFamily::V4 => (
+            own_key.v4_subnet().map(IpNetwork::V4),
+            underlay.v4.iter().map(|n| IpNetwork::V4(*n)).collect::<Vec<_>>(),
+            own_attrs.vxlan_data(),
+        ),
+        IpFamily::V6 => (
+            own_key.v6.map(IpNetwork::V6),
+            underlay.v6.iter().map(|n| IpNetwork::V6(*n)).collect(),
+            own_attrs.vxlan_v6_data(),
+        ),
+    };
+    let Some(own_subnet) = own_subnet else {
+        out.push(d(
+            "problem",
+            "lease",
+            format!("this host's lease has no {family} subnet, but the network config enables {family}"),
+        ));
+        return;
+    };
+    let Some(base) = underlay_of(underlay.index, underlay.mtu, &addrs) else {
+        out.push(d(
+            "problem",
+            "device",
+            format!("{} has no {family} address", underlay.name),
+        ));
+        return;
+    };
+    let device = device_name(cfg.backend.vni, family);
+    let mac = match (cfg.backend.kind, vxlan) {
+        (BackendKind::HostGw, _) => MacAddr([0; 6]), // unused by host-gw
+        (BackendKind::Vxlan, Ok(v)) => v.vtep_mac,
+        (BackendKind::Vxlan, Err(e)) => {
+            out.push(d(
+                "problem",
+                "lease",
+                format!("this host's lease has no usable {family} VtepMAC: {e}"),
+            ));
+            return;
+        }
+    };
+    let settings = backend_settings(cfg, family, mac, base);
+    let plan = settings.plan(own_subnet, peers);
     for (subnet, why) in &plan.refused {
         out.push(d("problem", "peer", format!("{subnet} is refused: {why}")));
     }
@@ -182,7 +269,7 @@ pub fn differences(
         ));
     }
 
-    let have_routes: BTreeMap<Ipv4Network, &Route> =
+    let have_routes: BTreeMap<IpNetwork, &Route> =
         observed.routes.iter().map(|r| (r.dst, r)).collect();
     let have_neigh: BTreeMap<_, _> = observed.neighbours.iter().map(|n| (n.ip, n)).collect();
     for op in diff(observed, &plan.state) {
@@ -232,7 +319,6 @@ pub fn differences(
             Op::DeleteFdb(f) => d("extra", "fdb", format!("{} dst {} dev {device} (stale: no lease has this MAC and address)", f.mac, f.dst)),
         });
     }
-    out
 }
 
 /// Render the result; exit 1 when anything differs.
@@ -303,28 +389,50 @@ pub async fn run<S: LeaseStore>(
     let facts = crate::iface::probe::facts(&Default::default())
         .await
         .map_err(|e| CheckError::Other(e.to_string()))?;
-    let public_ip = env.as_ref().and_then(|env| {
-        let key = SubnetKey::v4(Ipv4Network::new(env.subnet.network(), env.subnet.prefix()).ok()?)
-            .to_string();
+    let own_attrs = env.as_ref().and_then(|env| {
+        let key = SubnetKey::new(
+            env.subnet
+                .and_then(|s| ipnetwork::Ipv4Network::new(s.network(), s.prefix()).ok()),
+            env.ipv6_subnet
+                .and_then(|s| ipnetwork::Ipv6Network::new(s.network(), s.prefix()).ok()),
+        )?
+        .to_string();
         let e = snap.entries.iter().find(|e| e.name == key)?;
-        LeaseAttrs::decode(&e.value).ok()?.public_ip
+        LeaseAttrs::decode(&e.value).ok()
     });
+    let public_ip = own_attrs
+        .as_ref()
+        .and_then(|a| a.public_ip)
+        .filter(|ip| !ip.is_unspecified());
+    let public_ip_v6 = own_attrs.as_ref().and_then(|a| a.public_ip_v6);
     let underlay = facts
         .ifaces
         .iter()
         .find(|i| match iface {
             Some(name) => i.name == name,
-            None => public_ip.is_some_and(|ip| i.v4.iter().any(|n| n.ip() == ip)),
+            None => {
+                public_ip.is_some_and(|ip| i.v4.iter().any(|n| n.ip() == ip))
+                    || public_ip_v6.is_some_and(|ip| i.v6.iter().any(|n| n.ip() == ip))
+            }
         })
         .cloned();
     if let (Some(name), None) = (iface, &underlay) {
         return Err(CheckError::Other(format!(
-            "--iface {name}: no such interface with an IPv4 address"
+            "--iface {name}: no such interface"
         )));
     }
-    let device = device_name(cfg.backend.vni);
+    let wanted: Vec<(IpFamily, String)> = families(&cfg)
+        .map(|f| (f, device_name(cfg.backend.vni, f)))
+        .collect();
     let observed = tokio::task::spawn_blocking(move || {
-        KernelNetlink::open(&device).and_then(|mut nl| nl.observe())
+        wanted
+            .into_iter()
+            .map(|(family, device)| {
+                KernelNetlink::open(&device, family)
+                    .and_then(|mut nl| nl.observe())
+                    .map(|state| (family, state))
+            })
+            .collect::<Result<Vec<_>, _>>()
     })
     .await
     .map_err(|e| CheckError::Other(e.to_string()))?
@@ -357,15 +465,18 @@ mod tests {
     }
 
     fn entry(subnet: &str, node: &str, ip: &str, mac: u8) -> StoredEntry {
-        let net: Ipv4Network = subnet.parse().unwrap();
+        let net: ipnetwork::Ipv4Network = subnet.parse().unwrap();
         let attrs = LeaseAttrs::for_node(
             node,
-            ip.parse().unwrap(),
             BackendKind::Vxlan,
-            Some(VxlanData {
-                vni: 1,
-                vtep_mac: MacAddr([2, 0, 0, 0, 0, mac]),
+            Some(crate::lease::Endpoint {
+                public_ip: ip.parse().unwrap(),
+                vxlan: Some(VxlanData {
+                    vni: 1,
+                    vtep_mac: MacAddr([2, 0, 0, 0, 0, mac]),
+                }),
             }),
+            None,
         );
         StoredEntry {
             name: SubnetKey::v4(net).to_string(),
@@ -379,8 +490,10 @@ mod tests {
     fn host() -> HostFacts {
         HostFacts {
             env: Some(SubnetEnv {
-                network: "10.244.0.0/16".parse().unwrap(),
-                subnet: "10.244.1.1/24".parse().unwrap(),
+                network: Some("10.244.0.0/16".parse().unwrap()),
+                subnet: Some("10.244.1.1/24".parse().unwrap()),
+                ipv6_network: None,
+                ipv6_subnet: None,
                 mtu: 1450,
                 ip_masq: false,
             }),
@@ -390,6 +503,7 @@ mod tests {
                 mtu: 1500,
                 up: true,
                 v4: vec!["10.99.0.11/24".parse().unwrap()],
+                v6: vec![],
             }),
         }
     }
@@ -402,8 +516,12 @@ mod tests {
     }
 
     /// What weftd would program: the plan for these leases.
+    fn v4(state: KernelState) -> Vec<(IpFamily, KernelState)> {
+        vec![(IpFamily::V4, state)]
+    }
+
     fn programmed(cfg: &NetConfig, entries: &[StoredEntry]) -> KernelState {
-        let diffs_against_empty = differences(cfg, entries, &host(), &KernelState::default());
+        let diffs_against_empty = differences(cfg, entries, &host(), &v4(KernelState::default()));
         assert!(diffs_against_empty
             .iter()
             .any(|d| d.kind == "missing" && d.object == "device"));
@@ -433,7 +551,7 @@ mod tests {
     #[test]
     fn a_host_as_programmed_has_no_differences() {
         let state = programmed(&cfg(), &entries());
-        assert_eq!(differences(&cfg(), &entries(), &host(), &state), vec![]);
+        assert_eq!(differences(&cfg(), &entries(), &host(), &v4(state)), vec![]);
         let out = render(&[], 1, Output::Table);
         assert_eq!(out.code, 0);
     }
@@ -449,7 +567,7 @@ mod tests {
         state.device.as_mut().unwrap().mtu = 1400;
         let mut h = host();
         h.env.as_mut().unwrap().mtu = 1500;
-        let diffs = differences(&cfg(), &entries(), &h, &state);
+        let diffs = differences(&cfg(), &entries(), &h, &v4(state));
         let has = |kind: &str, object: &str, text: &str| {
             diffs
                 .iter()
@@ -485,10 +603,10 @@ mod tests {
     fn a_missing_subnet_file_or_lease_is_reported_not_guessed() {
         let mut h = host();
         h.env = None;
-        let diffs = differences(&cfg(), &entries(), &h, &KernelState::default());
+        let diffs = differences(&cfg(), &entries(), &h, &v4(KernelState::default()));
         assert_eq!(diffs.len(), 1);
         assert_eq!(diffs[0].object, "subnet.env");
-        let diffs = differences(&cfg(), &entries()[1..], &host(), &KernelState::default());
+        let diffs = differences(&cfg(), &entries()[1..], &host(), &v4(KernelState::default()));
         assert_eq!((diffs[0].kind, diffs[0].object), ("missing", "lease"));
     }
 }

@@ -1,7 +1,7 @@
 //! Command-line surfaces (clap). Only declarations live here; turning them into settings is
 //! in `settings.rs`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -57,7 +57,7 @@ pub struct EtcdArgs {
 pub struct WeftdCli {
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// Interface to use (name or IPv4 address); repeat to give fallbacks in order.
+    /// Interface to use (name or IP address); repeat to give fallbacks in order.
     #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
     pub iface: Vec<String>,
     /// Regular expression matched against interface names and addresses; repeatable.
@@ -69,6 +69,10 @@ pub struct WeftdCli {
     /// IP address published to other nodes (default: the interface's address).
     #[arg(long, env = "WEFTD_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address published to other nodes when IPv6 is enabled (default: the
+    /// interface's global IPv6 address).
+    #[arg(long, env = "WEFTD_PUBLIC_IPV6")]
+    pub public_ipv6: Option<Ipv6Addr>,
     /// Where to write the subnet file the CNI plugin reads.
     #[arg(long, env = "WEFTD_SUBNET_FILE", default_value = DEFAULT_SUBNET_FILE)]
     pub subnet_file: PathBuf,

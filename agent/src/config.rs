@@ -3,11 +3,13 @@
 //! The format is flannel's, not ours, so unknown keys are tolerated (and reported) rather than
 //! rejected: a cluster moving from flannel keeps its config as it is.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{Map, Value};
 use weft_backends::BackendKind;
+
+use crate::pool::SubnetPool;
 
 /// Default VXLAN network identifier (flannel's).
 pub const DEFAULT_VNI: u32 = 1;
@@ -57,24 +59,14 @@ impl Default for BackendConfig {
     }
 }
 
-/// The IPv6 half of a dual-stack config. Parsed and validated now; the agent does not lease
-/// IPv6 subnets yet and refuses `EnableIPv6: true` with a clear error.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ipv6Pool {
-    pub network: Ipv6Network,
-    pub subnet_len: u8,
-}
-
-/// A validated network config.
+/// A validated network config. At least one of `ipv4` and `ipv6` is present: IPv4-only
+/// (flannel's default), dual-stack (`EnableIPv6`), or IPv6-only (`EnableIPv4: false`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
-    pub network: Ipv4Network,
-    pub subnet_len: u8,
-    /// First subnet that may be handed out (network address of that subnet).
-    pub subnet_min: Ipv4Addr,
-    /// Last subnet that may be handed out (network address of that subnet).
-    pub subnet_max: Ipv4Addr,
-    pub ipv6: Option<Ipv6Pool>,
+    /// `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`, when `EnableIPv4` (the default).
+    pub ipv4: Option<SubnetPool>,
+    /// `IPv6Network`, `IPv6SubnetLen`, `IPv6SubnetMin`, `IPv6SubnetMax`, when `EnableIPv6`.
+    pub ipv6: Option<SubnetPool>,
     pub backend: BackendConfig,
     /// Keys present in the JSON that weft does not know (reported, not fatal).
     pub unknown_keys: Vec<String>,
@@ -104,101 +96,21 @@ impl NetConfig {
     }
 
     fn from_object(obj: &Map<String, Value>) -> Result<NetConfig, ConfigError> {
-        if !opt_bool(obj, "EnableIPv4")?.unwrap_or(true) {
+        let enable_v4 = opt_bool(obj, "EnableIPv4")?.unwrap_or(true);
+        let enable_v6 = opt_bool(obj, "EnableIPv6")?.unwrap_or(false);
+        if !enable_v4 && !enable_v6 {
             return Err(invalid(
                 "EnableIPv4",
-                "IPv6-only clusters are not supported yet; EnableIPv4 must be true",
+                "false with EnableIPv6 false too: at least one address family must be enabled",
             ));
         }
-        let network = match obj.get("Network") {
-            None | Some(Value::Null) => return Err(ConfigError::Missing("Network")),
-            Some(v) => parse_v4_net("Network", v)?,
+        let ipv4 = if enable_v4 {
+            Some(parse_v4_pool(obj)?)
+        } else {
+            None
         };
-        if network.ip() != network.network() {
-            return Err(invalid(
-                "Network",
-                format!(
-                    "{network} has host bits set; did you mean {}/{}?",
-                    network.network(),
-                    network.prefix()
-                ),
-            ));
-        }
-        let subnet_len = match opt_u64(obj, "SubnetLen")? {
-            None => {
-                if network.prefix() <= 22 {
-                    24
-                } else {
-                    network.prefix() + 2
-                }
-            }
-            Some(n) => u8::try_from(n).map_err(|_| invalid("SubnetLen", "must be at most 30"))?,
-        };
-        if subnet_len > 30 {
-            return Err(invalid(
-                "SubnetLen",
-                format!("/{subnet_len} leaves no room for pods; must be at most 30"),
-            ));
-        }
-        if subnet_len <= network.prefix() {
-            return Err(invalid(
-                "SubnetLen",
-                format!(
-                    "/{subnet_len} must be longer than the Network's /{} so the network holds more than one subnet",
-                    network.prefix()
-                ),
-            ));
-        }
-        let step = subnet_step(subnet_len);
-        let first = u32::from(network.network());
-        let last_subnet = u32::from(network.broadcast()) - (step - 1);
-        let subnet_min = match opt_v4_addr(obj, "SubnetMin")? {
-            // flannel skips the first subnet of the network by default.
-            None => Ipv4Addr::from(first + step),
-            Some(a) => check_subnet_bound("SubnetMin", a, network, subnet_len)?,
-        };
-        let subnet_max = match opt_v4_addr(obj, "SubnetMax")? {
-            None => Ipv4Addr::from(last_subnet),
-            Some(a) => check_subnet_bound("SubnetMax", a, network, subnet_len)?,
-        };
-        if u32::from(subnet_min) > u32::from(subnet_max) {
-            return Err(invalid(
-                "SubnetMin",
-                format!("{subnet_min} is above SubnetMax {subnet_max}"),
-            ));
-        }
-
-        let ipv6 = if opt_bool(obj, "EnableIPv6")?.unwrap_or(false) {
-            let net6 = match obj.get("IPv6Network") {
-                None | Some(Value::Null) => return Err(ConfigError::Missing("IPv6Network")),
-                Some(Value::String(s)) => s.parse::<Ipv6Network>().map_err(|e| {
-                    invalid("IPv6Network", format!("{s:?} is not an IPv6 CIDR: {e}"))
-                })?,
-                Some(other) => {
-                    return Err(invalid(
-                        "IPv6Network",
-                        format!("expected a CIDR string, got {other}"),
-                    ))
-                }
-            };
-            let len6 = opt_u64(obj, "IPv6SubnetLen")?.unwrap_or(64);
-            let len6 = u8::try_from(len6)
-                .ok()
-                .filter(|l| *l > net6.prefix() && *l <= 126)
-                .ok_or_else(|| {
-                    invalid(
-                        "IPv6SubnetLen",
-                        format!("must be longer than /{} and at most 126", net6.prefix()),
-                    )
-                })?;
-            let _pool = Ipv6Pool {
-                network: net6,
-                subnet_len: len6,
-            };
-            return Err(invalid(
-                "EnableIPv6",
-                "dual-stack leases are not supported by this version of weft yet",
-            ));
+        let ipv6 = if enable_v6 {
+            Some(parse_v6_pool(obj)?)
         } else {
             None
         };
@@ -221,52 +133,21 @@ impl NetConfig {
             .collect();
 
         Ok(NetConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
+            ipv4,
             ipv6,
             backend,
             unknown_keys,
         })
     }
 
-    /// Number of subnets between SubnetMin and SubnetMax inclusive.
-    pub fn pool_size(&self) -> u64 {
-        let step = u64::from(subnet_step(self.subnet_len));
-        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / step + 1
+    /// The IPv4 cluster network, when IPv4 is enabled.
+    pub fn v4_network(&self) -> Option<Ipv4Network> {
+        self.ipv4.as_ref().and_then(SubnetPool::v4_network)
     }
 
-    /// The n-th subnet of the pool (0-based), if `n < pool_size()`.
-    pub fn pool_subnet(&self, n: u64) -> Option<Ipv4Network> {
-        if n >= self.pool_size() {
-            return None;
-        }
-        let step = u64::from(subnet_step(self.subnet_len));
-        let addr = u64::from(u32::from(self.subnet_min)) + n * step;
-        let addr = u32::try_from(addr).ok()?;
-        Ipv4Network::new(Ipv4Addr::from(addr), self.subnet_len).ok()
-    }
-
-    /// Index of `subnet` in the pool, if it is one of the pool's subnets.
-    pub fn pool_index(&self, subnet: Ipv4Network) -> Option<u64> {
-        if subnet.prefix() != self.subnet_len || subnet.ip() != subnet.network() {
-            return None;
-        }
-        let a = u32::from(subnet.ip());
-        let (lo, hi) = (u32::from(self.subnet_min), u32::from(self.subnet_max));
-        if a < lo || a > hi {
-            return None;
-        }
-        Some(u64::from((a - lo) / subnet_step(self.subnet_len)))
-    }
-
-    /// True when `subnet` is a subnet of the right length inside the network (whether or not
-    /// it lies between SubnetMin and SubnetMax: a config change must not orphan leases).
-    pub fn fits(&self, subnet: Ipv4Network) -> bool {
-        subnet.prefix() == self.subnet_len
-            && subnet.ip() == subnet.network()
-            && self.network.contains(subnet.ip())
+    /// The IPv6 cluster network, when IPv6 is enabled.
+    pub fn v6_network(&self) -> Option<Ipv6Network> {
+        self.ipv6.as_ref().and_then(SubnetPool::v6_network)
     }
 
     /// Serialize back to flannel-style JSON (used by tests and `netctl config -o json`).
@@ -284,16 +165,180 @@ impl NetConfig {
         if let Some(mtu) = self.backend.mtu {
             backend.insert("MTU".into(), Value::from(mtu));
         }
-        serde_json::json!({
-            "Network": self.network.to_string(),
-            "SubnetLen": self.subnet_len,
-            "SubnetMin": self.subnet_min.to_string(),
-            "SubnetMax": self.subnet_max.to_string(),
-            "EnableIPv4": true,
-            "EnableIPv6": self.ipv6.is_some(),
-            "Backend": Value::Object(backend),
-        })
+        let mut out = Map::new();
+        if let Some(p) = &self.ipv4 {
+            out.insert("Network".into(), Value::from(p.network.to_string()));
+            out.insert("SubnetLen".into(), Value::from(p.subnet_len));
+            out.insert("SubnetMin".into(), Value::from(p.min.to_string()));
+            out.insert("SubnetMax".into(), Value::from(p.max.to_string()));
+        }
+        out.insert("EnableIPv4".into(), Value::from(self.ipv4.is_some()));
+        out.insert("EnableIPv6".into(), Value::from(self.ipv6.is_some()));
+        if let Some(p) = &self.ipv6 {
+            out.insert("IPv6Network".into(), Value::from(p.network.to_string()));
+            out.insert("IPv6SubnetLen".into(), Value::from(p.subnet_len));
+            out.insert("IPv6SubnetMin".into(), Value::from(p.min.to_string()));
+            out.insert("IPv6SubnetMax".into(), Value::from(p.max.to_string()));
+        }
+        out.insert("Backend".into(), Value::Object(backend));
+        Value::Object(out)
     }
+}
+
+fn parse_v4_pool(obj: &Map<String, Value>) -> Result<SubnetPool, ConfigError> {
+    let network = match obj.get("Network") {
+        None | Some(Value::Null) => return Err(ConfigError::Missing("Network")),
+        Some(v) => parse_v4_net("Network", v)?,
+    };
+    if network.ip() != network.network() {
+        return Err(invalid(
+            "Network",
+            format!(
+                "{network} has host bits set; did you mean {}/{}?",
+                network.network(),
+                network.prefix()
+            ),
+        ));
+    }
+    let subnet_len = match opt_u64(obj, "SubnetLen")? {
+        None => {
+            if network.prefix() <= 22 {
+                24
+            } else {
+                network.prefix() + 2
+            }
+        }
+        Some(n) => u8::try_from(n).map_err(|_| invalid("SubnetLen", "must be at most 30"))?,
+    };
+    if subnet_len > 30 {
+        return Err(invalid(
+            "SubnetLen",
+            format!("/{subnet_len} leaves no room for pods; must be at most 30"),
+        ));
+    }
+    if subnet_len <= network.prefix() {
+        return Err(invalid(
+            "SubnetLen",
+            format!(
+                "/{subnet_len} must be longer than the Network's /{} so the network holds more than one subnet",
+                network.prefix()
+            ),
+        ));
+    }
+    let step = subnet_step(subnet_len);
+    let first = u32::from(network.network());
+    let last_subnet = u32::from(network.broadcast()) - (step - 1);
+    let subnet_min = match opt_v4_addr(obj, "SubnetMin")? {
+        // flannel skips the first subnet of the network by default.
+        None => Ipv4Addr::from(first + step),
+        Some(a) => check_subnet_bound("SubnetMin", a, network, subnet_len)?,
+    };
+    let subnet_max = match opt_v4_addr(obj, "SubnetMax")? {
+        None => Ipv4Addr::from(last_subnet),
+        Some(a) => check_subnet_bound("SubnetMax", a, network, subnet_len)?,
+    };
+    if u32::from(subnet_min) > u32::from(subnet_max) {
+        return Err(invalid(
+            "SubnetMin",
+            format!("{subnet_min} is above SubnetMax {subnet_max}"),
+        ));
+    }
+    Ok(SubnetPool {
+        network: IpNetwork::V4(network),
+        subnet_len,
+        min: IpAddr::V4(subnet_min),
+        max: IpAddr::V4(subnet_max),
+    })
+}
+
+/// The longest IPv6 subnet a node may lease: the CNI plugin needs the network address, the
+/// gateway and at least one pod address.
+pub const MAX_IPV6_SUBNET_LEN: u8 = 126;
+
+fn parse_v6_pool(obj: &Map<String, Value>) -> Result<SubnetPool, ConfigError> {
+    let network = match obj.get("IPv6Network") {
+        None | Some(Value::Null) => return Err(ConfigError::Missing("IPv6Network")),
+        Some(Value::String(s)) if s.contains('/') => s
+            .parse::<Ipv6Network>()
+            .map_err(|e| invalid("IPv6Network", format!("{s:?} is not an IPv6 CIDR: {e}")))?,
+        Some(Value::String(s)) => {
+            return Err(invalid(
+                "IPv6Network",
+                format!("{s:?} has no prefix length (like /48)"),
+            ))
+        }
+        Some(other) => {
+            return Err(invalid(
+                "IPv6Network",
+                format!("expected a CIDR string like \"fc00::/48\", got {other}"),
+            ))
+        }
+    };
+    if network.ip() != network.network() {
+        return Err(invalid(
+            "IPv6Network",
+            format!(
+                "{network} has host bits set; did you mean {}/{}?",
+                network.network(),
+                network.prefix()
+            ),
+        ));
+    }
+    let subnet_len = match opt_u64(obj, "IPv6SubnetLen")? {
+        None => 64u8.max(network.prefix() + 1),
+        Some(n) => u8::try_from(n).unwrap_or(u8::MAX),
+    };
+    if subnet_len > MAX_IPV6_SUBNET_LEN || subnet_len <= network.prefix() {
+        return Err(invalid(
+            "IPv6SubnetLen",
+            format!(
+                "/{subnet_len} must be longer than the IPv6Network's /{} and at most /{MAX_IPV6_SUBNET_LEN}",
+                network.prefix()
+            ),
+        ));
+    }
+    let step = crate::pool::step(128, subnet_len);
+    let first = u128::from(network.network());
+    let last_subnet = first + (((u128::MAX >> network.prefix()) >> (128 - subnet_len)) * step);
+    let bound = |key: &'static str, default: u128| -> Result<Ipv6Addr, ConfigError> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(Ipv6Addr::from(default)),
+            Some(Value::String(s)) => {
+                let a: Ipv6Addr = s
+                    .parse()
+                    .map_err(|_| invalid(key, format!("{s:?} is not an IPv6 address")))?;
+                if !network.contains(a) {
+                    return Err(invalid(key, format!("{a} is outside IPv6Network {network}")));
+                }
+                if u128::from(a) % step != 0 {
+                    return Err(invalid(
+                        key,
+                        format!("{a} is not the start of a /{subnet_len} subnet"),
+                    ));
+                }
+                Ok(a)
+            }
+            Some(other) => Err(invalid(
+                key,
+                format!("expected an IPv6 address string, got {other}"),
+            )),
+        }
+    };
+    // As for IPv4, the first subnet of the network is skipped by default.
+    let min = bound("IPv6SubnetMin", first + step)?;
+    let max = bound("IPv6SubnetMax", last_subnet)?;
+    if u128::from(min) > u128::from(max) {
+        return Err(invalid(
+            "IPv6SubnetMin",
+            format!("{min} is above IPv6SubnetMax {max}"),
+        ));
+    }
+    Ok(SubnetPool {
+        network: IpNetwork::V6(network),
+        subnet_len,
+        min: IpAddr::V6(min),
+        max: IpAddr::V6(max),
+    })
 }
 
 /// Address distance between two consecutive subnets of length `len`.
@@ -445,20 +490,22 @@ mod tests {
     #[test]
     fn flannel_defaults() {
         let c = parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
-        assert_eq!(c.subnet_len, 24);
-        assert_eq!(c.subnet_min, "10.244.1.0".parse::<Ipv4Addr>().unwrap());
-        assert_eq!(c.subnet_max, "10.244.255.0".parse::<Ipv4Addr>().unwrap());
-        assert_eq!(c.pool_size(), 255);
+        assert!(c.ipv6.is_none());
+        let p = c.ipv4.unwrap();
+        assert_eq!(p.subnet_len, 24);
+        assert_eq!(p.min, "10.244.1.0".parse::<IpAddr>().unwrap());
+        assert_eq!(p.max, "10.244.255.0".parse::<IpAddr>().unwrap());
+        assert_eq!(p.size(), 255);
         assert_eq!(c.backend, BackendConfig::default());
         assert_eq!(c.backend.kind, BackendKind::Vxlan);
     }
 
     #[test]
     fn small_network_default_subnet_len() {
-        let c = parse(r#"{"Network":"10.1.0.0/24"}"#).unwrap();
+        let c = parse(r#"{"Network":"10.1.0.0/24"}"#).unwrap().ipv4.unwrap();
         assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.pool_size(), 3);
-        let c = parse(r#"{"Network":"10.1.0.0/22"}"#).unwrap();
+        assert_eq!(c.size(), 3);
+        let c = parse(r#"{"Network":"10.1.0.0/22"}"#).unwrap().ipv4.unwrap();
         assert_eq!(c.subnet_len, 24);
     }
 
@@ -469,13 +516,10 @@ mod tests {
                "Backend":{"Type":"host-gw"},"SomethingNew":1}"#,
         )
         .unwrap();
-        assert_eq!(c.subnet_len, 26);
-        assert_eq!(c.pool_size(), 15);
-        assert_eq!(c.pool_subnet(0).unwrap().to_string(), "10.5.0.64/26");
-        assert_eq!(c.pool_subnet(14).unwrap().to_string(), "10.5.3.192/26");
-        assert!(c.pool_subnet(15).is_none());
-        assert_eq!(c.pool_index("10.5.3.192/26".parse().unwrap()), Some(14));
-        assert_eq!(c.pool_index("10.5.0.0/26".parse().unwrap()), None);
+        let p = c.ipv4.unwrap();
+        assert_eq!(p.subnet_len, 26);
+        assert_eq!(p.size(), 15);
+        assert_eq!(p.subnet(0).unwrap().to_string(), "10.5.0.64/26");
         assert_eq!(c.backend.kind, BackendKind::HostGw);
         assert_eq!(c.unknown_keys, vec!["SomethingNew".to_string()]);
     }
@@ -579,8 +623,40 @@ mod tests {
                 "\"IPv6Network\"",
             ),
             (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
-                "not supported",
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":"yes","IPv6Network":"fc00::/48"}"#,
+                "\"EnableIPv6\"",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::"}"#,
+                "no prefix length",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"10.0.0.0/16"}"#,
+                "\"IPv6Network\"",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::1/48"}"#,
+                "host bits",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":48}"#,
+                "\"IPv6SubnetLen\"",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}"#,
+                "\"IPv6SubnetLen\"",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc01::"}"#,
+                "\"IPv6SubnetMin\"",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMax":"fc00:0:0:1::5"}"#,
+                "\"IPv6SubnetMax\"",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:9::","IPv6SubnetMax":"fc00:0:0:3::"}"#,
+                "above IPv6SubnetMax",
             ),
         ];
         for (input, needle) in cases {
@@ -593,8 +669,34 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_and_ipv6_only() {
+        let c = parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#)
+            .unwrap();
+        assert_eq!(c.v4_network().unwrap().to_string(), "10.244.0.0/16");
+        let p6 = c.ipv6.unwrap();
+        assert_eq!(p6.subnet_len, 64);
+        assert_eq!(p6.min.to_string(), "fc00:0:0:1::");
+        assert_eq!(p6.max.to_string(), "fc00:0:0:ffff::");
+        assert_eq!(p6.size(), 65535);
+
+        let c = parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/56","IPv6SubnetLen":60,
+                "IPv6SubnetMin":"fd00:10:0:20::","IPv6SubnetMax":"fd00:10:0:40::","Network":"ignored"}"#,
+        )
+        .unwrap();
+        assert!(c.ipv4.is_none(), "IPv4 off: Network is not read");
+        let p6 = c.ipv6.unwrap();
+        assert_eq!(p6.size(), 3);
+        assert_eq!(p6.subnet(2).unwrap().to_string(), "fd00:10:0:40::/60");
+
+        // A /64 network cannot hold /64 subnets; the default length follows the network.
+        let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/120"}"#).unwrap();
+        assert_eq!(c.ipv6.unwrap().subnet_len, 121);
+    }
+
+    #[test]
     fn fits_checks_network_and_length() {
-        let c = parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let c = parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap().ipv4.unwrap();
         assert!(
             c.fits("10.244.0.0/24".parse().unwrap()),
             "first subnet still fits"
@@ -605,10 +707,14 @@ mod tests {
 
     #[test]
     fn round_trips_through_json() {
-        let c =
-            parse(r#"{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan","VNI":7}}"#)
-                .unwrap();
-        let again = NetConfig::parse(c.to_json().to_string().as_bytes()).unwrap();
-        assert_eq!(c, again);
+        for text in [
+            r#"{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan","VNI":7}}"#,
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":80}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#,
+        ] {
+            let c = parse(text).unwrap();
+            let again = NetConfig::parse(c.to_json().to_string().as_bytes()).unwrap();
+            assert_eq!(c, again, "{text}");
+        }
     }
 }

@@ -1,19 +1,24 @@
-//! Choosing the underlay interface and the public IP. The choice is pure (given what the
+//! Choosing the underlay interface and the public IP(s). The choice is pure (given what the
 //! kernel reported); reading the kernel is in [`probe`].
+//!
+//! One interface carries both families on a dual-stack node: it must hold an address of
+//! every enabled family (an IPv4 address, a global IPv6 address).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use regex::Regex;
 
 /// An interface as read from the kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedIface {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
     pub up: bool,
     pub v4: Vec<Ipv4Network>,
+    /// IPv6 addresses other than link-local ones.
+    pub v6: Vec<Ipv6Network>,
 }
 
 /// What the operator asked for.
@@ -27,6 +32,22 @@ pub struct IfaceRequest {
     pub can_reach: Option<IpAddr>,
     /// `--public-ip`: published instead of the interface address.
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`: likewise for IPv6.
+    pub public_ip_v6: Option<Ipv6Addr>,
+}
+
+/// The address families the cluster network enables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    pub const V4: Families = Families {
+        v4: true,
+        v6: false,
+    };
 }
 
 /// What the kernel said that the choice depends on.
@@ -35,8 +56,10 @@ pub struct IfaceFacts {
     pub ifaces: Vec<ObservedIface>,
     /// Interface index of the default IPv4 route, if any.
     pub default_route_iface: Option<u32>,
+    /// Interface index of the default IPv6 route, if any.
+    pub default_route_iface_v6: Option<u32>,
     /// Source address the kernel picks for `can_reach`, if asked.
-    pub can_reach_source: Option<Ipv4Addr>,
+    pub can_reach_source: Option<IpAddr>,
 }
 
 /// The choice, with the reason logged at start.
@@ -45,8 +68,12 @@ pub struct ChosenIface {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
-    pub iface_addr: Ipv4Network,
-    pub public_ip: Ipv4Addr,
+    /// The IPv4 address VXLAN packets leave from (IPv4 enabled).
+    pub iface_addr: Option<Ipv4Network>,
+    pub public_ip: Option<Ipv4Addr>,
+    /// The IPv6 address the IPv6 VXLAN device sends from (IPv6 enabled).
+    pub iface_addr_v6: Option<Ipv6Network>,
+    pub public_ip_v6: Option<Ipv6Addr>,
     pub reason: String,
 }
 
@@ -54,21 +81,21 @@ pub struct ChosenIface {
 pub enum IfaceError {
     #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
     BadRegex(String, String),
-    #[error("none of --iface {0:?} names an interface with an IPv4 address")]
+    #[error("none of --iface {0:?} names an interface with an address of every enabled family")]
     NoIfaceMatch(Vec<String>),
     #[error("no interface name or address matches --iface-regex {0:?}")]
     NoRegexMatch(Vec<String>),
     #[error("no interface holds the source address for reaching {0}")]
     CannotReach(IpAddr),
-    #[error("no default IPv4 route to pick an interface from; pass --iface, --iface-regex or --iface-can-reach")]
-    NoDefaultRoute,
-    #[error("interface {0} has no IPv4 address")]
-    NoAddress(String),
+    #[error("no default {0} route to pick an interface from; pass --iface, --iface-regex or --iface-can-reach")]
+    NoDefaultRoute(&'static str),
+    #[error("interface {0} has no {1} address")]
+    NoAddress(String, &'static str),
     #[error("cannot read interfaces from the kernel: {0}")]
     Kernel(String),
 }
 
-fn first_addr(i: &ObservedIface) -> Option<Ipv4Network> {
+fn first_v4(i: &ObservedIface) -> Option<Ipv4Network> {
     // Prefer a non-link-local address.
     i.v4.iter()
         .find(|a| !a.ip().is_link_local())
@@ -76,49 +103,104 @@ fn first_addr(i: &ObservedIface) -> Option<Ipv4Network> {
         .copied()
 }
 
+fn first_v6(i: &ObservedIface) -> Option<Ipv6Network> {
+    i.v6.first().copied()
+}
+
+/// True when `i` has an address of every family in `need`.
+fn usable(i: &ObservedIface, need: Families) -> bool {
+    (!need.v4 || first_v4(i).is_some()) && (!need.v6 || first_v6(i).is_some())
+}
+
 fn pick(
     i: &ObservedIface,
-    addr: Option<Ipv4Network>,
+    addr: Option<IpAddr>,
     req: &IfaceRequest,
+    need: Families,
     reason: String,
 ) -> Result<ChosenIface, IfaceError> {
-    let iface_addr = addr
-        .or_else(|| first_addr(i))
-        .ok_or_else(|| IfaceError::NoAddress(i.name.clone()))?;
-    let public_ip = req.public_ip.unwrap_or(iface_addr.ip());
-    let reason = match req.public_ip {
-        Some(p) if p != iface_addr.ip() => format!("{reason}; public IP {p} from --public-ip"),
-        _ => reason,
+    let chosen_v4 = match addr {
+        Some(IpAddr::V4(a)) => i.v4.iter().find(|n| n.ip() == a).copied(),
+        _ => None,
     };
+    let chosen_v6 = match addr {
+        Some(IpAddr::V6(a)) => i.v6.iter().find(|n| n.ip() == a).copied(),
+        _ => None,
+    };
+    let iface_addr = if need.v4 {
+        Some(
+            chosen_v4
+                .or_else(|| first_v4(i))
+                .ok_or_else(|| IfaceError::NoAddress(i.name.clone(), "IPv4"))?,
+        )
+    } else {
+        None
+    };
+    let iface_addr_v6 = if need.v6 {
+        Some(
+            chosen_v6
+                .or_else(|| first_v6(i))
+                .ok_or_else(|| IfaceError::NoAddress(i.name.clone(), "global IPv6"))?,
+        )
+    } else {
+        None
+    };
+    let public_ip = iface_addr.map(|a| req.public_ip.unwrap_or(a.ip()));
+    let public_ip_v6 = iface_addr_v6.map(|a| req.public_ip_v6.unwrap_or(a.ip()));
+    let mut reason = reason;
+    if let (Some(p), Some(a)) = (req.public_ip, iface_addr) {
+        if p != a.ip() {
+            reason = format!("{reason}; public IP {p} from --public-ip");
+        }
+    }
+    if let (Some(p), Some(a)) = (req.public_ip_v6, iface_addr_v6) {
+        if p != a.ip() {
+            reason = format!("{reason}; public IPv6 {p} from --public-ipv6");
+        }
+    }
     Ok(ChosenIface {
         index: i.index,
         name: i.name.clone(),
         mtu: i.mtu,
         iface_addr,
         public_ip,
+        iface_addr_v6,
+        public_ip_v6,
         reason,
     })
 }
 
+fn addresses(i: &ObservedIface) -> impl Iterator<Item = IpAddr> + '_ {
+    i.v4.iter()
+        .map(|n| IpAddr::V4(n.ip()))
+        .chain(i.v6.iter().map(|n| IpAddr::V6(n.ip())))
+}
+
 /// Choose the interface, in flannel's order: `--iface` entries, then `--iface-regex`, then
-/// `--iface-can-reach`, then the default route's interface.
-pub fn choose(req: &IfaceRequest, facts: &IfaceFacts) -> Result<ChosenIface, IfaceError> {
+/// `--iface-can-reach`, then the default route's interface (the IPv4 one, or the IPv6 one
+/// on an IPv6-only cluster). The interface must hold an address of every family in `need`.
+pub fn choose(
+    req: &IfaceRequest,
+    facts: &IfaceFacts,
+    need: Families,
+) -> Result<ChosenIface, IfaceError> {
     if !req.ifaces.is_empty() {
         for want in &req.ifaces {
-            if let Ok(ip) = want.parse::<Ipv4Addr>() {
+            if let Ok(ip) = want.parse::<IpAddr>() {
                 for i in &facts.ifaces {
-                    if let Some(a) = i.v4.iter().find(|a| a.ip() == ip) {
+                    if addresses(i).any(|a| a == ip) && usable(i, need) {
                         return pick(
                             i,
-                            Some(*a),
+                            Some(ip),
                             req,
+                            need,
                             format!("--iface {want} is an address of {}", i.name),
                         );
                     }
                 }
             } else if let Some(i) = facts.ifaces.iter().find(|i| i.name == *want) {
-                if first_addr(i).is_some() {
-                    return pick(i, None, req, format!("--iface {want}"));
+                if usable(i, need) {
+                    return pick(i, None, req, need, format!("--iface {want}"));
                 }
             }
         }
@@ -128,26 +210,24 @@ pub fn choose(req: &IfaceRequest, facts: &IfaceFacts) -> Result<ChosenIface, Ifa
         for pattern in &req.regexes {
             let re = Regex::new(pattern)
                 .map_err(|e| IfaceError::BadRegex(pattern.clone(), e.to_string()))?;
-            for i in &facts.ifaces {
-                if let Some(a) = i.v4.iter().find(|a| re.is_match(&a.ip().to_string())) {
+            for i in facts.ifaces.iter().filter(|i| usable(i, need)) {
+                if let Some(a) = addresses(i).find(|a| re.is_match(&a.to_string())) {
                     return pick(
                         i,
-                        Some(*a),
+                        Some(a),
                         req,
-                        format!(
-                            "address {} of {} matches --iface-regex {pattern:?}",
-                            a.ip(),
-                            i.name
-                        ),
+                        need,
+                        format!("address {a} of {} matches --iface-regex {pattern:?}", i.name),
                     );
                 }
             }
-            for i in &facts.ifaces {
-                if re.is_match(&i.name) && first_addr(i).is_some() {
+            for i in facts.ifaces.iter().filter(|i| usable(i, need)) {
+                if re.is_match(&i.name) {
                     return pick(
                         i,
                         None,
                         req,
+                        need,
                         format!("name {} matches --iface-regex {pattern:?}", i.name),
                     );
                 }
@@ -160,30 +240,35 @@ pub fn choose(req: &IfaceRequest, facts: &IfaceFacts) -> Result<ChosenIface, Ifa
             .can_reach_source
             .ok_or(IfaceError::CannotReach(target))?;
         for i in &facts.ifaces {
-            if let Some(a) = i.v4.iter().find(|a| a.ip() == src) {
+            if addresses(i).any(|a| a == src) {
                 return pick(
                     i,
-                    Some(*a),
+                    Some(src),
                     req,
+                    need,
                     format!("{} is the route to --iface-can-reach {target}", i.name),
                 );
             }
         }
         return Err(IfaceError::CannotReach(target));
     }
-    let idx = facts
-        .default_route_iface
-        .ok_or(IfaceError::NoDefaultRoute)?;
+    let (idx, family) = if need.v4 {
+        (facts.default_route_iface, "IPv4")
+    } else {
+        (facts.default_route_iface_v6, "IPv6")
+    };
+    let idx = idx.ok_or(IfaceError::NoDefaultRoute(family))?;
     let i = facts
         .ifaces
         .iter()
         .find(|i| i.index == idx)
-        .ok_or(IfaceError::NoDefaultRoute)?;
+        .ok_or(IfaceError::NoDefaultRoute(family))?;
     pick(
         i,
         None,
         req,
-        format!("{} carries the default route", i.name),
+        need,
+        format!("{} carries the default {family} route", i.name),
     )
 }
 
@@ -226,10 +311,26 @@ pub mod probe {
                     mtu,
                     up: msg.header.flags.contains(LinkFlags::Up),
                     v4: Vec::new(),
+                    v6: Vec::new(),
                 });
             }
             let mut addrs = handle.address().get().execute();
             while let Some(msg) = addrs.try_next().await.map_err(kernel)? {
+                if msg.header.family == AddressFamily::Inet6 {
+                    let ip = msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                        _ => None,
+                    });
+                    let global = ip.filter(|ip| (ip.segments()[0] & 0xffc0) != 0xfe80 && !ip.is_loopback());
+                    if let (Some(ip), Some(i)) =
+                        (global, ifaces.iter_mut().find(|i| i.index == msg.header.index))
+                    {
+                        if let Ok(n) = Ipv6Network::new(ip, msg.header.prefix_len) {
+                            i.v6.push(n);
+                        }
+                    }
+                    continue;
+                }
                 if msg.header.family != AddressFamily::Inet {
                     continue;
                 }
@@ -251,26 +352,32 @@ pub mod probe {
                     }
                 }
             }
-            let mut default_route_iface = None;
-            let mut route_msg = RouteMessage::default();
-            route_msg.header.address_family = AddressFamily::Inet;
-            let mut routes = handle.route().get(route_msg).execute();
-            while let Some(r) = routes.try_next().await.map_err(kernel)? {
-                if r.header.destination_prefix_length != 0 || r.header.table != 254 {
-                    continue;
-                }
-                if let Some(oif) = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                }) {
-                    default_route_iface = Some(oif);
-                    break;
+            let mut defaults = [None, None];
+            for (slot, family) in [AddressFamily::Inet, AddressFamily::Inet6]
+                .into_iter()
+                .enumerate()
+            {
+                let mut route_msg = RouteMessage::default();
+                route_msg.header.address_family = family;
+                let mut routes = handle.route().get(route_msg).execute();
+                while let Some(r) = routes.try_next().await.map_err(kernel)? {
+                    if r.header.destination_prefix_length != 0 || r.header.table != 254 {
+                        continue;
+                    }
+                    if let Some(oif) = r.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Oif(i) => Some(*i),
+                        _ => None,
+                    }) {
+                        defaults[slot] = Some(oif);
+                        break;
+                    }
                 }
             }
             let can_reach_source = req.can_reach.and_then(source_for);
             Ok(IfaceFacts {
                 ifaces,
-                default_route_iface,
+                default_route_iface: defaults[0],
+                default_route_iface_v6: defaults[1],
                 can_reach_source,
             })
         }
@@ -281,14 +388,14 @@ pub mod probe {
 
     /// The source address the kernel would use towards `target`. A connected UDP socket
     /// asks the routing table without sending anything.
-    fn source_for(target: IpAddr) -> Option<Ipv4Addr> {
-        let IpAddr::V4(t) = target else { return None };
-        let sock = UdpSocket::bind("0.0.0.0:0").ok()?;
-        sock.connect(SocketAddr::new(IpAddr::V4(t), 9)).ok()?;
-        match sock.local_addr().ok()? {
-            SocketAddr::V4(a) => Some(*a.ip()),
-            SocketAddr::V6(_) => None,
-        }
+    fn source_for(target: IpAddr) -> Option<IpAddr> {
+        let bind = match target {
+            IpAddr::V4(_) => "0.0.0.0:0",
+            IpAddr::V6(_) => "[::]:0",
+        };
+        let sock = UdpSocket::bind(bind).ok()?;
+        sock.connect(SocketAddr::new(target, 9)).ok()?;
+        Some(sock.local_addr().ok()?.ip())
     }
 }
 
@@ -305,6 +412,7 @@ mod tests {
                     mtu: 65536,
                     up: true,
                     v4: vec!["127.0.0.1/8".parse().unwrap()],
+                    v6: vec![],
                 },
                 ObservedIface {
                     index: 2,
@@ -315,6 +423,7 @@ mod tests {
                         "169.254.1.1/16".parse().unwrap(),
                         "192.0.2.10/24".parse().unwrap(),
                     ],
+                    v6: vec!["2001:db8::10/64".parse().unwrap()],
                 },
                 ObservedIface {
                     index: 3,
@@ -322,6 +431,7 @@ mod tests {
                     mtu: 9000,
                     up: true,
                     v4: vec!["198.51.100.7/24".parse().unwrap()],
+                    v6: vec![],
                 },
                 ObservedIface {
                     index: 4,
@@ -329,18 +439,20 @@ mod tests {
                     mtu: 1500,
                     up: true,
                     v4: vec![],
+                    v6: vec!["2001:db8:4::4/64".parse().unwrap()],
                 },
             ],
             default_route_iface: Some(2),
+            default_route_iface_v6: Some(4),
             can_reach_source: None,
         }
     }
 
     #[test]
     fn default_route_interface_by_default() {
-        let c = choose(&IfaceRequest::default(), &facts()).unwrap();
+        let c = choose(&IfaceRequest::default(), &facts(), Families::V4).unwrap();
         assert_eq!(
-            (c.name.as_str(), c.public_ip.to_string().as_str(), c.mtu),
+            (c.name.as_str(), c.public_ip.unwrap().to_string().as_str(), c.mtu),
             ("eth0", "192.0.2.10", 1500)
         );
         assert!(c.reason.contains("default route"));
@@ -352,19 +464,19 @@ mod tests {
             ifaces: vec!["bond0".into(), "eth1".into()],
             ..Default::default()
         };
-        let c = choose(&req, &facts()).unwrap();
+        let c = choose(&req, &facts(), Families::V4).unwrap();
         assert_eq!(c.name, "eth1", "bond0 has no address, eth1 is next");
         let req = IfaceRequest {
             ifaces: vec!["192.0.2.10".into()],
             ..Default::default()
         };
-        assert_eq!(choose(&req, &facts()).unwrap().name, "eth0");
+        assert_eq!(choose(&req, &facts(), Families::V4).unwrap().name, "eth0");
         let req = IfaceRequest {
             ifaces: vec!["wlan9".into()],
             ..Default::default()
         };
         assert_eq!(
-            choose(&req, &facts()),
+            choose(&req, &facts(), Families::V4),
             Err(IfaceError::NoIfaceMatch(vec!["wlan9".into()]))
         );
     }
@@ -375,18 +487,18 @@ mod tests {
             regexes: vec![r"^198\.51\.".into()],
             ..Default::default()
         };
-        assert_eq!(choose(&req, &facts()).unwrap().name, "eth1");
+        assert_eq!(choose(&req, &facts(), Families::V4).unwrap().name, "eth1");
         let req = IfaceRequest {
             regexes: vec!["^eth[0-9]$".into()],
             ..Default::default()
         };
-        assert_eq!(choose(&req, &facts()).unwrap().name, "eth0");
+        assert_eq!(choose(&req, &facts(), Families::V4).unwrap().name, "eth0");
         let req = IfaceRequest {
             regexes: vec!["(".into()],
             ..Default::default()
         };
         assert!(matches!(
-            choose(&req, &facts()),
+            choose(&req, &facts(), Families::V4),
             Err(IfaceError::BadRegex(..))
         ));
     }
@@ -399,7 +511,7 @@ mod tests {
             can_reach: Some("198.51.100.1".parse().unwrap()),
             ..Default::default()
         };
-        let c = choose(&req, &f).unwrap();
+        let c = choose(&req, &f, Families::V4).unwrap();
         assert_eq!(c.name, "eth1");
         assert!(c.reason.contains("--iface-can-reach"));
     }
@@ -410,9 +522,10 @@ mod tests {
             public_ip: Some("203.0.113.5".parse().unwrap()),
             ..Default::default()
         };
-        let c = choose(&req, &facts()).unwrap();
-        assert_eq!(c.public_ip.to_string(), "203.0.113.5");
-        assert_eq!(c.iface_addr.ip().to_string(), "192.0.2.10");
+        let c = choose(&req, &facts(), Families::V4).unwrap();
+        assert_eq!(c.public_ip.unwrap().to_string(), "203.0.113.5");
+        assert_eq!(c.iface_addr.unwrap().ip().to_string(), "192.0.2.10");
+        assert_eq!(c.iface_addr_v6, None, "IPv6 is not enabled");
         assert!(c.reason.contains("--public-ip"));
     }
 
@@ -421,8 +534,41 @@ mod tests {
         let mut f = facts();
         f.default_route_iface = None;
         assert_eq!(
-            choose(&IfaceRequest::default(), &f),
-            Err(IfaceError::NoDefaultRoute)
+            choose(&IfaceRequest::default(), &f, Families::V4),
+            Err(IfaceError::NoDefaultRoute("IPv4"))
+        );
+    }
+
+    #[test]
+    fn dual_stack_needs_both_families_on_one_interface() {
+        let both = Families { v4: true, v6: true };
+        let c = choose(&IfaceRequest::default(), &facts(), both).unwrap();
+        assert_eq!(c.name, "eth0");
+        assert_eq!(c.public_ip_v6.unwrap().to_string(), "2001:db8::10");
+        // eth1 has no IPv6 address: skipped for a dual-stack cluster.
+        let req = IfaceRequest {
+            ifaces: vec!["eth1".into(), "2001:db8::10".into()],
+            public_ip_v6: Some("2001:db8:ff::1".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = choose(&req, &facts(), both).unwrap();
+        assert_eq!(c.name, "eth0");
+        assert_eq!(c.iface_addr_v6.unwrap().ip().to_string(), "2001:db8::10");
+        assert_eq!(c.public_ip_v6.unwrap().to_string(), "2001:db8:ff::1");
+        assert!(c.reason.contains("--public-ipv6"));
+    }
+
+    #[test]
+    fn ipv6_only_uses_the_ipv6_default_route() {
+        let v6 = Families { v4: false, v6: true };
+        let c = choose(&IfaceRequest::default(), &facts(), v6).unwrap();
+        assert_eq!((c.name.as_str(), c.iface_addr), ("bond0", None));
+        assert_eq!(c.public_ip, None);
+        let mut f = facts();
+        f.default_route_iface_v6 = None;
+        assert_eq!(
+            choose(&IfaceRequest::default(), &f, v6),
+            Err(IfaceError::NoDefaultRoute("IPv6"))
         );
     }
 }

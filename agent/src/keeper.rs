@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::NetConfig;
 use crate::lease::{LeaseAttrs, SubnetKey};
-use crate::pick::{decide, is_mine, Decision, Identity, MatchedBy, Occupancy};
+use crate::pick::{create_guard, decide, is_mine, Decision, Identity, MatchedBy, Occupancy, Previous};
+use crate::pool::SubnetPool;
 use crate::store::{CreateOutcome, LeaseStore, ReplaceOutcome, Snapshot, StoreError, StoredEntry};
 
 /// Lost races in a row after which the local view is refreshed with a new listing.
@@ -22,14 +22,8 @@ const CLAIM_ATTEMPTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
-    #[error(
-        "subnet pool exhausted: all {pool_size} /{subnet_len} subnets of {network} are leased"
-    )]
-    PoolExhausted {
-        network: Ipv4Network,
-        subnet_len: u8,
-        pool_size: u64,
-    },
+    #[error("subnet pool exhausted: all {pool_size} {pool} are leased")]
+    PoolExhausted { pool: SubnetPool, pool_size: u128 },
     #[error("lost {0} races for a free subnet in a row; will re-list and retry")]
     TooManyRaces(usize),
     #[error(transparent)]
@@ -44,14 +38,15 @@ pub struct KeeperSettings {
     pub attrs: LeaseAttrs,
     /// TTL of a new or renewed lease.
     pub ttl: Duration,
-    /// The subnet this node had before (from subnet.env), tried second.
-    pub previous: Option<Ipv4Network>,
+    /// The subnets this node had before (from subnet.env), tried second.
+    pub previous: Previous,
 }
 
 /// The lease this node holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldLease {
-    pub subnet: Ipv4Network,
+    /// The subnets held (one per enabled family), as the key names them.
+    pub key: SubnetKey,
     pub entry: StoredEntry,
     /// When it expires; `None` for a reservation (no TTL).
     pub expires_at: Option<Instant>,
@@ -142,54 +137,58 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 &entries,
                 &occupancy,
                 self.settings.previous,
-                &mut |n| rng.u64(0..n),
+                &mut |n| rng.u128(0..n),
             );
             match decision {
-                Decision::Exhausted { pool_size } => {
-                    return Err(KeeperError::PoolExhausted {
-                        network: self.cfg.network,
-                        subnet_len: self.cfg.subnet_len,
-                        pool_size,
-                    })
+                Decision::Exhausted { pool, pool_size } => {
+                    return Err(KeeperError::PoolExhausted { pool, pool_size })
                 }
                 Decision::Adopt {
                     entry,
-                    subnet,
+                    key,
                     matched_by,
-                } => {
-                    match self
-                        .adopt(entry.clone(), subnet, matched_by, &value)
-                        .await?
-                    {
-                        Some(held) => return Ok(held),
-                        None => {
-                            // It changed under us: forget it and decide again.
-                            entries.retain(|e| e.name != entry.name);
-                            occupancy.mark(&self.cfg, subnet);
-                        }
+                } => match self.adopt(entry.clone(), key, matched_by, &value).await? {
+                    Some(held) => return Ok(held),
+                    None => {
+                        // It changed under us: forget it and decide again.
+                        entries.retain(|e| e.name != entry.name);
+                        occupancy.mark_key(&self.cfg, &key);
                     }
-                }
-                Decision::Claim { subnet, previous } => {
-                    let name = SubnetKey::v4(subnet).to_string();
+                },
+                Decision::Claim {
+                    key,
+                    previous,
+                    replaces,
+                } => {
+                    let name = key.to_string();
+                    let guard = match &replaces {
+                        // The old key holds the IPv4 subnet being kept; only the new key
+                        // itself can conflict.
+                        Some(old) if old.name == create_guard(&key) => name.clone(),
+                        _ => create_guard(&key),
+                    };
                     match self
                         .store
-                        .create(&name, &value, Some(self.settings.ttl))
+                        .create_unless_prefixed(&name, &guard, &value, Some(self.settings.ttl))
                         .await?
                     {
                         CreateOutcome::Created(entry) => {
                             info!(
-                                subnet = %subnet,
+                                subnet = %key,
                                 previous,
                                 attempt,
                                 ttl_secs = self.settings.ttl.as_secs(),
                                 "leased subnet"
                             );
-                            return Ok(self.held(subnet, entry, Some(self.settings.ttl)));
+                            if let Some(old) = replaces {
+                                self.retire(old, &key).await;
+                            }
+                            return Ok(self.held(key, entry, Some(self.settings.ttl)));
                         }
                         CreateOutcome::Exists(current) => {
-                            debug!(subnet = %subnet, "lost the race for a subnet; picking again");
+                            debug!(subnet = %key, "lost the race for a subnet; picking again");
                             lost_in_a_row += 1;
-                            occupancy.mark(&self.cfg, subnet);
+                            occupancy.mark_key(&self.cfg, &key);
                             // If the winner is us (a concurrent incarnation), the next
                             // decision adopts it.
                             if let Some(cur) = current {
@@ -203,11 +202,21 @@ impl<S: LeaseStore> LeaseKeeper<S> {
         Err(KeeperError::TooManyRaces(CLAIM_ATTEMPTS))
     }
 
+    /// Delete this node's previous key once a new one (for the same node, with a family
+    /// added or changed) is held; best effort: left behind, it expires with its TTL.
+    async fn retire(&self, old: StoredEntry, new: &SubnetKey) {
+        match self.store.delete(&old.name, Some(old.mod_revision)).await {
+            Ok(true) => info!(old = %old.name, new = %new, "replaced this node's previous lease"),
+            Ok(false) => debug!(old = %old.name, "previous lease already changed or gone"),
+            Err(e) => warn!(old = %old.name, error = %e, "could not delete the previous lease; it will expire"),
+        }
+    }
+
     /// Take over an existing entry that is ours. `None` when it changed under us.
     async fn adopt(
         &mut self,
         entry: StoredEntry,
-        subnet: Ipv4Network,
+        subnet: SubnetKey,
         matched_by: MatchedBy,
         value: &[u8],
     ) -> Result<Option<HeldLease>, KeeperError> {
@@ -245,13 +254,13 @@ impl<S: LeaseStore> LeaseKeeper<S> {
         }
     }
 
-    fn held(&self, subnet: Ipv4Network, entry: StoredEntry, ttl: Option<Duration>) -> HeldLease {
+    fn held(&self, key: SubnetKey, entry: StoredEntry, ttl: Option<Duration>) -> HeldLease {
         let expires_at = match entry.ttl_lease {
             None => None,
             Some(_) => ttl.map(|t| Instant::now() + t),
         };
         HeldLease {
-            subnet,
+            key,
             entry,
             expires_at,
         }
@@ -261,7 +270,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
     /// lease that already expired counts as expiring now, so the next renewal finds out.
     async fn hold_existing(
         &self,
-        subnet: Ipv4Network,
+        subnet: SubnetKey,
         entry: StoredEntry,
     ) -> Result<HeldLease, KeeperError> {
         let remaining = match entry.ttl_lease {
@@ -297,14 +306,14 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                         debug!(error = %e, "could not revoke the old TTL lease (it will expire)");
                     }
                 }
-                debug!(subnet = %held.subnet, "renewed lease");
-                Ok(Some(self.held(held.subnet, new, Some(self.settings.ttl))))
+                debug!(subnet = %held.key, "renewed lease");
+                Ok(Some(self.held(held.key, new, Some(self.settings.ttl))))
             }
             ReplaceOutcome::Conflict(current) => match current {
                 // Still ours by identity (rewritten by an operator, say): adopt it.
                 Some(cur) if self.still_mine(&cur) => {
-                    warn!(subnet = %held.subnet, "own lease was rewritten by someone else; adopting it");
-                    Ok(Some(self.hold_existing(held.subnet, cur).await?))
+                    warn!(subnet = %held.key, "own lease was rewritten by someone else; adopting it");
+                    Ok(Some(self.hold_existing(held.key, cur).await?))
                 }
                 _ => Ok(None),
             },
@@ -324,7 +333,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
             None => Ok(None),
             Some(cur) if cur.mod_revision == held.entry.mod_revision => Ok(Some(held.clone())),
             Some(cur) if self.still_mine(&cur) => {
-                Ok(Some(self.hold_existing(held.subnet, cur).await?))
+                Ok(Some(self.hold_existing(held.key, cur).await?))
             }
             Some(_) => Ok(None),
         }
@@ -371,7 +380,10 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                     }
                 }
             };
-            self.settings.previous = Some(held.subnet);
+            self.settings.previous = Previous {
+                v4: held.key.v4_subnet(),
+                v6: held.key.v6,
+            };
             status.send_replace(LeaseStatus::Held(held.clone()));
 
             // Hold: renew on time, verify on notices.
@@ -400,7 +412,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                                 }
                             }
                             Ok(None) => {
-                                error!(subnet = %held.subnet, ?notice, "own lease vanished or was taken by another node; re-acquiring");
+                                error!(subnet = %held.key, ?notice, "own lease vanished or was taken by another node; re-acquiring");
                                 status.send_replace(LeaseStatus::Acquiring);
                                 continue 'outer;
                             }
@@ -417,13 +429,13 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                                 status.send_replace(LeaseStatus::Held(held.clone()));
                             }
                             Ok(None) => {
-                                error!(subnet = %held.subnet, "own lease vanished or was taken by another node at renewal; re-acquiring");
+                                error!(subnet = %held.key, "own lease vanished or was taken by another node at renewal; re-acquiring");
                                 status.send_replace(LeaseStatus::Acquiring);
                                 continue 'outer;
                             }
                             Err(e) => {
                                 let delay = renew_backoff.next();
-                                warn!(subnet = %held.subnet, error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed");
+                                warn!(subnet = %held.key, error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed");
                                 next_renew = Some(Instant::now() + delay);
                             }
                         }

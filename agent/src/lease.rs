@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use weft_backends::{BackendKind, MacAddr, Peer};
 
@@ -31,9 +31,41 @@ pub struct KeyError {
     pub problem: &'static str,
 }
 
+/// The IPv4 part flannel writes into the key of an IPv6-only lease (`0.0.0.0-0&fc00::-64`).
+pub const NO_V4: Ipv4Network = match Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0) {
+    Ok(n) => n,
+    Err(_) => panic!("0.0.0.0/0 is a valid network"),
+};
+
 impl SubnetKey {
     pub fn v4(net: Ipv4Network) -> Self {
         SubnetKey { v4: net, v6: None }
+    }
+
+    /// The key for a node's subnets: IPv4-only, dual-stack, or IPv6-only (flannel's form
+    /// with `0.0.0.0-0` in front). `None` when both are missing.
+    pub fn new(v4: Option<Ipv4Network>, v6: Option<Ipv6Network>) -> Option<Self> {
+        match (v4, v6) {
+            (None, None) => None,
+            (v4, v6) => Some(SubnetKey {
+                v4: v4.unwrap_or(NO_V4),
+                v6,
+            }),
+        }
+    }
+
+    /// The IPv4 subnet, unless this is an IPv6-only key.
+    pub fn v4_subnet(&self) -> Option<Ipv4Network> {
+        (self.v4 != NO_V4 || self.v6.is_none()).then_some(self.v4)
+    }
+
+    /// The subnet that identifies the lease: IPv4 unless the key is IPv6-only.
+    pub fn primary(&self) -> IpNetwork {
+        match (self.v4_subnet(), self.v6) {
+            (Some(v4), _) => IpNetwork::V4(v4),
+            (None, Some(v6)) => IpNetwork::V6(v6),
+            (None, None) => IpNetwork::V4(self.v4),
+        }
     }
 }
 
@@ -120,7 +152,7 @@ pub struct LeaseAttrs {
 }
 
 /// `BackendData` of a vxlan lease.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VxlanData {
     #[serde(rename = "VNI")]
     pub vni: u32,
@@ -128,20 +160,30 @@ pub struct VxlanData {
     pub vtep_mac: MacAddr,
 }
 
+/// What a node publishes for one address family: its public address and, for vxlan, the
+/// VTEP of that family's device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint<A> {
+    pub public_ip: A,
+    pub vxlan: Option<VxlanData>,
+}
+
 impl LeaseAttrs {
-    /// The attributes this node publishes.
+    /// The attributes this node publishes. On an IPv6-only node the IPv4 half is absent and
+    /// `PublicIP` is written as `0.0.0.0`, as flannel does (flannel cannot read a null there).
     pub fn for_node(
         node_name: &str,
-        public_ip: Ipv4Addr,
         backend: BackendKind,
-        vxlan: Option<VxlanData>,
+        v4: Option<Endpoint<Ipv4Addr>>,
+        v6: Option<Endpoint<Ipv6Addr>>,
     ) -> Self {
+        let data = |d: Option<VxlanData>| d.map(|d| serde_json::to_value(d).expect("plain struct"));
         LeaseAttrs {
-            public_ip: Some(public_ip),
-            public_ip_v6: None,
+            public_ip: Some(v4.map_or(Ipv4Addr::UNSPECIFIED, |e| e.public_ip)),
+            public_ip_v6: v6.map(|e| e.public_ip),
             backend_type: backend.as_str().to_string(),
-            backend_data: vxlan.map(|d| serde_json::to_value(d).expect("plain struct")),
-            backend_v6_data: None,
+            backend_data: data(v4.and_then(|e| e.vxlan)),
+            backend_v6_data: data(v6.and_then(|e| e.vxlan)),
             node_name: Some(node_name.to_string()),
         }
     }
@@ -163,6 +205,15 @@ impl LeaseAttrs {
             .backend_data
             .as_ref()
             .ok_or(LeaseError::MissingField("BackendData"))?;
+        serde_json::from_value(data.clone()).map_err(|e| LeaseError::BackendData(e.to_string()))
+    }
+
+    /// The vxlan data of the IPv6 device (`BackendV6Data`), if present and well-formed.
+    pub fn vxlan_v6_data(&self) -> Result<VxlanData, LeaseError> {
+        let data = self
+            .backend_v6_data
+            .as_ref()
+            .ok_or(LeaseError::MissingField("BackendV6Data"))?;
         serde_json::from_value(data.clone()).map_err(|e| LeaseError::BackendData(e.to_string()))
     }
 }
@@ -200,32 +251,67 @@ pub enum LeaseError {
     PublicIpInNetwork { ip: Ipv4Addr, network: Ipv4Network },
     #[error("PublicIP {0} is this node's own address: another lease cannot take it")]
     PublicIpIsOurs(Ipv4Addr),
+    #[error("the key has no IPv6 subnet, and this cluster is IPv6-only")]
+    MissingV6Subnet,
+    #[error("IPv6 subnet {subnet} is not a /{subnet_len} inside the IPv6 network {network}")]
+    OutsideV6Network {
+        subnet: Ipv6Network,
+        network: Ipv6Network,
+        subnet_len: u8,
+    },
+    #[error("PublicIPv6 {0} is not a unicast host address")]
+    BadPublicIpV6(Ipv6Addr),
+    #[error("PublicIPv6 {ip} is inside the cluster network {network}: its VXLAN traffic would be routed into the overlay itself")]
+    PublicIpV6InNetwork { ip: Ipv6Addr, network: Ipv6Network },
+    #[error("PublicIPv6 {0} is this node's own address: another lease cannot take it")]
+    PublicIpV6IsOurs(Ipv6Addr),
 }
 
 /// The rules a lease must satisfy to be used, derived from the network config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseRules {
-    pub network: Ipv4Network,
-    pub subnet_len: u8,
+    /// The IPv4 network and subnet length, when IPv4 is enabled.
+    pub v4: Option<(Ipv4Network, u8)>,
+    /// The IPv6 network and subnet length, when IPv6 is enabled.
+    pub v6: Option<(Ipv6Network, u8)>,
     pub vni: u32,
     /// This node's public IP, when validating peers' leases: no peer may claim it.
     pub own_public_ip: Option<Ipv4Addr>,
+    /// This node's public IPv6 address, likewise.
+    pub own_public_ip_v6: Option<Ipv6Addr>,
 }
 
 impl LeaseRules {
     pub fn from_config(cfg: &NetConfig) -> Self {
         LeaseRules {
-            network: cfg.network,
-            subnet_len: cfg.subnet_len,
+            v4: cfg
+                .ipv4
+                .as_ref()
+                .and_then(|p| Some((p.v4_network()?, p.subnet_len))),
+            v6: cfg
+                .ipv6
+                .as_ref()
+                .and_then(|p| Some((p.v6_network()?, p.subnet_len))),
             vni: cfg.backend.vni,
             own_public_ip: None,
+            own_public_ip_v6: None,
         }
     }
 
-    /// The same rules, for peers of the node with `ip`.
-    pub fn for_peers_of(mut self, ip: Ipv4Addr) -> Self {
-        self.own_public_ip = Some(ip);
+    /// The same rules, for peers of the node with these public addresses.
+    pub fn for_peers_of(mut self, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> Self {
+        self.own_public_ip = ip;
+        self.own_public_ip_v6 = ip6;
         self
+    }
+
+    /// The same rules for this node's own lease (which carries its own addresses).
+    pub fn for_own_lease(&self) -> Self {
+        LeaseRules {
+            own_public_ip: None,
+            own_public_ip_v6: None,
+            ..self.clone()
+        }
     }
 }
 
@@ -240,36 +326,107 @@ pub fn is_unicast_host(ip: Ipv4Addr) -> bool {
         || ip.octets()[0] >= 240)
 }
 
+/// The IPv6 counterpart: not unspecified, loopback, multicast, link-local (a VXLAN peer
+/// must be routable, and a link-local address needs a scope a lease cannot carry) or an
+/// IPv4-mapped address.
+pub fn is_unicast_host_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || (s[0] & 0xffc0) == 0xfe80
+        || ip.to_ipv4_mapped().is_some())
+}
+
 fn node_name_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NODE_NAME && !name.chars().any(char::is_control)
 }
 
+fn checked_vxlan(data: VxlanData, vni: u32) -> Result<MacAddr, LeaseError> {
+    if data.vni != vni {
+        return Err(LeaseError::VniMismatch {
+            theirs: data.vni,
+            ours: vni,
+        });
+    }
+    if !data.vtep_mac.is_unicast() {
+        return Err(LeaseError::BadMac(data.vtep_mac));
+    }
+    Ok(data.vtep_mac)
+}
+
 /// Validate one lease (its key name under `<prefix>/subnets/` and its value) into a peer.
+///
+/// Only the enabled families are checked and used. On a dual-stack cluster a lease without
+/// an IPv6 half (a node not yet moved to dual-stack) is still a peer over IPv4; on an
+/// IPv6-only cluster the key's `0.0.0.0-0` part and `PublicIP` are ignored.
 pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, LeaseError> {
     let key: SubnetKey = name.parse()?;
-    if key.v4.prefix() != rules.subnet_len || !rules.network.contains(key.v4.ip()) {
-        return Err(LeaseError::OutsideNetwork {
-            subnet: key.v4,
-            network: rules.network,
-            subnet_len: rules.subnet_len,
-        });
-    }
+    let subnet_v4 = match rules.v4 {
+        None => None,
+        Some((network, subnet_len)) => {
+            if key.v4.prefix() != subnet_len || !network.contains(key.v4.ip()) {
+                return Err(LeaseError::OutsideNetwork {
+                    subnet: key.v4,
+                    network,
+                    subnet_len,
+                });
+            }
+            Some(key.v4)
+        }
+    };
+    let subnet_v6 = match (rules.v6, key.v6) {
+        (None, _) => None,
+        (Some(_), None) if subnet_v4.is_some() => None,
+        (Some(_), None) => return Err(LeaseError::MissingV6Subnet),
+        (Some((network, subnet_len)), Some(s)) => {
+            if s.prefix() != subnet_len || !network.contains(s.ip()) {
+                return Err(LeaseError::OutsideV6Network {
+                    subnet: s,
+                    network,
+                    subnet_len,
+                });
+            }
+            Some(s)
+        }
+    };
     let attrs = LeaseAttrs::decode(value)?;
-    let public_ip = attrs
-        .public_ip
-        .ok_or(LeaseError::MissingField("PublicIP"))?;
-    if !is_unicast_host(public_ip) {
-        return Err(LeaseError::BadPublicIp(public_ip));
-    }
-    if rules.network.contains(public_ip) {
-        return Err(LeaseError::PublicIpInNetwork {
-            ip: public_ip,
-            network: rules.network,
-        });
-    }
-    if rules.own_public_ip == Some(public_ip) {
-        return Err(LeaseError::PublicIpIsOurs(public_ip));
-    }
+    let public_ip = match (rules.v4, subnet_v4) {
+        (Some((network, _)), Some(_)) => {
+            let ip = attrs
+                .public_ip
+                .ok_or(LeaseError::MissingField("PublicIP"))?;
+            if !is_unicast_host(ip) {
+                return Err(LeaseError::BadPublicIp(ip));
+            }
+            if network.contains(ip) {
+                return Err(LeaseError::PublicIpInNetwork { ip, network });
+            }
+            if rules.own_public_ip == Some(ip) {
+                return Err(LeaseError::PublicIpIsOurs(ip));
+            }
+            ip
+        }
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    let public_ip_v6 = match (rules.v6, subnet_v6) {
+        (Some((network, _)), Some(_)) => {
+            let ip = attrs
+                .public_ip_v6
+                .ok_or(LeaseError::MissingField("PublicIPv6"))?;
+            if !is_unicast_host_v6(ip) {
+                return Err(LeaseError::BadPublicIpV6(ip));
+            }
+            if network.contains(ip) {
+                return Err(LeaseError::PublicIpV6InNetwork { ip, network });
+            }
+            if rules.own_public_ip_v6 == Some(ip) {
+                return Err(LeaseError::PublicIpV6IsOurs(ip));
+            }
+            Some(ip)
+        }
+        _ => None,
+    };
     if let Some(name) = &attrs.node_name {
         if !node_name_ok(name) {
             return Err(LeaseError::BadNodeName);
@@ -279,29 +436,27 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
         .backend_type
         .parse()
         .map_err(|_| LeaseError::UnknownBackend(attrs.backend_type.chars().take(40).collect()))?;
-    let vtep_mac = match backend {
-        BackendKind::Vxlan => {
-            let data = attrs.vxlan_data()?;
-            if data.vni != rules.vni {
-                return Err(LeaseError::VniMismatch {
-                    theirs: data.vni,
-                    ours: rules.vni,
-                });
-            }
-            if !data.vtep_mac.is_unicast() {
-                return Err(LeaseError::BadMac(data.vtep_mac));
-            }
-            Some(data.vtep_mac)
-        }
-        BackendKind::HostGw => None,
+    let (vtep_mac, vtep_mac_v6) = match backend {
+        BackendKind::Vxlan => (
+            match subnet_v4 {
+                Some(_) => Some(checked_vxlan(attrs.vxlan_data()?, rules.vni)?),
+                None => None,
+            },
+            match subnet_v6 {
+                Some(_) => Some(checked_vxlan(attrs.vxlan_v6_data()?, rules.vni)?),
+                None => None,
+            },
+        ),
+        BackendKind::HostGw => (None, None),
     };
     Ok(Peer {
-        subnet: key.v4,
+        subnet: subnet_v4.unwrap_or(NO_V4),
         public_ip,
-        subnet_v6: key.v6,
-        public_ip_v6: attrs.public_ip_v6,
+        subnet_v6,
+        public_ip_v6,
         backend,
         vtep_mac,
+        vtep_mac_v6,
         node_name: attrs.node_name,
     })
 }
@@ -312,11 +467,23 @@ mod tests {
 
     fn rules() -> LeaseRules {
         LeaseRules {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet_len: 24,
+            v4: Some(("10.5.0.0/16".parse().unwrap(), 24)),
+            v6: None,
             vni: 1,
             own_public_ip: None,
+            own_public_ip_v6: None,
         }
+    }
+
+    fn dual() -> LeaseRules {
+        LeaseRules {
+            v6: Some(("fc00::/48".parse().unwrap(), 64)),
+            ..rules()
+        }
+    }
+
+    fn v6_only() -> LeaseRules {
+        LeaseRules { v4: None, ..dual() }
     }
 
     #[test]
@@ -364,12 +531,15 @@ mod tests {
     fn our_json_has_flannel_shape() {
         let attrs = LeaseAttrs::for_node(
             "node-1",
-            "192.0.2.1".parse().unwrap(),
             BackendKind::Vxlan,
-            Some(VxlanData {
-                vni: 1,
-                vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+            Some(Endpoint {
+                public_ip: "192.0.2.1".parse().unwrap(),
+                vxlan: Some(VxlanData {
+                    vni: 1,
+                    vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
+                }),
             }),
+            None,
         );
         let json: serde_json::Value = serde_json::from_slice(&attrs.encode()).unwrap();
         assert_eq!(
@@ -378,6 +548,102 @@ mod tests {
                 "BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"NodeName":"node-1"})
         );
         assert_eq!(LeaseAttrs::decode(&attrs.encode()).unwrap(), attrs);
+    }
+
+    const V4DATA: &str = r#""BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:f0"}"#;
+    const V6DATA: &str = r#""BackendV6Data":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:f6"}"#;
+
+    #[test]
+    fn flannel_dual_stack_and_ipv6_only_leases_are_read() {
+        let v = format!(
+            r#"{{"PublicIP":"192.0.2.11","PublicIPv6":"2001:db8::11","BackendType":"vxlan",{V4DATA},{V6DATA}}}"#
+        );
+        let p = validate(&dual(), "10.5.52.0-24&fc00:0:0:34::-64", v.as_bytes()).unwrap();
+        assert_eq!(p.subnet.to_string(), "10.5.52.0/24");
+        assert_eq!(p.subnet_v6.unwrap().to_string(), "fc00:0:0:34::/64");
+        assert_eq!(p.public_ip_v6.unwrap().to_string(), "2001:db8::11");
+        assert_eq!(p.vtep_mac.unwrap().to_string(), "aa:bb:cc:dd:ee:f0");
+        assert_eq!(p.vtep_mac_v6.unwrap().to_string(), "aa:bb:cc:dd:ee:f6");
+        assert_eq!(p.id().to_string(), "10.5.52.0/24");
+
+        // The same lease on an IPv4-only cluster: the IPv6 half is not used.
+        let p = validate(&rules(), "10.5.52.0-24&fc00:0:0:34::-64", v.as_bytes()).unwrap();
+        assert_eq!((p.subnet_v6, p.public_ip_v6, p.vtep_mac_v6), (None, None, None));
+
+        // A node not yet dual-stack stays a peer over IPv4 on a dual-stack cluster.
+        let v4only = format!(r#"{{"PublicIP":"192.0.2.12","BackendType":"vxlan",{V4DATA}}}"#);
+        let p = validate(&dual(), "10.5.53.0-24", v4only.as_bytes()).unwrap();
+        assert_eq!(p.subnet_v6, None);
+
+        // IPv6-only, as flannel writes it: PublicIP "0.0.0.0", no BackendData.
+        let v6 = format!(
+            r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::13","BackendType":"vxlan",{V6DATA}}}"#
+        );
+        let p = validate(&v6_only(), "0.0.0.0-0&fc00:0:0:35::-64", v6.as_bytes()).unwrap();
+        assert_eq!(p.id().to_string(), "fc00:0:0:35::/64");
+        assert_eq!(p.vtep_mac, None);
+        assert_eq!(p.vtep_mac_v6.unwrap().to_string(), "aa:bb:cc:dd:ee:f6");
+    }
+
+    #[test]
+    fn our_ipv6_only_json_reads_back_in_flannel_shape() {
+        let attrs = LeaseAttrs::for_node(
+            "n6",
+            BackendKind::Vxlan,
+            None,
+            Some(Endpoint {
+                public_ip: "2001:db8::5".parse().unwrap(),
+                vxlan: Some(VxlanData {
+                    vni: 1,
+                    vtep_mac: "02:00:00:00:00:06".parse().unwrap(),
+                }),
+            }),
+        );
+        let json: serde_json::Value = serde_json::from_slice(&attrs.encode()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::5","BackendType":"vxlan",
+                "BackendData":null,"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:06"},"NodeName":"n6"})
+        );
+        let key = SubnetKey::new(None, Some("fc00:0:0:7::/64".parse().unwrap())).unwrap();
+        assert_eq!(key.to_string(), "0.0.0.0-0&fc00:0:0:7::-64");
+        assert_eq!(key.v4_subnet(), None);
+        let p = validate(&v6_only(), &key.to_string(), &attrs.encode()).unwrap();
+        assert_eq!(p.public_ip_v6.unwrap().to_string(), "2001:db8::5");
+    }
+
+    #[test]
+    fn hostile_ipv6_leases_are_rejected_with_reasons() {
+        let ok6 = |ip: &str| {
+            format!(
+                r#"{{"PublicIP":"192.0.2.1","PublicIPv6":"{ip}","BackendType":"vxlan",{V4DATA},{V6DATA}}}"#
+            )
+        };
+        let own = LeaseRules {
+            own_public_ip_v6: Some("2001:db8::1".parse().unwrap()),
+            ..dual()
+        };
+        let cases: Vec<(LeaseRules, &str, String, &str)> = vec![
+            (dual(), "10.5.7.0-24&fc01::-64", ok6("2001:db8::2"), "inside the IPv6 network"),
+            (dual(), "10.5.7.0-24&fc00::-80", ok6("2001:db8::2"), "inside the IPv6 network"),
+            (v6_only(), "0.0.0.0-0", ok6("2001:db8::2"), "no IPv6 subnet"),
+            (dual(), "10.5.7.0-24&fc00::-64", ok6("::1"), "PublicIPv6 ::1 is not a unicast"),
+            (dual(), "10.5.7.0-24&fc00::-64", ok6("fe80::1"), "not a unicast"),
+            (dual(), "10.5.7.0-24&fc00::-64", ok6("ff02::1"), "not a unicast"),
+            (dual(), "10.5.7.0-24&fc00::-64", ok6("::ffff:192.0.2.1"), "not a unicast"),
+            (dual(), "10.5.7.0-24&fc00::-64", ok6("fc00:0:0:9::1"), "inside the cluster network"),
+            (own, "10.5.7.0-24&fc00::-64", ok6("2001:db8::1"), "this node's own"),
+            (dual(), "10.5.7.0-24&fc00::-64", format!(r#"{{"PublicIP":"192.0.2.1","BackendType":"vxlan",{V4DATA},{V6DATA}}}"#), "missing PublicIPv6"),
+            (dual(), "10.5.7.0-24&fc00::-64", format!(r#"{{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::2","BackendType":"vxlan",{V4DATA}}}"#), "missing BackendV6Data"),
+            (dual(), "10.5.7.0-24&fc00::-64", format!(r#"{{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::2","BackendType":"vxlan",{V4DATA},"BackendV6Data":{{"VNI":9,"VtepMAC":"aa:bb:cc:dd:ee:f6"}}}}"#), "VNI 9"),
+            (v6_only(), "0.0.0.0-0&fc00::-64", r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::2","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}}"#.into(), "not a unicast MAC"),
+        ];
+        for (rules, key, value, needle) in cases {
+            let err = validate(&rules, key, value.as_bytes())
+                .expect_err(&format!("{key} {value:.80} accepted"))
+                .to_string();
+            assert!(err.contains(needle), "{key} {value:.80}: {err:?} lacks {needle:?}");
+        }
     }
 
     #[test]

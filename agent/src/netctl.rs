@@ -17,11 +17,15 @@ use crate::store::{LeaseStore, StoreError, StoredEntry, TtlLeaseId};
 #[serde(rename_all = "camelCase")]
 pub struct LeaseRow {
     pub key: String,
+    /// The IPv4 subnet; the key itself when it is not a subnet key, "-" when IPv6-only.
     pub subnet: String,
+    pub subnet_v6: Option<String>,
     pub node: Option<String>,
     pub public_ip: Option<String>,
+    pub public_ip_v6: Option<String>,
     pub backend: Option<String>,
     pub vtep_mac: Option<String>,
+    pub vtep_mac_v6: Option<String>,
     /// Seconds left; `None` for a reservation or an unknown TTL.
     pub ttl_seconds: Option<u64>,
     pub reserved: bool,
@@ -40,7 +44,7 @@ pub fn lease_rows(
     ttls: &BTreeMap<TtlLeaseId, Option<Duration>>,
     now: SystemTime,
 ) -> Vec<LeaseRow> {
-    let mut rows: Vec<(Option<(u32, u8)>, LeaseRow)> = entries
+    let mut rows: Vec<(Option<(u8, u128, u8)>, LeaseRow)> = entries
         .iter()
         .map(|e| {
             let key = e.name.parse::<SubnetKey>();
@@ -60,18 +64,32 @@ pub fn lease_rows(
                 .as_ref()
                 .and_then(|a| a.vxlan_data().ok())
                 .map(|d| d.vtep_mac.to_string());
+            let vtep6 = attrs
+                .as_ref()
+                .and_then(|a| a.vxlan_v6_data().ok())
+                .map(|d| d.vtep_mac.to_string());
             let row = LeaseRow {
                 key: e.name.clone(),
-                subnet: key
-                    .map(|k| k.v4.to_string())
-                    .unwrap_or_else(|| e.name.escape_debug().to_string()),
+                subnet: match key {
+                    Some(k) => k
+                        .v4_subnet()
+                        .map_or_else(|| "-".to_string(), |s| s.to_string()),
+                    None => e.name.escape_debug().to_string(),
+                },
+                subnet_v6: key.and_then(|k| k.v6).map(|s| s.to_string()),
                 node: attrs.as_ref().and_then(|a| a.node_name.clone()),
                 public_ip: attrs
                     .as_ref()
                     .and_then(|a| a.public_ip)
+                    .filter(|ip| !ip.is_unspecified())
+                    .map(|ip| ip.to_string()),
+                public_ip_v6: attrs
+                    .as_ref()
+                    .and_then(|a| a.public_ip_v6)
                     .map(|ip| ip.to_string()),
                 backend: attrs.as_ref().map(|a| a.backend_type.clone()),
                 vtep_mac: vtep,
+                vtep_mac_v6: vtep6,
                 ttl_seconds: ttl.map(|d| d.as_secs()),
                 reserved: e.ttl_lease.is_none(),
                 expires: ttl.map(|d| humantime::format_rfc3339_seconds(now + d).to_string()),
@@ -80,7 +98,12 @@ pub fn lease_rows(
                 valid: problem.is_none(),
                 problem,
             };
-            (key.map(|k| (u32::from(k.v4.ip()), k.v4.prefix())), row)
+            let order = key.map(|k| {
+                let p = k.primary();
+                let (addr, bits) = crate::pool::addr_bits(p.ip());
+                (bits, addr, p.prefix())
+            });
+            (order, row)
         })
         .collect();
     // Subnets in address order; keys that are not subnets last.
@@ -146,65 +169,59 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 pub fn render_leases(rows: &[LeaseRow], output: Output) -> String {
-    match output {
-        Output::Json => serde_json::to_string_pretty(rows).expect("rows serialize") + "\n",
-        Output::Table => {
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.subnet.clone(),
-                        dash(&r.node),
-                        dash(&r.public_ip),
-                        dash(&r.backend),
-                        dash(&r.vtep_mac),
-                        ttl_cell(r),
-                    ]
-                })
-                .collect();
-            render_table(
-                &["SUBNET", "NODE", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "TTL"],
-                &cells,
-            )
-        }
-        Output::Wide => {
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.subnet.clone(),
-                        dash(&r.node),
-                        dash(&r.public_ip),
-                        dash(&r.backend),
-                        dash(&r.vtep_mac),
-                        ttl_cell(r),
-                        r.expires.clone().unwrap_or_else(|| "never".into()),
-                        dash(&r.etcd_lease),
-                        r.mod_revision.to_string(),
-                        match &r.problem {
-                            None => "ok".into(),
-                            Some(p) => format!("invalid: {p}"),
-                        },
-                    ]
-                })
-                .collect();
-            render_table(
-                &[
-                    "SUBNET",
-                    "NODE",
-                    "PUBLIC-IP",
-                    "BACKEND",
-                    "VTEP-MAC",
-                    "TTL",
-                    "EXPIRES",
-                    "ETCD-LEASE",
-                    "REVISION",
-                    "STATUS",
-                ],
-                &cells,
-            )
-        }
+    if output == Output::Json {
+        return serde_json::to_string_pretty(rows).expect("rows serialize") + "\n";
     }
+    let wide = output == Output::Wide;
+    // IPv6 columns only when some lease has an IPv6 half.
+    let v6 = rows.iter().any(|r| r.subnet_v6.is_some() || r.public_ip_v6.is_some());
+    let mut header = vec!["SUBNET"];
+    if v6 {
+        header.push("IPV6-SUBNET");
+    }
+    header.extend(["NODE", "PUBLIC-IP"]);
+    if v6 {
+        header.push("PUBLIC-IPV6");
+    }
+    header.extend(["BACKEND", "VTEP-MAC"]);
+    if v6 && wide {
+        header.push("VTEP-MAC-V6");
+    }
+    header.push("TTL");
+    if wide {
+        header.extend(["EXPIRES", "ETCD-LEASE", "REVISION", "STATUS"]);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut c = vec![r.subnet.clone()];
+            if v6 {
+                c.push(dash(&r.subnet_v6));
+            }
+            c.extend([dash(&r.node), dash(&r.public_ip)]);
+            if v6 {
+                c.push(dash(&r.public_ip_v6));
+            }
+            c.extend([dash(&r.backend), dash(&r.vtep_mac)]);
+            if v6 && wide {
+                c.push(dash(&r.vtep_mac_v6));
+            }
+            c.push(ttl_cell(r));
+            if wide {
+                c.extend([
+                    r.expires.clone().unwrap_or_else(|| "never".into()),
+                    dash(&r.etcd_lease),
+                    r.mod_revision.to_string(),
+                    match &r.problem {
+                        None => "ok".into(),
+                        Some(p) => format!("invalid: {p}"),
+                    },
+                ]);
+            }
+            c
+        })
+        .collect();
+    render_table(&header, &cells)
 }
 
 pub fn render_config(cfg: &NetConfig, output: Output) -> String {
@@ -212,14 +229,22 @@ pub fn render_config(cfg: &NetConfig, output: Output) -> String {
         Output::Json => serde_json::to_string_pretty(&cfg.to_json()).expect("json") + "\n",
         Output::Table | Output::Wide => {
             let b = &cfg.backend;
-            let mut rows = vec![
-                vec!["Network".into(), cfg.network.to_string()],
-                vec!["SubnetLen".into(), cfg.subnet_len.to_string()],
-                vec!["SubnetMin".into(), cfg.subnet_min.to_string()],
-                vec!["SubnetMax".into(), cfg.subnet_max.to_string()],
-                vec!["Subnets".into(), cfg.pool_size().to_string()],
-                vec!["Backend".into(), b.kind.to_string()],
-            ];
+            let mut rows = Vec::new();
+            for (prefix, pool) in [("", &cfg.ipv4), ("IPv6", &cfg.ipv6)] {
+                let Some(p) = pool else {
+                    rows.push(vec![
+                        format!("Enable{}", if prefix.is_empty() { "IPv4" } else { "IPv6" }),
+                        "false".into(),
+                    ]);
+                    continue;
+                };
+                rows.push(vec![format!("{prefix}Network"), p.network.to_string()]);
+                rows.push(vec![format!("{prefix}SubnetLen"), p.subnet_len.to_string()]);
+                rows.push(vec![format!("{prefix}SubnetMin"), p.min.to_string()]);
+                rows.push(vec![format!("{prefix}SubnetMax"), p.max.to_string()]);
+                rows.push(vec![format!("{prefix}Subnets"), p.size().to_string()]);
+            }
+            rows.push(vec!["Backend".into(), b.kind.to_string()]);
             if b.kind == weft_backends::BackendKind::Vxlan {
                 rows.push(vec!["VNI".into(), b.vni.to_string()]);
                 rows.push(vec!["Port".into(), b.port.to_string()]);
@@ -337,10 +362,11 @@ mod tests {
     #[test]
     fn rows_sort_by_address_and_flag_invalid() {
         let rules = LeaseRules {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet_len: 24,
+            v4: Some(("10.5.0.0/16".parse().unwrap(), 24)),
+            v6: None,
             vni: 1,
             own_public_ip: None,
+            own_public_ip_v6: None,
         };
         let mk = |name: &str, value: &str| StoredEntry {
             name: name.into(),
@@ -368,5 +394,40 @@ mod tests {
         assert!(!rows[0].valid && rows[1].valid && !rows[2].valid);
         assert!(rows[1].reserved);
         assert_eq!(ttl_cell(&rows[1]), "reserved");
+        assert!(
+            !render_leases(&rows, Output::Table).contains("IPV6"),
+            "no IPv6 columns on an IPv4-only cluster"
+        );
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_only_rows_show_both_families() {
+        let rules = LeaseRules {
+            v4: None,
+            v6: Some(("fc00::/48".parse().unwrap(), 64)),
+            vni: 1,
+            own_public_ip: None,
+            own_public_ip_v6: None,
+        };
+        let e = StoredEntry {
+            name: "0.0.0.0-0&fc00:0:0:2::-64".into(),
+            value: br#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::2","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"0e:00:00:00:00:06"},"NodeName":"n2"}"#.to_vec(),
+            create_revision: Revision(1),
+            mod_revision: Revision(1),
+            ttl_lease: None,
+        };
+        let rows = lease_rows(&[e], Some(&rules), &BTreeMap::new(), SystemTime::UNIX_EPOCH);
+        assert!(rows[0].valid, "{:?}", rows[0].problem);
+        assert_eq!(rows[0].subnet, "-");
+        assert_eq!(rows[0].public_ip, None, "0.0.0.0 is shown as absent");
+        let table = render_leases(&rows, Output::Wide);
+        let mut lines = table.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(col("IPV6-SUBNET"), "fc00:0:0:2::/64");
+        assert_eq!(col("PUBLIC-IPV6"), "2001:db8::2");
+        assert_eq!(col("VTEP-MAC-V6"), "0e:00:00:00:00:06");
+        assert_eq!(col("NODE"), "n2");
     }
 }

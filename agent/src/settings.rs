@@ -110,6 +110,7 @@ impl AgentSettings {
                 regexes: cli.iface_regex.clone(),
                 can_reach: cli.iface_can_reach,
                 public_ip: cli.public_ip,
+                public_ip_v6: cli.public_ipv6,
             },
             subnet_file: cli.subnet_file.clone(),
             net_config_file: cli.net_config.clone(),

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipnetwork::Ipv4Network;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_backends::{Peer, PeerEvent};
 
 use crate::keeper::{sleep_or_shutdown, Backoff, OwnKeyNotice};
-use crate::lease::{validate, LeaseRules};
+use crate::lease::{validate, LeaseRules, SubnetKey};
 use crate::store::{LeaseStore, Revision, Snapshot, StoredEntry, WatchEvent};
 
 /// One entry as the watch knows it.
@@ -23,23 +25,60 @@ struct Known {
     peer: Option<Peer>,
 }
 
+/// Something a lease claims for its node alone: a subnet (of either family) or a public
+/// address. Two live leases never share one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Claim {
+    Subnet(IpNetwork),
+    PublicIp(IpAddr),
+}
+
+impl std::fmt::Display for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Claim::Subnet(n) => write!(f, "subnet {n}"),
+            Claim::PublicIp(a) => write!(f, "public IP {a}"),
+        }
+    }
+}
+
+/// Everything `p` claims besides its identifying subnet ([`Peer::id`]).
+fn claims(p: &Peer) -> Vec<Claim> {
+    let mut out = Vec::with_capacity(3);
+    if let (Some(v6), IpNetwork::V4(_)) = (p.subnet_v6, p.id()) {
+        out.push(Claim::Subnet(IpNetwork::V6(v6)));
+    }
+    if !p.public_ip.is_unspecified() {
+        out.push(Claim::PublicIp(IpAddr::V4(p.public_ip)));
+    }
+    if let Some(ip6) = p.public_ip_v6 {
+        out.push(Claim::PublicIp(IpAddr::V6(ip6)));
+    }
+    out
+}
+
 /// The peer set and the bookkeeping to diff it. Pure: fed entries, returns events.
+///
+/// Peers are identified by their IPv4 subnet (their IPv6 subnet on an IPv6-only cluster).
+/// Two keys naming one such subnet: the older wins. A lease whose other claims (its IPv6
+/// subnet on a dual-stack cluster, its public addresses) are already held by an older lease
+/// for another subnet is refused, as is any lease claiming one of this node's subnets.
 #[derive(Debug)]
 pub struct PeerSet {
     rules: LeaseRules,
-    own: Option<Ipv4Network>,
+    own: Option<SubnetKey>,
     /// This node's name: a lease carrying it is never a peer, whatever its subnet.
     me: Option<String>,
     entries: BTreeMap<String, Known>,
-    by_subnet: BTreeMap<Ipv4Network, BTreeSet<String>>,
-    /// Valid entries by the public IP they claim (a second claimant is refused).
-    by_ip: BTreeMap<std::net::Ipv4Addr, BTreeSet<String>>,
-    /// Subnets whose winner may have changed because a public IP's claimants changed.
-    ip_touched: BTreeSet<Ipv4Network>,
-    /// Entries refused because an older lease holds their subnet or public IP.
+    by_subnet: BTreeMap<IpNetwork, BTreeSet<String>>,
+    /// Valid entries by the other things they claim (a second claimant is refused).
+    by_claim: BTreeMap<Claim, BTreeSet<String>>,
+    /// Subnets whose winner may have changed because a claim's claimants changed.
+    claim_touched: BTreeSet<IpNetwork>,
+    /// Entries refused because an older lease holds their subnet or another claim.
     conflicts: BTreeSet<String>,
     /// What has been emitted: subnet → peer.
-    emitted: BTreeMap<Ipv4Network, Peer>,
+    emitted: BTreeMap<IpNetwork, Peer>,
     warned: HashSet<(String, i64)>,
     invalid: usize,
 }
@@ -52,8 +91,8 @@ impl PeerSet {
             me,
             entries: BTreeMap::new(),
             by_subnet: BTreeMap::new(),
-            by_ip: BTreeMap::new(),
-            ip_touched: BTreeSet::new(),
+            by_claim: BTreeMap::new(),
+            claim_touched: BTreeSet::new(),
             conflicts: BTreeSet::new(),
             emitted: BTreeMap::new(),
             warned: HashSet::new(),
@@ -79,26 +118,41 @@ impl PeerSet {
         self.invalid + self.conflicts.len()
     }
 
-    /// Every subnet of a valid entry claiming `ip`.
-    fn subnets_claiming(&self, ip: std::net::Ipv4Addr) -> Vec<Ipv4Network> {
-        self.by_ip
-            .get(&ip)
+    /// The identifying subnet of every valid entry making `claim`.
+    fn subnets_claiming(&self, claim: &Claim) -> Vec<IpNetwork> {
+        self.by_claim
+            .get(claim)
             .into_iter()
             .flatten()
-            .filter_map(|n| self.entries.get(n)?.peer.as_ref().map(|p| p.subnet))
+            .filter_map(|n| self.entries.get(n)?.peer.as_ref().map(Peer::id))
             .collect()
     }
 
-    /// Set this node's own subnet (never a peer). Returns the resulting events.
-    pub fn set_own(&mut self, own: Option<Ipv4Network>) -> Vec<PeerEvent> {
-        let old = std::mem::replace(&mut self.own, own);
-        let touched: BTreeSet<Ipv4Network> = old.into_iter().chain(own).collect();
+    fn own_subnets(&self) -> Vec<IpNetwork> {
+        let Some(own) = self.own else { return vec![] };
+        own.v4_subnet()
+            .map(IpNetwork::V4)
+            .into_iter()
+            .chain(own.v6.map(IpNetwork::V6))
+            .collect()
+    }
+
+    /// Set this node's own key (its subnets are never a peer's). Returns the resulting
+    /// events.
+    pub fn set_own(&mut self, own: Option<SubnetKey>) -> Vec<PeerEvent> {
+        let mut touched: BTreeSet<IpNetwork> = self.own_subnets().into_iter().collect();
+        self.own = own;
+        for s in self.own_subnets() {
+            touched.insert(s);
+            let claim = Claim::Subnet(s);
+            touched.extend(self.subnets_claiming(&claim));
+        }
         self.settle(touched)
     }
 
     /// Replace everything with a fresh listing; emit the difference.
     pub fn reset(&mut self, entries: &[StoredEntry]) -> Vec<PeerEvent> {
-        let mut touched: BTreeSet<Ipv4Network> = self.emitted.keys().copied().collect();
+        let mut touched: BTreeSet<IpNetwork> = self.emitted.keys().copied().collect();
         let fresh: BTreeSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         let gone: Vec<String> = self
             .entries
@@ -155,20 +209,13 @@ impl PeerSet {
         self.settle(touched)
     }
 
-    /// Record an entry; returns its subnet if it names one.
-    fn learn(&mut self, e: &StoredEntry) -> Option<Ipv4Network> {
+    /// Record an entry; returns its identifying subnet if it is valid.
+    fn learn(&mut self, e: &StoredEntry) -> Option<IpNetwork> {
         self.forget(&e.name);
         // This node's own lease carries its own public IP; only peers may not.
-        let own_key = self.own.is_some_and(|own| {
-            e.name
-                .parse::<crate::lease::SubnetKey>()
-                .is_ok_and(|k| k.v4 == own)
-        });
+        let own_key = self.own.is_some_and(|own| own.to_string() == e.name);
         let rules = if own_key {
-            LeaseRules {
-                own_public_ip: None,
-                ..self.rules.clone()
-            }
+            self.rules.for_own_lease()
         } else {
             self.rules.clone()
         };
@@ -182,7 +229,8 @@ impl PeerSet {
                 None
             }
         };
-        let subnet = peer.as_ref().map(|p| p.subnet);
+        let id = peer.as_ref().map(Peer::id);
+        let peer_claims = peer.as_ref().map(claims).unwrap_or_default();
         self.entries.insert(
             e.name.clone(),
             Known {
@@ -191,18 +239,18 @@ impl PeerSet {
                 peer,
             },
         );
-        if let Some(s) = subnet {
+        if let Some(s) = id {
             self.by_subnet.entry(s).or_default().insert(e.name.clone());
         }
-        if let Some(ip) = self.entries[&e.name].peer.as_ref().map(|p| p.public_ip) {
-            self.by_ip.entry(ip).or_default().insert(e.name.clone());
-            let others = self.subnets_claiming(ip);
-            self.ip_touched.extend(others);
+        for c in peer_claims {
+            self.by_claim.entry(c).or_default().insert(e.name.clone());
+            let others = self.subnets_claiming(&c);
+            self.claim_touched.extend(others);
         }
-        subnet
+        id
     }
 
-    fn forget(&mut self, name: &str) -> Option<Ipv4Network> {
+    fn forget(&mut self, name: &str) -> Option<IpNetwork> {
         let known = self.entries.remove(name)?;
         match known.peer {
             None => {
@@ -210,40 +258,44 @@ impl PeerSet {
                 None
             }
             Some(p) => {
-                if let Some(set) = self.by_subnet.get_mut(&p.subnet) {
+                let id = p.id();
+                if let Some(set) = self.by_subnet.get_mut(&id) {
                     set.remove(name);
                     if set.is_empty() {
-                        self.by_subnet.remove(&p.subnet);
+                        self.by_subnet.remove(&id);
                     }
                 }
-                if let Some(set) = self.by_ip.get_mut(&p.public_ip) {
-                    set.remove(name);
-                    if set.is_empty() {
-                        self.by_ip.remove(&p.public_ip);
+                for c in claims(&p) {
+                    if let Some(set) = self.by_claim.get_mut(&c) {
+                        set.remove(name);
+                        if set.is_empty() {
+                            self.by_claim.remove(&c);
+                        }
                     }
+                    let others = self.subnets_claiming(&c);
+                    self.claim_touched.extend(others);
                 }
                 self.conflicts.remove(name);
-                let others = self.subnets_claiming(p.public_ip);
-                self.ip_touched.extend(others);
-                Some(p.subnet)
+                Some(id)
             }
         }
     }
 
     /// Recompute the winner for each touched subnet and emit what changed.
-    fn settle(&mut self, mut touched: BTreeSet<Ipv4Network>) -> Vec<PeerEvent> {
-        touched.append(&mut self.ip_touched);
+    fn settle(&mut self, mut touched: BTreeSet<IpNetwork>) -> Vec<PeerEvent> {
+        touched.append(&mut self.claim_touched);
+        let own_subnets = self.own_subnets();
+        let own_name = self.own.map(|k| k.to_string());
         let mut out = Vec::new();
         for subnet in touched {
-            let winner = if Some(subnet) == self.own {
+            let winner = if own_subnets.contains(&subnet) {
                 // Any other key for this node's own subnet is somebody else's claim on it.
-                let mine = crate::lease::SubnetKey::v4(subnet).to_string();
                 let intruders: Vec<String> = self
                     .by_subnet
                     .get(&subnet)
                     .into_iter()
                     .flatten()
-                    .filter(|n| **n != mine)
+                    .filter(|n| Some(*n) != own_name.as_ref())
                     .cloned()
                     .collect();
                 for n in intruders {
@@ -255,7 +307,7 @@ impl PeerSet {
                 }
                 None
             } else {
-                self.winner(subnet)
+                self.winner(subnet, &own_subnets)
                     .filter(|p| p.node_name.is_none() || p.node_name != self.me)
             };
             match (self.emitted.get(&subnet).cloned(), winner) {
@@ -280,7 +332,7 @@ impl PeerSet {
 
     /// Two keys claiming one subnet (e.g. a single-stack and a dual-stack key): the one
     /// created first wins, the other is reported.
-    fn winner(&mut self, subnet: Ipv4Network) -> Option<Peer> {
+    fn winner(&mut self, subnet: IpNetwork, own_subnets: &[IpNetwork]) -> Option<Peer> {
         let names = self.by_subnet.get(&subnet)?;
         let mut best: Option<(&String, &Known)> = None;
         for n in names {
@@ -304,23 +356,30 @@ impl PeerSet {
             self.conflicts.insert(n.clone());
         }
         self.conflicts.remove(&name);
-        // A public IP claimed by an older lease for another subnet: this one is refused, so
-        // that a copied or mistyped address cannot pull a live node's traffic elsewhere.
-        let older = self.by_ip.get(&peer.public_ip).and_then(|holders| {
-            holders
-                .iter()
-                .filter(|n| **n != name)
-                .filter_map(|n| Some((n, self.entries.get(n)?)))
-                .filter(|(_, k)| k.peer.as_ref().is_some_and(|p| p.subnet != subnet))
-                .filter(|(n, k)| (k.create_revision, n.as_str()) < (created, name.as_str()))
-                .map(|(n, _)| n.clone())
-                .next()
-        });
-        if let Some(holder) = older {
+        // Another claim (an IPv6 subnet, a public address) held by an older lease for
+        // another subnet, or one of this node's own subnets: this lease is refused, so that
+        // a copied or mistyped value cannot pull a live node's traffic elsewhere.
+        for claim in claims(&peer) {
+            let own = matches!(claim, Claim::Subnet(s) if own_subnets.contains(&s));
+            let older = self.by_claim.get(&claim).and_then(|holders| {
+                holders
+                    .iter()
+                    .filter(|n| **n != name)
+                    .filter_map(|n| Some((n, self.entries.get(n)?)))
+                    .filter(|(_, k)| k.peer.as_ref().is_some_and(|p| p.id() != subnet))
+                    .filter(|(n, k)| (k.create_revision, n.as_str()) < (created, name.as_str()))
+                    .map(|(n, _)| n.clone())
+                    .next()
+            });
+            let holder = match (own, older) {
+                (true, _) => "this node".to_string(),
+                (false, Some(h)) => h,
+                (false, None) => continue,
+            };
             self.conflicts.insert(name.clone());
-            let key = (format!("ip:{name}"), known.mod_revision.0);
+            let key = (format!("claim:{name}"), known.mod_revision.0);
             if self.warned.insert(key) {
-                warn!(key = %name.escape_debug(), public_ip = %peer.public_ip, held_by = %holder.escape_debug(), "refusing a lease whose PublicIP an older lease already holds");
+                warn!(key = %name.escape_debug(), claim = %claim, held_by = %holder.escape_debug(), "refusing a lease whose {claim} an older lease already holds");
             }
             return None;
         }
@@ -336,7 +395,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
     rules: LeaseRules,
     initial: Option<Snapshot>,
     me: Option<String>,
-    mut own: watch::Receiver<Option<(String, Ipv4Network)>>,
+    mut own: watch::Receiver<Option<SubnetKey>>,
     events: mpsc::Sender<Vec<PeerEvent>>,
     own_notices: mpsc::Sender<OwnKeyNotice>,
     // (valid peers, invalid leases, whether this listing restarted the watch)
@@ -355,9 +414,9 @@ pub async fn run_peer_watch<S: LeaseStore>(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut first = true;
     let mut first_sent_pending = true;
-    let mut own_key = own.borrow().clone();
+    let mut own_key = *own.borrow();
     // Nothing is known yet, so setting the own subnet emits nothing.
-    set.set_own(own_key.as_ref().map(|(_, s)| *s));
+    set.set_own(own_key);
     loop {
         if *shutdown.borrow() {
             return;
@@ -386,8 +445,8 @@ pub async fn run_peer_watch<S: LeaseStore>(
             );
         }
         first = false;
-        if let Some((name, _)) = &own_key {
-            if !snap.entries.iter().any(|e| &e.name == name) {
+        if let Some(name) = own_key.map(|k| k.to_string()) {
+            if !snap.entries.iter().any(|e| e.name == name) {
                 let _ = own_notices
                     .send(OwnKeyNotice::Deleted {
                         name: name.clone(),
@@ -426,19 +485,19 @@ pub async fn run_peer_watch<S: LeaseStore>(
                 }
                 changed = own.changed() => {
                     if changed.is_err() { return; }
-                    own_key = own.borrow().clone();
-                    let diff = set.set_own(own_key.as_ref().map(|(_, s)| *s));
+                    own_key = *own.borrow();
+                    let diff = set.set_own(own_key);
                     peer_count(set.len(), set.invalid_count(), relisted);
                     if !diff.is_empty() && events.send(diff).await.is_err() { return; }
                 }
                 item = stream.next() => {
                     match item {
                         Some(Ok(batch)) => {
-                            if let Some((name, _)) = &own_key {
+                            if let Some(name) = own_key.map(|k| k.to_string()) {
                                 for ev in &batch {
                                     let notice = match ev {
-                                        WatchEvent::Put(e) if &e.name == name => Some(OwnKeyNotice::Put { name: e.name.clone(), mod_revision: e.mod_revision.0 }),
-                                        WatchEvent::Delete { name: n, revision } if n == name => Some(OwnKeyNotice::Deleted { name: n.clone(), revision: revision.0 }),
+                                        WatchEvent::Put(e) if e.name == name => Some(OwnKeyNotice::Put { name: e.name.clone(), mod_revision: e.mod_revision.0 }),
+                                        WatchEvent::Delete { name: n, revision } if *n == name => Some(OwnKeyNotice::Deleted { name: n.clone(), revision: revision.0 }),
                                         _ => None,
                                     };
                                     if let Some(n) = notice {
@@ -479,10 +538,11 @@ mod tests {
 
     fn rules() -> LeaseRules {
         LeaseRules {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet_len: 24,
+            v4: Some(("10.244.0.0/16".parse().unwrap(), 24)),
+            v6: None,
             vni: 1,
             own_public_ip: Some("192.0.2.1".parse().unwrap()),
+            own_public_ip_v6: None,
         }
     }
 
@@ -503,9 +563,9 @@ mod tests {
         events
             .iter()
             .map(|e| match e {
-                PeerEvent::Added(p) => format!("+{}", p.subnet),
-                PeerEvent::Removed(p) => format!("-{}", p.subnet),
-                PeerEvent::Updated { new, .. } => format!("~{}", new.subnet),
+                PeerEvent::Added(p) => format!("+{}", p.id()),
+                PeerEvent::Removed(p) => format!("-{}", p.id()),
+                PeerEvent::Updated { new, .. } => format!("~{}", new.id()),
             })
             .collect()
     }

@@ -2,7 +2,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::MacAddr;
 
@@ -55,6 +55,8 @@ pub struct Peer {
     pub backend: BackendKind,
     /// The peer's VTEP MAC (vxlan only).
     pub vtep_mac: Option<MacAddr>,
+    /// The VTEP MAC of the peer's IPv6 VXLAN device (flannel's `BackendV6Data`).
+    pub vtep_mac_v6: Option<MacAddr>,
     /// The node name the peer published, when it did (flannel does not).
     pub node_name: Option<String>,
 }
@@ -71,11 +73,22 @@ pub enum PeerEvent {
     Removed(Peer),
 }
 
+impl Peer {
+    /// The subnet that identifies the peer: its IPv4 subnet, or its IPv6 subnet when the
+    /// lease is IPv6-only (flannel writes `0.0.0.0-0` as the IPv4 part of such a key).
+    pub fn id(&self) -> IpNetwork {
+        match self.subnet_v6 {
+            Some(v6) if self.subnet.prefix() == 0 => IpNetwork::V6(v6),
+            _ => IpNetwork::V4(self.subnet),
+        }
+    }
+}
+
 impl PeerEvent {
-    pub fn subnet(&self) -> Ipv4Network {
+    pub fn id(&self) -> IpNetwork {
         match self {
-            PeerEvent::Added(p) | PeerEvent::Removed(p) => p.subnet,
-            PeerEvent::Updated { new, .. } => new.subnet,
+            PeerEvent::Added(p) | PeerEvent::Removed(p) => p.id(),
+            PeerEvent::Updated { new, .. } => new.id(),
         }
     }
 }

@@ -53,13 +53,24 @@ const JSON_DICT: &[&str] = &[
     "{\"a\":1}",
 ];
 
-fn rules() -> LeaseRules {
-    LeaseRules {
-        network: "10.244.0.0/16".parse().expect("valid"),
-        subnet_len: 24,
+/// The rules of an IPv4-only, a dual-stack and an IPv6-only cluster.
+fn rule_sets() -> [LeaseRules; 3] {
+    let v4 = LeaseRules {
+        v4: Some(("10.244.0.0/16".parse().expect("valid"), 24)),
+        v6: None,
         vni: 1,
         own_public_ip: Some("192.0.2.1".parse().expect("valid")),
-    }
+        own_public_ip_v6: Some("2001:db8::1".parse().expect("valid")),
+    };
+    let dual = LeaseRules {
+        v6: Some(("fc00::/48".parse().expect("valid"), 64)),
+        ..v4.clone()
+    };
+    let v6 = LeaseRules {
+        v4: None,
+        ..dual.clone()
+    };
+    [v4, dual, v6]
 }
 
 /// `key \n value`: a lease as the watch sees it.
@@ -71,13 +82,15 @@ fn lease(data: &[u8]) {
     let key = String::from_utf8_lossy(key);
     let _ = key.parse::<SubnetKey>().map(|k| k.to_string());
     let _ = LeaseAttrs::decode(value).map(|a| a.encode());
-    if let Ok(peer) = validate(&rules(), &key, value) {
-        // A valid peer always re-encodes to a key that parses to the same subnet.
-        let again: SubnetKey = SubnetKey::v4(peer.subnet)
-            .to_string()
-            .parse()
-            .expect("own encoding parses");
-        assert_eq!(again.v4, peer.subnet);
+    for rules in rule_sets() {
+        if let Ok(peer) = validate(&rules, &key, value) {
+            // A valid peer always re-encodes to a key that parses to the same subnets.
+            let v4 = (rules.v4.is_some()).then_some(peer.subnet);
+            let built = SubnetKey::new(v4, peer.subnet_v6).expect("a valid peer has a subnet");
+            let again: SubnetKey = built.to_string().parse().expect("own encoding parses");
+            assert_eq!(again, built);
+            assert_eq!(again.primary(), peer.id());
+        }
     }
 }
 
@@ -86,8 +99,7 @@ fn net_config(data: &[u8]) {
         // What weft accepts, it can write back and read again identically.
         let text = serde_json::to_vec(&cfg.to_json()).expect("serializable");
         let again = NetConfig::parse(&text).expect("own output parses");
-        assert_eq!(again.network, cfg.network);
-        assert_eq!(again.subnet_len, cfg.subnet_len);
+        assert_eq!(again, cfg);
     }
 }
 
@@ -131,6 +143,8 @@ pub const TARGETS: &[Target] = &[
             "10.244.7.0-24\n{\"PublicIP\":\"192.0.2.7\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:07\"},\"NodeName\":\"n7\"}",
             "10.244.8.0-24&fc00::-64\n{\"PublicIP\":\"192.0.2.8\",\"BackendType\":\"host-gw\"}",
             "10.244.9.0-24\n{\"PublicIP\":\"192.0.2.9\",\"BackendType\":\"vxlan\",\"BackendData\":null}",
+            "10.244.10.0-24&fc00:0:0:a::-64\n{\"PublicIP\":\"192.0.2.10\",\"PublicIPv6\":\"2001:db8::a\",\"BackendType\":\"vxlan\",\"BackendData\":{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:0a\"},\"BackendV6Data\":{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:06:0a\"}}",
+            "0.0.0.0-0&fc00:0:0:b::-64\n{\"PublicIP\":\"0.0.0.0\",\"PublicIPv6\":\"2001:db8::b\",\"BackendType\":\"vxlan\",\"BackendV6Data\":{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:06:0b\"}}",
         ],
         dict: JSON_DICT,
     },
@@ -141,6 +155,7 @@ pub const TARGETS: &[Target] = &[
             "{\"Network\":\"10.244.0.0/16\",\"SubnetLen\":24,\"Backend\":{\"Type\":\"vxlan\",\"VNI\":1,\"Port\":8472,\"DirectRouting\":true,\"MTU\":1400}}",
             "{\"Network\":\"10.0.0.0/8\",\"SubnetMin\":\"10.1.0.0\",\"SubnetMax\":\"10.9.0.0\",\"Backend\":{\"Type\":\"host-gw\"}}",
             "{\"Network\":\"10.0.0.0/24\",\"EnableIPv6\":true,\"IPv6Network\":\"fc00::/48\",\"IPv6SubnetLen\":64}",
+            "{\"EnableIPv4\":false,\"EnableIPv6\":true,\"IPv6Network\":\"fd00:10::/56\",\"IPv6SubnetLen\":60,\"IPv6SubnetMin\":\"fd00:10:0:20::\",\"IPv6SubnetMax\":\"fd00:10:0:40::\"}",
         ],
         dict: JSON_DICT,
     },
@@ -150,6 +165,8 @@ pub const TARGETS: &[Target] = &[
         seeds: &[
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
             "FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.3.0.1/26\nFLANNEL_MTU=9000\nFLANNEL_IPMASQ=false\nFLANNEL_IPV6_NETWORK=fc00::/48\n",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
         ],
         dict: &["=", "\n", "FLANNEL_MTU=", "FLANNEL_SUBNET=", "99999999999", "/33", "/0", "::", "#"],
     },

@@ -10,8 +10,8 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::{mpsc, watch};
 use weft_agent::config::NetConfig;
 use weft_agent::keeper::{KeeperError, KeeperSettings, LeaseKeeper, LeaseStatus};
-use weft_agent::lease::{LeaseAttrs, LeaseRules, SubnetKey, VxlanData};
-use weft_agent::pick::Identity;
+use weft_agent::lease::{Endpoint, LeaseAttrs, LeaseRules, SubnetKey, VxlanData};
+use weft_agent::pick::{Identity, Previous};
 use weft_agent::store::{CreateOutcome, EtcdStore, LeaseStore, MemoryStore};
 use weft_agent::watch::run_peer_watch;
 use weft_backends::{BackendKind, MacAddr, PeerEvent};
@@ -28,23 +28,29 @@ fn node_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i + 1)
 }
 
+fn attrs(name: &str, ip: Ipv4Addr, mac: Option<MacAddr>) -> LeaseAttrs {
+    let ep = Endpoint {
+        public_ip: ip,
+        vxlan: mac.map(|vtep_mac| VxlanData { vni: 1, vtep_mac }),
+    };
+    let kind = if mac.is_some() {
+        BackendKind::Vxlan
+    } else {
+        BackendKind::HostGw
+    };
+    LeaseAttrs::for_node(name, kind, Some(ep), None)
+}
+
 fn settings(name: &str, ip: Ipv4Addr, ttl: Duration) -> KeeperSettings {
     KeeperSettings {
         identity: Identity {
             node_name: name.into(),
-            public_ip: ip,
+            public_ip: Some(ip),
+            public_ip_v6: None,
         },
-        attrs: LeaseAttrs::for_node(
-            name,
-            ip,
-            BackendKind::Vxlan,
-            Some(VxlanData {
-                vni: 1,
-                vtep_mac: MacAddr::derive_from(name),
-            }),
-        ),
+        attrs: attrs(name, ip, Some(MacAddr::derive_from(name))),
         ttl,
-        previous: None,
+        previous: Previous::default(),
     }
 }
 
@@ -79,7 +85,7 @@ impl Node {
                 let held = st
                     .borrow_and_update()
                     .held()
-                    .map(|h| (SubnetKey::v4(h.subnet).to_string(), h.subnet));
+                    .map(|h| h.key);
                 if held.is_some() {
                     own_tx.send_replace(held);
                 }
@@ -110,7 +116,7 @@ impl Node {
     async fn held(&mut self, what: &str) -> Ipv4Network {
         let mut st = self.status.clone();
         wait_for(what, Duration::from_secs(20), || {
-            let v = st.borrow_and_update().held().map(|h| h.subnet);
+            let v = st.borrow_and_update().held().map(|h| h.key.v4);
             async move { v }
         })
         .await
@@ -146,12 +152,13 @@ async fn two_hundred_racing_keepers_get_distinct_subnets_then_the_pool_runs_dry(
     let results = futures::future::join_all((0..200).map(|i| tokio::spawn(acquire(i)))).await;
     let subnets: Vec<Ipv4Network> = results
         .into_iter()
-        .map(|r| r.unwrap().expect("acquire").subnet)
+        .map(|r| r.unwrap().expect("acquire").key.v4)
         .collect();
     let distinct: BTreeSet<_> = subnets.iter().collect();
     assert_eq!(distinct.len(), 200, "200 keepers, 200 distinct subnets");
     for s in &subnets {
-        assert!(c.pool_index(*s).is_some(), "{s} outside the pool");
+        let pool = c.ipv4.as_ref().unwrap();
+        assert!(pool.index((*s).into()).is_some(), "{s} outside the pool");
     }
     let listed = stores[0].snapshot(false).await.unwrap();
     assert_eq!(listed.entries.len(), 200, "exactly one key per keeper");
@@ -224,7 +231,7 @@ async fn restarted_node_keeps_its_subnet_by_name_and_a_flannel_lease_by_public_i
         .acquire(None)
         .await
         .unwrap();
-    assert_eq!(again.subnet, first.subnet);
+    assert_eq!(again.key, first.key);
     let attrs =
         LeaseAttrs::decode(&store.get(&again.entry.name).await.unwrap().unwrap().value).unwrap();
     assert_eq!(attrs.public_ip, Some(node_ip(500)));
@@ -261,7 +268,7 @@ async fn restarted_node_keeps_its_subnet_by_name_and_a_flannel_lease_by_public_i
     .acquire(None)
     .await
     .unwrap();
-    assert_eq!(adopted.subnet.to_string(), format!("{flannel_subnet}/24"));
+    assert_eq!(adopted.key.v4.to_string(), format!("{flannel_subnet}/24"));
     let attrs = LeaseAttrs::decode(
         &store
             .get(&format!("{flannel_subnet}-24"))
@@ -279,12 +286,15 @@ async fn restarted_node_keeps_its_subnet_by_name_and_a_flannel_lease_by_public_i
 
     // A node whose previous subnet (subnet.env) is free gets it back.
     let mut s = settings("n-prev", node_ip(77), DAY);
-    s.previous = Some(format!("{previous}/24").parse().unwrap());
+    s.previous = Previous {
+        v4: Some(format!("{previous}/24").parse().unwrap()),
+        v6: None,
+    };
     let prev = LeaseKeeper::new(store.clone(), c.clone(), s)
         .acquire(None)
         .await
         .unwrap();
-    assert_eq!(prev.subnet.to_string(), format!("{previous}/24"));
+    assert_eq!(prev.key.v4.to_string(), format!("{previous}/24"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +319,7 @@ async fn reservations_are_honoured_and_never_handed_to_another_node() {
             .acquire(None)
             .await
             .unwrap()
-            .subnet,
+            .key.v4,
         );
     }
     assert!(
@@ -329,7 +339,7 @@ async fn reservations_are_honoured_and_never_handed_to_another_node() {
     .acquire(None)
     .await
     .unwrap();
-    assert_eq!(held.subnet.to_string(), "10.6.0.128/26");
+    assert_eq!(held.key.v4.to_string(), "10.6.0.128/26");
     assert!(
         held.is_reservation(),
         "adopting a reservation keeps it a reservation"
@@ -369,16 +379,7 @@ async fn a_deleted_lease_is_reacquired_and_renewal_never_takes_another_nodes_sub
     assert_eq!(back.node_name.as_deref(), Some("n1"));
 
     // Another node takes the subnet while n1 is not looking: n1 must not overwrite it.
-    let thief_value = LeaseAttrs::for_node(
-        "thief",
-        node_ip(2),
-        BackendKind::Vxlan,
-        Some(VxlanData {
-            vni: 1,
-            vtep_mac: MacAddr::derive_from("thief"),
-        }),
-    )
-    .encode();
+    let thief_value = attrs("thief", node_ip(2), Some(MacAddr::derive_from("thief"))).encode();
     let mut raw = etcd.raw_client().await;
     raw.put(format!("/lost/subnets/{name}"), thief_value.clone(), None)
         .await
@@ -391,7 +392,7 @@ async fn a_deleted_lease_is_reacquired_and_renewal_never_takes_another_nodes_sub
             let v = st
                 .borrow_and_update()
                 .held()
-                .map(|h| h.subnet)
+                .map(|h| h.key.v4)
                 .filter(|s| *s != subnet);
             async move { v }
         },
@@ -425,7 +426,7 @@ async fn renewal_with_a_stale_revision_reports_the_lease_lost() {
     let held = k.acquire(None).await.unwrap();
     // The key is deleted and re-created by someone else.
     store.delete(&held.entry.name, None).await.unwrap();
-    let other = LeaseAttrs::for_node("other", node_ip(2), BackendKind::HostGw, None).encode();
+    let other = attrs("other", node_ip(2), None).encode();
     assert!(matches!(
         store.create(&held.entry.name, &other, None).await.unwrap(),
         CreateOutcome::Created(_)
@@ -451,7 +452,7 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
         .acquire(None)
         .await
         .unwrap()
-        .subnet;
+        .key.v4;
     let mut held = Vec::new();
     for i in 2..5 {
         held.push(
@@ -473,16 +474,16 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
         .acquire(None)
         .await
         .unwrap()
-        .subnet;
+        .key.v4;
     let p3 = LeaseKeeper::new(store.clone(), c.clone(), settings("p3", node_ip(33), DAY))
         .acquire(None)
         .await
         .unwrap();
-    assert_eq!(p3.subnet, held[1].subnet);
+    assert_eq!(p3.key, held[1].key);
     // ...and the history the watch would need is compacted away.
     etcd.compact_now().await;
 
-    let (own_tx, own_rx) = watch::channel(Some((SubnetKey::v4(mine).to_string(), mine)));
+    let (own_tx, own_rx) = watch::channel(Some(SubnetKey::v4(mine)));
     let (ev_tx, mut events) = mpsc::channel(64);
     let (notice_tx, _notices) = mpsc::channel(64);
     let (stop, stop_rx) = watch::channel(false);
@@ -508,7 +509,7 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
         .collect();
     assert_eq!(
         added,
-        held.iter().map(|h| h.subnet).collect(),
+        held.iter().map(|h| h.key.v4).collect(),
         "own subnet excluded"
     );
 
@@ -516,9 +517,9 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
     let (mut removed, mut joined, mut updated) = (false, false, false);
     for ev in &relist {
         match ev {
-            PeerEvent::Removed(p) if p.subnet == held[0].subnet => removed = true,
+            PeerEvent::Removed(p) if p.subnet == held[0].key.v4 => removed = true,
             PeerEvent::Added(p) if p.subnet == p5 => joined = true,
-            PeerEvent::Updated { old, new } if new.subnet == p3.subnet => {
+            PeerEvent::Updated { old, new } if new.subnet == p3.key.v4 => {
                 assert_eq!((old.public_ip, new.public_ip), (node_ip(3), node_ip(33)));
                 updated = true;
             }

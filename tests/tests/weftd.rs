@@ -240,19 +240,23 @@ async fn weftd_and_netctl_keep_working_when_any_one_of_three_members_stops() {
             weft_agent::keeper::KeeperSettings {
                 identity: weft_agent::pick::Identity {
                     node_name: peer.clone(),
-                    public_ip: format!("192.0.2.{}", 100 + round).parse().unwrap(),
+                    public_ip: Some(format!("192.0.2.{}", 100 + round).parse().unwrap()),
+                    public_ip_v6: None,
                 },
                 attrs: LeaseAttrs::for_node(
                     &peer,
-                    format!("192.0.2.{}", 100 + round).parse().unwrap(),
                     weft_backends::BackendKind::Vxlan,
-                    Some(weft_agent::lease::VxlanData {
-                        vni: 1,
-                        vtep_mac: MacAddr::derive_from(&peer),
+                    Some(weft_agent::lease::Endpoint {
+                        public_ip: format!("192.0.2.{}", 100 + round).parse().unwrap(),
+                        vxlan: Some(weft_agent::lease::VxlanData {
+                            vni: 1,
+                            vtep_mac: MacAddr::derive_from(&peer),
+                        }),
                     }),
+                    None,
                 ),
                 ttl: Duration::from_secs(3600),
-                previous: None,
+                previous: Default::default(),
             },
         );
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -404,16 +404,38 @@ impl LeaseStore for EtcdStore {
         Ok(resp.kvs().first().and_then(|kv| self.entry(kv)))
     }
 
-    async fn create(
+    async fn create_unless_prefixed(
         &self,
         name: &str,
+        guard: &str,
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<CreateOutcome, StoreError> {
-        let compare = Compare::version(self.key(name), CompareOp::Equal, 0);
+        debug_assert!(name.starts_with(guard));
+        // A compare over a key range holds when every key in it holds; with no key at all it
+        // compares against version 0, so "no key starts with guard" is one compare.
+        let compare = if guard == name {
+            Compare::version(self.key(name), CompareOp::Equal, 0)
+        } else {
+            Compare::version(self.key(guard), CompareOp::Equal, 0).with_prefix()
+        };
         Ok(
             match self.put_if("create", name, value, compare, ttl).await? {
                 Ok(entry) => CreateOutcome::Created(entry),
+                Err(None) if guard != name => {
+                    // The blocking key is another one under the guard: read one of them.
+                    let k = self.key(guard);
+                    let resp = self
+                        .call("get", |mut c| {
+                            let k = k.clone();
+                            async move {
+                                c.get(k, Some(GetOptions::new().with_prefix().with_limit(1)))
+                                    .await
+                            }
+                        })
+                        .await?;
+                    CreateOutcome::Exists(resp.kvs().first().and_then(|kv| self.entry(kv)))
+                }
                 Err(current) => CreateOutcome::Exists(current),
             },
         )

@@ -201,14 +201,21 @@ impl LeaseStore for MemoryStore {
         Ok(self.lock()?.entries.get(name).cloned())
     }
 
-    async fn create(
+    async fn create_unless_prefixed(
         &self,
         name: &str,
+        guard: &str,
         value: &[u8],
         ttl: Option<Duration>,
     ) -> Result<CreateOutcome, StoreError> {
+        debug_assert!(name.starts_with(guard));
         let mut inner = self.lock()?;
-        if let Some(existing) = inner.entries.get(name) {
+        if let Some((_, existing)) = inner
+            .entries
+            .range::<str, _>((std::ops::Bound::Included(guard), std::ops::Bound::Unbounded))
+            .next()
+            .filter(|(k, _)| k.starts_with(guard))
+        {
             return Ok(CreateOutcome::Exists(Some(existing.clone())));
         }
         let lease = Self::grant(&mut inner, ttl);

@@ -134,6 +134,20 @@ pub trait LeaseStore: Send + Sync + 'static {
         name: &str,
         value: &[u8],
         ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send {
+        self.create_unless_prefixed(name, name, value, ttl)
+    }
+
+    /// Create `name` only if no key starting with `guard` exists (`guard` is a prefix of
+    /// `name`), in one transaction. The lease keeper guards a dual-stack key
+    /// `10.5.52.0-24&fc00::-64` with `10.5.52.0-24`, so two nodes can never hold one IPv4
+    /// subnet under two keys. `Exists` carries one of the blocking entries.
+    fn create_unless_prefixed(
+        &self,
+        name: &str,
+        guard: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
     ) -> impl Future<Output = Result<CreateOutcome, StoreError>> + Send;
 
     /// Replace `name` only if its mod_revision is still `expected`, attaching a fresh TTL
