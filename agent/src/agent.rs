@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use weft_backends::dataplane::KernelNetlink;
 use weft_backends::plan::{Settings, Underlay, VxlanSettings};
-use weft_backends::{BackendKind, MacAddr, PeerEvent};
+use weft_backends::{BackendKind, IpFamily, MacAddr, PeerEvent};
 
 use crate::config::{ConfigError, NetConfig};
 use crate::firewall::{run_firewall, MasqRules, NftFirewall};
@@ -73,7 +73,7 @@ pub fn pod_mtu(cfg: &NetConfig, underlay_mtu: u32) -> u32 {
         return m;
     }
     match cfg.backend.kind {
-        BackendKind::Vxlan => VxlanSettings::mtu_for(underlay_mtu, None),
+        BackendKind::Vxlan => VxlanSettings::mtu_for(underlay_mtu, None, IpFamily::V4),
         BackendKind::HostGw => underlay_mtu,
     }
 }
@@ -92,7 +92,7 @@ pub fn backend_settings(cfg: &NetConfig, mac: MacAddr, underlay: Underlay) -> Se
             vni: cfg.backend.vni,
             port: cfg.backend.port,
             mac,
-            mtu: VxlanSettings::mtu_for(underlay.mtu, cfg.backend.mtu),
+            mtu: VxlanSettings::mtu_for(underlay.mtu, cfg.backend.mtu, underlay.family()),
             underlay,
             direct_routing: cfg.backend.direct_routing,
         }),
@@ -107,11 +107,15 @@ pub fn underlay_of(index: u32, mtu: u32, v4: &[Ipv4Network]) -> Option<Underlay>
     let first = v4.first()?;
     Some(Underlay {
         index,
-        ip: first.ip(),
+        ip: first.ip().into(),
         mtu,
         connected: v4
             .iter()
-            .map(|n| Ipv4Network::new(n.network(), n.prefix()).expect("prefix of a valid network"))
+            .map(|n| {
+                Ipv4Network::new(n.network(), n.prefix())
+                    .expect("prefix of a valid network")
+                    .into()
+            })
             .collect(),
     })
 }
@@ -293,9 +297,9 @@ pub async fn run(
         underlay_of(chosen.index, chosen.mtu, &[chosen.iface_addr]).expect("one address given");
     let backend = backend_settings(&cfg, MacAddr::derive_from(&settings.node_name), underlay);
     let device = device_name(cfg.backend.vni);
-    let nl = KernelNetlink::open(&device)?;
+    let nl = KernelNetlink::open(&device, IpFamily::V4)?;
     let (kick_tx, kick_rx) = mpsc::channel(1);
-    crate::reconcile::spawn_monitor(device.clone(), kick_tx)?;
+    crate::reconcile::spawn_monitor(device.clone(), IpFamily::V4, kick_tx)?;
     let (dp_own_tx, dp_own_rx) = watch::channel(None::<Ipv4Network>);
     tasks.spawn(
         crate::reconcile::Reconciler::new(nl, backend, metrics.clone())

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::Serialize;
 use weft_backends::dataplane::{KernelNetlink, Netlink};
 use weft_backends::plan::{diff, Backend, KernelState, Op, Route, Via};
 use weft_backends::subnet_env::SubnetEnv;
-use weft_backends::{BackendKind, MacAddr, Peer};
+use weft_backends::{BackendKind, IpFamily, MacAddr, Peer};
 
 use crate::agent::{backend_settings, device_name, pod_mtu, underlay_of};
 use crate::cli::Output;
@@ -170,7 +170,7 @@ pub fn differences(
             )),
         }
     }
-    let plan = settings.plan(own_subnet, &peers);
+    let plan = settings.plan(own_subnet.into(), &peers);
     for (subnet, why) in &plan.refused {
         out.push(d("problem", "peer", format!("{subnet} is refused: {why}")));
     }
@@ -182,7 +182,7 @@ pub fn differences(
         ));
     }
 
-    let have_routes: BTreeMap<Ipv4Network, &Route> =
+    let have_routes: BTreeMap<IpNetwork, &Route> =
         observed.routes.iter().map(|r| (r.dst, r)).collect();
     let have_neigh: BTreeMap<_, _> = observed.neighbours.iter().map(|n| (n.ip, n)).collect();
     for op in diff(observed, &plan.state) {
@@ -324,7 +324,7 @@ pub async fn run<S: LeaseStore>(
     }
     let device = device_name(cfg.backend.vni);
     let observed = tokio::task::spawn_blocking(move || {
-        KernelNetlink::open(&device).and_then(|mut nl| nl.observe())
+        KernelNetlink::open(&device, IpFamily::V4).and_then(|mut nl| nl.observe())
     })
     .await
     .map_err(|e| CheckError::Other(e.to_string()))?

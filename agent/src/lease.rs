@@ -302,6 +302,7 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
         public_ip_v6: attrs.public_ip_v6,
         backend,
         vtep_mac,
+        vtep_mac_v6: None,
         node_name: attrs.node_name,
     })
 }
