@@ -13,12 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
 use weft_backends::plan::{diff, Backend, KernelState, Op, Plan, Settings};
-use weft_backends::{Peer, PeerEvent};
+use weft_backends::{IpFamily, Peer, PeerEvent};
 
 use crate::health::Metrics;
 
@@ -49,8 +49,8 @@ pub struct Reconciler<N> {
     listed: bool,
     /// What the kernel holds if the last pass fully succeeded.
     believed: Option<KernelState>,
-    unreachable: BTreeSet<Ipv4Network>,
-    refused: BTreeSet<Ipv4Network>,
+    unreachable: BTreeSet<IpNetwork>,
+    refused: BTreeSet<IpNetwork>,
     passes: u64,
     metrics: Metrics,
 }
@@ -97,7 +97,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
     async fn pass(&mut self, trigger: Trigger) -> bool {
         let Some(own) = self.own else { return true };
         let started = Instant::now();
-        let plan = self.backend.plan(own, self.peers.values());
+        let plan = self.backend.plan(own.into(), self.peers.values());
         let look = trigger != Trigger::Peers || self.believed.is_none();
         let believed = if look { None } else { self.believed.take() };
         let mut nl = self
@@ -139,14 +139,14 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             .reconcile_seconds
             .observe(started.elapsed().as_secs_f64());
 
-        let now_unreachable: BTreeSet<Ipv4Network> = unreachable.iter().map(|(s, _)| *s).collect();
+        let now_unreachable: BTreeSet<IpNetwork> = unreachable.iter().map(|(s, _)| *s).collect();
         for (subnet, why) in &unreachable {
             if !self.unreachable.contains(subnet) {
                 warn!(peer_subnet = %subnet, backend = %self.backend.kind(), "cannot program this peer: {why}");
             }
         }
         self.unreachable = now_unreachable;
-        let now_refused: BTreeSet<Ipv4Network> = refused.iter().map(|(s, _)| *s).collect();
+        let now_refused: BTreeSet<IpNetwork> = refused.iter().map(|(s, _)| *s).collect();
         for (subnet, why) in &refused {
             if !self.refused.contains(subnet) {
                 warn!(peer_subnet = %subnet, "refusing to program this peer: {why}");
@@ -344,6 +344,7 @@ pub fn describe(op: &Op) -> String {
 /// thread ends when the receiving side is dropped.
 pub fn spawn_monitor(
     device: String,
+    family: IpFamily,
     kicks: mpsc::Sender<()>,
 ) -> Result<std::thread::JoinHandle<()>, weft_backends::netlink::NlError> {
     let mut monitor = Monitor::open(Duration::from_millis(500))?;
@@ -378,7 +379,7 @@ pub fn spawn_monitor(
                         continue;
                     }
                 }
-                if n.concerns_weft(&device, index) {
+                if n.concerns_weft(family, &device, index) {
                     debug!(notification = ?n, "kernel change concerning weft");
                     kick = true;
                 }
@@ -415,7 +416,7 @@ mod tests {
                 index: 2,
                 ip: "192.168.1.10".parse().unwrap(),
                 mtu: 1500,
-                connected: vec![net("192.168.1.0/24")],
+                connected: vec!["192.168.1.0/24".parse().unwrap()],
             },
             direct_routing: false,
         })
@@ -429,6 +430,7 @@ mod tests {
             public_ip_v6: None,
             backend: BackendKind::Vxlan,
             vtep_mac: Some(MacAddr([2, 0, 0, 0, 9, mac])),
+            vtep_mac_v6: None,
             node_name: None,
         }
     }
@@ -475,7 +477,7 @@ mod tests {
         // State left by a previous run: a peer that no longer exists, and one that still does.
         let mut fake = FakeNetlink::default();
         let own = net("10.244.1.0/24");
-        let old = settings().plan(own, &[peer(2, 2), peer(3, 3)]).state;
+        let old = settings().plan(own.into(), &[peer(2, 2), peer(3, 3)]).state;
         fake.state = old.clone();
         let h = start(fake);
         tokio::time::sleep(Duration::from_secs(60)).await; // resyncs pass; no listing yet
@@ -484,7 +486,7 @@ mod tests {
             .await
             .unwrap();
         let fake = h.finish().await;
-        let want = settings().plan(own, &[peer(2, 2)]).state;
+        let want = settings().plan(own.into(), &[peer(2, 2)]).state;
         assert_eq!(fake.state, want);
         assert!(
             fake.applied
@@ -525,7 +527,10 @@ mod tests {
             .unwrap();
         let fake = h.finish().await;
         let want = settings()
-            .plan(net("10.244.1.0/24"), &[peer(2, 7), peer(4, 4), peer(5, 5)])
+            .plan(
+                "10.244.1.0/24".parse().unwrap(),
+                &[peer(2, 7), peer(4, 4), peer(5, 5)],
+            )
             .state;
         assert_eq!(fake.state, want);
         assert_eq!(fake.observed, 1, "only the first pass reads the kernel");
@@ -617,7 +622,7 @@ mod tests {
         let fake = h.finish().await;
         assert_eq!(
             fake.state.device.unwrap().addresses,
-            vec![net("10.244.9.0/32")]
+            vec!["10.244.9.0/32".parse::<IpNetwork>().unwrap()]
         );
     }
 }

@@ -1,10 +1,10 @@
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::MacAddr;
+use crate::{IpFamily, MacAddr};
 
 /// The backend a lease advertises (`BackendType` in the lease JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,7 +45,9 @@ impl FromStr for BackendKind {
 }
 
 /// Another node, as learned from its validated lease. Everything a backend needs to reach its
-/// pods. IPv6 fields are carried for dual-stack; they are `None` on IPv4-only clusters.
+/// pods. IPv6 fields are carried for dual-stack and IPv6-only clusters; they are `None` on
+/// IPv4-only clusters. On an IPv6-only cluster the IPv4 fields hold `0.0.0.0/0` and
+/// `0.0.0.0` (flannel's key form `0.0.0.0-0&fc00::-64`) and are never planned.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Peer {
     pub subnet: Ipv4Network,
@@ -53,12 +55,38 @@ pub struct Peer {
     pub subnet_v6: Option<Ipv6Network>,
     pub public_ip_v6: Option<Ipv6Addr>,
     pub backend: BackendKind,
-    /// The peer's VTEP MAC (vxlan only).
+    /// The peer's VTEP MAC (vxlan only): its IPv4 device's.
     pub vtep_mac: Option<MacAddr>,
     /// The VTEP MAC of the peer's IPv6 VXLAN device (flannel's `BackendV6Data`).
     pub vtep_mac_v6: Option<MacAddr>,
     /// The node name the peer published, when it did (flannel does not).
     pub node_name: Option<String>,
+}
+
+impl Peer {
+    /// The peer's pod subnet of `family`, if its lease has one.
+    pub fn subnet_of(&self, family: IpFamily) -> Option<IpNetwork> {
+        match family {
+            IpFamily::V4 => Some(self.subnet.into()),
+            IpFamily::V6 => self.subnet_v6.map(IpNetwork::from),
+        }
+    }
+
+    /// The peer's public IP of `family`, if its lease has one.
+    pub fn public_ip_of(&self, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::V4 => Some(self.public_ip.into()),
+            IpFamily::V6 => self.public_ip_v6.map(IpAddr::from),
+        }
+    }
+
+    /// The MAC of the peer's VXLAN device of `family`, if its lease has one.
+    pub fn vtep_mac_of(&self, family: IpFamily) -> Option<MacAddr> {
+        match family {
+            IpFamily::V4 => self.vtep_mac,
+            IpFamily::V6 => self.vtep_mac_v6,
+        }
+    }
 }
 
 /// A change in the set of peers, as delivered by the lease watch.

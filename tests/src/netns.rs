@@ -71,13 +71,15 @@ impl Netns {
         run(self.cmd(program).args(args), None)
     }
 
-    /// A namespace with loopback up and a veth pair `u0`/`u1` as a test underlay, `u0`
-    /// holding 10.9.0.1/24; returns it and `u0`'s interface index.
+    /// A namespace with loopback up and a veth pair `u0`/`u1` as a dual-stack test underlay,
+    /// `u0` holding 10.9.0.1/24 and fd00:99::1/64 (without duplicate address detection, so
+    /// it is usable at once); returns it and `u0`'s interface index.
     pub fn with_underlay(tag: &str) -> (Netns, u32) {
         let ns = Netns::new(tag);
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&["link", "add", "u0", "type", "veth", "peer", "name", "u1"]);
         ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "u0"]);
+        ns.ip(&["addr", "add", "fd00:99::1/64", "dev", "u0", "nodad"]);
         ns.ip(&["link", "set", "u0", "up"]);
         ns.ip(&["link", "set", "u1", "up"]);
         let out = ns.ip(&["-o", "link", "show", "u0"]);

@@ -33,7 +33,7 @@ use weft_agent::lease::{validate, LeaseRules};
 use weft_agent::store::LeaseStore;
 use weft_backends::dataplane::{KernelNetlink, Netlink};
 use weft_backends::plan::{diff, Backend, Settings, Underlay, VxlanSettings};
-use weft_backends::MacAddr;
+use weft_backends::{IpFamily, MacAddr};
 use weft_tests::bench::{machine, quantile, write_section};
 use weft_tests::etcd::Etcd;
 use weft_tests::netns::Netns;
@@ -107,8 +107,8 @@ async fn program_weft(store: &weft_agent::store::EtcdStore, peers: usize) -> f64
     let path = ns.path().display().to_string();
     let t_read = t.elapsed();
     let ms = tokio::task::spawn_blocking(move || {
-        let plan = settings(index).plan(own, &peer_list);
-        let mut nl = KernelNetlink::open_in(&file, &path, "weft.1").unwrap();
+        let plan = settings(index).plan(own.into(), &peer_list);
+        let mut nl = KernelNetlink::open_in(&file, &path, "weft.1", IpFamily::V4).unwrap();
         let observed = nl.observe().unwrap();
         let ops = diff(&observed, &plan.state);
         let t_plan = t.elapsed();
