@@ -377,7 +377,7 @@ pub async fn run(
         let device = device_name(cfg.backend.vni, family);
         let nl = KernelNetlink::open(&device, family)?;
         let (kick_tx, kick_rx) = mpsc::channel(1);
-        crate::reconcile::spawn_monitor(device.clone(), kick_tx)?;
+        crate::reconcile::spawn_monitor(device.clone(), family, kick_tx)?;
         let (dp_own_tx, dp_own_rx) = watch::channel(None::<IpNetwork>);
         let (events_tx, events_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
         tasks.spawn(

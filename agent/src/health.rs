@@ -9,10 +9,22 @@ use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+
+/// The `family` label of per-family data-plane metrics.
+pub type FamilyLabel = [(&'static str, &'static str); 1];
+
+/// The label set for a family (`ipv4` or `ipv6`).
+pub fn family_label(family: weft_backends::IpFamily) -> FamilyLabel {
+    match family {
+        weft_backends::IpFamily::V4 => [("family", "ipv4")],
+        weft_backends::IpFamily::V6 => [("family", "ipv6")],
+    }
+}
 
 /// The agent's metrics. Cheap to clone (every metric is an `Arc`).
 #[derive(Clone, Debug)]
@@ -27,9 +39,10 @@ pub struct Metrics {
     pub reconciles: Counter<u64, AtomicU64>,
     pub reconcile_errors: Counter<u64, AtomicU64>,
     pub repairs: Counter<u64, AtomicU64>,
-    pub peers_programmed: Gauge<i64, AtomicI64>,
-    pub peers_unreachable: Gauge<i64, AtomicI64>,
-    pub peers_refused: Gauge<i64, AtomicI64>,
+    /// Per address family (`family="ipv4"|"ipv6"`): each family has its own data plane.
+    pub peers_programmed: Family<FamilyLabel, Gauge<i64, AtomicI64>>,
+    pub peers_unreachable: Family<FamilyLabel, Gauge<i64, AtomicI64>>,
+    pub peers_refused: Family<FamilyLabel, Gauge<i64, AtomicI64>>,
     pub reconcile_seconds: Histogram,
     pub netlink_errors: Counter<u64, AtomicU64>,
     pub watch_restarts: Counter<u64, AtomicU64>,
@@ -50,9 +63,9 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Counter::default(),
             repairs: Counter::default(),
-            peers_programmed: Gauge::default(),
-            peers_unreachable: Gauge::default(),
-            peers_refused: Gauge::default(),
+            peers_programmed: Family::default(),
+            peers_unreachable: Family::default(),
+            peers_refused: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             netlink_errors: Counter::default(),
             watch_restarts: Counter::default(),

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
@@ -43,8 +43,9 @@ enum Trigger {
 pub struct Reconciler<N> {
     nl: Option<N>,
     backend: Settings,
-    own: Option<Ipv4Network>,
-    peers: BTreeMap<Ipv4Network, Peer>,
+    own: Option<IpNetwork>,
+    /// Peers by their identifying subnet ([`Peer::id`]).
+    peers: BTreeMap<IpNetwork, Peer>,
     /// The first peer listing has arrived.
     listed: bool,
     /// What the kernel holds if the last pass fully succeeded.
@@ -76,16 +77,24 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         for ev in batch {
             match ev {
                 PeerEvent::Added(p) => {
-                    self.peers.insert(p.subnet, p);
+                    self.peers.insert(p.id(), p);
                 }
                 PeerEvent::Updated { old, new } => {
-                    self.peers.remove(&old.subnet);
-                    self.peers.insert(new.subnet, new);
+                    self.peers.remove(&old.id());
+                    self.peers.insert(new.id(), new);
                 }
                 PeerEvent::Removed(p) => {
-                    self.peers.remove(&p.subnet);
+                    self.peers.remove(&p.id());
                 }
             }
+        }
+    }
+
+    /// The address family this reconciler programs (its underlay's).
+    fn family(&self) -> IpFamily {
+        match &self.backend {
+            Settings::Vxlan(v) => v.underlay.family(),
+            Settings::HostGw(u) => u.family(),
         }
     }
 
@@ -97,7 +106,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
     async fn pass(&mut self, trigger: Trigger) -> bool {
         let Some(own) = self.own else { return true };
         let started = Instant::now();
-        let plan = self.backend.plan(own.into(), self.peers.values());
+        let plan = self.backend.plan(own, self.peers.values());
         let look = trigger != Trigger::Peers || self.believed.is_none();
         let believed = if look { None } else { self.believed.take() };
         let mut nl = self
@@ -153,9 +162,14 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             }
         }
         self.refused = now_refused;
-        self.metrics.peers_refused.set(self.refused.len() as i64);
+        let label = crate::health::family_label(self.family());
+        self.metrics
+            .peers_refused
+            .get_or_create(&label)
+            .set(self.refused.len() as i64);
         self.metrics
             .peers_unreachable
+            .get_or_create(&label)
             .set(self.unreachable.len() as i64);
 
         let (ops, report) = match result {
@@ -173,7 +187,10 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             crate::memory::release_free_memory();
         }
         let programmed = desired.routes.len() as i64;
-        self.metrics.peers_programmed.set(programmed);
+        self.metrics
+            .peers_programmed
+            .get_or_create(&label)
+            .set(programmed);
         self.log_pass(trigger, &ops, &report, started.elapsed());
         if report.ok() {
             self.believed = Some(desired);
@@ -234,7 +251,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
     /// Run until `shutdown` turns true (or every input is gone). The kernel state stays.
     pub async fn run(
         mut self,
-        mut own: watch::Receiver<Option<Ipv4Network>>,
+        mut own: watch::Receiver<Option<IpNetwork>>,
         mut peers: mpsc::Receiver<Vec<PeerEvent>>,
         mut kicks: mpsc::Receiver<()>,
         resync: Duration,
@@ -436,7 +453,7 @@ mod tests {
     }
 
     struct Harness {
-        own: watch::Sender<Option<Ipv4Network>>,
+        own: watch::Sender<Option<IpNetwork>>,
         peers: mpsc::Sender<Vec<PeerEvent>>,
         kicks: mpsc::Sender<()>,
         stop: watch::Sender<bool>,
@@ -444,7 +461,7 @@ mod tests {
     }
 
     fn start(fake: FakeNetlink) -> Harness {
-        let (own, own_rx) = watch::channel(Some(net("10.244.1.0/24")));
+        let (own, own_rx) = watch::channel(Some(net("10.244.1.0/24").into()));
         let (peers, peers_rx) = mpsc::channel(16);
         let (kicks, kicks_rx) = mpsc::channel(1);
         let (stop, stop_rx) = watch::channel(false);
@@ -618,7 +635,7 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
-        h.own.send_replace(Some(net("10.244.9.0/24")));
+        h.own.send_replace(Some(net("10.244.9.0/24").into()));
         let fake = h.finish().await;
         assert_eq!(
             fake.state.device.unwrap().addresses,

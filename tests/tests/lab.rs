@@ -295,8 +295,8 @@ fn pods_reach_pods_and_hosts_across_hosts_over_vxlan() {
         );
         assert_eq!(m("weft_peers"), 2.0);
         assert_eq!(m("weft_invalid_leases"), 0.0);
-        assert_eq!(m("weft_dataplane_peers_programmed"), 2.0);
-        assert_eq!(m("weft_dataplane_peers_unreachable"), 0.0);
+        assert_eq!(m("weft_dataplane_peers_programmed{family=\"ipv4\"}"), 2.0);
+        assert_eq!(m("weft_dataplane_peers_unreachable{family=\"ipv4\"}"), 0.0);
         assert!(m("weft_dataplane_reconciles_total") >= 1.0);
         assert_eq!(m("weft_dataplane_reconcile_errors_total"), 0.0);
         assert_eq!(m("weft_netlink_errors_total"), 0.0);
