@@ -17,6 +17,7 @@ pub mod logging;
 pub mod memory;
 pub mod netctl;
 pub mod pick;
+pub mod privileges;
 pub mod reconcile;
 pub mod settings;
 pub mod store;
