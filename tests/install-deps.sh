@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what weft's build and tests need on a Debian machine, if it is missing:
 # etcd (server + etcdctl), protoc (etcd-client's build script), iproute2, nftables, openssl,
-# ping, curl and sysctl (the lab), the reference CNI plugins (portmap chaining, the benchmark
+# setpriv (the privilege tests start weftd with a narrowed capability set), ping, curl and
+# sysctl (the lab), the reference CNI plugins (portmap chaining, the benchmark
 # baseline) with iptables for portmap, and podman + runc + a static busybox for the
 # container-runtime end-to-end test (podman, runc and nftables also serve the image test,
 # which builds deploy/image with podman build); kubectl (Debian's kubernetes-client, for its
@@ -24,6 +25,7 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)

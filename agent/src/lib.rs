@@ -18,6 +18,7 @@ pub mod memory;
 pub mod netctl;
 pub mod pick;
 pub mod pool;
+pub mod privileges;
 pub mod reconcile;
 pub mod settings;
 pub mod store;

@@ -245,6 +245,8 @@ pub struct Weftd {
     pub subnet_file: PathBuf,
     pub node: String,
     pub args: Vec<String>,
+    /// A program (and its arguments) weftd runs under, e.g. `setpriv …`; empty for none.
+    prefix: Vec<String>,
     _relays: Vec<crate::forward::Forward>,
     pub ns: crate::netns::Netns,
     _dir: tempfile::TempDir,
@@ -276,6 +278,19 @@ impl Weftd {
     /// Start weftd for `node` with `public_ip`; `etcd_args` from `Etcd::cli_args`, `extra`
     /// appended last.
     pub fn start(node: &str, public_ip: &str, etcd_args: &[String], extra: &[&str]) -> Weftd {
+        Self::start_under(&[], node, public_ip, etcd_args, extra)
+    }
+
+    /// As [`Weftd::start`], with weftd started through `prefix`: a program and its arguments
+    /// that exec the command following them (such as `setpriv --no-new-privs`), so the pid is
+    /// still weftd's.
+    pub fn start_under(
+        prefix: &[&str],
+        node: &str,
+        public_ip: &str,
+        etcd_args: &[String],
+        extra: &[&str],
+    ) -> Weftd {
         let dir = tempfile::Builder::new().prefix("weftd-").tempdir().unwrap();
         let subnet_file = dir.path().join("run/subnet.env");
         let ns = crate::netns::Netns::new("wd");
@@ -298,6 +313,7 @@ impl Weftd {
             ns,
             relays,
             port,
+            prefix.iter().map(|s| s.to_string()).collect(),
             node,
             public_ip,
             etcd_args,
@@ -312,6 +328,7 @@ impl Weftd {
         ns: crate::netns::Netns,
         relays: Vec<crate::forward::Forward>,
         port: u16,
+        prefix: Vec<String>,
         node: &str,
         public_ip: &str,
         etcd_args: &[String],
@@ -333,7 +350,14 @@ impl Weftd {
         ];
         args.extend(etcd_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut cmd = ns.cmd(bin("weftd"));
+        let mut cmd = match prefix.split_first() {
+            None => ns.cmd(bin("weftd")),
+            Some((program, rest)) => {
+                let mut c = ns.cmd(program);
+                c.args(rest).arg(bin("weftd"));
+                c
+            }
+        };
         cmd.args(&args)
             .env("WEFT_LOG", "info")
             .env_remove("NODE_NAME");
@@ -345,6 +369,7 @@ impl Weftd {
             subnet_file,
             node: node.into(),
             args,
+            prefix,
             _relays: relays,
             ns,
             _dir: dir,
@@ -359,6 +384,7 @@ impl Weftd {
             subnet_file,
             node,
             args,
+            prefix,
             _relays,
             ns,
             port,
@@ -374,6 +400,7 @@ impl Weftd {
             ns,
             _relays,
             port,
+            prefix,
             &node,
             &public_ip,
             &args[12..],
@@ -413,6 +440,70 @@ impl Weftd {
     pub fn subnet_env(&self) -> String {
         std::fs::read_to_string(&self.subnet_file).unwrap_or_default()
     }
+}
+
+/// The capability sets and no_new_privs of one thread, from its `/proc/…/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadCaps {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+    pub no_new_privs: bool,
+}
+
+impl ThreadCaps {
+    /// Permitted, effective and bounding `set`, inheritable and ambient empty, no_new_privs.
+    pub fn only(set: u64) -> ThreadCaps {
+        ThreadCaps {
+            inheritable: 0,
+            permitted: set,
+            effective: set,
+            bounding: set,
+            ambient: 0,
+            no_new_privs: true,
+        }
+    }
+
+    /// Parse the `Cap*:` and `NoNewPrivs:` lines of a status file.
+    pub fn parse(status: &str) -> Option<ThreadCaps> {
+        let field = |name: &str| {
+            status.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|v| v.strip_prefix(':'))
+                    .map(str::trim)
+            })
+        };
+        let hex = |name: &str| u64::from_str_radix(field(name)?, 16).ok();
+        Some(ThreadCaps {
+            inheritable: hex("CapInh")?,
+            permitted: hex("CapPrm")?,
+            effective: hex("CapEff")?,
+            bounding: hex("CapBnd")?,
+            ambient: hex("CapAmb")?,
+            no_new_privs: field("NoNewPrivs")? == "1",
+        })
+    }
+}
+
+/// Every thread of process `pid` with its capabilities: (thread id, sets).
+pub fn thread_caps(pid: u32) -> Vec<(u32, ThreadCaps)> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        if let Some(caps) = ThreadCaps::parse(&status) {
+            out.push((tid, caps));
+        }
+    }
+    out.sort_by_key(|(tid, _)| *tid);
+    out
 }
 
 /// Run netctl with `args` (bounded): (exit code, stdout, stderr).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_tests::netns::Netns;
-use weft_tests::procs::{bin, run_bounded, Proc};
+use weft_tests::procs::{bin, run_bounded, thread_caps, Proc, ThreadCaps};
 
 fn weftd(args: &[&str]) -> (i32, String, String) {
     let mut cmd = Command::new(bin("weftd"));
@@ -207,6 +207,24 @@ fn weftd_as_pid_1_reaps_orphans_and_stops_promptly_on_sigterm() {
     assert!(std::fs::read_to_string(format!("/proc/{agent}/cmdline"))
         .unwrap()
         .contains("weftd"));
+    // The agent keeps CAP_NET_ADMIN alone, on every thread; the init half holds no effective
+    // capability, and keeps its permitted set for the agent it started.
+    let net_admin = ThreadCaps::only(1 << 12);
+    let start = Instant::now();
+    while !thread_caps(agent).iter().all(|(_, c)| *c == net_admin) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "agent capabilities {:#x?}\n{}",
+            thread_caps(agent),
+            unshare.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let init_caps = thread_caps(init);
+    assert_eq!(init_caps.len(), 1, "the init half has one thread");
+    let (_, init_caps) = init_caps[0];
+    assert_eq!(init_caps.effective, 0, "{init_caps:#x?}");
+    assert_ne!(init_caps.permitted & (1 << 12), 0, "{init_caps:#x?}");
 
     // An orphan in the namespace: `sh` starts a short sleep and exits, so the sleep is
     // re-parented to PID 1. Without reaping it would stay a zombie.

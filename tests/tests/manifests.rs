@@ -412,12 +412,12 @@ fn daemonset_runs_on_every_node_in_the_host_network() {
 }
 
 #[test]
-fn containers_are_root_with_net_admin_and_net_raw_only_never_privileged() {
+fn containers_are_root_with_net_admin_only_never_privileged() {
     let docs = documents(rendered_base());
     let pod = pod_spec(&docs);
     let weftd = container(pod, "containers", "weftd");
     let init = container(pod, "initContainers", "install-cni");
-    for (c, added) in [(weftd, vec!["NET_ADMIN", "NET_RAW"]), (init, vec![])] {
+    for (c, added) in [(weftd, vec!["NET_ADMIN"]), (init, vec![])] {
         let sc = &c["securityContext"];
         let name = &c["name"];
         assert!(

@@ -7,13 +7,18 @@ use tokio::sync::watch;
 use weft_agent::cleanup::cleanup_host;
 use weft_agent::cli::{flannel_env_aliases, WeftdCli, WeftdCommand};
 use weft_agent::firewall::NftFirewall;
+use weft_agent::privileges::{self, Mode};
 use weft_agent::settings::AgentSettings;
 use weft_agent::{agent, logging};
 
 fn main() -> ExitCode {
     weft_agent::init::unblock_inherited_signals();
     if weft_agent::init::should_be_init() {
-        // PID 1 of a container: become a minimal init around the real agent.
+        // PID 1 of a container: become a minimal init around the real agent, holding no
+        // effective capability (forwarding signals and reaping need none).
+        if let Err(e) = privileges::clear_effective() {
+            eprintln!("weftd: {e}");
+        }
         return match weft_agent::init::run_as_init() {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
@@ -29,26 +34,43 @@ fn main() -> ExitCode {
     }
     let cli = WeftdCli::parse();
     logging::init(cli.log_format);
+    // Every mode drops the capabilities it does not need here, while this is the only thread.
     if cli.cleanup {
+        if let Err(code) = drop_privileges(Mode::Cleanup) {
+            return code;
+        }
         return cleanup(&cli);
     }
     if let Some(WeftdCommand::InstallCni) = cli.command {
+        if let Err(code) = drop_privileges(Mode::InstallCni) {
+            return code;
+        }
         return match install_cni(&cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(()) => ExitCode::FAILURE,
         };
     }
+    let hostname = hostname::get().ok().and_then(|h| h.into_string().ok());
+    let mut settings =
+        match AgentSettings::from_cli(&cli, std::env::var("NODE_NAME").ok(), hostname) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(2);
+            }
+        };
+    // Read into memory now: after the drop, a file only root's DAC override could read (a key
+    // owned by another user, mode 0600) would be out of reach.
+    if let Err(e) = settings.etcd.read_tls_files() {
+        tracing::error!("{e}");
+        return ExitCode::from(2);
+    }
+    if let Err(code) = drop_privileges(Mode::agent(&settings)) {
+        return code;
+    }
     if cli.install_cni && install_cni(&cli).is_err() {
         return ExitCode::FAILURE;
     }
-    let hostname = hostname::get().ok().and_then(|h| h.into_string().ok());
-    let settings = match AgentSettings::from_cli(&cli, std::env::var("NODE_NAME").ok(), hostname) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,6 +134,37 @@ fn cleanup(cli: &WeftdCli) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Keep only the capabilities `mode` needs, in every set (see `privileges`); the kept set is
+/// logged once. Must run before any other thread starts. Errors are logged; the exit code is 2
+/// when a needed capability is missing (the deployment's to fix), else 1.
+fn drop_privileges(mode: Mode) -> Result<(), ExitCode> {
+    let wanted = privileges::privileges_for(mode, nix::unistd::geteuid().is_root());
+    match privileges::drop_privileges(&wanted) {
+        Ok(dropped) => {
+            tracing::info!(
+                capabilities = %privileges::names(&dropped.kept),
+                "keeping only these capabilities; every other one dropped"
+            );
+            if !dropped.bounding_left.is_empty() {
+                tracing::warn!(
+                    bounding = %privileges::names(&dropped.bounding_left),
+                    "without CAP_SETPCAP these stay in the bounding set (no_new_privs keeps the \
+                     programs weftd runs from gaining them); grant the container only what weftd keeps"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(if e.is_missing() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 

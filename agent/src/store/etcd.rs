@@ -27,6 +27,9 @@ pub struct EtcdOptions {
     /// Bound on each unary request (watches are not bounded).
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The TLS files' contents when they were read ahead ([`EtcdOptions::read_tls_files`]);
+    /// `None`: [`EtcdStore::connect`] reads the files itself.
+    pub tls_pem: Option<TlsPem>,
 }
 
 impl EtcdOptions {
@@ -41,7 +44,115 @@ impl EtcdOptions {
             password: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
+            tls_pem: None,
         }
+    }
+
+    /// True when any TLS file is given.
+    fn tls_wanted(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Check the options without touching anything: endpoints, prefix, TLS files against
+    /// `http://`, and the flags that go in pairs.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.endpoints.is_empty() {
+            return Err(StoreError::Config("no etcd endpoints given".into()));
+        }
+        if !self.prefix.trim_end_matches('/').starts_with('/') {
+            return Err(StoreError::Config(format!(
+                "etcd prefix {:?} must start with '/'",
+                self.prefix
+            )));
+        }
+        let tls_wanted = self.tls_wanted() || self.tls_pem.is_some();
+        for ep in &self.endpoints {
+            let scheme_ok = ep.starts_with("http://") || ep.starts_with("https://");
+            if !scheme_ok {
+                return Err(StoreError::Config(format!(
+                    "etcd endpoint {ep:?} must start with http:// or https://"
+                )));
+            }
+            if tls_wanted && ep.starts_with("http://") {
+                return Err(StoreError::Config(format!(
+                    "etcd endpoint {ep:?} is plain http but TLS files were given; use https://"
+                )));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(StoreError::Config(
+                "--etcd-certfile and --etcd-keyfile must be given together".into(),
+            ));
+        }
+        if self.username.is_some() != self.password.is_some() {
+            return Err(StoreError::Config(
+                "--etcd-username and --etcd-password must be given together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Read the TLS files into memory now, so that connecting later opens no file. weftd
+    /// calls this at start, before it drops the capabilities that reading a file owned by
+    /// another user could need (docs/security.md). Fails on invalid options first
+    /// ([`EtcdOptions::validate`]), then naming the file that cannot be read.
+    pub fn read_tls_files(&mut self) -> Result<(), StoreError> {
+        self.validate()?;
+        self.tls_pem = TlsPem::read(self)?;
+        Ok(())
+    }
+}
+
+/// The contents of the TLS files (PEM). `Debug` shows sizes only, never the key.
+#[derive(Clone)]
+pub struct TlsPem {
+    ca: Option<Vec<u8>>,
+    /// Client certificate and key.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca_bytes", &self.ca.as_ref().map(Vec::len))
+            .field(
+                "cert_bytes",
+                &self.identity.as_ref().map(|(cert, _)| cert.len()),
+            )
+            .field("key", &self.identity.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl TlsPem {
+    /// Read the files `opts` (validated) names; `None` when it names none.
+    fn read(opts: &EtcdOptions) -> Result<Option<TlsPem>, StoreError> {
+        if !opts.tls_wanted() {
+            return Ok(None);
+        }
+        let ca = match &opts.ca_file {
+            Some(path) => Some(read_file("CA file", "--etcd-cafile", path)?),
+            None => None,
+        };
+        let identity = match (&opts.cert_file, &opts.key_file) {
+            (Some(c), Some(k)) => Some((
+                read_file("client certificate", "--etcd-certfile", c)?,
+                read_file("client key", "--etcd-keyfile", k)?,
+            )),
+            _ => None,
+        };
+        Ok(Some(TlsPem { ca, identity }))
+    }
+
+    fn options(&self) -> TlsOptions {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        tls
     }
 }
 
@@ -73,9 +184,13 @@ impl std::fmt::Debug for EtcdStore {
     }
 }
 
-fn read_file(what: &str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path)
-        .map_err(|e| StoreError::Config(format!("cannot read {what} {}: {e}", path.display())))
+fn read_file(what: &str, flag: &str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|e| {
+        StoreError::Config(format!(
+            "cannot read the etcd {what} {} ({flag}): {e}",
+            path.display()
+        ))
+    })
 }
 
 /// Render an error with its whole source chain (tonic hides the useful part, such as
@@ -95,68 +210,26 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl EtcdStore {
-    /// Connect to etcd. Fails on bad options (unreadable certificate files, bad URLs);
-    /// an unreachable etcd shows up on the first request instead, with a clear error.
+    /// Connect to etcd. Fails on bad options (unreadable certificate files when they were not
+    /// read ahead, bad URLs); an unreachable etcd shows up on the first request instead, with
+    /// a clear error.
     pub async fn connect(opts: &EtcdOptions) -> Result<Self, StoreError> {
-        if opts.endpoints.is_empty() {
-            return Err(StoreError::Config("no etcd endpoints given".into()));
-        }
+        opts.validate()?;
         let prefix = opts.prefix.trim_end_matches('/');
-        if !prefix.starts_with('/') {
-            return Err(StoreError::Config(format!(
-                "etcd prefix {:?} must start with '/'",
-                opts.prefix
-            )));
-        }
-        let tls_wanted =
-            opts.ca_file.is_some() || opts.cert_file.is_some() || opts.key_file.is_some();
-        for ep in &opts.endpoints {
-            let scheme_ok = ep.starts_with("http://") || ep.starts_with("https://");
-            if !scheme_ok {
-                return Err(StoreError::Config(format!(
-                    "etcd endpoint {ep:?} must start with http:// or https://"
-                )));
-            }
-            if tls_wanted && ep.starts_with("http://") {
-                return Err(StoreError::Config(format!(
-                    "etcd endpoint {ep:?} is plain http but TLS files were given; use https://"
-                )));
-            }
-        }
         let mut copts = ConnectOptions::new()
             .with_connect_timeout(opts.connect_timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        if tls_wanted {
-            let mut tls = TlsOptions::new();
-            if let Some(ca) = &opts.ca_file {
-                tls = tls.ca_certificate(Certificate::from_pem(read_file("CA file", ca)?));
-            }
-            match (&opts.cert_file, &opts.key_file) {
-                (Some(c), Some(k)) => {
-                    tls = tls.identity(Identity::from_pem(
-                        read_file("client certificate", c)?,
-                        read_file("client key", k)?,
-                    ))
-                }
-                (None, None) => {}
-                _ => {
-                    return Err(StoreError::Config(
-                        "--etcd-certfile and --etcd-keyfile must be given together".into(),
-                    ))
-                }
-            }
-            copts = copts.with_tls(tls);
+        let pem = match &opts.tls_pem {
+            Some(pem) => Some(pem.clone()),
+            None => TlsPem::read(opts)?,
+        };
+        if let Some(pem) = pem {
+            copts = copts.with_tls(pem.options());
         }
-        match (&opts.username, &opts.password) {
-            (Some(u), Some(p)) => copts = copts.with_user(u.clone(), p.clone()),
-            (None, None) => {}
-            _ => {
-                return Err(StoreError::Config(
-                    "--etcd-username and --etcd-password must be given together".into(),
-                ))
-            }
+        if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
+            copts = copts.with_user(u.clone(), p.clone());
         }
         Ok(EtcdStore {
             members: Arc::new(opts.endpoints.clone()),
@@ -582,5 +655,62 @@ impl LeaseStore for EtcdStore {
 
     fn request_count(&self) -> u64 {
         self.requests.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> EtcdOptions {
+        EtcdOptions::new(vec!["https://127.0.0.1:2379".into()], "/p")
+    }
+
+    #[test]
+    fn tls_files_are_read_ahead_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = (
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("k.pem"),
+        );
+        std::fs::write(&ca, "CA").unwrap();
+        std::fs::write(&cert, "CERT").unwrap();
+        std::fs::write(&key, "SECRET KEY").unwrap();
+
+        let mut o = opts();
+        o.read_tls_files().unwrap();
+        assert!(o.tls_pem.is_none(), "no files, nothing read");
+
+        o.ca_file = Some(ca.clone());
+        o.cert_file = Some(cert.clone());
+        o.key_file = Some(key.clone());
+        o.read_tls_files().unwrap();
+        let pem = o.tls_pem.clone().expect("read");
+        assert_eq!(pem.ca.as_deref(), Some(&b"CA"[..]));
+        let shown = format!("{pem:?}");
+        assert!(!shown.contains("SECRET"), "the key is never shown: {shown}");
+
+        let mut o = opts();
+        o.ca_file = Some(dir.path().join("absent.pem"));
+        let e = o.read_tls_files().unwrap_err().to_string();
+        assert!(
+            e.contains("CA file") && e.contains("absent.pem") && e.contains("--etcd-cafile"),
+            "{e}"
+        );
+        // A directory is not a file either.
+        o.ca_file = Some(dir.path().to_path_buf());
+        assert!(o.read_tls_files().is_err());
+
+        let mut o = opts();
+        o.cert_file = Some(cert);
+        let e = o.read_tls_files().unwrap_err().to_string();
+        assert!(e.contains("--etcd-keyfile"), "{e}");
+
+        // A mistake in the options is reported before any file is read.
+        let mut o = EtcdOptions::new(vec!["http://127.0.0.1:2379".into()], "/p");
+        o.ca_file = Some(dir.path().join("absent.pem"));
+        let e = o.read_tls_files().unwrap_err().to_string();
+        assert!(e.contains("plain http"), "{e}");
     }
 }

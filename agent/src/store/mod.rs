@@ -13,7 +13,7 @@ mod etcd;
 #[cfg(any(test, feature = "memory-store"))]
 mod memory;
 
-pub use etcd::{EtcdOptions, EtcdStore};
+pub use etcd::{EtcdOptions, EtcdStore, TlsPem};
 #[cfg(any(test, feature = "memory-store"))]
 pub use memory::MemoryStore;
 
