@@ -226,7 +226,7 @@ pub async fn run(
     info!(network = %cfg.network, subnet_len = cfg.subnet_len, backend = %cfg.backend.kind, mtu, leases = snapshot.entries.len(), "network config loaded");
 
     let previous = match SubnetEnv::read(&settings.subnet_file) {
-        Ok(Some(env)) if env.network == cfg.network => Some(env.subnet),
+        Ok(Some(env)) if env.network == Some(cfg.network) => env.subnet,
         Ok(_) => None,
         Err(e) => {
             warn!(error = %e, "ignoring unreadable subnet file");
@@ -366,8 +366,10 @@ pub async fn run(
                 });
                 metrics.lease_expiry_seconds.set(expiry.unwrap_or(0));
                 let env = SubnetEnv {
-                    network: cfg.network,
-                    subnet: h.subnet,
+                    network: Some(cfg.network),
+                    subnet: Some(h.subnet),
+                    ipv6_network: None,
+                    ipv6_subnet: None,
                     mtu,
                     ip_masq: settings.ip_masq,
                 };

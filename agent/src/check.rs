@@ -71,17 +71,26 @@ pub fn differences(
         ));
         return out;
     };
-    if env.network != cfg.network {
+    if env.network != Some(cfg.network) {
         out.push(d(
             "wrong",
             "subnet.env",
             format!(
                 "FLANNEL_NETWORK is {}, the network config says {}",
-                env.network, cfg.network
+                env.network.map_or("absent".into(), |n| n.to_string()),
+                cfg.network
             ),
         ));
     }
-    let own_subnet = Ipv4Network::new(env.subnet.network(), env.subnet.prefix()).expect("valid");
+    let Some(subnet) = env.subnet else {
+        out.push(d(
+            "missing",
+            "subnet.env",
+            "no FLANNEL_SUBNET: subnet.env names no IPv4 subnet for this host".into(),
+        ));
+        return out;
+    };
+    let own_subnet = Ipv4Network::new(subnet.network(), subnet.prefix()).expect("valid");
     let rules = LeaseRules::from_config(cfg);
     let own_key = SubnetKey::v4(own_subnet).to_string();
     let own = entries.iter().find(|e| e.name == own_key);
@@ -304,8 +313,9 @@ pub async fn run<S: LeaseStore>(
         .await
         .map_err(|e| CheckError::Other(e.to_string()))?;
     let public_ip = env.as_ref().and_then(|env| {
-        let key = SubnetKey::v4(Ipv4Network::new(env.subnet.network(), env.subnet.prefix()).ok()?)
-            .to_string();
+        let subnet = env.subnet?;
+        let key =
+            SubnetKey::v4(Ipv4Network::new(subnet.network(), subnet.prefix()).ok()?).to_string();
         let e = snap.entries.iter().find(|e| e.name == key)?;
         LeaseAttrs::decode(&e.value).ok()?.public_ip
     });
@@ -379,8 +389,10 @@ mod tests {
     fn host() -> HostFacts {
         HostFacts {
             env: Some(SubnetEnv {
-                network: "10.244.0.0/16".parse().unwrap(),
-                subnet: "10.244.1.1/24".parse().unwrap(),
+                network: Some("10.244.0.0/16".parse().unwrap()),
+                subnet: Some("10.244.1.1/24".parse().unwrap()),
+                ipv6_network: None,
+                ipv6_subnet: None,
                 mtu: 1450,
                 ip_masq: false,
             }),
