@@ -1,31 +1,115 @@
 //! What one attachment looks like, decided without touching anything: names, MACs, the
-//! address and routes of the pod end, and the result JSON for each CNI version. The kernel
-//! side ([`crate::kernel`]) only carries out an [`Attachment`].
+//! addresses and routes of the pod end (one address per address family), and the result JSON
+//! for each CNI version. The kernel side ([`crate::kernel`]) only carries out an
+//! [`Attachment`].
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{json, Value};
+use weft_backends::subnet_env::SubnetEnv;
 use weft_backends::MacAddr;
 
 use crate::error::{code, CniError};
 
-/// The network an attachment lives in: from subnet.env, or an explicit `range`.
+/// One address family of the pod network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FamilyNetwork {
+    /// The host subnet (or range) pods get addresses from.
+    pub subnet: IpNetwork,
+    /// The whole cluster network of this family (the route target when the pod has no
+    /// default route).
+    pub cluster: IpNetwork,
+}
+
+impl FamilyNetwork {
+    /// The bridge's address in this family: the subnet's first address + 1, with the
+    /// subnet's prefix (`10.5.7.1/24`, `fc00:0:0:7::1/64`).
+    pub fn gateway(&self) -> IpNetwork {
+        let gw = match self.subnet.network() {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add(1))),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a).wrapping_add(1))),
+        };
+        IpNetwork::new(gw, self.subnet.prefix()).expect("the prefix of a valid network")
+    }
+
+    /// The route that sends the pod's traffic of this family to the gateway: the default
+    /// route, or only the cluster network.
+    fn route_target(&self, default_route: bool) -> IpNetwork {
+        match (default_route, self.subnet) {
+            (false, _) => self.cluster,
+            (true, IpNetwork::V4(_)) => {
+                IpNetwork::V4(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"))
+            }
+            (true, IpNetwork::V6(_)) => {
+                IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0).expect("::/0"))
+            }
+        }
+    }
+}
+
+/// The network an attachment lives in: from subnet.env (IPv4, IPv6 or both), or an
+/// explicit IPv4 `range`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PodNetwork {
-    /// The host subnet (or range) pods get addresses from.
-    pub subnet: Ipv4Network,
-    /// The whole cluster network (the route target when the pod has no default route).
-    pub cluster: Ipv4Network,
+    pub ipv4: Option<FamilyNetwork>,
+    pub ipv6: Option<FamilyNetwork>,
     pub mtu: u32,
 }
 
 impl PodNetwork {
-    /// The bridge's address, `.1` of the subnet.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    /// The families of a (validated) subnet.env.
+    pub fn from_subnet_env(env: &SubnetEnv) -> PodNetwork {
+        PodNetwork {
+            ipv4: env.network.zip(env.subnet).map(|(n, s)| FamilyNetwork {
+                subnet: IpNetwork::V4(s),
+                cluster: IpNetwork::V4(n),
+            }),
+            ipv6: env
+                .ipv6_network
+                .zip(env.ipv6_subnet)
+                .map(|(n, s)| FamilyNetwork {
+                    subnet: IpNetwork::V6(s),
+                    cluster: IpNetwork::V6(n),
+                }),
+            mtu: env.mtu,
+        }
     }
+
+    /// The families in use, IPv4 first.
+    pub fn families(&self) -> impl Iterator<Item = &FamilyNetwork> {
+        self.ipv4.iter().chain(self.ipv6.iter())
+    }
+
+    /// The ranges IPAM allocates from, one per family, IPv4 first.
+    pub fn ranges(&self) -> Vec<IpNetwork> {
+        self.families().map(|f| f.subnet).collect()
+    }
+
+    /// The family an address belongs to, if that family is in use.
+    pub fn family_of(&self, ip: IpAddr) -> Option<&FamilyNetwork> {
+        match ip {
+            IpAddr::V4(_) => self.ipv4.as_ref(),
+            IpAddr::V6(_) => self.ipv6.as_ref(),
+        }
+    }
+}
+
+/// One address of the pod end, with the gateway of its family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodIp {
+    /// The address with the subnet's prefix.
+    pub address: IpNetwork,
+    /// The bridge's address in this family, with the same prefix.
+    pub gateway: IpNetwork,
+}
+
+/// One route of the pod end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodRoute {
+    pub dst: IpNetwork,
+    pub gateway: IpAddr,
 }
 
 /// Everything one ADD creates.
@@ -34,7 +118,6 @@ pub struct Attachment {
     pub bridge: String,
     /// Used only when weft creates the bridge; an adopted bridge keeps its own.
     pub bridge_mac: MacAddr,
-    pub gateway: Ipv4Network,
     pub mtu: u32,
     pub hairpin: bool,
     pub host_veth: String,
@@ -42,9 +125,11 @@ pub struct Attachment {
     pub netns: PathBuf,
     pub ifname: String,
     pub pod_mac: MacAddr,
-    pub address: Ipv4Network,
-    /// Destinations routed via the gateway inside the pod.
-    pub routes: Vec<Ipv4Network>,
+    /// The pod's addresses, one per family, IPv4 first; each family's gateway goes on the
+    /// bridge.
+    pub ips: Vec<PodIp>,
+    /// Routes via the gateways inside the pod, IPv4 first.
+    pub routes: Vec<PodRoute>,
 }
 
 /// The attachment's identity as a number: the host veth's name and the IPAM index come from
@@ -62,10 +147,17 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     )
 }
 
-/// The pod end's MAC: `0a:58` followed by the IPv4 address, unique within the cluster and
-/// the same for the same address, so peers' ARP caches stay right across a pod restart.
-pub fn pod_mac(ip: Ipv4Addr) -> MacAddr {
-    let o = ip.octets();
+/// The pod end's MAC: `0a:58` followed by the IPv4 address (or, without one, the last four
+/// bytes of the IPv6 address), unique on the node's bridge and the same for the same address,
+/// so neighbours' caches stay right across a pod restart.
+pub fn pod_mac(ip: IpAddr) -> MacAddr {
+    let o = match ip {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let b = a.octets();
+            [b[12], b[13], b[14], b[15]]
+        }
+    };
     MacAddr([0x0a, 0x58, o[0], o[1], o[2], o[3]])
 }
 
@@ -89,51 +181,90 @@ impl From<&crate::NetConf> for Options {
     }
 }
 
-/// Plan the attachment of (container, ifname) with address `ip`.
+/// Plan the attachment of (container, ifname) with the addresses `ips` (at most one per
+/// family, as IPAM handed them out). An address of a family `net` does not have is left out;
+/// callers pass addresses of `net`'s families.
 pub fn plan(
     net: &PodNetwork,
     opts: &Options,
     container_id: &str,
     ifname: &str,
     netns: &Path,
-    ip: Ipv4Addr,
+    ips: &[IpAddr],
 ) -> Attachment {
-    let prefix = net.subnet.prefix();
-    let gw = net.gateway();
+    let mut ips: Vec<IpAddr> = ips.to_vec();
+    ips.sort(); // IPv4 first
+    let mut pod_ips = Vec::new();
+    let mut routes = Vec::new();
+    for ip in ips {
+        let Some(family) = net.family_of(ip) else {
+            continue;
+        };
+        let gateway = family.gateway();
+        pod_ips.push(PodIp {
+            address: IpNetwork::new(ip, family.subnet.prefix()).expect("prefix of a network"),
+            gateway,
+        });
+        routes.push(PodRoute {
+            dst: family.route_target(opts.default_route),
+            gateway: gateway.ip(),
+        });
+    }
     let bridge = opts.bridge.as_str();
-    let routes = if opts.default_route {
-        vec![Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("0/0")]
-    } else {
-        vec![net.cluster]
-    };
+    // Keyed by the first family's subnet (the IPv4 one when there is one, as before IPv6).
+    let keyed_by = net
+        .families()
+        .next()
+        .map(|f| f.subnet.to_string())
+        .unwrap_or_default();
     Attachment {
         bridge: bridge.to_string(),
-        bridge_mac: MacAddr::derive_from(&format!("weft-bridge/{bridge}/{}", net.subnet)),
-        gateway: Ipv4Network::new(gw, prefix).expect("prefix from a network"),
+        bridge_mac: MacAddr::derive_from(&format!("weft-bridge/{bridge}/{keyed_by}")),
         mtu: opts.mtu.unwrap_or(net.mtu),
         hairpin: opts.hairpin,
         host_veth: host_veth_name(container_id, ifname),
         host_mac: MacAddr::derive_from(&format!("weft-veth/{container_id}/{ifname}")),
         netns: netns.to_path_buf(),
         ifname: ifname.to_string(),
-        pod_mac: pod_mac(ip),
-        address: Ipv4Network::new(ip, prefix).expect("prefix from a network"),
+        pod_mac: pod_ips
+            .first()
+            .map(|p| pod_mac(p.address.ip()))
+            .unwrap_or(MacAddr([0x0a, 0x58, 0, 0, 0, 0])),
+        ips: pod_ips,
         routes,
     }
 }
 
+/// The index of the pod interface in a result's `interfaces` (bridge, host veth, pod).
+const POD_INTERFACE: u64 = 2;
+
 impl Attachment {
+    pub fn has_ipv4(&self) -> bool {
+        self.ips.iter().any(|i| i.address.is_ipv4())
+    }
+
+    pub fn has_ipv6(&self) -> bool {
+        self.ips.iter().any(|i| i.address.is_ipv6())
+    }
+
     /// The ADD result for `cni_version`. `bridge_mac` is what the bridge really has (an
     /// adopted bridge keeps its own MAC).
     pub fn result(&self, cni_version: &str, bridge_mac: MacAddr) -> Value {
-        let mut ip = json!({
-            "address": self.address.to_string(),
-            "gateway": self.gateway.ip().to_string(),
-            "interface": 2,
-        });
-        if cni_version.starts_with("0.") {
-            ip["version"] = json!("4");
-        }
+        let ips: Vec<Value> = self
+            .ips
+            .iter()
+            .map(|p| {
+                let mut ip = json!({
+                    "address": p.address.to_string(),
+                    "gateway": p.gateway.ip().to_string(),
+                    "interface": POD_INTERFACE,
+                });
+                if cni_version.starts_with("0.") {
+                    ip["version"] = json!(if p.address.is_ipv4() { "4" } else { "6" });
+                }
+                ip
+            })
+            .collect();
         json!({
             "cniVersion": cni_version,
             "interfaces": [
@@ -142,10 +273,10 @@ impl Attachment {
                 {"name": self.ifname, "mac": self.pod_mac.to_string(),
                  "sandbox": self.netns.display().to_string()},
             ],
-            "ips": [ip],
+            "ips": ips,
             "routes": self.routes.iter().map(|r| json!({
-                "dst": r.to_string(),
-                "gw": self.gateway.ip().to_string(),
+                "dst": r.dst.to_string(),
+                "gw": r.gateway.to_string(),
             })).collect::<Vec<_>>(),
             "dns": {},
         })
@@ -153,12 +284,12 @@ impl Attachment {
 }
 
 /// What CHECK compares the kernel against: the parts of a previous result that concern the
-/// pod interface named `ifname`.
+/// pod interface named `ifname`, both families.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
     pub mac: Option<MacAddr>,
-    pub addresses: Vec<Ipv4Network>,
-    pub routes: Vec<(Ipv4Network, Option<Ipv4Addr>)>,
+    pub addresses: Vec<IpNetwork>,
+    pub routes: Vec<(IpNetwork, Option<IpAddr>)>,
 }
 
 fn bad_prev(details: String) -> CniError {
@@ -200,12 +331,9 @@ pub fn expected_from_prev(prev: &Value, ifname: &str) -> Result<Expected, CniErr
         let Some(addr) = ip.get("address").and_then(Value::as_str) else {
             return Err(bad_prev("an ips entry has no address".into()));
         };
-        if addr.contains(':') {
-            continue; // IPv6 is not weft's to check yet
-        }
-        let net: Ipv4Network = addr
+        let net: IpNetwork = addr
             .parse()
-            .map_err(|_| bad_prev(format!("ips address {addr:?} is not an IPv4 CIDR")))?;
+            .map_err(|_| bad_prev(format!("ips address {addr:?} is not an IPv4 or IPv6 CIDR")))?;
         if on_ours {
             addresses.push(net);
         }
@@ -220,24 +348,28 @@ pub fn expected_from_prev(prev: &Value, ifname: &str) -> Result<Expected, CniErr
         let Some(dst) = r.get("dst").and_then(Value::as_str) else {
             return Err(bad_prev("a routes entry has no dst".into()));
         };
-        if dst.contains(':') {
-            continue;
-        }
-        let dst: Ipv4Network = dst
+        let dst: IpNetwork = dst
             .parse()
-            .map_err(|_| bad_prev(format!("route dst {dst:?} is not an IPv4 CIDR")))?;
+            .map_err(|_| bad_prev(format!("route dst {dst:?} is not an IPv4 or IPv6 CIDR")))?;
         let gw = match r.get("gw").and_then(Value::as_str) {
             None => None,
-            Some(g) => Some(
-                g.parse::<Ipv4Addr>()
-                    .map_err(|_| bad_prev(format!("route gw {g:?} is not an IPv4 address")))?,
-            ),
+            Some(g) => {
+                let gw = g
+                    .parse::<IpAddr>()
+                    .map_err(|_| bad_prev(format!("route gw {g:?} is not an IP address")))?;
+                if gw.is_ipv4() != dst.is_ipv4() {
+                    return Err(bad_prev(format!(
+                        "route {dst} has a gw {gw} of the other address family"
+                    )));
+                }
+                Some(gw)
+            }
         };
         routes.push((dst, gw));
     }
     if addresses.is_empty() {
         return Err(bad_prev(format!(
-            "prevResult has no IPv4 address for interface {ifname}"
+            "prevResult has no address for interface {ifname}"
         )));
     }
     Ok(Expected {
@@ -251,11 +383,32 @@ pub fn expected_from_prev(prev: &Value, ifname: &str) -> Result<Expected, CniErr
 mod tests {
     use super::*;
 
+    fn fam(subnet: &str, cluster: &str) -> FamilyNetwork {
+        FamilyNetwork {
+            subnet: subnet.parse().unwrap(),
+            cluster: cluster.parse().unwrap(),
+        }
+    }
+
     fn net() -> PodNetwork {
         PodNetwork {
-            subnet: "10.5.7.0/24".parse().unwrap(),
-            cluster: "10.5.0.0/16".parse().unwrap(),
+            ipv4: Some(fam("10.5.7.0/24", "10.5.0.0/16")),
+            ipv6: None,
             mtu: 1450,
+        }
+    }
+
+    fn dual() -> PodNetwork {
+        PodNetwork {
+            ipv6: Some(fam("fc00:0:0:7::/64", "fc00::/48")),
+            ..net()
+        }
+    }
+
+    fn v6_only() -> PodNetwork {
+        PodNetwork {
+            ipv4: None,
+            ..dual()
         }
     }
 
@@ -268,6 +421,10 @@ mod tests {
         }
     }
 
+    fn ips(v: &[&str]) -> Vec<IpAddr> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
     fn one(default_route: bool) -> Attachment {
         plan(
             &net(),
@@ -275,30 +432,138 @@ mod tests {
             "abc123",
             "eth0",
             Path::new("/run/netns/p"),
-            "10.5.7.9".parse().unwrap(),
+            &ips(&["10.5.7.9"]),
         )
+    }
+
+    fn both(default_route: bool) -> Attachment {
+        plan(
+            &dual(),
+            &opts(default_route, None),
+            "abc123",
+            "eth0",
+            Path::new("/run/netns/p"),
+            // In any order: the plan puts IPv4 first.
+            &ips(&["fc00:0:0:7::9", "10.5.7.9"]),
+        )
+    }
+
+    fn route(dst: &str, gw: &str) -> PodRoute {
+        PodRoute {
+            dst: dst.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn pod_network_follows_subnet_env() {
+        let env = SubnetEnv::parse(
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.7.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64\nFLANNEL_MTU=1450\n",
+            Path::new("x"),
+        )
+        .unwrap();
+        let n = PodNetwork::from_subnet_env(&env);
+        assert_eq!(n, dual());
+        assert_eq!(
+            n.ranges(),
+            vec![
+                "10.5.7.0/24".parse::<IpNetwork>().unwrap(),
+                "fc00:0:0:7::/64".parse().unwrap()
+            ]
+        );
+        assert_eq!(n.ipv6.unwrap().gateway().to_string(), "fc00:0:0:7::1/64");
+        let v6 = SubnetEnv {
+            network: None,
+            subnet: None,
+            ..env
+        };
+        assert_eq!(PodNetwork::from_subnet_env(&v6), v6_only());
     }
 
     #[test]
     fn plan_uses_the_subnet_gateway_and_mtu() {
         let a = one(true);
-        assert_eq!(a.gateway.to_string(), "10.5.7.1/24");
-        assert_eq!(a.address.to_string(), "10.5.7.9/24");
+        assert_eq!(
+            a.ips,
+            vec![PodIp {
+                address: "10.5.7.9/24".parse().unwrap(),
+                gateway: "10.5.7.1/24".parse().unwrap(),
+            }]
+        );
         assert_eq!(a.mtu, 1450);
-        assert_eq!(a.routes, vec!["0.0.0.0/0".parse().unwrap()]);
+        assert_eq!(a.routes, vec![route("0.0.0.0/0", "10.5.7.1")]);
         assert_eq!(a.pod_mac.to_string(), "0a:58:0a:05:07:09");
         assert!(a.host_mac.is_unicast() && a.host_mac.0[0] & 2 == 2);
+        assert!(a.has_ipv4() && !a.has_ipv6());
         let b = one(false);
-        assert_eq!(b.routes, vec!["10.5.0.0/16".parse().unwrap()]);
+        assert_eq!(b.routes, vec![route("10.5.0.0/16", "10.5.7.1")]);
         let c = plan(
             &net(),
             &opts(true, Some(1400)),
             "abc123",
             "eth0",
             Path::new("/x"),
-            "10.5.7.9".parse().unwrap(),
+            &ips(&["10.5.7.9"]),
         );
         assert_eq!(c.mtu, 1400);
+    }
+
+    #[test]
+    fn a_dual_stack_plan_has_one_address_and_route_per_family() {
+        let a = both(true);
+        assert_eq!(
+            a.ips,
+            vec![
+                PodIp {
+                    address: "10.5.7.9/24".parse().unwrap(),
+                    gateway: "10.5.7.1/24".parse().unwrap(),
+                },
+                PodIp {
+                    address: "fc00:0:0:7::9/64".parse().unwrap(),
+                    gateway: "fc00:0:0:7::1/64".parse().unwrap(),
+                },
+            ]
+        );
+        assert_eq!(
+            a.routes,
+            vec![
+                route("0.0.0.0/0", "10.5.7.1"),
+                route("::/0", "fc00:0:0:7::1")
+            ]
+        );
+        assert_eq!(
+            a.pod_mac.to_string(),
+            "0a:58:0a:05:07:09",
+            "from the IPv4 address"
+        );
+        assert_eq!(
+            a.bridge_mac,
+            one(true).bridge_mac,
+            "the same bridge MAC as before IPv6"
+        );
+        assert_eq!(
+            both(false).routes,
+            vec![
+                route("10.5.0.0/16", "10.5.7.1"),
+                route("fc00::/48", "fc00:0:0:7::1")
+            ]
+        );
+        let six = plan(
+            &v6_only(),
+            &opts(true, None),
+            "abc123",
+            "eth0",
+            Path::new("/x"),
+            &ips(&["fc00:0:0:7::a:b0c"]),
+        );
+        assert_eq!(six.ips.len(), 1);
+        assert_eq!(six.routes, vec![route("::/0", "fc00:0:0:7::1")]);
+        assert_eq!(
+            six.pod_mac.to_string(),
+            "0a:58:00:0a:0b:0c",
+            "from the IPv6 address"
+        );
+        assert!(six.has_ipv6() && !six.has_ipv4());
     }
 
     #[test]
@@ -336,29 +601,65 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_result_lists_both_families() {
+        let a = both(true);
+        let mac: MacAddr = "02:00:00:00:00:01".parse().unwrap();
+        let r = a.result("1.1.0", mac);
+        assert_eq!(
+            r["ips"],
+            json!([
+                {"address": "10.5.7.9/24", "gateway": "10.5.7.1", "interface": 2},
+                {"address": "fc00:0:0:7::9/64", "gateway": "fc00:0:0:7::1", "interface": 2},
+            ])
+        );
+        assert_eq!(
+            r["routes"],
+            json!([
+                {"dst": "0.0.0.0/0", "gw": "10.5.7.1"},
+                {"dst": "::/0", "gw": "fc00:0:0:7::1"},
+            ])
+        );
+        let old = a.result("0.4.0", mac);
+        assert_eq!(old["ips"][0]["version"], "4");
+        assert_eq!(old["ips"][1]["version"], "6");
+    }
+
+    #[test]
     fn prev_results_of_every_version_read_back() {
-        let a = one(true);
-        for v in crate::version::SUPPORTED {
-            let r = a.result(v, a.bridge_mac);
-            let e = expected_from_prev(&r, "eth0").unwrap();
-            assert_eq!(e.addresses, vec![a.address]);
-            assert_eq!(e.mac, Some(a.pod_mac));
-            assert_eq!(
-                e.routes,
-                vec![("0.0.0.0/0".parse().unwrap(), Some(a.gateway.ip()))]
-            );
+        for a in [one(true), both(true), both(false)] {
+            for v in crate::version::SUPPORTED {
+                let r = a.result(v, a.bridge_mac);
+                let e = expected_from_prev(&r, "eth0").unwrap();
+                assert_eq!(
+                    e.addresses,
+                    a.ips.iter().map(|p| p.address).collect::<Vec<_>>()
+                );
+                assert_eq!(e.mac, Some(a.pod_mac));
+                assert_eq!(
+                    e.routes,
+                    a.routes
+                        .iter()
+                        .map(|r| (r.dst, Some(r.gateway)))
+                        .collect::<Vec<_>>()
+                );
+            }
         }
     }
 
     #[test]
     fn broken_prev_results_are_named() {
         for (prev, needle) in [
-            (json!({}), "no IPv4 address"),
+            (json!({}), "no address"),
             (json!({"ips":[{"gateway":"10.0.0.1"}]}), "no address"),
             (json!({"ips":[{"address":"nope"}]}), "\"nope\""),
+            (json!({"ips":[{"address":"fc00:::1/64"}]}), "fc00:::1/64"),
             (
                 json!({"ips":[{"address":"10.0.0.2/24"}],"routes":[{"gw":"10.0.0.1"}]}),
                 "no dst",
+            ),
+            (
+                json!({"ips":[{"address":"10.0.0.2/24"}],"routes":[{"dst":"::/0","gw":"10.0.0.1"}]}),
+                "other address family",
             ),
             (
                 json!({"interfaces":[{"name":"eth0","mac":"zz"}],"ips":[{"address":"10.0.0.2/24","interface":0}]}),

@@ -1,9 +1,10 @@
 //! The CNI verbs: each reads what it needs, then changes the IPAM store and the kernel in an
 //! order that leaves nothing behind when it fails.
 
+use ipnetwork::IpNetwork;
 use weft_backends::netlink::NlSocket;
 
-use crate::attach::{self, Options, PodNetwork};
+use crate::attach::{self, FamilyNetwork, Options, PodNetwork};
 use crate::error::{code, CniError};
 use crate::ipam::{FileIpam, IpamError, IpamStore};
 use crate::kernel::{self, PodNs};
@@ -39,22 +40,43 @@ fn attachment(req: &Request) -> (&str, &str) {
     }
 }
 
-/// The subnet pods get addresses from: an explicit `range`, or this node's lease from
-/// subnet.env (error 50 until weftd has written it).
+/// The smallest MTU an IPv6 link may have (RFC 8200); below it the kernel turns IPv6 off on
+/// the interface.
+pub const MIN_IPV6_MTU: u32 = 1280;
+
+/// The subnets pods get addresses from: an explicit IPv4 `range`, or this node's lease from
+/// subnet.env, IPv4, IPv6 or both (error 50 until weftd has written it).
 pub fn pod_network(conf: &NetConf) -> Result<PodNetwork, CniError> {
     if let Some(range) = conf.range {
+        let range = IpNetwork::V4(range);
         return Ok(PodNetwork {
-            subnet: range,
-            cluster: range,
+            ipv4: Some(FamilyNetwork {
+                subnet: range,
+                cluster: range,
+            }),
+            ipv6: None,
             mtu: conf.mtu.unwrap_or(1500),
         });
     }
     let env = status::read_subnet(&conf.subnet_file)?;
-    Ok(PodNetwork {
-        subnet: env.subnet,
-        cluster: env.network,
-        mtu: env.mtu,
-    })
+    let net = PodNetwork::from_subnet_env(&env);
+    let mtu = conf.mtu.unwrap_or(net.mtu);
+    if net.ipv6.is_some() && mtu < MIN_IPV6_MTU {
+        let from = if conf.mtu.is_some() {
+            "the config's mtu"
+        } else {
+            "FLANNEL_MTU"
+        };
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network config",
+            format!(
+                "{from} {mtu} is below {MIN_IPV6_MTU}, the smallest MTU IPv6 allows, and {} sets FLANNEL_IPV6_SUBNET",
+                conf.subnet_file.display()
+            ),
+        ));
+    }
+    Ok(net)
 }
 
 impl From<IpamError> for CniError {
@@ -93,12 +115,14 @@ fn add(req: &Request) -> Result<String, CniError> {
     // Everything that can be checked without changing anything is checked first.
     let mut pod = PodNs::open(netns)?;
     let mut host = host()?;
-    // The lock is held only while choosing the address, not while building the interfaces.
-    let ip = store(conf)?.allocate(net.subnet, cid, ifname)?;
-    let plan = attach::plan(&net, &Options::from(conf), cid, ifname, netns, ip);
+    // The lock is held only while choosing the addresses (one per family, all or none), not
+    // while building the interfaces.
+    let ips = store(conf)?.allocate_all(&net.ranges(), cid, ifname)?;
+    let plan = attach::plan(&net, &Options::from(conf), cid, ifname, netns, &ips);
     match kernel::add(&mut host, &mut pod, &plan) {
         Ok(bridge) => Ok(plan.result(&conf.cni_version, bridge.mac).to_string()),
         Err(e) => {
+            // Every family's address goes back.
             if let Ok(mut s) = store(conf) {
                 let _ = s.release(cid, ifname);
             }
@@ -110,7 +134,8 @@ fn add(req: &Request) -> Result<String, CniError> {
 fn del(req: &Request) -> Result<(), CniError> {
     let conf = conf(req);
     let (cid, ifname) = attachment(req);
-    // The interfaces go first, so the address is never handed out while still in use.
+    // The interfaces go first, so an address is never handed out while still in use; then
+    // the addresses of both families.
     kernel::delete(&mut host()?, &attach::host_veth_name(cid, ifname))?;
     store(conf)?.release(cid, ifname)?;
     Ok(())
@@ -132,28 +157,40 @@ fn check(req: &Request) -> Result<(), CniError> {
     })?;
     let want = attach::expected_from_prev(prev, ifname)?;
     let net = pod_network(conf)?;
-    let held = store(conf)?.find(cid, ifname)?.ok_or_else(|| {
+    let held = store(conf)?.find(cid, ifname)?;
+    let differs = |details: String| {
         CniError::new(
             code::CHECK_FAILED,
             "the pod's network is not as set up",
-            format!("no address is allocated to {cid}/{ifname}"),
+            details,
         )
-    })?;
-    if !want.addresses.iter().any(|a| a.ip() == held) {
-        return Err(CniError::new(
-            code::CHECK_FAILED,
-            "the pod's network is not as set up",
-            format!(
-                "{cid}/{ifname} holds {} but prevResult says {:?}",
-                held,
-                want.addresses
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-            ),
-        ));
+    };
+    if held.is_empty() {
+        return Err(differs(format!(
+            "no address is allocated to {cid}/{ifname}"
+        )));
     }
-    let plan = attach::plan(&net, &Options::from(conf), cid, ifname, netns, held);
+    // The allocations and the result name the same addresses, family by family.
+    let mut said: Vec<_> = want.addresses.iter().map(|a| a.ip()).collect();
+    said.sort();
+    said.dedup();
+    if said != held {
+        return Err(differs(format!(
+            "{cid}/{ifname} holds {:?} but prevResult says {:?}",
+            held.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            want.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+        )));
+    }
+    if let Some(ip) = held.iter().find(|ip| net.family_of(**ip).is_none()) {
+        return Err(differs(format!(
+            "{cid}/{ifname} holds {ip}, but {} no longer has a subnet of that address family",
+            conf.subnet_file.display()
+        )));
+    }
+    let plan = attach::plan(&net, &Options::from(conf), cid, ifname, netns, &held);
     let mut pod = PodNs::open(netns)?;
     kernel::check(&mut host()?, &mut pod, &plan, &want)
 }
@@ -175,12 +212,8 @@ fn gc(req: &Request) -> Result<(), CniError> {
         .collect();
     // Under the store's lock: an attachment's interfaces go before its address is freed.
     let mut host = host()?;
-    store(conf)?.gc_with(&keep, |a| {
-        kernel::delete(
-            &mut host,
-            &attach::host_veth_name(&a.container_id, &a.ifname),
-        )
-        .map(drop)
+    store(conf)?.gc_with(&keep, |container_id, ifname| {
+        kernel::delete(&mut host, &attach::host_veth_name(container_id, ifname)).map(drop)
     })?;
     Ok(())
 }

@@ -5,13 +5,15 @@
 //! enters the pod namespace (see [`NlSocket::open_in`]).
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -116,7 +118,7 @@ pub struct Bridge {
     pub mac: MacAddr,
 }
 
-/// Find or create the bridge, make sure it is up and has the gateway address.
+/// Find or create the bridge, make sure it is up and has the gateway address of each family.
 pub fn ensure_bridge(host: &mut NlSocket, a: &Attachment) -> Result<Bridge, CniError> {
     let found = match host.link_by_name(&a.bridge).map_err(datapath)? {
         Some(l) => l,
@@ -173,62 +175,85 @@ pub fn ensure_bridge(host: &mut NlSocket, a: &Attachment) -> Result<Bridge, CniE
         )
         .map_err(datapath)?;
     }
-    add_address(
-        host,
-        index,
-        a.gateway,
-        &format!("bridge {}", a.bridge),
-        true,
-    )?;
+    for ip in &a.ips {
+        add_address(
+            host,
+            index,
+            ip.gateway,
+            &format!("bridge {}", a.bridge),
+            true,
+        )?;
+    }
     Ok(Bridge {
         index,
         mac: mac_of(&found).unwrap_or(a.bridge_mac),
     })
 }
 
+/// Add `addr` to the link `index`. An IPv6 address is added without duplicate address
+/// detection (`nodad`): it is ours by IPAM, and a tentative address could not be used for
+/// the first second or so of the pod's life.
 fn add_address(
     nl: &mut NlSocket,
     index: u32,
-    addr: Ipv4Network,
+    addr: IpNetwork,
     on: &str,
     exist_ok: bool,
 ) -> Result<(), CniError> {
     let mut msg = AddressMessage::default();
-    msg.header.family = AddressFamily::Inet;
     msg.header.prefix_len = addr.prefix();
     msg.header.index = index;
-    msg.attributes
-        .push(AddressAttribute::Local(IpAddr::V4(addr.ip())));
-    msg.attributes
-        .push(AddressAttribute::Address(IpAddr::V4(addr.ip())));
-    msg.attributes
-        .push(AddressAttribute::Broadcast(addr.broadcast()));
+    msg.attributes.push(AddressAttribute::Local(addr.ip()));
+    msg.attributes.push(AddressAttribute::Address(addr.ip()));
+    match addr {
+        IpNetwork::V4(v4) => {
+            msg.header.family = AddressFamily::Inet;
+            msg.attributes
+                .push(AddressAttribute::Broadcast(v4.broadcast()));
+        }
+        IpNetwork::V6(_) => {
+            msg.header.family = AddressFamily::Inet6;
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+    }
     match nl.ack(
         &format!("add address {addr} to {on}"),
         RouteNetlinkMessage::NewAddress(msg),
         NLM_F_CREATE | NLM_F_EXCL,
     ) {
         Err(e) if exist_ok && e.is(Errno::EEXIST) => Ok(()),
+        // The kernel's answer when IPv6 is switched off on the interface.
+        Err(e) if addr.is_ipv6() && e.is(Errno::EACCES) => Err(CniError::new(
+            code::DATAPATH,
+            "cannot set up the pod's network",
+            format!("{e} (is IPv6 disabled there? net.ipv6.conf.*.disable_ipv6)"),
+        )),
         r => r.map_err(datapath),
     }
 }
 
-/// Turn on IPv4 forwarding in the host namespace (pods reach beyond the bridge through it).
-pub fn enable_forwarding() -> Result<(), CniError> {
-    const P: &str = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(P)
-        .map(|s| s.trim() == "1")
-        .unwrap_or(false)
-    {
-        return Ok(());
+/// Turn on forwarding in the host namespace for the families in use (pods reach beyond the
+/// bridge through it). IPv6 forwarding is the `all` switch, as for every router.
+pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<(), CniError> {
+    let switches = [
+        (ipv4, "IPv4", "/proc/sys/net/ipv4/ip_forward"),
+        (ipv6, "IPv6", "/proc/sys/net/ipv6/conf/all/forwarding"),
+    ];
+    for (_, family, path) in switches.into_iter().filter(|(on, _, _)| *on) {
+        if std::fs::read_to_string(path).is_ok_and(|s| s.trim() == "1") {
+            continue;
+        }
+        std::fs::write(path, "1").map_err(|e| {
+            CniError::new(
+                code::DATAPATH,
+                "cannot set up the pod's network",
+                format!("cannot enable {family} forwarding ({path}): {e}"),
+            )
+        })?;
     }
-    std::fs::write(P, "1").map_err(|e| {
-        CniError::new(
-            code::DATAPATH,
-            "cannot set up the pod's network",
-            format!("cannot enable IPv4 forwarding ({P}): {e}"),
-        )
-    })
+    Ok(())
 }
 
 fn veth_request(a: &Attachment, bridge: &Bridge, ns: &File) -> RouteNetlinkMessage {
@@ -315,9 +340,16 @@ fn hairpin(host: &mut NlSocket, a: &Attachment) -> Result<(), CniError> {
     .map_err(datapath)
 }
 
-fn route_message(dst: Ipv4Network, gw: Option<Ipv4Addr>, oif: u32) -> RouteMessage {
+fn family_of(net: IpNetwork) -> AddressFamily {
+    match net {
+        IpNetwork::V4(_) => AddressFamily::Inet,
+        IpNetwork::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+fn route_message(dst: IpNetwork, gw: Option<IpAddr>, oif: u32) -> RouteMessage {
     let mut r = RouteMessage::default();
-    r.header.address_family = AddressFamily::Inet;
+    r.header.address_family = family_of(dst);
     r.header.destination_prefix_length = dst.prefix();
     r.header.table = RouteHeader::RT_TABLE_MAIN;
     r.header.protocol = RouteProtocol::Boot;
@@ -325,13 +357,13 @@ fn route_message(dst: Ipv4Network, gw: Option<Ipv4Addr>, oif: u32) -> RouteMessa
     r.header.kind = RouteType::Unicast;
     if dst.prefix() > 0 {
         r.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(
+            .push(RouteAttribute::Destination(RouteAddress::from(
                 dst.network(),
             )));
     }
     if let Some(gw) = gw {
         r.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
     }
     r.attributes.push(RouteAttribute::Oif(oif));
     r
@@ -358,11 +390,13 @@ fn configure_pod(pod: &mut NlSocket, a: &Attachment) -> Result<(), CniError> {
         0,
     )
     .map_err(datapath)?;
-    add_address(pod, index, a.address, &a.ifname, false)?;
-    for dst in &a.routes {
+    for ip in &a.ips {
+        add_address(pod, index, ip.address, &a.ifname, false)?;
+    }
+    for r in &a.routes {
         pod.ack(
-            &format!("add route {dst} via {} in the pod", a.gateway.ip()),
-            RouteNetlinkMessage::NewRoute(route_message(*dst, Some(a.gateway.ip()), index)),
+            &format!("add route {} via {} in the pod", r.dst, r.gateway),
+            RouteNetlinkMessage::NewRoute(route_message(r.dst, Some(r.gateway), index)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
         .map_err(datapath)?;
@@ -370,15 +404,16 @@ fn configure_pod(pod: &mut NlSocket, a: &Attachment) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Build the attachment. On any failure after the veth exists, the veth (both ends) is
-/// removed again; the bridge, shared by every pod, stays.
+/// Build the attachment, every family of it. On any failure after the veth exists, the veth
+/// (both ends, with every address and route on the pod end) is removed again; the bridge,
+/// shared by every pod, stays.
 pub fn add(host: &mut NlSocket, pod: &mut PodNs, a: &Attachment) -> Result<Bridge, CniError> {
     // A name already taken in the pod is refused before the host is touched at all.
     if pod.nl.link_by_name(&a.ifname).map_err(datapath)?.is_some() {
         return Err(ifname_taken(a));
     }
     let bridge = ensure_bridge(host, a)?;
-    enable_forwarding()?;
+    enable_forwarding(a.has_ipv4(), a.has_ipv6())?;
     create_veth(host, a, &bridge, &pod.file)?;
     let rest = (|| {
         if a.hairpin {
@@ -451,21 +486,26 @@ pub fn check(
         }
     }
     let index = link.header.index;
-    let mut q = AddressMessage::default();
-    q.header.family = AddressFamily::Inet;
-    let have: Vec<Ipv4Network> = pod
+    // Both families in one dump. IPv4 names the address in IFA_LOCAL, IPv6 in IFA_ADDRESS.
+    let have: Vec<IpNetwork> = pod
         .nl
-        .dump("list pod addresses", RouteNetlinkMessage::GetAddress(q))
+        .dump(
+            "list pod addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        )
         .map_err(datapath)?
         .into_iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewAddress(m) if m.header.index == index => {
-                m.attributes.iter().find_map(|at| match at {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => {
-                        Ipv4Network::new(*ip, m.header.prefix_len).ok()
-                    }
+                let local = m.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Local(ip) => Some(*ip),
                     _ => None,
-                })
+                });
+                let address = m.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                });
+                IpNetwork::new(local.or(address)?, m.header.prefix_len).ok()
             }
             _ => None,
         })
@@ -478,26 +518,43 @@ pub fn check(
             )));
         }
     }
-    let mut q = RouteMessage::default();
-    q.header.address_family = AddressFamily::Inet;
-    let routes = pod
-        .nl
-        .dump("list pod routes", RouteNetlinkMessage::GetRoute(q))
-        .map_err(datapath)?;
+    let mut routes = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        if !want.routes.iter().any(|(dst, _)| family_of(*dst) == family) {
+            continue;
+        }
+        let mut q = RouteMessage::default();
+        q.header.address_family = family;
+        routes.extend(
+            pod.nl
+                .dump("list pod routes", RouteNetlinkMessage::GetRoute(q))
+                .map_err(datapath)?,
+        );
+    }
+    let ip_of = |a: &RouteAddress| match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    };
     for (dst, gw) in &want.routes {
+        let unspecified = match dst {
+            IpNetwork::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpNetwork::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
         let found = routes.iter().any(|m| match m {
             RouteNetlinkMessage::NewRoute(r) => {
                 let r_dst = r.attributes.iter().find_map(|at| match at {
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+                    RouteAttribute::Destination(d) => ip_of(d),
                     _ => None,
                 });
                 let r_gw = r.attributes.iter().find_map(|at| match at {
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                    RouteAttribute::Gateway(g) => ip_of(g),
                     _ => None,
                 });
-                r.header.table == RouteHeader::RT_TABLE_MAIN
+                r.header.address_family == family_of(*dst)
+                    && r.header.table == RouteHeader::RT_TABLE_MAIN
                     && r.header.destination_prefix_length == dst.prefix()
-                    && r_dst.unwrap_or(Ipv4Addr::UNSPECIFIED) == dst.network()
+                    && r_dst.unwrap_or(unspecified) == dst.network()
                     && (gw.is_none() || r_gw == *gw)
             }
             _ => false,

@@ -55,12 +55,16 @@ fn log_to_file(req: &Request, result: &Result<Option<String>, CniError>, started
         return;
     };
     let outcome = match result {
+        // Every address of the result (one per family), comma-separated.
         Ok(Some(out)) => serde_json::from_str::<serde_json::Value>(out)
             .ok()
             .and_then(|v| {
-                v["ips"][0]["address"]
-                    .as_str()
-                    .map(|a| format!("ok ip={a}"))
+                let ips: Vec<&str> = v["ips"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|ip| ip["address"].as_str())
+                    .collect();
+                (!ips.is_empty()).then(|| format!("ok ip={}", ips.join(",")))
             })
             .unwrap_or_else(|| "ok".into()),
         Ok(None) => "ok".into(),

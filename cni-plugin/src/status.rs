@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use weft_backends::subnet_env::SubnetEnv;
+use weft_backends::subnet_env::{SubnetEnv, SubnetEnvError};
 
 use crate::error::{code, CniError};
 
@@ -17,11 +17,17 @@ pub fn read_subnet(path: &Path) -> Result<SubnetEnv, CniError> {
             "weft is not ready: the node agent has not written this node's subnet yet",
             format!("{} does not exist; weftd writes it once it holds a subnet lease (is the weft DaemonSet pod running and ready on this node?)", path.display()),
         )),
-        Err(e) => Err(CniError::new(
-            code::NOT_AVAILABLE,
-            "weft is not ready: this node's subnet file is unreadable",
-            format!("{e}; weftd rewrites it when it holds a lease"),
-        )),
+        Err(e) => {
+            let what = match e {
+                SubnetEnvError::Invalid { .. } => "invalid",
+                _ => "unreadable",
+            };
+            Err(CniError::new(
+                code::NOT_AVAILABLE,
+                format!("weft is not ready: this node's subnet file is {what}"),
+                format!("{e}; weftd rewrites it when it holds a lease"),
+            ))
+        }
     }
 }
 
@@ -48,6 +54,22 @@ mod tests {
             "FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.3.1/24\nFLANNEL_MTU=1450\n",
         )
         .unwrap();
-        assert_eq!(read_subnet(&p).unwrap().subnet.to_string(), "10.0.3.0/24");
+        assert_eq!(
+            read_subnet(&p).unwrap().subnet.unwrap().to_string(),
+            "10.0.3.0/24"
+        );
+        // A malformed IPv6 subnet is named, key and value.
+        std::fs::write(
+            &p,
+            "FLANNEL_NETWORK=10.0.0.0/16\nFLANNEL_SUBNET=10.0.3.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::zz/64\nFLANNEL_MTU=1450\n",
+        )
+        .unwrap();
+        let e = read_subnet(&p).unwrap_err();
+        assert_eq!(e.code, code::NOT_AVAILABLE);
+        assert!(e.msg.contains("invalid"), "{e}");
+        assert!(
+            e.details.contains("FLANNEL_IPV6_SUBNET \"fc00::zz/64\""),
+            "{e}"
+        );
     }
 }

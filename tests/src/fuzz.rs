@@ -104,8 +104,15 @@ fn net_config(data: &[u8]) {
 }
 
 fn subnet_env(data: &[u8]) {
+    use weft_backends::subnet_env::SubnetEnv;
     let text = String::from_utf8_lossy(data);
-    let _ = weft_backends::subnet_env::SubnetEnv::parse(&text, Path::new("/fuzz/subnet.env"));
+    let path = Path::new("/fuzz/subnet.env");
+    if let Ok(env) = SubnetEnv::parse(&text, path) {
+        // What weft accepts (IPv4, dual-stack or IPv6-only), it writes back identically.
+        env.validate().expect("a parsed file is consistent");
+        let again = SubnetEnv::parse(&env.render(), path).expect("own output parses");
+        assert_eq!(again, env);
+    }
 }
 
 /// `NAME=value` lines, a blank line, then stdin: one CNI invocation.
@@ -165,10 +172,15 @@ pub const TARGETS: &[Target] = &[
         seeds: &[
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
             "FLANNEL_NETWORK=10.0.0.0/8\nFLANNEL_SUBNET=10.3.0.1/26\nFLANNEL_MTU=9000\nFLANNEL_IPMASQ=false\nFLANNEL_IPV6_NETWORK=fc00::/48\n",
-            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
-            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:7::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.9.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\nFLANNEL_IPV6_NETWORK=\n",
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n",
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:1::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
         ],
-        dict: &["=", "\n", "FLANNEL_MTU=", "FLANNEL_SUBNET=", "99999999999", "/33", "/0", "::", "#"],
+        dict: &[
+            "=", "\n", "FLANNEL_MTU=", "FLANNEL_SUBNET=", "FLANNEL_NETWORK=", "FLANNEL_IPV6_NETWORK=",
+            "FLANNEL_IPV6_SUBNET=", "99999999999", "/33", "/0", "/126", "/127", "/129", "::", "::1",
+            "ffff:", "#",
+        ],
     },
     Target {
         name: "cni",

@@ -123,6 +123,11 @@ impl Netns {
     pub fn ping(&self, dst: &str) -> bool {
         self.exec("ping", &["-c", "1", "-W", "2", dst]).0 == 0
     }
+
+    /// One ICMPv6 echo (`ping -6`) to `dst` from inside the namespace, waiting at most 2 s.
+    pub fn ping6(&self, dst: &str) -> bool {
+        self.exec("ping", &["-6", "-c", "1", "-W", "2", dst]).0 == 0
+    }
 }
 
 impl Drop for Netns {

@@ -1,6 +1,7 @@
 //! The `weft` CNI binary against the real kernel. Each test makes its own "host" namespace
 //! (where the plugin runs, as kubelet would run it on a node) and pod namespaces, and removes
-//! them when it ends, also on failure.
+//! them when it ends, also on failure. IPv4-only, dual-stack and IPv6-only nodes are all
+//! covered: the node's families come from the subnet.env each fixture writes.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -11,6 +12,13 @@ use weft_tests::procs::bin;
 
 const VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
+const V4_ENV: &str =
+    "FLANNEL_NETWORK=10.77.0.0/16\nFLANNEL_SUBNET=10.77.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+const DUAL_STACK_ENV: &str = "FLANNEL_NETWORK=10.77.0.0/16\nFLANNEL_SUBNET=10.77.5.1/24\nFLANNEL_IPV6_NETWORK=fd77::/48\nFLANNEL_IPV6_SUBNET=fd77:0:0:5::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+const V6_ONLY_ENV: &str = "FLANNEL_IPV6_NETWORK=fd77::/48\nFLANNEL_IPV6_SUBNET=fd77:0:0:5::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+const GW4: &str = "10.77.5.1";
+const GW6: &str = "fd77:0:0:5::1";
+
 struct Fixture {
     host: Netns,
     dir: tempfile::TempDir,
@@ -19,12 +27,17 @@ struct Fixture {
 
 impl Fixture {
     fn new(tag: &str) -> Fixture {
+        Fixture::with_env(tag, V4_ENV)
+    }
+
+    /// A fixture whose subnet.env holds `env` (the node's families).
+    fn with_env(tag: &str, env: &str) -> Fixture {
         let f = Fixture {
             host: Netns::new(tag),
             dir: tempfile::tempdir().unwrap(),
             plugin: bin("weft"),
         };
-        f.write_subnet_env();
+        f.write_env(env);
         f
     }
 
@@ -33,11 +46,11 @@ impl Fixture {
     }
 
     fn write_subnet_env(&self) {
-        std::fs::write(
-            self.subnet_file(),
-            "FLANNEL_NETWORK=10.77.0.0/16\nFLANNEL_SUBNET=10.77.5.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
-        )
-        .unwrap();
+        self.write_env(V4_ENV);
+    }
+
+    fn write_env(&self, env: &str) {
+        std::fs::write(self.subnet_file(), env).unwrap();
     }
 
     fn conf(&self, version: &str) -> Value {
@@ -96,6 +109,33 @@ impl Fixture {
 fn pod_ip(result: &Value) -> String {
     let cidr = result["ips"][0]["address"].as_str().expect("an address");
     cidr.split('/').next().unwrap().to_string()
+}
+
+/// Every address of a result, without the prefix, in the result's order.
+fn pod_ips(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|ip| {
+            let cidr = ip["address"].as_str().expect("an address");
+            cidr.split('/').next().unwrap().to_string()
+        })
+        .collect()
+}
+
+/// The result's IPv6 address (without prefix).
+fn pod_ip6(result: &Value) -> String {
+    pod_ips(result)
+        .into_iter()
+        .find(|a| a.contains(':'))
+        .unwrap_or_else(|| panic!("no IPv6 address in {result}"))
+}
+
+/// `ping -6` with a bounded retry: the very first echo can be lost while neighbour discovery
+/// resolves the peer.
+fn ping6(ns: &Netns, dst: &str) -> bool {
+    (0..3).any(|_| ns.ping6(dst))
 }
 
 #[test]
@@ -681,4 +721,355 @@ fn options_hairpin_routes_mtu_bridge_adoption_and_log_file() {
     let veth2 = r2["interfaces"][1]["name"].as_str().unwrap();
     assert_eq!(hairpin(&f.host, veth2), "1");
     assert!(pod2.ip(&["link", "show", "eth0"]).contains("mtu 1450"));
+}
+
+/// The addresses `ip -6` shows on `dev` in `ns` ("inet6 <cidr> …" lines), global ones only.
+fn global_v6(ns: &Netns, dev: &str) -> String {
+    ns.ip(&["-6", "addr", "show", "dev", dev, "scope", "global"])
+}
+
+#[test]
+fn dual_stack_pods_get_both_families_reach_each_other_and_release_both() {
+    let f = Fixture::with_env("dual", DUAL_STACK_ENV);
+    let pods = [Netns::new("dual-pod"), Netns::new("dual-pod")];
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| f.add(&format!("d{i}"), p, "1.1.0"))
+        .collect();
+    for (r, pod) in results.iter().zip(&pods) {
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "one address per family: {r}");
+        assert_eq!(ips[0]["gateway"], GW4);
+        assert!(ips[0]["address"].as_str().unwrap().ends_with("/24"));
+        assert_eq!(ips[1]["gateway"], GW6);
+        let v6 = ips[1]["address"].as_str().unwrap();
+        assert!(v6.starts_with("fd77:0:0:5::") && v6.ends_with("/64"), "{r}");
+        assert!(ips.iter().all(|ip| ip["interface"] == 2), "{r}");
+        assert_eq!(
+            r["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": GW4}, {"dst": "::/0", "gw": GW6}])
+        );
+        // The kernel agrees: both addresses, the IPv6 one usable at once, both defaults.
+        assert!(pod
+            .ip(&["-4", "addr", "show", "dev", "eth0"])
+            .contains(&format!("inet {}", ips[0]["address"].as_str().unwrap())));
+        let shown6 = global_v6(pod, "eth0");
+        assert!(shown6.contains(&format!("inet6 {v6}")), "{shown6}");
+        assert!(!shown6.contains("tentative"), "{shown6}");
+        let default6 = pod.ip(&["-6", "route", "show", "default"]);
+        assert!(
+            default6.contains(&format!("via {GW6} dev eth0")),
+            "{default6}"
+        );
+        let default4 = pod.ip(&["-4", "route", "show", "default"]);
+        assert!(
+            default4.contains(&format!("via {GW4} dev eth0")),
+            "{default4}"
+        );
+    }
+    let bridge6 = global_v6(&f.host, "cni0");
+    assert!(bridge6.contains(&format!("inet6 {GW6}/64")), "{bridge6}");
+    assert!(!bridge6.contains("tentative"), "{bridge6}");
+    assert!(f
+        .host
+        .ip(&["-4", "addr", "show", "dev", "cni0"])
+        .contains(&format!("inet {GW4}/24")));
+    assert_eq!(
+        f.host
+            .exec("cat", &["/proc/sys/net/ipv6/conf/all/forwarding"])
+            .1
+            .trim(),
+        "1",
+        "IPv6 forwarding is on in the host namespace"
+    );
+
+    // Pod to pod and pod to gateway, both families.
+    let (a6, b6) = (pod_ip6(&results[0]), pod_ip6(&results[1]));
+    assert!(ping6(&pods[0], GW6), "pod 0 cannot reach the IPv6 gateway");
+    assert!(ping6(&pods[0], &b6), "pod 0 cannot reach pod 1 over IPv6");
+    assert!(ping6(&pods[1], &a6), "pod 1 cannot reach pod 0 over IPv6");
+    assert!(pods[0].ping(GW4), "pod 0 cannot reach the IPv4 gateway");
+    assert!(
+        pods[1].ping(&pod_ip(&results[0])),
+        "pod 1 cannot reach pod 0 over IPv4"
+    );
+
+    // CHECK passes, and sees a family break.
+    for (i, (r, pod)) in results.iter().zip(&pods).enumerate() {
+        f.call(
+            "CHECK",
+            &format!("d{i}"),
+            Some(pod),
+            &f.with_prev("1.1.0", r),
+        )
+        .ok();
+    }
+    let breakages: [(&[&str], &str); 2] = [
+        (&["-6", "route", "del", "default"], "route ::/0"),
+        (
+            &["-6", "addr", "del", &format!("{a6}/64"), "dev", "eth0"],
+            "address fd77",
+        ),
+    ];
+    for (cmd, needle) in breakages {
+        pods[0].ip(cmd);
+        let out = f.call(
+            "CHECK",
+            "d0",
+            Some(&pods[0]),
+            &f.with_prev("1.1.0", &results[0]),
+        );
+        assert_eq!(out.code(), 101, "{needle}: {}", out.stdout);
+        assert!(out.stdout.contains(needle), "{needle}: {}", out.stdout);
+    }
+    // A result that leaves out the IPv6 address does not match the allocations.
+    let mut v4_only = results[1].clone();
+    v4_only["ips"].as_array_mut().unwrap().truncate(1);
+    let out = f.call(
+        "CHECK",
+        "d1",
+        Some(&pods[1]),
+        &f.with_prev("1.1.0", &v4_only),
+    );
+    assert_eq!(out.code(), 101, "{}", out.stdout);
+
+    // Four records, two per pod; DEL releases both of a pod, and again is fine.
+    let records = f.records();
+    assert_eq!(records.len(), 4, "{records:?}");
+    for r in &results {
+        for ip in pod_ips(r) {
+            assert!(records.contains(&format!("ip-{ip}")), "{ip}: {records:?}");
+        }
+    }
+    f.call("DEL", "d0", Some(&pods[0]), &f.conf("1.1.0")).ok();
+    f.call("DEL", "d0", Some(&pods[0]), &f.conf("1.1.0")).ok();
+    let left = f.records();
+    assert_eq!(
+        left,
+        pod_ips(&results[1])
+            .iter()
+            .map(|ip| format!("ip-{ip}"))
+            .collect::<BTreeSet<_>>()
+    );
+    assert_eq!(pods[0].links(), vec!["lo"]);
+    assert!(ping6(&pods[1], GW6), "the other pod still works");
+    // The released pair can be handed out again: a new pod gets addresses and works.
+    let again = f.add("d2", &pods[0], "1.1.0");
+    assert_eq!(pod_ips(&again).len(), 2);
+    assert!(ping6(&pods[0], &b6));
+    // GC releases both families of the attachments it is not told to keep.
+    let mut gc = f.conf("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "d1", "ifname": "eth0"}]);
+    f.call("GC", "", None, &gc).ok();
+    assert_eq!(f.records(), left);
+    assert_eq!(pods[0].links(), vec!["lo"]);
+    f.call("DEL", "d1", Some(&pods[1]), &f.conf("1.1.0")).ok();
+    assert!(f.records().is_empty());
+    assert!(f.host_veths().is_empty());
+}
+
+#[test]
+fn ipv6_only_pods_work_without_any_ipv4() {
+    let f = Fixture::with_env("v6only", V6_ONLY_ENV);
+    let pods = [Netns::new("v6only-pod"), Netns::new("v6only-pod")];
+    // The second pod routes only the cluster network, as isDefaultGateway false does for IPv4.
+    let mut cluster_only = f.conf("1.0.0");
+    cluster_only["isDefaultGateway"] = json!(false);
+    let results = [
+        f.add("s0", &pods[0], "1.0.0"),
+        f.call("ADD", "s1", Some(&pods[1]), &cluster_only)
+            .ok()
+            .json(),
+    ];
+    for r in &results {
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 1, "{r}");
+        assert_eq!(ips[0]["gateway"], GW6);
+        // The pod MAC comes from the IPv6 address when there is no IPv4 one.
+        let mac = r["interfaces"][2]["mac"].as_str().unwrap();
+        assert!(mac.starts_with("0a:58:"), "{mac}");
+    }
+    assert_eq!(results[0]["routes"], json!([{"dst": "::/0", "gw": GW6}]));
+    assert_eq!(
+        results[1]["routes"],
+        json!([{"dst": "fd77::/48", "gw": GW6}])
+    );
+    let routes1 = pods[1].ip(&["-6", "route", "show"]);
+    assert!(
+        routes1.contains(&format!("fd77::/48 via {GW6} dev eth0")),
+        "{routes1}"
+    );
+    assert!(!routes1.contains("default"), "{routes1}");
+    for pod in &pods {
+        assert_eq!(pod.ip(&["-4", "addr", "show", "dev", "eth0"]).trim(), "");
+        assert_eq!(pod.ip(&["-4", "route", "show"]).trim(), "");
+    }
+    assert_eq!(
+        f.host.ip(&["-4", "addr", "show", "dev", "cni0"]).trim(),
+        "",
+        "no IPv4 address on the bridge"
+    );
+    assert!(global_v6(&f.host, "cni0").contains(&format!("inet6 {GW6}/64")));
+    let (a6, b6) = (pod_ip6(&results[0]), pod_ip6(&results[1]));
+    assert!(ping6(&pods[0], GW6));
+    assert!(ping6(&pods[0], &b6));
+    assert!(ping6(&pods[1], &a6));
+    f.call(
+        "CHECK",
+        "s0",
+        Some(&pods[0]),
+        &f.with_prev("1.0.0", &results[0]),
+    )
+    .ok();
+    let mut prev1 = cluster_only.clone();
+    prev1["prevResult"] = results[1].clone();
+    f.call("CHECK", "s1", Some(&pods[1]), &prev1).ok();
+    f.call("STATUS", "", None, &f.conf("1.1.0")).ok();
+    assert_eq!(f.records().len(), 2);
+    for (i, pod) in pods.iter().enumerate() {
+        f.call("DEL", &format!("s{i}"), Some(pod), &f.conf("1.0.0"))
+            .ok();
+    }
+    assert!(f.records().is_empty());
+    assert!(f.host_veths().is_empty());
+}
+
+#[test]
+fn a_failing_ipv6_step_rolls_back_the_ipv4_side_too() {
+    let f = Fixture::with_env("undo6", DUAL_STACK_ENV);
+    // 1. The kernel refuses the IPv6 default route (the pod already has one), after the IPv4
+    // address, IPv4 route and IPv6 address are in place.
+    let pod = Netns::new("undo6-pod");
+    pod.ip(&["link", "add", "x0", "type", "veth", "peer", "name", "x1"]);
+    pod.ip(&["link", "set", "x0", "up"]);
+    pod.ip(&["link", "set", "x1", "up"]);
+    pod.ip(&["-6", "addr", "add", "fd99::1/64", "dev", "x0", "nodad"]);
+    pod.ip(&["-6", "route", "add", "default", "via", "fd99::fe"]);
+    let out = f.call("ADD", "ctr", Some(&pod), &f.conf("1.1.0"));
+    assert_eq!(out.code(), 100, "{}", out.stdout);
+    assert!(out.stdout.contains("add route ::/0"), "{}", out.stdout);
+    assert!(f.records().is_empty(), "both addresses were released");
+    assert!(f.host_veths().is_empty(), "the veth was removed");
+    assert!(!pod.links().contains(&"eth0".to_string()));
+
+    // 2. The IPv6 range is exhausted after the IPv4 address was allocated: nothing stays.
+    f.write_env(&DUAL_STACK_ENV.replace("fd77:0:0:5::1/64", "fd77:0:0:5::1/126"));
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("undo6-full")).collect();
+    let r0 = f.add("c0", &pods[0], "1.1.0");
+    f.add("c1", &pods[1], "1.1.0");
+    let out = f.call("ADD", "c2", Some(&pods[2]), &f.conf("1.1.0"));
+    assert_eq!(out.code(), 11, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("no free address left in fd77:0:0:5::/126"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        f.records().len(),
+        4,
+        "only the two pods' records: {:?}",
+        f.records()
+    );
+    assert_eq!(f.host_veths().len(), 2);
+    assert_eq!(pods[2].links(), vec!["lo"]);
+    // Freeing a pod makes its IPv6 address usable again, at once.
+    f.call("DEL", "c0", Some(&pods[0]), &f.conf("1.1.0")).ok();
+    let r2 = f.add("c2", &pods[2], "1.1.0");
+    assert_eq!(
+        pod_ip6(&r2),
+        pod_ip6(&r0),
+        "the freed IPv6 address is reused"
+    );
+    assert!(ping6(&pods[2], GW6));
+    for (cid, pod) in [("c1", &pods[1]), ("c2", &pods[2])] {
+        f.call("DEL", cid, Some(pod), &f.conf("1.1.0")).ok();
+    }
+    assert!(f.records().is_empty());
+}
+
+#[test]
+fn a_broken_ipv6_subnet_env_is_a_clear_error_and_changes_nothing() {
+    let f = Fixture::new("bad6");
+    let pod = Netns::new("bad6-pod");
+    let cases: [(String, u64, &str); 4] = [
+        (
+            DUAL_STACK_ENV.replace("fd77:0:0:5::1/64", "fd77:0:0:5::zz/64"),
+            50,
+            "FLANNEL_IPV6_SUBNET \"fd77:0:0:5::zz/64\"",
+        ),
+        (
+            DUAL_STACK_ENV.replace("fd77:0:0:5::1/64", "fd78::1/64"),
+            50,
+            "FLANNEL_IPV6_SUBNET fd78::1/64 is not inside FLANNEL_IPV6_NETWORK fd77::/48",
+        ),
+        (
+            V6_ONLY_ENV.replace("FLANNEL_IPV6_NETWORK=fd77::/48\n", ""),
+            50,
+            "FLANNEL_IPV6_NETWORK missing",
+        ),
+        (
+            DUAL_STACK_ENV.replace("FLANNEL_MTU=1450", "FLANNEL_MTU=1200"),
+            7,
+            "below 1280",
+        ),
+    ];
+    for (env, want, needle) in &cases {
+        f.write_env(env);
+        for command in ["ADD", "STATUS"] {
+            let out = f.call(command, "ctr", Some(&pod), &f.conf("1.1.0"));
+            assert_eq!(out.code(), *want, "{command} {needle}: {}", out.stdout);
+            let details = out.json()["details"].as_str().unwrap().to_string();
+            assert!(
+                details.contains(needle),
+                "{command}: {needle:?} not in {details}"
+            );
+        }
+        assert_eq!(f.host.links(), vec!["lo"], "{needle}: the host was changed");
+        assert_eq!(pod.links(), vec!["lo"], "{needle}: the pod was changed");
+        assert!(f.records().is_empty(), "{needle}: an address was allocated");
+    }
+}
+
+#[test]
+fn parallel_dual_stack_adds_never_share_an_ipv6_address() {
+    const N: usize = 24;
+    let f = Fixture::with_env("par6", DUAL_STACK_ENV);
+    let pods: Vec<Netns> = (0..N).map(|_| Netns::new("par6-pod")).collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let f = &f;
+                s.spawn(move || f.add(&format!("p6-{i}"), p, "1.1.0"))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let v6: Vec<String> = results.iter().map(pod_ip6).collect();
+    let v4: BTreeSet<String> = results.iter().map(pod_ip).collect();
+    assert_eq!(v6.iter().collect::<BTreeSet<_>>().len(), N, "{v6:?}");
+    assert_eq!(v4.len(), N);
+    assert_eq!(f.records().len(), 2 * N);
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let next = &v6[(i + 1) % N];
+            s.spawn(move || {
+                assert!(ping6(p, next), "pod {i} cannot reach {next}");
+            });
+        }
+    });
+    std::thread::scope(|s| {
+        for (i, p) in pods.iter().enumerate() {
+            let f = &f;
+            s.spawn(move || {
+                f.call("DEL", &format!("p6-{i}"), Some(p), &f.conf("1.1.0"))
+                    .ok()
+            });
+        }
+    });
+    assert!(f.records().is_empty());
+    assert!(f.host_veths().is_empty());
 }
