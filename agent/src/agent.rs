@@ -383,7 +383,7 @@ pub async fn run(
         tasks.spawn(
             crate::reconcile::Reconciler::new(nl, backend, metrics.clone())
                 .run(
-                    own_rx,
+                    dp_own_rx,
                     events_rx,
                     kick_rx,
                     crate::reconcile::RESYNC_INTERVAL,

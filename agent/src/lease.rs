@@ -32,9 +32,9 @@ pub struct KeyError {
 }
 
 /// The IPv4 part flannel writes into the key of an IPv6-only lease (`0.0.0.0-0&fc00::-64`).
-pub const NO_V4: Ipv4Network = match Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0) {
-    Ok(n) => n,
-    Err(_) => panic!("0.0.0.0/0 is a valid network"),
+pub const NO_V4: Ipv4Network = match Ipv4Network::new_checked(Ipv4Addr::UNSPECIFIED, 0) {
+    Some(n) => n,
+    None => panic!("0.0.0.0/0 is a valid network"),
 };
 
 impl SubnetKey {

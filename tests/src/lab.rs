@@ -20,13 +20,13 @@
 //! [`LabOptions::keep`] everything stays up; [`teardown_from_state`] ends it later, also
 //! after a run that was interrupted.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -44,6 +44,12 @@ pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 254);
 /// An address outside the cluster (on the internet namespace's lo).
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The switch's IPv6 address on the underlay (labs with IPv6).
+pub const SWITCH_IP6: Ipv6Addr = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 1);
+/// The internet namespace's IPv6 address on the underlay: every host's IPv6 gateway.
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 0xfe);
+/// An IPv6 address outside the cluster (on the internet namespace's lo).
+pub const OUTSIDE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
 /// weftd's health port on every host.
 pub const HEALTHZ_PORT: u16 = 8471;
 /// Where each lab keeps its state file while it exists.
@@ -90,6 +96,12 @@ pub struct LabOptions {
     pub network: String,
     /// `SubnetLen`.
     pub subnet_len: u8,
+    /// `EnableIPv4` (false with `ipv6_network` makes an IPv6-only cluster).
+    pub ipv4: bool,
+    /// `EnableIPv6` with this `IPv6Network`; the underlay then carries IPv6 too (fd99::/64).
+    pub ipv6_network: Option<String>,
+    /// `IPv6SubnetLen`.
+    pub ipv6_subnet_len: u8,
     /// Leave everything running when the `Lab` is dropped (see [`teardown_from_state`]).
     pub keep: bool,
 }
@@ -104,6 +116,9 @@ impl Default for LabOptions {
             pods_per_host: 2,
             network: "10.244.0.0/16".into(),
             subnet_len: 24,
+            ipv4: true,
+            ipv6_network: None,
+            ipv6_subnet_len: 64,
             keep: false,
         }
     }
@@ -117,6 +132,23 @@ impl LabOptions {
         }
         if self.direct_routing && self.backend != LabBackend::Vxlan {
             return Err("direct routing is a vxlan backend option".into());
+        }
+        if let Some(n6) = &self.ipv6_network {
+            let net6: Ipv6Network = n6
+                .parse()
+                .map_err(|e| format!("IPv6 network {n6:?}: {e}"))?;
+            if net6.network() != net6.ip() {
+                return Err(format!("IPv6 network {n6} has host bits set"));
+            }
+            if self.ipv6_subnet_len <= net6.prefix() || self.ipv6_subnet_len > 120 {
+                return Err(format!(
+                    "IPv6 subnet length /{} must be between /{} and /120",
+                    self.ipv6_subnet_len,
+                    net6.prefix() + 1
+                ));
+            }
+        } else if !self.ipv4 {
+            return Err("an IPv6-only lab needs an IPv6 network".into());
         }
         let net: Ipv4Network = self
             .network
@@ -160,10 +192,26 @@ impl LabOptions {
         } else {
             format!(r#"{{"Type":"{}"}}"#, self.backend.as_str())
         };
-        format!(
-            r#"{{"Network":"{}","SubnetLen":{},"Backend":{backend}}}"#,
-            self.network, self.subnet_len
-        )
+        let v6 = match &self.ipv6_network {
+            Some(n6) => format!(
+                r#","EnableIPv6":true,"IPv6Network":"{n6}","IPv6SubnetLen":{}"#,
+                self.ipv6_subnet_len
+            ),
+            None => String::new(),
+        };
+        if self.ipv4 {
+            format!(
+                r#"{{"Network":"{}","SubnetLen":{}{v6},"Backend":{backend}}}"#,
+                self.network, self.subnet_len
+            )
+        } else {
+            format!(r#"{{"EnableIPv4":false{v6},"Backend":{backend}}}"#)
+        }
+    }
+
+    /// The lab's underlay and pods carry IPv6.
+    pub fn ipv6(&self) -> bool {
+        self.ipv6_network.is_some()
     }
 }
 
@@ -200,7 +248,10 @@ pub struct Pod {
     pub name: String,
     /// Host number (1-based, as in `h1`).
     pub host: usize,
+    /// The pod's IPv4 address; unspecified (0.0.0.0) in an IPv6-only lab.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, in a lab with IPv6.
+    pub ip6: Option<Ipv6Addr>,
     pub container_id: String,
     pub netns: Netns,
     /// The plugin's ADD result.
@@ -227,7 +278,7 @@ pub struct Probe {
     pub from: String,
     /// Pod name, host name (`h2`) or `outside`.
     pub to: String,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub kind: ProbeKind,
     pub ok: bool,
 }
@@ -382,6 +433,11 @@ impl Lab {
         &self.host(i).netns.name
     }
 
+    /// Host `i`'s IPv6 underlay address (fd99::(10+i)), in a lab with IPv6.
+    pub fn host_ip6(&self, i: usize) -> Ipv6Addr {
+        host_ip6(i)
+    }
+
     /// Host `i`'s underlay address (10.99.0.(10+i)).
     pub fn host_ip(&self, i: usize) -> Ipv4Addr {
         self.host(i).ip
@@ -410,6 +466,14 @@ impl Lab {
         let text = std::fs::read_to_string(self.subnet_file(i)).ok()?;
         text.lines()
             .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Host `i`'s IPv6 subnet as written in its subnet.env (gateway form, `fc00:0:0:7::1/64`).
+    pub fn subnet6(&self, i: usize) -> Option<Ipv6Network> {
+        let text = std::fs::read_to_string(self.subnet_file(i)).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
             .and_then(|v| v.trim().parse().ok())
     }
 
@@ -470,11 +534,15 @@ impl Lab {
         sw.ip(&["link", "set", "lo", "up"]);
         sw.ip(&["link", "add", "br0", "type", "bridge"]);
         sw.ip(&["addr", "add", &format!("{SWITCH_IP}/24"), "dev", "br0"]);
+        if self.opts.ipv6() {
+            sw.ip(&["addr", "add", &format!("{SWITCH_IP6}/64"), "dev", "br0", "nodad"]);
+        }
         sw.ip(&["link", "set", "br0", "up"]);
     }
 
-    /// A veth from the switch (`port`, enslaved to br0) to `ns` (`eth0` with `addr`/24).
-    fn attach(&self, ns: &Netns, port: &str, addr: Ipv4Addr) {
+    /// A veth from the switch (`port`, enslaved to br0) to `ns` (`eth0` with `addr`/24, and
+    /// `addr6`/64 in a lab with IPv6).
+    fn attach(&self, ns: &Netns, port: &str, addr: Ipv4Addr, addr6: Ipv6Addr) {
         let sw = self.switch();
         sw.ip(&[
             "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
@@ -482,6 +550,9 @@ impl Lab {
         sw.ip(&["link", "set", port, "master", "br0", "up"]);
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        if self.opts.ipv6() {
+            ns.ip(&["addr", "add", &format!("{addr6}/64"), "dev", "eth0", "nodad"]);
+        }
         ns.ip(&["link", "set", "eth0", "up"]);
     }
 
@@ -489,8 +560,11 @@ impl Lab {
         self.internet = Some(Netns::named(&format!("{}-inet", self.name)));
         self.save_state();
         let inet = self.internet.as_ref().expect("just made");
-        self.attach(inet, "inet", ROUTER_IP);
+        self.attach(inet, "inet", ROUTER_IP, ROUTER_IP6);
         inet.ip(&["addr", "add", &format!("{OUTSIDE_IP}/32"), "dev", "lo"]);
+        if self.opts.ipv6() {
+            inet.ip(&["addr", "add", &format!("{OUTSIDE_IP6}/128"), "dev", "lo", "nodad"]);
+        }
     }
 
     fn start_etcd(&mut self) {
@@ -517,13 +591,27 @@ impl Lab {
         });
         self.save_state();
         let h = self.host(i);
-        self.attach(&h.netns, &name, h.ip);
+        self.attach(&h.netns, &name, h.ip, host_ip6(i));
         h.netns
             .ip(&["route", "add", "default", "via", &ROUTER_IP.to_string()]);
         let (code, _, err) = h
             .netns
             .exec("sysctl", &["-q", "-w", "net.ipv4.ip_forward=1"]);
         assert_eq!(code, 0, "sysctl ip_forward in {}: {err}", h.netns.name);
+        if self.opts.ipv6() {
+            h.netns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &ROUTER_IP6.to_string(),
+            ]);
+            let (code, _, err) = h
+                .netns
+                .exec("sysctl", &["-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+            assert_eq!(code, 0, "sysctl IPv6 forwarding in {}: {err}", h.netns.name);
+        }
     }
 
     // --- weftd ----------------------------------------------------------------------
@@ -778,25 +866,43 @@ impl Lab {
         let netns = Netns::named(&container_id);
         let stdout = self.cni("ADD", host, &name, &container_id, &netns)?;
         let result: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse::<Ipv4Addr>().ok());
-        let Some(ip) = ip else {
+        let addrs: Vec<IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str())
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+            .collect();
+        let ip = addrs.iter().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let ip6 = addrs.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        let missing = match (self.opts.ipv4, ip, self.opts.ipv6(), ip6) {
+            (true, None, _, _) => Some("IPv4"),
+            (_, _, true, None) => Some("IPv6"),
+            _ => None,
+        };
+        if let Some(family) = missing {
             let _ = self.cni("DEL", host, &name, &container_id, &netns);
             return Err(LabError::Cni {
                 verb: "ADD",
                 pod: name,
                 host: self.host_name(host).to_string(),
                 exit: 0,
-                output: format!("no IPv4 address in the result: {stdout}"),
+                output: format!("no {family} address in the result: {stdout}"),
             });
-        };
-        tracing::info!(host = self.host_name(host), pod = %name, %ip, "pod added");
+        }
+        let ip = ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        tracing::info!(host = self.host_name(host), pod = %name, %ip, ip6 = ?ip6, "pod added");
         self.pods.push(Pod {
             name,
             host,
             ip,
+            ip6,
             container_id,
             netns,
             result,
@@ -868,8 +974,8 @@ impl Lab {
     }
 
     /// One ping (`ping -c1 -W1`) from a lab node to `dst`.
-    pub fn ping(&self, from: &str, dst: Ipv4Addr) -> bool {
-        ping_from(self.ns_of(from), dst)
+    pub fn ping(&self, from: &str, dst: impl Into<IpAddr>) -> bool {
+        ping_from(self.ns_of(from), dst.into())
     }
 
     /// Ping from every pod to every other pod, to every other host's underlay address and,
@@ -878,7 +984,7 @@ impl Lab {
     pub fn connectivity(&self) -> Vec<Probe> {
         let mut plan: Vec<(Probe, &str)> = Vec::new();
         for a in &self.pods {
-            let mut add = |to: &str, dst: Ipv4Addr, kind: ProbeKind| {
+            let mut add = |to: &str, dst: IpAddr, kind: ProbeKind| {
                 let probe = Probe {
                     from: a.name.clone(),
                     to: to.to_string(),
@@ -894,17 +1000,31 @@ impl Lab {
                 } else {
                     ProbeKind::CrossHost
                 };
-                add(&b.name, b.ip, kind);
+                if self.opts.ipv4 {
+                    add(&b.name, IpAddr::V4(b.ip), kind);
+                }
+                if let Some(ip6) = b.ip6 {
+                    add(&b.name, IpAddr::V6(ip6), kind);
+                }
             }
-            for h in self
-                .hosts
-                .iter()
-                .filter(|h| h.name != format!("h{}", a.host))
-            {
-                add(&h.name, h.ip, ProbeKind::OtherHost);
+            for (n, h) in self.hosts.iter().enumerate() {
+                if h.name == format!("h{}", a.host) {
+                    continue;
+                }
+                if self.opts.ipv4 {
+                    add(&h.name, IpAddr::V4(h.ip), ProbeKind::OtherHost);
+                }
+                if self.opts.ipv6() {
+                    add(&h.name, IpAddr::V6(host_ip6(n + 1)), ProbeKind::OtherHost);
+                }
             }
             if self.opts.ip_masq {
-                add("outside", OUTSIDE_IP, ProbeKind::Outside);
+                if self.opts.ipv4 {
+                    add("outside", IpAddr::V4(OUTSIDE_IP), ProbeKind::Outside);
+                }
+                if self.opts.ipv6() {
+                    add("outside", IpAddr::V6(OUTSIDE_IP6), ProbeKind::Outside);
+                }
             }
         }
         std::thread::scope(|s| {
@@ -1068,7 +1188,12 @@ impl Drop for Lab {
     }
 }
 
-fn ping_from(ns: &str, dst: Ipv4Addr) -> bool {
+/// Host `i`'s IPv6 underlay address.
+fn host_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd99, 0, 0, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+fn ping_from(ns: &str, dst: IpAddr) -> bool {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, "ping", "-c1", "-W1", "-q"])
         .arg(dst.to_string());

@@ -430,3 +430,126 @@ fn pods_reach_outside_only_through_masquerade() {
     let outside: Ipv4Addr = weft_tests::lab::OUTSIDE_IP;
     assert!(!lab.ping(&pod.name, outside));
 }
+
+/// `netctl check` inside host `h`'s namespace: (exit code, stdout, stderr).
+fn check(lab: &Lab, h: usize) -> (i32, String, String) {
+    let netctl = weft_tests::procs::bin("netctl").display().to_string();
+    let file = lab.subnet_file(h).display().to_string();
+    let endpoint = lab.etcd_endpoint();
+    lab.exec_in(
+        lab.host_name(h),
+        &netctl,
+        &[
+            "--etcd-endpoints",
+            &endpoint,
+            "--etcd-prefix",
+            weft_tests::lab::ETCD_PREFIX,
+            "check",
+            "--subnet-file",
+            &file,
+        ],
+    )
+}
+
+fn subnet_env(lab: &Lab, h: usize) -> String {
+    std::fs::read_to_string(lab.subnet_file(h)).expect("subnet.env")
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6() {
+    let lab = assert_full_connectivity(LabOptions {
+        hosts: 3,
+        ipv6_network: Some("fc00::/48".into()),
+        ip_masq: true,
+        ..LabOptions::default()
+    });
+    let probes = lab.connectivity();
+    let v6 = probes.iter().filter(|p| p.dst.is_ipv6()).count();
+    let v4 = probes.iter().filter(|p| p.dst.is_ipv4()).count();
+    // 6 pods: 5 pods + 2 other hosts + outside, once per family.
+    assert_eq!((v4, v6), (6 * 8, 6 * 8), "both families probed");
+
+    let net6: ipnetwork::Ipv6Network = "fc00::/48".parse().unwrap();
+    let (_, leases, _) = lab.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]);
+    for h in 1..=3 {
+        let s4 = lab.subnet(h).expect("FLANNEL_SUBNET");
+        let s6 = lab.subnet6(h).expect("FLANNEL_IPV6_SUBNET");
+        assert_eq!(s6.prefix(), 64);
+        assert!(net6.contains(s6.network()), "{s6}");
+        // flannel's dual-stack key form.
+        let key = format!("{}-24&{}-64", s4.network(), s6.network());
+        assert!(leases.contains(&key), "no key {key} in:\n{leases}");
+        // Pods hold one address of each family from their host's subnets.
+        for p in lab.pods().iter().filter(|p| p.host == h) {
+            assert!(s4.contains(p.ip) && s6.contains(p.ip6.expect("IPv6 address")), "{p:?}");
+        }
+        // One MTU for both: 1500 − 70 (IPv6 underlay), below the IPv4 device's 1450.
+        let env = subnet_env(&lab, h);
+        assert!(env.contains("FLANNEL_MTU=1430\n"), "{env}");
+        assert!(env.contains("FLANNEL_IPV6_NETWORK=fc00::/48\n"), "{env}");
+        let (_, links, _) = lab.exec_in(lab.host_name(h), "ip", &["-d", "link", "show"]);
+        assert!(links.contains("weft.1:") && links.contains("weft-v6.1:"), "{links}");
+        let (_, v6dev, _) = lab.exec_in(lab.host_name(h), "ip", &["link", "show", "weft-v6.1"]);
+        assert!(v6dev.contains("mtu 1430"), "{v6dev}");
+        // IPv6 peers are routed through the IPv6 device, onlink, as flannel does.
+        let (_, routes6, _) =
+            lab.exec_in(lab.host_name(h), "ip", &["-6", "route", "show", "proto", "87"]);
+        for p in (1..=3).filter(|p| *p != h) {
+            let ps = lab.subnet6(p).unwrap();
+            let want = format!("{}/64 via {} dev weft-v6.1", ps.network(), ps.network());
+            assert!(routes6.contains(&want), "h{h} lacks `{want}`:\n{routes6}");
+        }
+        let (code, out, err) = check(&lab, h);
+        assert_eq!(code, 0, "netctl check on h{h}: {out}{err}");
+    }
+    let (code, table, err) = lab.netctl(&["leases"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("IPV6-SUBNET") && table.contains("PUBLIC-IPV6"), "{table}");
+    assert!(table.contains(&lab.host_ip6(2).to_string()), "{table}");
+}
+
+#[test]
+fn ipv6_only_pods_reach_each_other_and_the_outside() {
+    let lab = assert_full_connectivity(LabOptions {
+        hosts: 3,
+        ipv4: false,
+        ipv6_network: Some("fd00:10::/56".into()),
+        ipv6_subnet_len: 64,
+        ip_masq: true,
+        ..LabOptions::default()
+    });
+    assert!(lab.connectivity().iter().all(|p| p.dst.is_ipv6()));
+    let (_, leases, _) = lab.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]);
+    for h in 1..=3 {
+        let s6 = lab.subnet6(h).expect("FLANNEL_IPV6_SUBNET");
+        let key = format!("0.0.0.0-0&{}-64", s6.network());
+        assert!(leases.contains(&key), "no key {key} in:\n{leases}");
+        let env = subnet_env(&lab, h);
+        assert!(!env.contains("FLANNEL_NETWORK") && !env.contains("FLANNEL_SUBNET="), "{env}");
+        for p in lab.pods().iter().filter(|p| p.host == h) {
+            assert!(p.ip.is_unspecified(), "an IPv6-only pod has no IPv4 address: {p:?}");
+            assert!(s6.contains(p.ip6.unwrap()), "{p:?}");
+        }
+        let (_, links, _) = lab.exec_in(lab.host_name(h), "ip", &["link", "show"]);
+        assert!(!links.contains("weft.1:") && links.contains("weft-v6.1:"), "{links}");
+        let (_, routes4, _) = lab.exec_in(lab.host_name(h), "ip", &["-4", "route", "show", "proto", "87"]);
+        assert!(routes4.trim().is_empty(), "no IPv4 routes of weft: {routes4}");
+        let (code, out, err) = check(&lab, h);
+        assert_eq!(code, 0, "netctl check on h{h}: {out}{err}");
+    }
+}
+
+#[test]
+fn ipv6_only_over_host_gw() {
+    let lab = assert_full_connectivity(LabOptions {
+        hosts: 2,
+        ipv4: false,
+        backend: LabBackend::HostGw,
+        ipv6_network: Some("fd00:20::/48".into()),
+        ..LabOptions::default()
+    });
+    let (_, routes6, _) = lab.exec_in(lab.host_name(1), "ip", &["-6", "route", "show", "proto", "87"]);
+    let s2 = lab.subnet6(2).unwrap();
+    let want = format!("{}/64 via {} dev eth0", s2.network(), lab.host_ip6(2));
+    assert!(routes6.contains(&want), "h1 lacks `{want}`:\n{routes6}");
+}

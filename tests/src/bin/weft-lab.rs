@@ -39,8 +39,15 @@ struct Cli {
     /// Leave the lab running (tear it down later with --teardown).
     #[arg(long)]
     keep: bool,
+    /// Also run IPv6 (dual-stack) with this IPv6 cluster network, e.g. fc00::/48; the
+    /// underlay then carries IPv6 too.
+    #[arg(long, value_name = "CIDR")]
+    ipv6_network: Option<String>,
+    /// IPv6 only (`EnableIPv4: false`); needs --ipv6-network.
+    #[arg(long, requires = "ipv6_network")]
+    ipv6_only: bool,
     /// Tear down labs left running by --keep (or by an interrupted run), then exit.
-    #[arg(long, conflicts_with_all = ["hosts", "backend", "direct_routing", "ip_masq", "pods_per_host", "keep"])]
+    #[arg(long, conflicts_with_all = ["hosts", "backend", "direct_routing", "ip_masq", "pods_per_host", "keep", "ipv6_network", "ipv6_only"])]
     teardown: bool,
 }
 
@@ -67,6 +74,8 @@ fn main() -> ExitCode {
         ip_masq: cli.ip_masq,
         pods_per_host: cli.pods_per_host,
         keep: cli.keep,
+        ipv4: !cli.ipv6_only,
+        ipv6_network: cli.ipv6_network.clone(),
         ..LabOptions::default()
     };
     if let Err(e) = opts.validate() {
@@ -166,15 +175,20 @@ fn print_results(lab: &Lab, probes: &[Probe]) {
             .subnet(i)
             .map(|s| s.to_string())
             .unwrap_or_else(|| "-".into());
+        let subnet6 = lab
+            .subnet6(i)
+            .map(|s| format!("  IPv6 subnet {s}"))
+            .unwrap_or_default();
         println!(
-            "  {:<5} {:<15} subnet {subnet}",
+            "  {:<5} {:<15} subnet {subnet}{subnet6}",
             lab.host_name(i),
             lab.host_ip(i).to_string()
         );
     }
     println!("pods:");
     for p in lab.pods() {
-        println!("  {:<5} {:<15} on h{}", p.name, p.ip.to_string(), p.host);
+        let ip6 = p.ip6.map(|a| format!(" {a}")).unwrap_or_default();
+        println!("  {:<5} {:<15}{ip6} on h{}", p.name, p.ip.to_string(), p.host);
     }
     // Columns: pods, then hosts, then the outside address (when probed).
     let mut columns: Vec<&str> = lab.pods().iter().map(|p| p.name.as_str()).collect();
@@ -192,11 +206,16 @@ fn print_results(lab: &Lab, probes: &[Probe]) {
     for pod in lab.pods() {
         let mut row = format!("{:<8}", pod.name);
         for c in &columns {
-            let cell = probes
+            // One cell per pair: "ok" when every family's probe answered.
+            let pair: Vec<&Probe> = probes
                 .iter()
-                .find(|p| p.from == pod.name && p.to == *c)
-                .map(|p| if p.ok { "ok" } else { "FAIL" })
-                .unwrap_or("-");
+                .filter(|p| p.from == pod.name && p.to == *c)
+                .collect();
+            let cell = match (pair.is_empty(), pair.iter().all(|p| p.ok)) {
+                (true, _) => "-",
+                (false, true) => "ok",
+                (false, false) => "FAIL",
+            };
             row.push_str(&format!("{cell:<width$}"));
         }
         println!("{}", row.trim_end());
