@@ -695,6 +695,34 @@ mod tests {
         line.split(" comment ").next().unwrap_or(line)
     }
 
+    /// The IPv4 script, byte for byte as weft has always rendered it: existing nodes see no
+    /// change in their table.
+    const IPV4_SCRIPT: &str = "\
+# weft masquerade rules; replaces the whole table in one transaction
+table ip weft {}
+delete table ip weft
+table ip weft {
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tmeta mark & 0x4000 == 0x4000 return comment \"marked by kube-proxy, which masquerades it itself\"
+\t\tip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return comment \"pod to pod inside the cluster network: keep the pod source\"
+\t\tip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random comment \"pod to outside the cluster network: masquerade\"
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return comment \"outside to this node's pods: keep the source\"
+\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade fully-random comment \"outside to other nodes' pods: masquerade\"
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip saddr 10.244.0.0/16 accept comment \"forward traffic from the cluster network\"
+\t\tip daddr 10.244.0.0/16 accept comment \"forward traffic to the cluster network\"
+\t}
+}
+";
+
+    #[test]
+    fn render_ipv4_is_byte_for_byte_the_script_of_earlier_releases() {
+        assert_eq!(render(&rules("10.244.0.0/16", "10.244.1.0/24")), IPV4_SCRIPT);
+    }
+
     #[test]
     fn render_replaces_the_table_in_one_script() {
         let l = lines(&render(&rules("10.244.0.0/16", "10.244.1.0/24")));
