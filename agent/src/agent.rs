@@ -351,10 +351,7 @@ pub async fn run(
             LeaseStatus::Held(h) => {
                 own_tx.send_replace(Some((SubnetKey::v4(h.subnet).to_string(), h.subnet)));
                 dp_own_tx.send_replace(Some(h.subnet));
-                masq_tx.send_replace(Some(MasqRules {
-                    network: cfg.network,
-                    own_subnet: h.subnet,
-                }));
+                masq_tx.send_replace(Some(MasqRules::v4(cfg.network, h.subnet)));
                 metrics.lease_held.set(1);
                 metrics.lease_changes.inc();
                 let expiry = h.expires_at.map(|e| {
