@@ -8,7 +8,7 @@ use tracing::debug;
 
 use weft_backends::dataplane::{DataplaneError, Removed};
 
-use crate::firewall::{self, Firewall, FirewallError, TABLE};
+use crate::firewall::{self, Firewall, FirewallError, TableFamily, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
@@ -23,7 +23,8 @@ pub enum CleanupError {
 /// What [`cleanup_host`] did.
 #[derive(Debug, Default)]
 pub struct CleanupReport {
-    /// Objects removed, named for the operator (`nftables table ip weft`).
+    /// Objects removed, named for the operator (`nftables table ip weft`,
+    /// `nftables table ip6 weft`).
     pub removed: Vec<String>,
     /// Objects that were not there.
     pub absent: Vec<String>,
@@ -40,20 +41,24 @@ impl CleanupReport {
 /// Remove weft's host state.
 ///
 /// Steps, in order; each records into the report and a failure does not stop the next:
-/// 1. the nftables table `ip weft` (masquerade and forward rules);
+/// 1. the nftables tables `ip weft` and `ip6 weft` (masquerade and forward rules of IPv4
+///    and IPv6), each through the firewall `firewall_for` returns for its family (outside
+///    tests `|family| NftFirewall::new(None).for_family(family)`);
 /// 2. the data plane: weft's routes (route protocol 87) and its VXLAN devices with every
 ///    neighbour and FDB entry on them (`dataplane` is
 ///    [`weft_backends::dataplane::remove_weft_state`] outside tests).
 pub fn cleanup_host<F: Firewall>(
-    fw: &mut F,
+    firewall_for: impl FnMut(TableFamily) -> F,
     dataplane: impl FnOnce() -> Result<Removed, DataplaneError>,
 ) -> CleanupReport {
     let mut report = CleanupReport::default();
-    let table = format!("nftables table ip {TABLE}");
-    match firewall::cleanup(fw) {
-        Ok(true) => report.removed.push(table),
-        Ok(false) => report.absent.push(table),
-        Err(e) => report.errors.push(e.into()),
+    for (family, result) in firewall::cleanup_all_families(firewall_for) {
+        let table = format!("nftables table {family} {TABLE}");
+        match result {
+            Ok(true) => report.removed.push(table),
+            Ok(false) => report.absent.push(table),
+            Err(e) => report.errors.push(e.into()),
+        }
     }
     match dataplane() {
         Ok(r) => {
@@ -84,40 +89,82 @@ mod tests {
     use super::*;
     use crate::firewall::{render, FakeFirewall, MasqRules};
 
+    fn v4_rules() -> MasqRules {
+        MasqRules::v4(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.1.0/24".parse().unwrap(),
+        )
+    }
+
+    fn v6_rules() -> MasqRules {
+        MasqRules::v6(
+            "fd00:10:244::/56".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        )
+    }
+
     #[test]
-    fn removes_the_table_then_finds_nothing() {
-        let mut fw = FakeFirewall::new();
-        fw.apply(&render(&MasqRules {
-            network: "10.244.0.0/16".parse().unwrap(),
-            own_subnet: "10.244.1.0/24".parse().unwrap(),
-        }))
-        .unwrap();
-        let first = cleanup_host(&mut fw, || {
-            Ok(Removed {
-                devices: vec!["weft.1".into()],
-                routes: 2,
-            })
-        });
+    fn removes_both_tables_then_finds_nothing() {
+        let fw = FakeFirewall::new();
+        fw.clone().apply(&render(&v4_rules())).unwrap();
+        fw.clone()
+            .for_family(TableFamily::Ip6)
+            .apply(&render(&v6_rules()))
+            .unwrap();
+        let first = cleanup_host(
+            |family| fw.clone().for_family(family),
+            || {
+                Ok(Removed {
+                    devices: vec!["weft.1".into()],
+                    routes: 2,
+                })
+            },
+        );
         assert!(first.is_ok());
         assert_eq!(
             first.removed,
             vec![
                 "nftables table ip weft".to_string(),
+                "nftables table ip6 weft".to_string(),
                 "VXLAN device weft.1".to_string(),
                 "2 route(s) with protocol 87".to_string()
             ]
         );
         assert!(first.absent.is_empty());
-        let second = cleanup_host(&mut fw, || Ok(Removed::default()));
+        let second = cleanup_host(
+            |family| fw.clone().for_family(family),
+            || Ok(Removed::default()),
+        );
         assert!(second.is_ok());
         assert!(second.removed.is_empty());
         assert_eq!(
             second.absent,
             vec![
                 "nftables table ip weft".to_string(),
+                "nftables table ip6 weft".to_string(),
                 "routes with protocol 87".to_string()
             ]
         );
         assert_eq!(fw.table(), None);
+        assert_eq!(fw.clone().for_family(TableFamily::Ip6).table(), None);
+    }
+
+    #[test]
+    fn an_ipv6_only_node_has_only_the_ip6_table_to_remove() {
+        let fw = FakeFirewall::new().for_family(TableFamily::Ip6);
+        fw.clone().apply(&render(&v6_rules())).unwrap();
+        let report = cleanup_host(
+            |family| fw.clone().for_family(family),
+            || Ok(Removed::default()),
+        );
+        assert!(report.is_ok());
+        assert_eq!(report.removed, vec!["nftables table ip6 weft".to_string()]);
+        assert_eq!(
+            report.absent,
+            vec![
+                "nftables table ip weft".to_string(),
+                "routes with protocol 87".to_string()
+            ]
+        );
     }
 }

@@ -1,7 +1,8 @@
-//! weft's nftables table against the real kernel, each test in its own namespaces (nft runs
-//! through `ip netns exec`, so the root namespace's ruleset is never touched): the rules as
-//! nftables lists them, atomic replacement, the owner task restoring a deleted table,
-//! cleanup, clear errors, and packets actually being masqueraded end to end.
+//! weft's nftables tables (`ip weft`, `ip6 weft`) against the real kernel, each test in its
+//! own namespaces (nft runs through `ip netns exec`, so the root namespace's ruleset is never
+//! touched): the rules as nftables lists them, atomic replacement, the owner task restoring a
+//! deleted table, the two families never touching each other's table, cleanup, clear errors,
+//! and packets actually being masqueraded end to end over IPv4 and IPv6.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,20 +10,29 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use weft_agent::firewall::{
-    cleanup, render, run_firewall, Firewall, FirewallError, MasqRules, NftFirewall,
+    cleanup, cleanup_all_families, render, run_firewall, Firewall, FirewallError, MasqRules,
+    NftFirewall, TableFamily,
 };
 use weft_tests::netns::Netns;
 use weft_tests::procs::{bin, run_bounded, Proc};
 
+/// Rules of either family (both networks of the same one).
 fn rules(network: &str, own_subnet: &str) -> MasqRules {
-    MasqRules {
-        network: network.parse().unwrap(),
-        own_subnet: own_subnet.parse().unwrap(),
-    }
+    MasqRules::new(network.parse().unwrap(), own_subnet.parse().unwrap()).unwrap()
 }
 
+/// The IPv6 cluster network and this node's IPv6 pod subnet in these tests.
+const V6_NET: &str = "fd00:10:244::/56";
+const V6_OWN: &str = "fd00:10:244:1::/64";
+
+/// Table `ip weft` in `ns`.
 fn nft_in(ns: &Netns) -> NftFirewall {
     NftFirewall::new(Some(ns.name.clone()))
+}
+
+/// Table `ip6 weft` in `ns`.
+fn nft6_in(ns: &Netns) -> NftFirewall {
+    nft_in(ns).for_family(TableFamily::Ip6)
 }
 
 /// `nft <args>` in `ns`, by hand (as an operator would): (exit code, stdout, stderr).
@@ -32,13 +42,21 @@ fn nft(ns: &Netns, args: &[&str]) -> (i32, String, String) {
 
 /// `nft list table ip weft` in `ns`, `None` if it fails (no table).
 fn listing(ns: &Netns) -> Option<String> {
-    listing_in(&ns.name)
+    listing_in(&ns.name, "ip")
 }
 
-/// [`listing`] by namespace name (for a blocking task that cannot borrow the handle).
-fn listing_in(netns: &str) -> Option<String> {
+/// `nft list table ip6 weft` in `ns`, `None` if it fails (no table).
+fn listing6(ns: &Netns) -> Option<String> {
+    listing_in(&ns.name, "ip6")
+}
+
+/// `nft list table <family> weft` by namespace name (for a blocking task that cannot borrow
+/// the handle).
+fn listing_in(netns: &str, family: &str) -> Option<String> {
     let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", netns, "nft", "list", "table", "ip", "weft"]);
+    cmd.args([
+        "netns", "exec", netns, "nft", "list", "table", family, "weft",
+    ]);
     let (code, out, _) = run_bounded(cmd, Duration::from_secs(30));
     (code == 0).then_some(out)
 }
@@ -161,7 +179,7 @@ async fn owner_task_restores_a_table_deleted_by_hand() {
     let name = ns.name.clone();
     let probe = move || {
         let name = name.clone();
-        move || listing_in(&name)
+        move || listing_in(&name, "ip")
     };
     let original = weft_tests::wait_for("the first apply", Duration::from_secs(10), || {
         let probe = probe();
@@ -210,11 +228,12 @@ fn cleanup_removes_the_table_and_a_second_cleanup_finds_nothing() {
 }
 
 #[test]
-fn weftd_cleanup_flag_removes_the_table() {
+fn weftd_cleanup_flag_removes_both_tables() {
     let ns = Netns::new("fw-weftd");
     nft_in(&ns)
         .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
         .unwrap();
+    nft6_in(&ns).apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
     let weftd = bin("weftd");
     let run = || {
         let mut cmd = ns.cmd(&weftd);
@@ -224,7 +243,9 @@ fn weftd_cleanup_flag_removes_the_table() {
     let (code, _, err) = run();
     assert_eq!(code, 0, "weftd --cleanup: {err}");
     assert!(err.contains("nftables table ip weft"), "{err}");
+    assert!(err.contains("nftables table ip6 weft"), "{err}");
     assert_eq!(listing(&ns), None);
+    assert_eq!(listing6(&ns), None);
     let (code, _, err) = run();
     assert_eq!(code, 0, "second weftd --cleanup: {err}");
     assert!(err.contains("not present"), "{err}");
@@ -295,7 +316,7 @@ fn topology(tag: &str) -> Topology {
     t
 }
 
-/// Start `tcp-probe serve-peer <port>` in `ns` and wait (10 s at most) until `client`
+/// Start `tcp-probe serve-peer <port>` (IPv4) in `ns` and wait (10 s at most) until `client`
 /// reaches it on `addr`.
 fn serve_peer(
     ns: &Netns,
@@ -304,8 +325,20 @@ fn serve_peer(
     addr: &str,
     log_dir: &std::path::Path,
 ) -> Proc {
+    serve_peer_on(ns, "0.0.0.0", port, client, addr, log_dir)
+}
+
+/// [`serve_peer`] listening on `bind` (`::` for IPv6).
+fn serve_peer_on(
+    ns: &Netns,
+    bind: &str,
+    port: u16,
+    client: &Netns,
+    addr: &str,
+    log_dir: &std::path::Path,
+) -> Proc {
     let mut cmd = ns.cmd(bin("tcp-probe"));
-    cmd.args(["serve-peer", &port.to_string()]);
+    cmd.args(["serve-peer", &port.to_string(), bind]);
     let proc = Proc::spawn(
         &format!("tcp-probe-{}", ns.name),
         cmd,
@@ -405,6 +438,348 @@ fn pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
             &t.internet,
             "10.244.2.2:8080",
             "10.244.2.1",
+            "outside to other nodes' pods is masqueraded",
+        ),
+    ];
+    for (client, addr, want, what) in cases {
+        assert_eq!(fetch(client, addr).as_deref(), Some(want), "{what}");
+    }
+}
+
+#[test]
+fn ipv6_table_lists_the_masquerade_and_forward_rules() {
+    let ns = Netns::new("fw6-list");
+    let mut fw = nft6_in(&ns);
+    assert_eq!(fw.list().unwrap(), None, "a fresh namespace has no table");
+    fw.apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    let text = listing6(&ns).expect("nft list table ip6 weft");
+    for want in [
+        "type nat hook postrouting priority srcnat; policy accept;",
+        "meta mark & 0x00004000 == 0x00004000 return comment \"marked by kube-proxy",
+        "ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244::/56 return comment \"pod to pod",
+        "ip6 saddr fd00:10:244::/56 ip6 daddr != ff00::/8 masquerade fully-random comment",
+        "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return comment",
+        "ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244::/56 masquerade fully-random comment",
+        "type filter hook forward priority filter; policy accept;",
+        "ip6 saddr fd00:10:244::/56 accept comment",
+        "ip6 daddr fd00:10:244::/56 accept comment",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert_eq!(fw.list().unwrap().as_deref(), Some(text.as_str()));
+    assert_eq!(tables(&ns), vec!["table ip6 weft".to_string()]);
+}
+
+#[test]
+fn the_ip_and_ip6_tables_never_touch_each_other() {
+    let ns = Netns::new("fw-fams");
+    let mut fw4 = nft_in(&ns);
+    let mut fw6 = nft6_in(&ns);
+    fw4.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    assert_eq!(fw6.list().unwrap(), None, "applying ip created ip6");
+    fw6.apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    let v4 = listing(&ns).unwrap();
+    let v6 = listing6(&ns).unwrap();
+    assert!(
+        !v4.contains("ip6 ") && !v6.contains("ip saddr"),
+        "{v4}\n{v6}"
+    );
+
+    // Replacing one family's rules leaves the other table as it was.
+    fw4.apply(&render(&rules("10.244.0.0/16", "10.244.7.0/24")))
+        .unwrap();
+    assert_eq!(listing6(&ns).unwrap(), v6);
+    let v4 = listing(&ns).unwrap();
+    fw6.apply(&render(&rules(V6_NET, "fd00:10:244:7::/64")))
+        .unwrap();
+    assert_eq!(listing(&ns).unwrap(), v4);
+    let v6 = listing6(&ns).unwrap();
+
+    // Another family's script is refused before nft runs.
+    let err = fw6
+        .apply(&render(&rules("10.244.0.0/16", "10.244.9.0/24")))
+        .unwrap_err();
+    assert!(
+        matches!(err, FirewallError::FamilyMismatch { .. }),
+        "{err:?}"
+    );
+    let err = fw4.apply(&render(&rules(V6_NET, V6_OWN))).unwrap_err();
+    assert!(
+        matches!(err, FirewallError::FamilyMismatch { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        (listing(&ns).unwrap(), listing6(&ns).unwrap()),
+        (v4.clone(), v6.clone())
+    );
+
+    // Removing one leaves the other, and each sees only its own.
+    assert!(cleanup(&mut fw6).unwrap());
+    assert_eq!(listing6(&ns), None);
+    assert_eq!(listing(&ns).unwrap(), v4);
+    assert!(
+        !cleanup(&mut fw6).unwrap(),
+        "the ip table is not the ip6 table"
+    );
+    assert_eq!(fw6.list().unwrap(), None);
+    assert_eq!(fw4.list().unwrap().as_deref(), Some(v4.as_str()));
+
+    fw6.apply(&render(&rules(V6_NET, "fd00:10:244:7::/64")))
+        .unwrap();
+    assert!(cleanup(&mut fw4).unwrap());
+    assert_eq!(listing(&ns), None);
+    assert_eq!(listing6(&ns).unwrap(), v6);
+    assert!(
+        !cleanup(&mut fw4).unwrap(),
+        "the ip6 table is not the ip table"
+    );
+    assert_eq!(tables(&ns), vec!["table ip6 weft".to_string()]);
+}
+
+#[test]
+fn cleanup_all_families_removes_both_tables_and_nothing_else() {
+    let ns = Netns::new("fw-cleanall");
+    let (code, _, err) = nft(&ns, &["add", "table", "inet", "other"]);
+    assert_eq!(code, 0, "{err}");
+    nft_in(&ns)
+        .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    nft6_in(&ns).apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    let removed = cleanup_all_families(|family| nft_in(&ns).for_family(family));
+    assert_eq!(
+        removed.map(|(f, r)| (f, r.unwrap())),
+        [(TableFamily::Ip, true), (TableFamily::Ip6, true)]
+    );
+    assert_eq!(tables(&ns), vec!["table inet other".to_string()]);
+    let again = cleanup_all_families(|family| nft_in(&ns).for_family(family));
+    assert_eq!(
+        again.map(|(f, r)| (f, r.unwrap())),
+        [(TableFamily::Ip, false), (TableFamily::Ip6, false)]
+    );
+}
+
+#[tokio::test]
+async fn ipv6_owner_task_restores_its_table_and_leaves_the_ip_table_alone() {
+    let ns = Netns::new("fw6-owner");
+    nft_in(&ns)
+        .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .unwrap();
+    let v4 = listing(&ns).unwrap();
+    let (rules_tx, rules_rx) = watch::channel(Some(rules(V6_NET, V6_OWN)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let repairs = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&repairs);
+    let task = tokio::spawn(run_firewall(
+        nft6_in(&ns),
+        rules_rx,
+        Duration::from_millis(100),
+        stop_rx,
+        move || {
+            count.fetch_add(1, Ordering::SeqCst);
+        },
+    ));
+    let name = ns.name.clone();
+    let probe = move || {
+        let name = name.clone();
+        move || listing_in(&name, "ip6")
+    };
+    let original = weft_tests::wait_for("the first apply", Duration::from_secs(10), || {
+        let probe = probe();
+        async move { tokio::task::spawn_blocking(probe).await.unwrap() }
+    })
+    .await;
+    assert!(original.contains("ip6 daddr != ff00::/8"), "{original}");
+
+    let (code, _, err) = nft(&ns, &["delete", "table", "ip6", "weft"]);
+    assert_eq!(code, 0, "{err}");
+    let restored =
+        weft_tests::wait_for("the table to be restored", Duration::from_secs(10), || {
+            let probe = probe();
+            async move { tokio::task::spawn_blocking(probe).await.unwrap() }
+        })
+        .await;
+    assert_eq!(restored, original);
+    weft_tests::wait_for("the repair to be counted", Duration::from_secs(5), || {
+        let n = repairs.load(Ordering::SeqCst);
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        listing(&ns).unwrap(),
+        v4,
+        "the ip6 owner changed table ip weft"
+    );
+
+    // Deleting the ip table is not the ip6 owner's business: it stays deleted, and the ip6
+    // table stays as it is, over several checks.
+    let (code, _, err) = nft(&ns, &["delete", "table", "ip", "weft"]);
+    assert_eq!(code, 0, "{err}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(listing(&ns), None);
+    assert_eq!(listing6(&ns).unwrap(), original);
+    assert_eq!(repairs.load(Ordering::SeqCst), 1);
+
+    stop_tx.send_replace(true);
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("the owner stops")
+        .unwrap();
+    drop(rules_tx);
+    assert!(
+        listing6(&ns).is_some(),
+        "stopping leaves the table in place"
+    );
+}
+
+fn address6(ns: &Netns, dev: &str, cidr: &str) {
+    // nodad: usable at once, no duplicate address detection to wait for.
+    ns.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"]);
+    ns.ip(&["link", "set", dev, "up"]);
+}
+
+/// [`topology`] over IPv6: a pod (fd00:10:244:1::2) behind a node (fd00:10:244:1::1 towards
+/// the pod, 2001:db8::10 upstream, IPv6 forwarding on) and an "internet" host (2001:db8::1)
+/// with no route back to fd00:10:244::/56.
+fn topology6(tag: &str) -> Topology {
+    let t = Topology {
+        pod: Netns::new(&format!("{tag}-pod")),
+        host: Netns::new(&format!("{tag}-host")),
+        internet: Netns::new(&format!("{tag}-net")),
+    };
+    for ns in [&t.pod, &t.host, &t.internet] {
+        ns.ip(&["link", "set", "lo", "up"]);
+    }
+    let (code, _, err) = t
+        .host
+        .exec("sysctl", &["-w", "net.ipv6.conf.all.forwarding=1"]);
+    assert_eq!(code, 0, "IPv6 forwarding in the host namespace: {err}");
+    veth(&t.pod, "eth0", &t.host, "vpod");
+    veth(&t.host, "uplink", &t.internet, "eth0");
+    address6(&t.pod, "eth0", "fd00:10:244:1::2/64");
+    t.pod
+        .ip(&["-6", "route", "add", "default", "via", "fd00:10:244:1::1"]);
+    address6(&t.host, "vpod", "fd00:10:244:1::1/64");
+    address6(&t.host, "uplink", "2001:db8::10/64");
+    address6(&t.internet, "eth0", "2001:db8::1/64");
+    t
+}
+
+#[test]
+fn ipv6_masquerade_hides_pods_behind_the_node_address() {
+    let t = topology6("fw6-masq");
+    let dir = tempfile::tempdir().unwrap();
+    let _server = serve_peer_on(
+        &t.internet,
+        "::",
+        8080,
+        &t.host,
+        "[2001:db8::1]:8080",
+        dir.path(),
+    );
+    assert!(
+        t.pod.ping("fd00:10:244:1::1"),
+        "the pod reaches its gateway"
+    );
+
+    // Without the rules the reply has no way back to fd00:10:244:1::2.
+    assert_eq!(
+        fetch(&t.pod, "[2001:db8::1]:8080"),
+        None,
+        "reached without NAT?"
+    );
+
+    let mut fw = nft6_in(&t.host);
+    fw.apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    assert_eq!(
+        fetch(&t.pod, "[2001:db8::1]:8080").as_deref(),
+        Some("2001:db8::10"),
+        "the pod's connection must arrive from the node's address"
+    );
+
+    // The ip table has no say over IPv6: removing it (absent here) changes nothing.
+    assert!(!cleanup(&mut nft_in(&t.host)).unwrap());
+    assert_eq!(
+        fetch(&t.pod, "[2001:db8::1]:8080").as_deref(),
+        Some("2001:db8::10")
+    );
+
+    assert!(cleanup(&mut fw).unwrap());
+    assert_eq!(
+        fetch(&t.pod, "[2001:db8::1]:8080"),
+        None,
+        "still masqueraded after cleanup"
+    );
+}
+
+#[test]
+fn ipv6_pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
+    let t = topology6("fw6-keep");
+    // A second pod in another node's subnet (fd00:10:244:2::/64), routed through the same
+    // host.
+    let pod2 = Netns::new("fw6-keep-pod2");
+    pod2.ip(&["link", "set", "lo", "up"]);
+    veth(&pod2, "eth0", &t.host, "vpod2");
+    address6(&pod2, "eth0", "fd00:10:244:2::2/64");
+    pod2.ip(&["-6", "route", "add", "default", "via", "fd00:10:244:2::1"]);
+    address6(&t.host, "vpod2", "fd00:10:244:2::1/64");
+    // The outside knows the way to the pods here, so what arrives shows what the rules did.
+    t.internet
+        .ip(&["-6", "route", "add", V6_NET, "via", "2001:db8::10"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let _s_pod = serve_peer_on(
+        &t.pod,
+        "::",
+        8080,
+        &t.host,
+        "[fd00:10:244:1::2]:8080",
+        dir.path(),
+    );
+    let _s_pod2 = serve_peer_on(
+        &pod2,
+        "::",
+        8080,
+        &t.host,
+        "[fd00:10:244:2::2]:8080",
+        dir.path(),
+    );
+    let _s_net = serve_peer_on(
+        &t.internet,
+        "::",
+        8080,
+        &t.host,
+        "[2001:db8::1]:8080",
+        dir.path(),
+    );
+
+    nft6_in(&t.host)
+        .apply(&render(&rules(V6_NET, V6_OWN)))
+        .unwrap();
+
+    let cases = [
+        (
+            &t.pod,
+            "[fd00:10:244:2::2]:8080",
+            "fd00:10:244:1::2",
+            "pod to pod keeps the pod source",
+        ),
+        (
+            &t.pod,
+            "[2001:db8::1]:8080",
+            "2001:db8::10",
+            "pod to outside is masqueraded",
+        ),
+        (
+            &t.internet,
+            "[fd00:10:244:1::2]:8080",
+            "2001:db8::1",
+            "outside to this node's pods keeps its source",
+        ),
+        (
+            &t.internet,
+            "[fd00:10:244:2::2]:8080",
+            "fd00:10:244:2::1",
             "outside to other nodes' pods is masqueraded",
         ),
     ];

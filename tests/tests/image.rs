@@ -389,10 +389,10 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
     let nft_version = run_in_image(&["--entrypoint", NFT], &["--version"], None);
     assert!(nft_version.starts_with("nftables v"), "{nft_version}");
     assert_eq!(nft_version.trim(), host_nft.trim());
-    let rules = render(&MasqRules {
-        network: "10.244.0.0/16".parse::<Ipv4Network>().unwrap(),
-        own_subnet: "10.244.1.0/24".parse::<Ipv4Network>().unwrap(),
-    });
+    let rules = render(&MasqRules::v4(
+        "10.244.0.0/16".parse::<Ipv4Network>().unwrap(),
+        "10.244.1.0/24".parse::<Ipv4Network>().unwrap(),
+    ));
     let echoed = run_in_image(
         &[
             "--interactive",

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
 /// nor the interface, so it works on a node whose configuration is gone.
 fn cleanup(cli: &WeftdCli) -> ExitCode {
     let mut report = cleanup_host(
-        &mut NftFirewall::new(None),
+        |family| NftFirewall::new(None).for_family(family),
         weft_backends::dataplane::remove_weft_state,
     );
     let conflist = cli

@@ -1,11 +1,12 @@
 //! A tiny TCP probe for tests that need a server or client inside a namespace:
 //! `tcp-probe serve <port> <reply>` answers every connection with `<reply>` until killed;
-//! `tcp-probe serve-peer <port>` answers every connection with the peer's IP address as text
-//! (what the server saw as the source, e.g. after masquerading) until killed;
+//! `tcp-probe serve-peer <port> [<bind-ip>]` answers every connection with the peer's IP
+//! address as text (what the server saw as the source, e.g. after masquerading) until killed;
+//! it listens on 0.0.0.0 unless `<bind-ip>` says otherwise (`::` for IPv6);
 //! `tcp-probe fetch <ip:port>` prints what the server sent (exit 1 if nothing within 3 s).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 fn main() {
@@ -19,9 +20,14 @@ fn main() {
                 let _ = conn.write_all(args[3].as_bytes());
             }
         }
-        Some("serve-peer") if args.len() == 3 => {
+        Some("serve-peer") if args.len() == 3 || args.len() == 4 => {
             let port: u16 = args[2].parse().expect("port");
-            let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            let ip: IpAddr = args
+                .get(3)
+                .map_or("0.0.0.0", String::as_str)
+                .parse()
+                .expect("bind ip");
+            let listener = TcpListener::bind((ip, port)).expect("bind");
             eprintln!("tcp-probe: listening on {port}, answering with the peer address");
             for mut conn in listener.incoming().flatten() {
                 if let Ok(peer) = conn.peer_addr() {
@@ -47,7 +53,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: tcp-probe serve <port> <reply> | tcp-probe serve-peer <port> | tcp-probe fetch <ip:port>"
+                "usage: tcp-probe serve <port> <reply> | tcp-probe serve-peer <port> [<bind-ip>] | tcp-probe fetch <ip:port>"
             );
             std::process::exit(2);
         }
