@@ -169,10 +169,14 @@ pub fn own_attrs(cfg: &NetConfig, node_name: &str, chosen: &ChosenIface) -> Leas
         public_ip: ip,
         vxlan: vxlan(IpFamily::V4),
     });
-    let v6 = cfg.ipv6.as_ref().and(chosen.public_ip_v6).map(|ip| Endpoint {
-        public_ip: ip,
-        vxlan: vxlan(IpFamily::V6),
-    });
+    let v6 = cfg
+        .ipv6
+        .as_ref()
+        .and(chosen.public_ip_v6)
+        .map(|ip| Endpoint {
+            public_ip: ip,
+            vxlan: vxlan(IpFamily::V6),
+        });
     LeaseAttrs::for_node(node_name, cfg.backend.kind, v4, v6)
 }
 
@@ -294,7 +298,9 @@ pub async fn run(
 
     let previous = match SubnetEnv::read(&settings.subnet_file) {
         Ok(Some(env)) => Previous {
-            v4: env.subnet.filter(|_| env.network.is_some() && env.network == cfg.v4_network()),
+            v4: env
+                .subnet
+                .filter(|_| env.network.is_some() && env.network == cfg.v4_network()),
             v6: env
                 .ipv6_subnet
                 .filter(|_| env.ipv6_network.is_some() && env.ipv6_network == cfg.v6_network()),
@@ -337,8 +343,7 @@ pub async fn run(
             .instrument(info_span!("keeper")),
     );
 
-    let rules =
-        LeaseRules::from_config(&cfg).for_peers_of(chosen.public_ip, chosen.public_ip_v6);
+    let rules = LeaseRules::from_config(&cfg).for_peers_of(chosen.public_ip, chosen.public_ip_v6);
     let m = metrics.clone();
     let my_name = settings.node_name.clone();
     tasks.spawn(
@@ -539,7 +544,10 @@ fn table_family(family: IpFamily) -> TableFamily {
 }
 
 /// Hand every batch of peer events to each data-plane owner (one per family).
-async fn fan_out(mut events: mpsc::Receiver<Vec<PeerEvent>>, to: Vec<mpsc::Sender<Vec<PeerEvent>>>) {
+async fn fan_out(
+    mut events: mpsc::Receiver<Vec<PeerEvent>>,
+    to: Vec<mpsc::Sender<Vec<PeerEvent>>>,
+) {
     while let Some(batch) = events.recv().await {
         let Some((last, rest)) = to.split_last() else {
             continue;

@@ -190,14 +190,7 @@ pub fn differences(
     }
     for (family, observed) in observed {
         family_differences(
-            cfg,
-            *family,
-            &own_key,
-            &own_attrs,
-            underlay,
-            &peers,
-            observed,
-            &mut out,
+            cfg, *family, &own_key, &own_attrs, underlay, &peers, observed, &mut out,
         );
     }
     out
@@ -218,7 +211,11 @@ fn family_differences(
     let (own_subnet, addrs, vxlan) = match family {
         IpFamily::V4 => (
             own_key.v4_subnet().map(IpNetwork::V4),
-            underlay.v4.iter().map(|n| IpNetwork::V4(*n)).collect::<Vec<_>>(),
+            underlay
+                .v4
+                .iter()
+                .map(|n| IpNetwork::V4(*n))
+                .collect::<Vec<_>>(),
             own_attrs.vxlan_data(),
         ),
         IpFamily::V6 => (
@@ -231,7 +228,9 @@ fn family_differences(
         out.push(d(
             "problem",
             "lease",
-            format!("this host's lease has no {family} subnet, but the network config enables {family}"),
+            format!(
+                "this host's lease has no {family} subnet, but the network config enables {family}"
+            ),
         ));
         return;
     };
@@ -606,7 +605,12 @@ mod tests {
         let diffs = differences(&cfg(), &entries(), &h, &v4(KernelState::default()));
         assert_eq!(diffs.len(), 1);
         assert_eq!(diffs[0].object, "subnet.env");
-        let diffs = differences(&cfg(), &entries()[1..], &host(), &v4(KernelState::default()));
+        let diffs = differences(
+            &cfg(),
+            &entries()[1..],
+            &host(),
+            &v4(KernelState::default()),
+        );
         assert_eq!((diffs[0].kind, diffs[0].object), ("missing", "lease"));
     }
 }

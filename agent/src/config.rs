@@ -308,7 +308,10 @@ fn parse_v6_pool(obj: &Map<String, Value>) -> Result<SubnetPool, ConfigError> {
                     .parse()
                     .map_err(|_| invalid(key, format!("{s:?} is not an IPv6 address")))?;
                 if !network.contains(a) {
-                    return Err(invalid(key, format!("{a} is outside IPv6Network {network}")));
+                    return Err(invalid(
+                        key,
+                        format!("{a} is outside IPv6Network {network}"),
+                    ));
                 }
                 if u128::from(a) % step != 0 {
                     return Err(invalid(
@@ -690,13 +693,17 @@ mod tests {
         assert_eq!(p6.subnet(2).unwrap().to_string(), "fd00:10:0:40::/60");
 
         // A /64 network cannot hold /64 subnets; the default length follows the network.
-        let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/120"}"#).unwrap();
+        let c =
+            parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/120"}"#).unwrap();
         assert_eq!(c.ipv6.unwrap().subnet_len, 121);
     }
 
     #[test]
     fn fits_checks_network_and_length() {
-        let c = parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap().ipv4.unwrap();
+        let c = parse(r#"{"Network":"10.244.0.0/16"}"#)
+            .unwrap()
+            .ipv4
+            .unwrap();
         assert!(
             c.fits("10.244.0.0/24".parse().unwrap()),
             "first subnet still fits"

@@ -217,7 +217,10 @@ pub fn choose(
                         Some(a),
                         req,
                         need,
-                        format!("address {a} of {} matches --iface-regex {pattern:?}", i.name),
+                        format!(
+                            "address {a} of {} matches --iface-regex {pattern:?}",
+                            i.name
+                        ),
                     );
                 }
             }
@@ -321,10 +324,12 @@ pub mod probe {
                         AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
                         _ => None,
                     });
-                    let global = ip.filter(|ip| (ip.segments()[0] & 0xffc0) != 0xfe80 && !ip.is_loopback());
-                    if let (Some(ip), Some(i)) =
-                        (global, ifaces.iter_mut().find(|i| i.index == msg.header.index))
-                    {
+                    let global =
+                        ip.filter(|ip| (ip.segments()[0] & 0xffc0) != 0xfe80 && !ip.is_loopback());
+                    if let (Some(ip), Some(i)) = (
+                        global,
+                        ifaces.iter_mut().find(|i| i.index == msg.header.index),
+                    ) {
                         if let Ok(n) = Ipv6Network::new(ip, msg.header.prefix_len) {
                             i.v6.push(n);
                         }
@@ -452,10 +457,14 @@ mod tests {
     fn default_route_interface_by_default() {
         let c = choose(&IfaceRequest::default(), &facts(), Families::V4).unwrap();
         assert_eq!(
-            (c.name.as_str(), c.public_ip.unwrap().to_string().as_str(), c.mtu),
+            (
+                c.name.as_str(),
+                c.public_ip.unwrap().to_string().as_str(),
+                c.mtu
+            ),
             ("eth0", "192.0.2.10", 1500)
         );
-        assert!(c.reason.contains("default route"));
+        assert!(c.reason.contains("default IPv4 route"), "{}", c.reason);
     }
 
     #[test]
@@ -560,7 +569,10 @@ mod tests {
 
     #[test]
     fn ipv6_only_uses_the_ipv6_default_route() {
-        let v6 = Families { v4: false, v6: true };
+        let v6 = Families {
+            v4: false,
+            v6: true,
+        };
         let c = choose(&IfaceRequest::default(), &facts(), v6).unwrap();
         assert_eq!((c.name.as_str(), c.iface_addr), ("bond0", None));
         assert_eq!(c.public_ip, None);

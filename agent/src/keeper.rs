@@ -11,7 +11,9 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::config::NetConfig;
 use crate::lease::{LeaseAttrs, SubnetKey};
-use crate::pick::{create_guard, decide, is_mine, Decision, Identity, MatchedBy, Occupancy, Previous};
+use crate::pick::{
+    create_guard, decide, is_mine, Decision, Identity, MatchedBy, Occupancy, Previous,
+};
 use crate::pool::SubnetPool;
 use crate::store::{CreateOutcome, LeaseStore, ReplaceOutcome, Snapshot, StoreError, StoredEntry};
 
@@ -208,7 +210,9 @@ impl<S: LeaseStore> LeaseKeeper<S> {
         match self.store.delete(&old.name, Some(old.mod_revision)).await {
             Ok(true) => info!(old = %old.name, new = %new, "replaced this node's previous lease"),
             Ok(false) => debug!(old = %old.name, "previous lease already changed or gone"),
-            Err(e) => warn!(old = %old.name, error = %e, "could not delete the previous lease; it will expire"),
+            Err(e) => {
+                warn!(old = %old.name, error = %e, "could not delete the previous lease; it will expire")
+            }
         }
     }
 

@@ -568,7 +568,10 @@ mod tests {
 
         // The same lease on an IPv4-only cluster: the IPv6 half is not used.
         let p = validate(&rules(), "10.5.52.0-24&fc00:0:0:34::-64", v.as_bytes()).unwrap();
-        assert_eq!((p.subnet_v6, p.public_ip_v6, p.vtep_mac_v6), (None, None, None));
+        assert_eq!(
+            (p.subnet_v6, p.public_ip_v6, p.vtep_mac_v6),
+            (None, None, None)
+        );
 
         // A node not yet dual-stack stays a peer over IPv4 on a dual-stack cluster.
         let v4only = format!(r#"{{"PublicIP":"192.0.2.12","BackendType":"vxlan",{V4DATA}}}"#);
@@ -642,7 +645,10 @@ mod tests {
             let err = validate(&rules, key, value.as_bytes())
                 .expect_err(&format!("{key} {value:.80} accepted"))
                 .to_string();
-            assert!(err.contains(needle), "{key} {value:.80}: {err:?} lacks {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{key} {value:.80}: {err:?} lacks {needle:?}"
+            );
         }
     }
 

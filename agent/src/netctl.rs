@@ -37,6 +37,9 @@ pub struct LeaseRow {
     pub problem: Option<String>,
 }
 
+/// Where a lease sorts: family width, address, prefix length.
+type SortKey = (u8, u128, u8);
+
 /// Build rows from entries. `ttls` maps TTL lease ids to time left (`None`: expired).
 pub fn lease_rows(
     entries: &[StoredEntry],
@@ -44,7 +47,7 @@ pub fn lease_rows(
     ttls: &BTreeMap<TtlLeaseId, Option<Duration>>,
     now: SystemTime,
 ) -> Vec<LeaseRow> {
-    let mut rows: Vec<(Option<(u8, u128, u8)>, LeaseRow)> = entries
+    let mut rows: Vec<(Option<SortKey>, LeaseRow)> = entries
         .iter()
         .map(|e| {
             let key = e.name.parse::<SubnetKey>();
@@ -174,7 +177,9 @@ pub fn render_leases(rows: &[LeaseRow], output: Output) -> String {
     }
     let wide = output == Output::Wide;
     // IPv6 columns only when some lease has an IPv6 half.
-    let v6 = rows.iter().any(|r| r.subnet_v6.is_some() || r.public_ip_v6.is_some());
+    let v6 = rows
+        .iter()
+        .any(|r| r.subnet_v6.is_some() || r.public_ip_v6.is_some());
     let mut header = vec!["SUBNET"];
     if v6 {
         header.push("IPV6-SUBNET");

@@ -102,7 +102,10 @@ impl Taken {
     }
 
     pub fn contains(&self, i: u128) -> bool {
-        self.ranges.range(..=i).next_back().is_some_and(|(_, &e)| e >= i)
+        self.ranges
+            .range(..=i)
+            .next_back()
+            .is_some_and(|(_, &e)| e >= i)
     }
 
     pub fn count(&self) -> u128 {
@@ -186,16 +189,12 @@ impl Occupancy {
 
 /// How much of an existing key still fits the config: each family's subnet if it fits.
 fn fitting_parts(cfg: &NetConfig, key: &SubnetKey) -> (Option<Ipv4Network>, Option<Ipv6Network>) {
-    let v4 = key.v4_subnet().filter(|s| {
-        cfg.ipv4
-            .as_ref()
-            .is_some_and(|p| p.fits(IpNetwork::V4(*s)))
-    });
-    let v6 = key.v6.filter(|s| {
-        cfg.ipv6
-            .as_ref()
-            .is_some_and(|p| p.fits(IpNetwork::V6(*s)))
-    });
+    let v4 = key
+        .v4_subnet()
+        .filter(|s| cfg.ipv4.as_ref().is_some_and(|p| p.fits(IpNetwork::V4(*s))));
+    let v6 = key
+        .v6
+        .filter(|s| cfg.ipv6.as_ref().is_some_and(|p| p.fits(IpNetwork::V6(*s))));
     (v4, v6)
 }
 
@@ -352,6 +351,7 @@ pub fn create_guard(key: &SubnetKey) -> String {
 mod tests {
     use super::*;
     use crate::store::Revision;
+    use std::collections::BTreeSet;
     use weft_backends::BackendKind;
 
     fn cfg(s: &str) -> NetConfig {
@@ -513,7 +513,11 @@ mod tests {
             assert!(occ.v4.contains(i), "index {i}");
         }
         assert_eq!(occ.v4.count(), 4);
-        assert_eq!(occ.v6.count(), 0, "IPv6 is off: the key's IPv6 part blocks nothing");
+        assert_eq!(
+            occ.v6.count(),
+            0,
+            "IPv6 is off: the key's IPv6 part blocks nothing"
+        );
     }
 
     #[test]
@@ -556,7 +560,10 @@ mod tests {
             entry("10.5.1.0-24&fc00:0:0:1::-64", Some("a"), "192.0.2.2"),
             entry("10.5.2.0-24&fc00:0:0:2::-64", Some("b"), "192.0.2.3"),
         ];
-        assert_eq!(claimed(run(&c, &es, None, 0)), "10.5.3.0-24&fc00:0:0:3::-64");
+        assert_eq!(
+            claimed(run(&c, &es, None, 0)),
+            "10.5.3.0-24&fc00:0:0:3::-64"
+        );
         // The previous IPv4 subnet is kept, the IPv6 one chosen at random.
         assert_eq!(
             claimed(run(&c, &es, Some("10.5.77.0/24"), 5)),
@@ -595,7 +602,11 @@ mod tests {
             d => panic!("{d:?}"),
         }
         // A key that fits exactly is adopted as it is.
-        let es = [entry("10.5.9.0-24&fc00:0:0:9::-64", Some("n1"), "192.0.2.1")];
+        let es = [entry(
+            "10.5.9.0-24&fc00:0:0:9::-64",
+            Some("n1"),
+            "192.0.2.1",
+        )];
         assert!(matches!(run(&c, &es, None, 0), Decision::Adopt { .. }));
     }
 }

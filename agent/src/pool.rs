@@ -59,7 +59,9 @@ impl SubnetPool {
         if n >= self.size() {
             return None;
         }
-        let addr = addr_bits(self.min).0.checked_add(n.checked_mul(self.step())?)?;
+        let addr = addr_bits(self.min)
+            .0
+            .checked_add(n.checked_mul(self.step())?)?;
         IpNetwork::new(addr_from(self.min, addr)?, self.subnet_len).ok()
     }
 
@@ -96,7 +98,10 @@ impl SubnetPool {
         if b < lo || a > hi {
             return None;
         }
-        Some(((a.max(lo) - lo) / self.step(), (b.min(hi) - lo) / self.step()))
+        Some((
+            (a.max(lo) - lo) / self.step(),
+            (b.min(hi) - lo) / self.step(),
+        ))
     }
 
     /// True when `subnet` is a subnet of the right length inside the network (whether or not
@@ -190,7 +195,10 @@ mod tests {
             Some((0, 65534)),
             "a /48 covers 65,536 /64s, the first of which is below min"
         );
-        assert_eq!(p.overlapped("::/0".parse().unwrap()), Some((0, p.size() - 1)));
+        assert_eq!(
+            p.overlapped("::/0".parse().unwrap()),
+            Some((0, p.size() - 1))
+        );
         assert!(p.fits("fc00:0:0:2::/64".parse().unwrap()));
         assert!(!p.fits("fc01::/64".parse().unwrap()));
     }

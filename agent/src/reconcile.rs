@@ -418,7 +418,7 @@ mod tests {
     use weft_backends::plan::{Underlay, Via, VxlanSettings};
     use weft_backends::{BackendKind, MacAddr};
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> ipnetwork::Ipv4Network {
         s.parse().unwrap()
     }
 

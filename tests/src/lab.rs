@@ -535,7 +535,14 @@ impl Lab {
         sw.ip(&["link", "add", "br0", "type", "bridge"]);
         sw.ip(&["addr", "add", &format!("{SWITCH_IP}/24"), "dev", "br0"]);
         if self.opts.ipv6() {
-            sw.ip(&["addr", "add", &format!("{SWITCH_IP6}/64"), "dev", "br0", "nodad"]);
+            sw.ip(&[
+                "addr",
+                "add",
+                &format!("{SWITCH_IP6}/64"),
+                "dev",
+                "br0",
+                "nodad",
+            ]);
         }
         sw.ip(&["link", "set", "br0", "up"]);
     }
@@ -551,7 +558,14 @@ impl Lab {
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         if self.opts.ipv6() {
-            ns.ip(&["addr", "add", &format!("{addr6}/64"), "dev", "eth0", "nodad"]);
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{addr6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
         }
         ns.ip(&["link", "set", "eth0", "up"]);
     }
@@ -563,7 +577,14 @@ impl Lab {
         self.attach(inet, "inet", ROUTER_IP, ROUTER_IP6);
         inet.ip(&["addr", "add", &format!("{OUTSIDE_IP}/32"), "dev", "lo"]);
         if self.opts.ipv6() {
-            inet.ip(&["addr", "add", &format!("{OUTSIDE_IP6}/128"), "dev", "lo", "nodad"]);
+            inet.ip(&[
+                "addr",
+                "add",
+                &format!("{OUTSIDE_IP6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ]);
         }
     }
 

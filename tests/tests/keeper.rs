@@ -82,10 +82,7 @@ impl Node {
         ))];
         tasks.push(tokio::spawn(async move {
             loop {
-                let held = st
-                    .borrow_and_update()
-                    .held()
-                    .map(|h| h.key);
+                let held = st.borrow_and_update().held().map(|h| h.key);
                 if held.is_some() {
                     own_tx.send_replace(held);
                 }
@@ -319,7 +316,8 @@ async fn reservations_are_honoured_and_never_handed_to_another_node() {
             .acquire(None)
             .await
             .unwrap()
-            .key.v4,
+            .key
+            .v4,
         );
     }
     assert!(
@@ -452,7 +450,8 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
         .acquire(None)
         .await
         .unwrap()
-        .key.v4;
+        .key
+        .v4;
     let mut held = Vec::new();
     for i in 2..5 {
         held.push(
@@ -474,7 +473,8 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
         .acquire(None)
         .await
         .unwrap()
-        .key.v4;
+        .key
+        .v4;
     let p3 = LeaseKeeper::new(store.clone(), c.clone(), settings("p3", node_ip(33), DAY))
         .acquire(None)
         .await

@@ -470,7 +470,12 @@ fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6() {
     assert_eq!((v4, v6), (6 * 8, 6 * 8), "both families probed");
 
     let net6: ipnetwork::Ipv6Network = "fc00::/48".parse().unwrap();
-    let (_, leases, _) = lab.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]);
+    let (_, leases, _) = lab.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/coreos.com/network/subnets/",
+    ]);
     for h in 1..=3 {
         let s4 = lab.subnet(h).expect("FLANNEL_SUBNET");
         let s6 = lab.subnet6(h).expect("FLANNEL_IPV6_SUBNET");
@@ -481,19 +486,28 @@ fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6() {
         assert!(leases.contains(&key), "no key {key} in:\n{leases}");
         // Pods hold one address of each family from their host's subnets.
         for p in lab.pods().iter().filter(|p| p.host == h) {
-            assert!(s4.contains(p.ip) && s6.contains(p.ip6.expect("IPv6 address")), "{p:?}");
+            assert!(
+                s4.contains(p.ip) && s6.contains(p.ip6.expect("IPv6 address")),
+                "{p:?}"
+            );
         }
         // One MTU for both: 1500 − 70 (IPv6 underlay), below the IPv4 device's 1450.
         let env = subnet_env(&lab, h);
         assert!(env.contains("FLANNEL_MTU=1430\n"), "{env}");
         assert!(env.contains("FLANNEL_IPV6_NETWORK=fc00::/48\n"), "{env}");
         let (_, links, _) = lab.exec_in(lab.host_name(h), "ip", &["-d", "link", "show"]);
-        assert!(links.contains("weft.1:") && links.contains("weft-v6.1:"), "{links}");
+        assert!(
+            links.contains("weft.1:") && links.contains("weft-v6.1:"),
+            "{links}"
+        );
         let (_, v6dev, _) = lab.exec_in(lab.host_name(h), "ip", &["link", "show", "weft-v6.1"]);
         assert!(v6dev.contains("mtu 1430"), "{v6dev}");
         // IPv6 peers are routed through the IPv6 device, onlink, as flannel does.
-        let (_, routes6, _) =
-            lab.exec_in(lab.host_name(h), "ip", &["-6", "route", "show", "proto", "87"]);
+        let (_, routes6, _) = lab.exec_in(
+            lab.host_name(h),
+            "ip",
+            &["-6", "route", "show", "proto", "87"],
+        );
         for p in (1..=3).filter(|p| *p != h) {
             let ps = lab.subnet6(p).unwrap();
             let want = format!("{}/64 via {} dev weft-v6.1", ps.network(), ps.network());
@@ -504,7 +518,10 @@ fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6() {
     }
     let (code, table, err) = lab.netctl(&["leases"]);
     assert_eq!(code, 0, "{err}");
-    assert!(table.contains("IPV6-SUBNET") && table.contains("PUBLIC-IPV6"), "{table}");
+    assert!(
+        table.contains("IPV6-SUBNET") && table.contains("PUBLIC-IPV6"),
+        "{table}"
+    );
     assert!(table.contains(&lab.host_ip6(2).to_string()), "{table}");
 }
 
@@ -519,21 +536,42 @@ fn ipv6_only_pods_reach_each_other_and_the_outside() {
         ..LabOptions::default()
     });
     assert!(lab.connectivity().iter().all(|p| p.dst.is_ipv6()));
-    let (_, leases, _) = lab.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]);
+    let (_, leases, _) = lab.etcdctl(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/coreos.com/network/subnets/",
+    ]);
     for h in 1..=3 {
         let s6 = lab.subnet6(h).expect("FLANNEL_IPV6_SUBNET");
         let key = format!("0.0.0.0-0&{}-64", s6.network());
         assert!(leases.contains(&key), "no key {key} in:\n{leases}");
         let env = subnet_env(&lab, h);
-        assert!(!env.contains("FLANNEL_NETWORK") && !env.contains("FLANNEL_SUBNET="), "{env}");
+        assert!(
+            !env.contains("FLANNEL_NETWORK") && !env.contains("FLANNEL_SUBNET="),
+            "{env}"
+        );
         for p in lab.pods().iter().filter(|p| p.host == h) {
-            assert!(p.ip.is_unspecified(), "an IPv6-only pod has no IPv4 address: {p:?}");
+            assert!(
+                p.ip.is_unspecified(),
+                "an IPv6-only pod has no IPv4 address: {p:?}"
+            );
             assert!(s6.contains(p.ip6.unwrap()), "{p:?}");
         }
         let (_, links, _) = lab.exec_in(lab.host_name(h), "ip", &["link", "show"]);
-        assert!(!links.contains("weft.1:") && links.contains("weft-v6.1:"), "{links}");
-        let (_, routes4, _) = lab.exec_in(lab.host_name(h), "ip", &["-4", "route", "show", "proto", "87"]);
-        assert!(routes4.trim().is_empty(), "no IPv4 routes of weft: {routes4}");
+        assert!(
+            !links.contains("weft.1:") && links.contains("weft-v6.1:"),
+            "{links}"
+        );
+        let (_, routes4, _) = lab.exec_in(
+            lab.host_name(h),
+            "ip",
+            &["-4", "route", "show", "proto", "87"],
+        );
+        assert!(
+            routes4.trim().is_empty(),
+            "no IPv4 routes of weft: {routes4}"
+        );
         let (code, out, err) = check(&lab, h);
         assert_eq!(code, 0, "netctl check on h{h}: {out}{err}");
     }
@@ -548,7 +586,11 @@ fn ipv6_only_over_host_gw() {
         ipv6_network: Some("fd00:20::/48".into()),
         ..LabOptions::default()
     });
-    let (_, routes6, _) = lab.exec_in(lab.host_name(1), "ip", &["-6", "route", "show", "proto", "87"]);
+    let (_, routes6, _) = lab.exec_in(
+        lab.host_name(1),
+        "ip",
+        &["-6", "route", "show", "proto", "87"],
+    );
     let s2 = lab.subnet6(2).unwrap();
     let want = format!("{}/64 via {} dev eth0", s2.network(), lab.host_ip6(2));
     assert!(routes6.contains(&want), "h1 lacks `{want}`:\n{routes6}");

@@ -54,12 +54,15 @@ async fn put_peer_lease(etcd: &Etcd, own_env: &str) -> String {
     let name = format!("10.244.{third}.0-24");
     let value = LeaseAttrs::for_node(
         "peer-caps",
-        "192.0.2.77".parse().unwrap(),
         BackendKind::Vxlan,
-        Some(VxlanData {
-            vni: 1,
-            vtep_mac: MacAddr::derive_from("peer-caps"),
+        Some(weft_agent::lease::Endpoint {
+            public_ip: "192.0.2.77".parse().unwrap(),
+            vxlan: Some(VxlanData {
+                vni: 1,
+                vtep_mac: MacAddr::derive_from("peer-caps"),
+            }),
         }),
+        None,
     )
     .encode();
     let store = etcd.store(PREFIX).await;

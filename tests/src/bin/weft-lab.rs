@@ -188,7 +188,12 @@ fn print_results(lab: &Lab, probes: &[Probe]) {
     println!("pods:");
     for p in lab.pods() {
         let ip6 = p.ip6.map(|a| format!(" {a}")).unwrap_or_default();
-        println!("  {:<5} {:<15}{ip6} on h{}", p.name, p.ip.to_string(), p.host);
+        println!(
+            "  {:<5} {:<15}{ip6} on h{}",
+            p.name,
+            p.ip.to_string(),
+            p.host
+        );
     }
     // Columns: pods, then hosts, then the outside address (when probed).
     let mut columns: Vec<&str> = lab.pods().iter().map(|p| p.name.as_str()).collect();
