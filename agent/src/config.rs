@@ -154,14 +154,14 @@ impl NetConfig {
     pub fn to_json(&self) -> Value {
         let mut backend = Map::new();
         backend.insert("Type".into(), Value::from(self.backend.kind.as_str()));
-        if self.backend.kind == BackendKind::Vxlan {
-            backend.insert("VNI".into(), Value::from(self.backend.vni));
-            backend.insert("Port".into(), Value::from(self.backend.port));
-            backend.insert(
-                "DirectRouting".into(),
-                Value::from(self.backend.direct_routing),
-            );
-        }
+        // Written for every backend: they are what was parsed (a host-gw config may carry
+        // them; leases are still checked against the VNI), so the output reads back equal.
+        backend.insert("VNI".into(), Value::from(self.backend.vni));
+        backend.insert("Port".into(), Value::from(self.backend.port));
+        backend.insert(
+            "DirectRouting".into(),
+            Value::from(self.backend.direct_routing),
+        );
         if let Some(mtu) = self.backend.mtu {
             backend.insert("MTU".into(), Value::from(mtu));
         }
@@ -718,6 +718,8 @@ mod tests {
             r#"{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan","VNI":7}}"#,
             r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":80}"#,
             r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"host-gw"}}"#,
+            // Found by the fuzzer: vxlan options on a host-gw backend were not written back.
+            r#"{"Network":"10.0.0.0/8","Backend":{"Type":"host-gw","VNI":7,"DirectRouting":true}}"#,
         ] {
             let c = parse(text).unwrap();
             let again = NetConfig::parse(c.to_json().to_string().as_bytes()).unwrap();

@@ -207,15 +207,23 @@ pub fn key_fits(cfg: &NetConfig, key: &SubnetKey) -> bool {
         && key.v6.is_some() == cfg.ipv6.is_some()
 }
 
-/// Choose a free subnet of `pool`: `previous` if it is in the pool and free, else the
+/// This node's previous subnet of `net`'s family.
+fn prev_of(previous: &Previous, net: IpNetwork) -> Option<IpNetwork> {
+    match net {
+        IpNetwork::V4(_) => previous.v4.map(IpNetwork::V4),
+        IpNetwork::V6(_) => previous.v6.map(IpNetwork::V6),
+    }
+}
+
+/// Choose a free subnet of `pool`: `preferred` if it is in the pool and free, else the
 /// `random`-th free one. `None` when the pool is full.
 fn choose(
     pool: &SubnetPool,
     taken: &Taken,
-    previous: Option<IpNetwork>,
+    preferred: Option<IpNetwork>,
     random: &mut dyn FnMut(u128) -> u128,
 ) -> Option<(IpNetwork, bool)> {
-    if let Some(idx) = previous.and_then(|p| pool.index(p)) {
+    if let Some(idx) = preferred.and_then(|p| pool.index(p)) {
         if !taken.contains(idx) {
             return Some((pool.subnet(idx).expect("index within pool"), true));
         }
@@ -292,8 +300,8 @@ pub fn decide(
             return Ok(Some(k));
         }
         match choose(pool, taken, prev, random) {
-            Some((net, was_previous)) => {
-                all_previous &= was_previous;
+            Some((net, was_preferred)) => {
+                all_previous &= was_preferred && Some(net) == prev_of(&previous, net);
                 Ok(Some(net))
             }
             None => Err(Decision::Exhausted {
@@ -311,11 +319,20 @@ pub fn decide(
         Ok(n) => n,
         Err(d) => return d,
     };
+    // The IPv6 subnet paired with the IPv4 one (same pool index) is preferred after the
+    // previous one: the claim's guard covers only the IPv4 part of a dual-stack key, and this
+    // pairing makes two nodes that hold different IPv4 subnets pick different IPv6 subnets
+    // too, even when hundreds join at once from the same listing.
+    let paired = match (&cfg.ipv4, &cfg.ipv6, v4) {
+        (Some(p4), Some(p6), Some(n4)) => p4.index(n4).and_then(|i| p6.subnet(i)),
+        _ => None,
+    };
+    let prefer6 = previous.v6.map(IpNetwork::V6).or(paired);
     let v6 = match pick(
         cfg.ipv6.as_ref(),
         &occupancy.v6,
         keep.v6.map(IpNetwork::V6),
-        previous.v6.map(IpNetwork::V6),
+        prefer6,
     ) {
         Ok(n) => n,
         Err(d) => return d,
@@ -560,15 +577,44 @@ mod tests {
             entry("10.5.1.0-24&fc00:0:0:1::-64", Some("a"), "192.0.2.2"),
             entry("10.5.2.0-24&fc00:0:0:2::-64", Some("b"), "192.0.2.3"),
         ];
+        // The IPv6 subnet paired with the IPv4 one: same index in its pool.
         assert_eq!(
             claimed(run(&c, &es, None, 0)),
             "10.5.3.0-24&fc00:0:0:3::-64"
         );
-        // The previous IPv4 subnet is kept, the IPv6 one chosen at random.
         assert_eq!(
             claimed(run(&c, &es, Some("10.5.77.0/24"), 5)),
-            "10.5.77.0-24&fc00:0:0:8::-64"
+            "10.5.77.0-24&fc00:0:0:4d::-64"
         );
+        // The paired one is taken (a flannel node chose it at random): a random free one.
+        let mut es2 = es.to_vec();
+        es2.push(entry("10.5.9.0-24&fc00:0:0:3::-64", Some("f"), "192.0.2.4"));
+        assert_eq!(
+            claimed(run(&c, &es2, None, 0)),
+            "10.5.3.0-24&fc00:0:0:4::-64"
+        );
+    }
+
+    #[test]
+    fn dual_stack_nodes_joining_from_one_listing_never_share_an_ipv6_subnet() {
+        // 200 nodes decide from the same (empty) listing with different random draws; the
+        // IPv4 guard makes the store accept one claim per IPv4 subnet, and the pairing makes
+        // distinct IPv4 subnets mean distinct IPv6 ones.
+        let c = cfg(r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#);
+        let occ = Occupancy::default();
+        let mut by_v4 = std::collections::BTreeMap::new();
+        for r in 0..200u128 {
+            let d = decide(&c, &me(), &[], &occ, Previous::default(), &mut |n| {
+                (r * 7919) % n
+            });
+            let Decision::Claim { key, .. } = d else {
+                panic!("{d:?}")
+            };
+            by_v4.entry(key.v4).or_insert(key.v6.unwrap());
+        }
+        let v6: BTreeSet<_> = by_v4.values().collect();
+        assert!(by_v4.len() > 100, "draws spread over the pool");
+        assert_eq!(v6.len(), by_v4.len(), "one IPv6 subnet per IPv4 subnet");
     }
 
     #[test]
@@ -595,7 +641,7 @@ mod tests {
                 replaces: Some(old),
                 ..
             } => {
-                assert_eq!(key.to_string(), "10.5.9.0-24&fc00:0:0:2::-64");
+                assert_eq!(key.to_string(), "10.5.9.0-24&fc00:0:0:9::-64");
                 assert_eq!(old.name, "10.5.9.0-24");
                 assert_eq!(create_guard(&key), "10.5.9.0-24");
             }

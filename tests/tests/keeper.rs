@@ -19,6 +19,7 @@ use weft_tests::etcd::Etcd;
 use weft_tests::wait_for;
 
 const NET16: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#;
 
 fn cfg(s: &str) -> NetConfig {
     NetConfig::parse(s.as_bytes()).unwrap()
@@ -696,4 +697,104 @@ async fn keeper_survives_a_store_outage_longer_than_the_ttl_and_keeps_its_subnet
         "the previous subnet is taken back"
     );
     node.stop().await;
+}
+
+fn dual_settings(name: &str, i: u32) -> KeeperSettings {
+    let ip6: std::net::Ipv6Addr = format!("2001:db8::{:x}", i + 1).parse().unwrap();
+    let mut s = settings(name, node_ip(i), DAY);
+    s.identity.public_ip_v6 = Some(ip6);
+    s.attrs = LeaseAttrs::for_node(
+        name,
+        BackendKind::Vxlan,
+        Some(Endpoint {
+            public_ip: node_ip(i),
+            vxlan: Some(VxlanData {
+                vni: 1,
+                vtep_mac: MacAddr::derive_from(name),
+            }),
+        }),
+        Some(Endpoint {
+            public_ip: ip6,
+            vxlan: Some(VxlanData {
+                vni: 1,
+                vtep_mac: MacAddr::derive_from(&format!("{name}/ipv6")),
+            }),
+        }),
+    );
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_dual_stack_keepers_get_distinct_subnets_of_both_families() {
+    let etcd = Etcd::start().await;
+    let c = cfg(DUAL);
+    let stores: Vec<Arc<EtcdStore>> =
+        futures::future::join_all((0..4).map(|_| etcd.store("/race6")))
+            .await
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+    let results = futures::future::join_all((0..100u32).map(|i| {
+        let store = stores[i as usize % stores.len()].clone();
+        let c = c.clone();
+        tokio::spawn(async move {
+            LeaseKeeper::new(store, c, dual_settings(&format!("d{i}"), i))
+                .acquire(None)
+                .await
+        })
+    }))
+    .await;
+    let keys: Vec<SubnetKey> = results
+        .into_iter()
+        .map(|r| r.unwrap().expect("acquire").key)
+        .collect();
+    let v4: BTreeSet<_> = keys.iter().map(|k| k.v4).collect();
+    let v6: BTreeSet<_> = keys.iter().map(|k| k.v6.expect("dual-stack key")).collect();
+    assert_eq!(
+        (v4.len(), v6.len()),
+        (100, 100),
+        "distinct subnets in both families"
+    );
+    let listed = stores[0].snapshot(false).await.unwrap();
+    assert_eq!(listed.entries.len(), 100, "one key per keeper");
+    for e in &listed.entries {
+        assert!(
+            e.name.contains("&fc00:"),
+            "flannel's dual-stack key form: {}",
+            e.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_ipv6_keeps_the_nodes_ipv4_subnet_and_replaces_its_key() {
+    let etcd = Etcd::start().await;
+    let store = Arc::new(etcd.store("/upgrade6").await);
+    let before = LeaseKeeper::new(store.clone(), cfg(NET16), settings("n1", node_ip(1), DAY))
+        .acquire(None)
+        .await
+        .unwrap();
+    assert_eq!(before.key.v6, None);
+    let after = LeaseKeeper::new(store.clone(), cfg(DUAL), dual_settings("n1", 1))
+        .acquire(None)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.key.v4, before.key.v4,
+        "the IPv4 subnet (and so pod addresses) stays"
+    );
+    assert!(after.key.v6.is_some());
+    let names: Vec<String> = store
+        .snapshot(false)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        vec![after.key.to_string()],
+        "the old single-stack key is gone"
+    );
 }

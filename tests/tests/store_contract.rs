@@ -26,6 +26,52 @@ async fn create_is_exclusive<S: LeaseStore>(s: &S) {
     assert_eq!(s.get("10.5.2.0-24").await.unwrap(), None);
 }
 
+async fn a_guarded_create_fails_while_any_key_starts_with_the_guard<S: LeaseStore>(s: &S) {
+    // A single-stack key blocks a dual-stack key for the same IPv4 subnet, and back.
+    assert!(matches!(
+        s.create("10.5.1.0-24", b"single", None).await.unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    match s
+        .create_unless_prefixed("10.5.1.0-24&fc00:0:0:1::-64", "10.5.1.0-24", b"dual", None)
+        .await
+        .unwrap()
+    {
+        CreateOutcome::Exists(Some(cur)) => assert_eq!(cur.name, "10.5.1.0-24"),
+        other => panic!("dual-stack create over a single-stack key: {other:?}"),
+    }
+    assert!(matches!(
+        s.create_unless_prefixed("10.5.2.0-24&fc00:0:0:2::-64", "10.5.2.0-24", b"dual", None)
+            .await
+            .unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    match s
+        .create_unless_prefixed("10.5.2.0-24&fc00:0:0:9::-64", "10.5.2.0-24", b"other", None)
+        .await
+        .unwrap()
+    {
+        CreateOutcome::Exists(Some(cur)) => assert_eq!(cur.value, b"dual"),
+        other => panic!("a second dual-stack key for one IPv4 subnet: {other:?}"),
+    }
+    // A neighbour whose name merely sorts nearby does not block.
+    assert!(matches!(
+        s.create_unless_prefixed("10.5.20.0-24", "10.5.20.0-24", b"x", None)
+            .await
+            .unwrap(),
+        CreateOutcome::Created(_)
+    ));
+    let names: Vec<String> = s
+        .snapshot(false)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+}
+
 async fn ttl_leases_count_down_and_revoke_deletes<S: LeaseStore>(s: &S) {
     let CreateOutcome::Created(e) = s
         .create("10.5.3.0-24", b"v", Some(Duration::from_secs(60)))
@@ -216,6 +262,7 @@ async fn counts_requests<S: LeaseStore>(s: &S) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_memory_store() {
     create_is_exclusive(&MemoryStore::new()).await;
+    a_guarded_create_fails_while_any_key_starts_with_the_guard(&MemoryStore::new()).await;
     ttl_leases_count_down_and_revoke_deletes(&MemoryStore::new()).await;
     replace_is_compare_and_swap(&MemoryStore::new()).await;
     delete_checks_revision(&MemoryStore::new()).await;
@@ -231,6 +278,7 @@ async fn contract_memory_store() {
 async fn contract_etcd_store() {
     let etcd = Etcd::start().await;
     create_is_exclusive(&etcd.store("/c1").await).await;
+    a_guarded_create_fails_while_any_key_starts_with_the_guard(&etcd.store("/c10").await).await;
     ttl_leases_count_down_and_revoke_deletes(&etcd.store("/c2").await).await;
     replace_is_compare_and_swap(&etcd.store("/c3").await).await;
     delete_checks_revision(&etcd.store("/c4").await).await;
