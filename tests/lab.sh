@@ -8,6 +8,7 @@
 #
 #   sudo bash tests/lab.sh [--hosts N] [--backend vxlan|host-gw] [--direct-routing]
 #                          [--ip-masq] [--pods-per-host N] [--keep]
+#                          [--ipv6-network CIDR [--ipv6-only]]   # dual-stack / IPv6-only
 #   sudo bash tests/lab.sh --teardown      # end a lab left running by --keep
 #
 # Exit status: 0 when every probe answered, 1 when one did not, 2 for usage errors.
