@@ -618,4 +618,117 @@ mod tests {
         }
         assert_eq!(set.invalid_count(), 1);
     }
+
+    fn dual_rules() -> LeaseRules {
+        LeaseRules {
+            v6: Some(("fc00::/48".parse().unwrap(), 64)),
+            own_public_ip_v6: Some("2001:db8::1".parse().unwrap()),
+            ..rules()
+        }
+    }
+
+    fn dual_entry(key: &str, ip: &str, ip6: &str, rev: i64) -> StoredEntry {
+        StoredEntry {
+            name: key.into(),
+            value: format!(
+                r#"{{"PublicIP":"{ip}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{rev:02x}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"0e:00:00:00:06:{rev:02x}"}}}}"#
+            )
+            .into_bytes(),
+            create_revision: Revision(rev),
+            mod_revision: Revision(rev),
+            ttl_lease: None,
+        }
+    }
+
+    #[test]
+    fn ipv6_claims_held_by_an_older_lease_or_this_node_are_refused() {
+        let mut set = PeerSet::new(dual_rules(), None);
+        set.set_own(Some("10.244.1.0-24&fc00:0:0:1::-64".parse().unwrap()));
+        let ev = set.reset(&[
+            dual_entry(
+                "10.244.2.0-24&fc00:0:0:2::-64",
+                "192.0.2.2",
+                "2001:db8::2",
+                3,
+            ),
+            // The same IPv6 subnet under another IPv4 subnet, newer: refused.
+            dual_entry(
+                "10.244.3.0-24&fc00:0:0:2::-64",
+                "192.0.2.3",
+                "2001:db8::3",
+                4,
+            ),
+            // The same PublicIPv6 as an older lease: refused.
+            dual_entry(
+                "10.244.4.0-24&fc00:0:0:4::-64",
+                "192.0.2.4",
+                "2001:db8::2",
+                5,
+            ),
+            // This node's own IPv6 subnet: refused.
+            dual_entry(
+                "10.244.5.0-24&fc00:0:0:1::-64",
+                "192.0.2.5",
+                "2001:db8::5",
+                6,
+            ),
+            // This node's own PublicIPv6: invalid.
+            dual_entry(
+                "10.244.6.0-24&fc00:0:0:6::-64",
+                "192.0.2.6",
+                "2001:db8::1",
+                7,
+            ),
+            dual_entry(
+                "10.244.7.0-24&fc00:0:0:7::-64",
+                "192.0.2.7",
+                "2001:db8::7",
+                8,
+            ),
+        ]);
+        assert_eq!(subnets(&ev), ["+10.244.2.0/24", "+10.244.7.0/24"]);
+        assert_eq!(set.invalid_count(), 4);
+        // The holder of the IPv6 subnet and address leaves: the next claimant in line is used.
+        let ev = set.apply(&[WatchEvent::Delete {
+            name: "10.244.2.0-24&fc00:0:0:2::-64".into(),
+            revision: Revision(9),
+        }]);
+        assert_eq!(
+            subnets(&ev),
+            ["-10.244.2.0/24", "+10.244.3.0/24", "+10.244.4.0/24"]
+        );
+    }
+
+    #[test]
+    fn ipv6_only_peers_are_keyed_by_their_ipv6_subnet() {
+        let rules = LeaseRules {
+            v4: None,
+            ..dual_rules()
+        };
+        let mut set = PeerSet::new(rules, None);
+        set.set_own(Some("0.0.0.0-0&fc00:0:0:1::-64".parse().unwrap()));
+        let v = |ip6: &str| {
+            format!(
+                r#"{{"PublicIP":"0.0.0.0","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendV6Data":{{"VNI":1,"VtepMAC":"0e:00:00:00:06:01"}}}}"#
+            )
+        };
+        let e = |key: &str, ip6: &str, rev: i64| StoredEntry {
+            name: key.into(),
+            value: v(ip6).into_bytes(),
+            create_revision: Revision(rev),
+            mod_revision: Revision(rev),
+            ttl_lease: None,
+        };
+        let ev = set.reset(&[
+            e("0.0.0.0-0&fc00:0:0:1::-64", "2001:db8::1", 2),
+            e("0.0.0.0-0&fc00:0:0:2::-64", "2001:db8::2", 3),
+            e("0.0.0.0-0&fc00:0:0:3::-64", "2001:db8::3", 4),
+        ]);
+        assert_eq!(subnets(&ev), ["+fc00:0:0:2::/64", "+fc00:0:0:3::/64"]);
+        assert_eq!(
+            set.invalid_count(),
+            0,
+            "the own lease is neither a peer nor invalid"
+        );
+    }
 }

@@ -96,7 +96,7 @@ fn hostile_leases_are_refused_with_a_warning_and_a_metric_and_change_no_kernel()
             1,
             vec![
                 "several leases claim one subnet; using the oldest",
-                "refusing a lease whose PublicIP an older lease already holds",
+                "refusing a lease whose public IP",
                 "is inside the cluster network 10.244.0.0/16",
                 "is this node's own address",
             ],
@@ -105,7 +105,7 @@ fn hostile_leases_are_refused_with_a_warning_and_a_metric_and_change_no_kernel()
             2,
             vec![
                 "refusing a lease that claims this node's own subnet",
-                "refusing a lease whose PublicIP an older lease already holds",
+                "refusing a lease whose public IP",
                 "is inside the cluster network 10.244.0.0/16",
                 "is this node's own address",
             ],
