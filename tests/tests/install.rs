@@ -281,40 +281,26 @@ fn weftd_as_pid_1_reaps_orphans_and_stops_promptly_on_sigterm() {
     }
 }
 
-#[test]
-fn json_logs_are_one_object_per_line_with_the_interface_choice_as_fields() {
-    let ns = Netns::new("jlog");
-    ns.ip(&["link", "set", "lo", "up"]);
-    let dir = tempfile::tempdir().unwrap();
-    let subnet_file = dir.path().join("subnet.env").display().to_string();
-    let mut cmd = ns.cmd(bin("weftd"));
-    cmd.args([
-        "--log-format",
-        "json",
-        "--etcd-endpoints",
-        "http://127.0.0.1:9",
-    ])
-    .args([
-        "--iface",
-        "lo",
-        "--subnet-file",
-        &subnet_file,
-        "--healthz-port",
-        "0",
-    ])
-    .env("WEFT_LOG", "info");
-    let mut p = Proc::spawn("weftd-json", cmd, &dir.path().join("weftd.log"));
-    let start = Instant::now();
-    while !p.log_text().contains("cannot read leases from etcd") {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no etcd warning:\n{}",
-            p.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    p.stop(Duration::from_secs(5));
-    let text = p.log_text();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_interface_choice_as_fields() {
+    // The interface is chosen once the network config says which families it must carry.
+    let etcd = weft_tests::etcd::Etcd::start().await;
+    let store = etcd.store("/coreos.com/network").await;
+    weft_agent::store::LeaseStore::put_config(
+        &store,
+        br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await
+    .unwrap();
+    let mut w = weft_tests::procs::Weftd::start(
+        "jlog",
+        "192.0.2.44",
+        &etcd.cli_args(),
+        &["--log-format", "json"],
+    );
+    w.wait_ready(Duration::from_secs(30)).await;
+    w.proc.stop(Duration::from_secs(5));
+    let text = w.proc.log_text();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -330,6 +316,9 @@ fn json_logs_are_one_object_per_line_with_the_interface_choice_as_fields() {
         .unwrap_or_else(|| panic!("no interface line in:\n{text}"));
     assert_eq!(choice["level"], "INFO");
     assert_eq!(choice["fields"]["iface"], "lo");
-    assert_eq!(choice["fields"]["public_ip"], "127.0.0.1");
-    assert!(lines.iter().any(|v| v["level"] == "WARN"));
+    assert_eq!(choice["fields"]["public_ip"], "192.0.2.44");
+    assert_eq!(choice["fields"]["public_ip_v6"], "-", "IPv6 is not enabled");
+    assert!(lines
+        .iter()
+        .any(|v| v["fields"]["message"] == "wrote subnet file"));
 }
