@@ -579,6 +579,8 @@ mod fake {
         removes: usize,
         /// Fail this many coming `apply` calls.
         failing_applies: usize,
+        /// Someone deletes the table right after the next successful apply.
+        vanish_after_apply: bool,
     }
 
     /// An in-memory [`Firewall`] for one family's table. Clones share the same fake kernel,
@@ -648,6 +650,12 @@ mod fake {
         pub fn fail_applies(&self, n: usize) {
             self.with_table(|t| t.failing_applies = n);
         }
+
+        /// Someone deletes this family's table right after the next successful apply,
+        /// before it can be listed.
+        pub fn vanish_after_next_apply(&self) {
+            self.with_table(|t| t.vanish_after_apply = true);
+        }
     }
 
     impl Firewall for FakeFirewall {
@@ -670,6 +678,9 @@ mod fake {
                 }
                 t.table = Some(script.to_string());
                 t.applied.push(script.to_string());
+                if std::mem::take(&mut t.vanish_after_apply) {
+                    t.table = None;
+                }
                 Ok(())
             })
         }
@@ -802,7 +813,10 @@ impl<F: Firewall + Send + 'static> Owner<F> {
             }
             Err(e) => {
                 self.recorded = None;
-                self.repairing |= reason == ApplyReason::Repair;
+                // A table gone right after it was applied was removed by someone else:
+                // putting it back is a repair, whatever the apply was for.
+                self.repairing |= reason == ApplyReason::Repair
+                    || matches!(e, FirewallError::MissingAfterApply { .. });
                 error!(
                     table = TABLE,
                     network = %rules.network(),
@@ -1352,6 +1366,23 @@ table ip weft {
         ticks(1).await;
         assert_eq!(h.fake.table(), Some(render(&r)));
         assert_eq!(h.repairs(), 1);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_table_deleted_right_after_the_first_apply_is_restored_as_a_repair() {
+        // Found as a flake of the kernel test under load: the table vanished between the
+        // apply and the listing that records it; restoring it is a repair like any other.
+        let r = rules("10.244.0.0/16", "10.244.1.0/24");
+        let fake = FakeFirewall::new();
+        fake.vanish_after_next_apply();
+        let h = start(Some(r), fake);
+        ticks(1).await;
+        ticks(1).await;
+        assert_eq!(h.fake.table(), Some(render(&r)));
+        assert_eq!(h.repairs(), 1);
+        ticks(3).await;
+        assert_eq!(h.repairs(), 1, "no repair while the table is unchanged");
         h.stop().await;
     }
 
