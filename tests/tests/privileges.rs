@@ -96,7 +96,7 @@ async fn assert_weftd_works(etcd: &Etcd, w: &Weftd) {
     let m = w.metrics();
     assert_eq!(metric(&m, "weft_lease_held"), Some(1.0), "{m}");
     assert_eq!(
-        metric(&m, "weft_dataplane_peers_programmed"),
+        metric(&m, "weft_dataplane_peers_programmed{family=\"ipv4\"}"),
         Some(1.0),
         "{m}"
     );
