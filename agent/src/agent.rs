@@ -94,10 +94,7 @@ pub fn families(cfg: &NetConfig) -> impl Iterator<Item = IpFamily> {
 
 /// The name of weft's VXLAN device for a VNI and family (`weft.1`, `weft-v6.1`).
 pub fn device_name(vni: u32, family: IpFamily) -> String {
-    match family {
-        IpFamily::V4 => format!("weft.{vni}"),
-        IpFamily::V6 => format!("weft-v6.{vni}"),
-    }
+    weft_backends::dataplane::device_name(family, vni)
 }
 
 /// The VTEP MAC of a node's device of one family: stable across restarts, derived from the
