@@ -50,8 +50,10 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Peer `i`'s subnet: 10.20.1.0/24 onwards, clear of the underlay's 10.9.0.0/24 (a peer
+/// subnet overlapping the underlay is refused, as it would cut the node off).
 fn subnet(i: usize) -> Ipv4Network {
-    let n = i + 1;
+    let n = i + 1 + 20 * 256;
     Ipv4Network::new(Ipv4Addr::new(10, (n / 256) as u8, (n % 256) as u8, 0), 24).unwrap()
 }
 
