@@ -525,7 +525,7 @@ pub async fn run(
 }
 
 /// This node's subnet of `family` in its key.
-fn own_subnet(key: &SubnetKey, family: IpFamily) -> Option<IpNetwork> {
+pub fn own_subnet(key: &SubnetKey, family: IpFamily) -> Option<IpNetwork> {
     match family {
         IpFamily::V4 => key.v4_subnet().map(IpNetwork::V4),
         IpFamily::V6 => key.v6.map(IpNetwork::V6),

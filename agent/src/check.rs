@@ -15,7 +15,7 @@ use weft_backends::plan::{diff, Backend, KernelState, Op, Route, Via};
 use weft_backends::subnet_env::SubnetEnv;
 use weft_backends::{BackendKind, IpFamily, MacAddr, Peer};
 
-use crate::agent::{backend_settings, device_name, families, pod_mtu, underlay_of};
+use crate::agent::{backend_settings, device_name, families, own_subnet, pod_mtu, underlay_of};
 use crate::cli::Output;
 use crate::config::NetConfig;
 use crate::iface::ObservedIface;
@@ -53,11 +53,6 @@ fn via_text(v: &Via, device: &str) -> String {
         Via::Overlay { gateway } => format!("via {gateway} dev {device} onlink"),
         Via::Direct { gateway, index } => format!("via {gateway} dev #{index}"),
     }
-}
-
-/// The network form of a subnet.env subnet (the file holds the gateway form, `.1/len`).
-fn net_of(n: IpNetwork) -> IpNetwork {
-    IpNetwork::new(n.network(), n.prefix()).expect("prefix of a valid network")
 }
 
 /// Every difference between the host and the leases. `entries` are all lease entries;
@@ -100,21 +95,7 @@ pub fn differences(
             ),
         ));
     }
-    let own_v4 = env
-        .subnet
-        .map(|s| net_of(IpNetwork::V4(s)))
-        .and_then(|n| match n {
-            IpNetwork::V4(n) => Some(n),
-            IpNetwork::V6(_) => None,
-        });
-    let own_v6 = env
-        .ipv6_subnet
-        .map(|s| net_of(IpNetwork::V6(s)))
-        .and_then(|n| match n {
-            IpNetwork::V6(n) => Some(n),
-            IpNetwork::V4(_) => None,
-        });
-    let Some(own_key) = SubnetKey::new(own_v4, own_v6) else {
+    let Some(own_key) = SubnetKey::new(env.subnet, env.ipv6_subnet) else {
         out.push(d(
             "problem",
             "subnet.env",
@@ -208,9 +189,8 @@ fn family_differences(
     observed: &KernelState,
     out: &mut Vec<Difference>,
 ) {
-    let (own_subnet, addrs, vxlan) = match family {
+    let (addrs, vxlan) = match family {
         IpFamily::V4 => (
-            own_key.v4_subnet().map(IpNetwork::V4),
             underlay
                 .v4
                 .iter()
@@ -219,12 +199,11 @@ fn family_differences(
             own_attrs.vxlan_data(),
         ),
         IpFamily::V6 => (
-            own_key.v6.map(IpNetwork::V6),
             underlay.v6.iter().map(|n| IpNetwork::V6(*n)).collect(),
             own_attrs.vxlan_v6_data(),
         ),
     };
-    let Some(own_subnet) = own_subnet else {
+    let Some(own_subnet) = own_subnet(own_key, family) else {
         out.push(d(
             "problem",
             "lease",
@@ -389,13 +368,7 @@ pub async fn run<S: LeaseStore>(
         .await
         .map_err(|e| CheckError::Other(e.to_string()))?;
     let own_attrs = env.as_ref().and_then(|env| {
-        let key = SubnetKey::new(
-            env.subnet
-                .and_then(|s| ipnetwork::Ipv4Network::new(s.network(), s.prefix()).ok()),
-            env.ipv6_subnet
-                .and_then(|s| ipnetwork::Ipv6Network::new(s.network(), s.prefix()).ok()),
-        )?
-        .to_string();
+        let key = SubnetKey::new(env.subnet, env.ipv6_subnet)?.to_string();
         let e = snap.entries.iter().find(|e| e.name == key)?;
         LeaseAttrs::decode(&e.value).ok()
     });
@@ -490,7 +463,7 @@ mod tests {
         HostFacts {
             env: Some(SubnetEnv {
                 network: Some("10.244.0.0/16".parse().unwrap()),
-                subnet: Some("10.244.1.1/24".parse().unwrap()),
+                subnet: Some("10.244.1.0/24".parse().unwrap()),
                 ipv6_network: None,
                 ipv6_subnet: None,
                 mtu: 1450,

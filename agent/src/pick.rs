@@ -199,20 +199,12 @@ fn fitting_parts(cfg: &NetConfig, key: &SubnetKey) -> (Option<Ipv4Network>, Opti
 }
 
 /// True when `key` has exactly the families the config enables, each fitting its pool.
-pub fn key_fits(cfg: &NetConfig, key: &SubnetKey) -> bool {
+fn key_fits(cfg: &NetConfig, key: &SubnetKey) -> bool {
     let (v4, v6) = fitting_parts(cfg, key);
     v4.is_some() == cfg.ipv4.is_some()
         && v6.is_some() == cfg.ipv6.is_some()
         && key.v4_subnet().is_some() == cfg.ipv4.is_some()
         && key.v6.is_some() == cfg.ipv6.is_some()
-}
-
-/// This node's previous subnet of `net`'s family.
-fn prev_of(previous: &Previous, net: IpNetwork) -> Option<IpNetwork> {
-    match net {
-        IpNetwork::V4(_) => previous.v4.map(IpNetwork::V4),
-        IpNetwork::V6(_) => previous.v6.map(IpNetwork::V6),
-    }
 }
 
 /// Choose a free subnet of `pool`: `preferred` if it is in the pool and free, else the
@@ -222,10 +214,10 @@ fn choose(
     taken: &Taken,
     preferred: Option<IpNetwork>,
     random: &mut dyn FnMut(u128) -> u128,
-) -> Option<(IpNetwork, bool)> {
+) -> Option<IpNetwork> {
     if let Some(idx) = preferred.and_then(|p| pool.index(p)) {
         if !taken.contains(idx) {
-            return Some((pool.subnet(idx).expect("index within pool"), true));
+            return pool.subnet(idx);
         }
     }
     let size = pool.size();
@@ -234,7 +226,7 @@ fn choose(
         return None;
     }
     let idx = taken.nth_free(random(free));
-    Some((pool.subnet(idx).expect("index within pool"), false))
+    Some(pool.subnet(idx).expect("index within pool"))
 }
 
 /// Decide what to do, in the order of the design: my lease (by NodeName, else PublicIP),
@@ -289,7 +281,6 @@ pub fn decide(
         replaces = Some(entry);
     }
 
-    let mut all_previous = true;
     let mut pick = |pool: Option<&SubnetPool>,
                     taken: &Taken,
                     kept: Option<IpNetwork>,
@@ -300,10 +291,7 @@ pub fn decide(
             return Ok(Some(k));
         }
         match choose(pool, taken, prev, random) {
-            Some((net, was_preferred)) => {
-                all_previous &= was_preferred && Some(net) == prev_of(&previous, net);
-                Ok(Some(net))
-            }
+            Some(net) => Ok(Some(net)),
             None => Err(Decision::Exhausted {
                 pool: *pool,
                 pool_size: pool.size(),
@@ -345,11 +333,14 @@ pub fn decide(
         IpNetwork::V6(n) => Some(n),
         IpNetwork::V4(_) => None,
     };
-    let key = SubnetKey::new(v4.and_then(as_v4), v6.and_then(as_v6))
-        .expect("the config enables at least one family");
+    let (v4, v6) = (v4.and_then(as_v4), v6.and_then(as_v6));
+    // Every subnet is one this node had: kept from its own key, or its previous one.
+    let previous =
+        (keep.v4.is_some() || v4 == previous.v4) && (keep.v6.is_some() || v6 == previous.v6);
+    let key = SubnetKey::new(v4, v6).expect("the config enables at least one family");
     Decision::Claim {
         key,
-        previous: all_previous,
+        previous,
         replaces,
     }
 }

@@ -1073,6 +1073,27 @@ impl Lab {
             .etcdctl(args)
     }
 
+    /// `netctl check` inside host `i`'s namespace against its subnet.env and the lab's etcd:
+    /// (exit code, stdout, stderr).
+    pub fn netctl_check(&self, i: usize) -> (i32, String, String) {
+        let netctl = self.bins.netctl.display().to_string();
+        let file = self.subnet_file(i).display().to_string();
+        let endpoint = self.etcd_endpoint();
+        self.exec_in(
+            self.host_name(i),
+            &netctl,
+            &[
+                "--etcd-endpoints",
+                &endpoint,
+                "--etcd-prefix",
+                ETCD_PREFIX,
+                "check",
+                "--subnet-file",
+                &file,
+            ],
+        )
+    }
+
     /// `netctl <args>` inside the switch against the lab's etcd: (exit code, stdout, stderr).
     pub fn netctl(&self, args: &[&str]) -> (i32, String, String) {
         let mut cmd = Command::new("ip");

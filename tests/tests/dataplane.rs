@@ -128,25 +128,6 @@ fn metric(lab: &Lab, h: usize, name: &str) -> Option<f64> {
     weft_tests::procs::metric(&lab.metrics(h), name)
 }
 
-fn check(lab: &Lab, h: usize) -> (i32, String, String) {
-    let netctl = bin("netctl").display().to_string();
-    let file = lab.subnet_file(h).display().to_string();
-    let endpoint = lab.etcd_endpoint();
-    lab.exec_in(
-        lab.host_name(h),
-        &netctl,
-        &[
-            "--etcd-endpoints",
-            &endpoint,
-            "--etcd-prefix",
-            ETCD_PREFIX,
-            "check",
-            "--subnet-file",
-            &file,
-        ],
-    )
-}
-
 #[test]
 fn hand_deleted_routes_neighbours_fdb_entries_and_the_device_are_restored() {
     let lab = up(2);
@@ -158,10 +139,10 @@ fn hand_deleted_routes_neighbours_fdb_entries_and_the_device_are_restored() {
         lab.ping(&pod1, ip2)
     });
     assert_eq!(
-        check(&lab, 1).0,
+        lab.netctl_check(1).0,
         0,
         "netctl check is clean: {:?}",
-        check(&lab, 1)
+        lab.netctl_check(1)
     );
     let mac = neighbours(&lab, 1)
         .split_whitespace()
@@ -236,7 +217,7 @@ fn hand_deleted_routes_neighbours_fdb_entries_and_the_device_are_restored() {
     let mut lab = lab;
     lab.stop_weftd(1);
     on(&lab, 1, "ip", &["route", "del", &peer.to_string()]);
-    let (code, out, _) = check(&lab, 1);
+    let (code, out, _) = lab.netctl_check(1);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("MISSING") && out.contains(&peer.to_string()),

@@ -431,24 +431,12 @@ fn pods_reach_outside_only_through_masquerade() {
     assert!(!lab.ping(&pod.name, outside));
 }
 
-/// `netctl check` inside host `h`'s namespace: (exit code, stdout, stderr).
-fn check(lab: &Lab, h: usize) -> (i32, String, String) {
-    let netctl = weft_tests::procs::bin("netctl").display().to_string();
-    let file = lab.subnet_file(h).display().to_string();
-    let endpoint = lab.etcd_endpoint();
-    lab.exec_in(
-        lab.host_name(h),
-        &netctl,
-        &[
-            "--etcd-endpoints",
-            &endpoint,
-            "--etcd-prefix",
-            weft_tests::lab::ETCD_PREFIX,
-            "check",
-            "--subnet-file",
-            &file,
-        ],
-    )
+/// The lease keys in the lab's etcd, one per line.
+fn lease_keys(lab: &Lab) -> String {
+    let prefix = format!("{}/subnets/", weft_tests::lab::ETCD_PREFIX);
+    let (code, keys, err) = lab.etcdctl(&["get", "--prefix", "--keys-only", &prefix]);
+    assert_eq!(code, 0, "{err}");
+    keys
 }
 
 fn subnet_env(lab: &Lab, h: usize) -> String {
@@ -470,12 +458,7 @@ fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6() {
     assert_eq!((v4, v6), (6 * 8, 6 * 8), "both families probed");
 
     let net6: ipnetwork::Ipv6Network = "fc00::/48".parse().unwrap();
-    let (_, leases, _) = lab.etcdctl(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        "/coreos.com/network/subnets/",
-    ]);
+    let leases = lease_keys(&lab);
     for h in 1..=3 {
         let s4 = lab.subnet(h).expect("FLANNEL_SUBNET");
         let s6 = lab.subnet6(h).expect("FLANNEL_IPV6_SUBNET");
@@ -513,7 +496,7 @@ fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6() {
             let want = format!("{}/64 via {} dev weft-v6.1", ps.network(), ps.network());
             assert!(routes6.contains(&want), "h{h} lacks `{want}`:\n{routes6}");
         }
-        let (code, out, err) = check(&lab, h);
+        let (code, out, err) = lab.netctl_check(h);
         assert_eq!(code, 0, "netctl check on h{h}: {out}{err}");
     }
     let (code, table, err) = lab.netctl(&["leases"]);
@@ -536,12 +519,7 @@ fn ipv6_only_pods_reach_each_other_and_the_outside() {
         ..LabOptions::default()
     });
     assert!(lab.connectivity().iter().all(|p| p.dst.is_ipv6()));
-    let (_, leases, _) = lab.etcdctl(&[
-        "get",
-        "--prefix",
-        "--keys-only",
-        "/coreos.com/network/subnets/",
-    ]);
+    let leases = lease_keys(&lab);
     for h in 1..=3 {
         let s6 = lab.subnet6(h).expect("FLANNEL_IPV6_SUBNET");
         let key = format!("0.0.0.0-0&{}-64", s6.network());
@@ -572,7 +550,7 @@ fn ipv6_only_pods_reach_each_other_and_the_outside() {
             routes4.trim().is_empty(),
             "no IPv4 routes of weft: {routes4}"
         );
-        let (code, out, err) = check(&lab, h);
+        let (code, out, err) = lab.netctl_check(h);
         assert_eq!(code, 0, "netctl check on h{h}: {out}{err}");
     }
 }
