@@ -8,7 +8,18 @@
 # which builds deploy/image with podman build); kubectl (Debian's kubernetes-client, for its
 # built-in kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest
 # tests.
+#
+#   bash tests/install-deps.sh          # everything (tests/run.sh, CI)
+#   bash tests/install-deps.sh --lab    # only what tests/lab.sh needs: the build (protoc) and
+#                                       # the lab's tools (etcd, etcdctl, ip, nft, ping, curl,
+#                                       # sysctl)
 set -euo pipefail
+
+case "${1:-}" in
+  "") lab_only=false ;;
+  --lab) lab_only=true ;;
+  *) echo "usage: bash tests/install-deps.sh [--lab]" >&2; exit 2 ;;
+esac
 
 # kubernetes-validate ships the Kubernetes JSON schemas inside the package, so the manifest
 # tests validate offline. Pinned: tests/tests/manifests.rs names Kubernetes versions whose
@@ -17,23 +28,27 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBERNETES_VALIDATE_VENV=/opt/weft-test-tools/kubernetes-validate
 
 need=()
+# What the lab needs (and the test suite too).
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
-command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
-command -v iptables >/dev/null 2>&1 || need+=(iptables)
-[ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
-command -v podman >/dev/null 2>&1 || need+=(podman)
-command -v runc >/dev/null 2>&1 || need+=(runc)
-[ -x /bin/busybox ] || need+=(busybox-static)
-command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
-command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+# What only the test suite needs.
+if ! $lab_only; then
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+  command -v iptables >/dev/null 2>&1 || need+=(iptables)
+  [ -x /usr/lib/cni/portmap ] || need+=(containernetworking-plugins)
+  command -v podman >/dev/null 2>&1 || need+=(podman)
+  command -v runc >/dev/null 2>&1 || need+=(runc)
+  [ -x /bin/busybox ] || need+=(busybox-static)
+  command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+  command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+fi
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -46,10 +61,11 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-# kubernetes-validate, unless the pinned version already answers on PATH. A venv of its own
-# (not pip into the system Python, which Debian marks externally managed), linked into
-# /usr/local/bin. A Debian Python without ensurepip gets python3-venv first.
-if [ "$(kubernetes-validate --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+# kubernetes-validate, unless the pinned version already answers on PATH (or only the lab's
+# tools were asked for). A venv of its own (not pip into the system Python, which Debian
+# marks externally managed), linked into /usr/local/bin. A Debian Python without ensurepip
+# gets python3-venv first.
+if ! $lab_only && [ "$(kubernetes-validate --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "kubernetes-validate $KUBERNETES_VALIDATE_VERSION missing; run as root (sudo) to install it" >&2
     exit 1

@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_SUBNET_FILE: &str = "/run/weft/subnet.env";
+pub const DEFAULT_HEALTHZ_IP: &str = "0.0.0.0";
+pub const DEFAULT_HEALTHZ_PORT: u16 = 8471;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
@@ -86,10 +88,10 @@ pub struct WeftdCli {
     #[arg(long, env = "WEFTD_IP_MASQ")]
     pub ip_masq: bool,
     /// Address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = "0.0.0.0")]
+    #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = DEFAULT_HEALTHZ_IP)]
     pub healthz_ip: IpAddr,
     /// Port for /healthz, /readyz and /metrics (0 disables the server).
-    #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = 8471)]
+    #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = DEFAULT_HEALTHZ_PORT)]
     pub healthz_port: u16,
     /// Lease TTL, e.g. "24h" or "90s"; renewed when half has passed.
     #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h")]
@@ -132,8 +134,8 @@ pub enum WeftdCommand {
 
 impl WeftdCli {
     /// The install-cni settings these flags give.
-    pub fn install_cni_settings(&self) -> crate::install_cni::InstallCni {
-        crate::install_cni::InstallCni {
+    pub fn install_cni_settings(&self) -> crate::host::install_cni::InstallCni {
+        crate::host::install_cni::InstallCni {
             bin_dir: self.cni_bin_dir.clone(),
             conf_dir: self.cni_conf_dir.clone(),
             conf_source: self.cni_conf_source.clone(),
@@ -147,6 +149,14 @@ pub enum Output {
     #[default]
     Table,
     Wide,
+    Json,
+}
+
+/// `netctl config` output: the table already shows everything, so there is no `wide`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum ConfigOutput {
+    #[default]
+    Table,
     Json,
 }
 
@@ -170,18 +180,26 @@ pub struct NetctlCli {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum NetctlCommand {
-    /// List every subnet lease: subnet, node, public IP, backend, VTEP MAC, TTL.
+    /// List every subnet lease: subnet, node, public IP, backend, VTEP MAC, TTL, status.
     Leases {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Only the leases of this node: its name (NodeName), or a public IP for leases
+        /// without one.
+        #[arg(long)]
+        node: Option<String>,
+        /// This host's subnet file: the lease it names is marked `*` (none when absent).
+        #[arg(long, env = "WEFTD_SUBNET_FILE", default_value = DEFAULT_SUBNET_FILE)]
+        subnet_file: PathBuf,
     },
-    /// Show the cluster network config.
+    /// Show the cluster network config, where it came from, and how many subnets are leased.
     Config {
-        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
-        output: Output,
+        #[arg(short = 'o', long, value_enum, default_value_t = ConfigOutput::Table)]
+        output: ConfigOutput,
     },
-    /// Compare this host's kernel state (VXLAN device, routes, neighbour and FDB entries)
-    /// and subnet.env with the leases; list every difference, exit 1 on drift.
+    /// Compare this host's kernel state (VXLAN device, routes, neighbour and FDB entries,
+    /// bridge and pod MTUs), subnet.env, CNI config and weftd's health with the leases; list
+    /// every difference, exit 1 on drift.
     Check {
         /// The subnet file weftd writes on this host.
         #[arg(long, env = "WEFTD_SUBNET_FILE", default_value = DEFAULT_SUBNET_FILE)]
@@ -189,6 +207,16 @@ pub enum NetctlCommand {
         /// The underlay interface (default: the one holding this host's public IP).
         #[arg(long)]
         iface: Option<String>,
+        /// The CNI config directory weftd installs its conflist into.
+        #[arg(long, env = "WEFTD_CNI_CONF_DIR", default_value = DEFAULT_CNI_CONF_DIR)]
+        cni_conf_dir: PathBuf,
+        /// Address of the local weftd's /healthz (as weftd's flag; 0.0.0.0 and :: mean
+        /// loopback).
+        #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = DEFAULT_HEALTHZ_IP)]
+        healthz_ip: IpAddr,
+        /// Port of the local weftd's /healthz (as weftd's flag; 0 skips the check).
+        #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = DEFAULT_HEALTHZ_PORT)]
+        healthz_port: u16,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
     },

@@ -15,6 +15,9 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+/// This build's version (the workspace's), as `weft_build_info` and the start-up line show it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The `family` label of per-family data-plane metrics.
 pub type FamilyLabel = [(&'static str, &'static str); 1];
 
@@ -29,6 +32,11 @@ pub fn family_label(family: weft_backends::IpFamily) -> FamilyLabel {
 /// The agent's metrics. Cheap to clone (every metric is an `Arc`).
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    /// Always 1, labelled `version`: which build runs where.
+    pub build_info: Family<[(&'static str, &'static str); 1], Gauge<i64, AtomicI64>>,
+    /// 1 while `/readyz` answers 200. Set from the readiness `/readyz` reads, each time the
+    /// metrics are served, so the two never disagree.
+    pub ready: Gauge<i64, AtomicI64>,
     pub lease_held: Gauge<i64, AtomicI64>,
     pub lease_expiry_seconds: Gauge<i64, AtomicI64>,
     pub peers: Gauge<i64, AtomicI64>,
@@ -47,12 +55,18 @@ pub struct Metrics {
     pub netlink_errors: Counter<u64, AtomicU64>,
     pub watch_restarts: Counter<u64, AtomicU64>,
     pub firewall_repairs: Counter<u64, AtomicU64>,
+    /// etcd contact (see [`crate::store::StoreMetrics`]).
+    pub etcd_up: Gauge<i64, AtomicI64>,
+    pub etcd_last_success_seconds: Gauge<i64, AtomicI64>,
+    pub etcd_request_errors: Family<crate::store::ReasonLabel, Counter<u64, AtomicU64>>,
     registry: Arc<Registry>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut m = Metrics {
+            build_info: Family::default(),
+            ready: Gauge::default(),
             lease_held: Gauge::default(),
             lease_expiry_seconds: Gauge::default(),
             peers: Gauge::default(),
@@ -70,8 +84,12 @@ impl Default for Metrics {
             netlink_errors: Counter::default(),
             watch_restarts: Counter::default(),
             firewall_repairs: Counter::default(),
+            etcd_up: Gauge::default(),
+            etcd_last_success_seconds: Gauge::default(),
+            etcd_request_errors: Family::default(),
             registry: Arc::new(Registry::default()),
         };
+        m.build_info.get_or_create(&[("version", VERSION)]).set(1);
         m.registry = Arc::new(m.build_registry());
         m
     }
@@ -80,6 +98,16 @@ impl Default for Metrics {
 impl Metrics {
     fn build_registry(&self) -> Registry {
         let mut r = Registry::with_prefix("weft");
+        r.register(
+            "build_info",
+            "Always 1; the version label is the version of weftd running",
+            self.build_info.clone(),
+        );
+        r.register(
+            "ready",
+            "1 while /readyz answers 200 (ready), 0 while it answers 503",
+            self.ready.clone(),
+        );
         r.register(
             "lease_held",
             "1 while this node holds its subnet lease",
@@ -165,7 +193,39 @@ impl Metrics {
             "Times weft's nftables table was found missing or changed and restored",
             self.firewall_repairs.clone(),
         );
+        self.register_etcd_contact(&mut r);
         r
+    }
+
+    /// The etcd contact series: whether etcd answers, when it last did, and why not.
+    fn register_etcd_contact(&self, r: &mut Registry) {
+        r.register(
+            "etcd_up",
+            "1 when the last etcd request (on any member) succeeded or the watch delivered, 0 after a request failed on every member",
+            self.etcd_up.clone(),
+        );
+        r.register(
+            "etcd_last_success_timestamp_seconds",
+            "Unix time of the last successful etcd request or watch message (0: none yet)",
+            self.etcd_last_success_seconds.clone(),
+        );
+        r.register(
+            "etcd_request_errors",
+            "etcd requests that failed, one per member tried, by reason",
+            self.etcd_request_errors.clone(),
+        );
+    }
+
+    /// The store's view of these metrics (requests, contact, errors).
+    pub fn store_metrics(&self) -> crate::store::StoreMetrics {
+        let m = crate::store::StoreMetrics {
+            requests: self.etcd_requests.clone(),
+            up: self.etcd_up.clone(),
+            last_success_seconds: self.etcd_last_success_seconds.clone(),
+            errors: self.etcd_request_errors.clone(),
+        };
+        m.init_reasons();
+        m
     }
 
     pub fn render(&self) -> String {
@@ -180,6 +240,41 @@ impl Metrics {
 pub enum Readiness {
     NotReady(String),
     Ready,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Readiness::Ready)
+    }
+}
+
+/// Log each time readiness flips: one line when weftd turns ready, one (with the reason) when
+/// it stops being ready. The same state sent again (every lease renewal does) logs nothing,
+/// nor does a new reason while still not ready (whoever sends it logs it). Ends when the
+/// sender is gone or `shutdown` turns true.
+pub async fn log_readiness_changes(
+    mut ready: watch::Receiver<Readiness>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut was_ready = ready.borrow_and_update().is_ready();
+    loop {
+        tokio::select! {
+            changed = ready.changed() => if changed.is_err() { return },
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { return }
+                continue;
+            }
+        }
+        let now = ready.borrow_and_update().clone();
+        match (&now, was_ready) {
+            (Readiness::Ready, false) => tracing::info!("weftd is ready (/readyz answers 200)"),
+            (Readiness::NotReady(why), true) => {
+                tracing::warn!("weftd is no longer ready (/readyz answers 503): {why}")
+            }
+            _ => {}
+        }
+        was_ready = now.is_ready();
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -226,6 +321,7 @@ async fn readyz(State(s): State<HealthState>) -> (StatusCode, String) {
 async fn metrics_handler(
     State(s): State<HealthState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    s.metrics.ready.set(i64::from(s.ready.borrow().is_ready()));
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -233,4 +329,72 @@ async fn metrics_handler(
         )],
         s.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn scrape(state: &HealthState) -> String {
+        metrics_handler(State(state.clone())).await.1
+    }
+
+    #[tokio::test]
+    async fn build_info_and_ready_follow_readiness_both_ways() {
+        let (tx, rx) = watch::channel(Readiness::NotReady("starting".into()));
+        let state = HealthState {
+            ready: rx,
+            metrics: Metrics::default(),
+        };
+        let text = scrape(&state).await;
+        assert!(
+            text.contains(&format!("weft_build_info{{version=\"{VERSION}\"}} 1\n")),
+            "{text}"
+        );
+        assert!(text.contains("\nweft_ready 0\n"), "{text}");
+        tx.send_replace(Readiness::Ready);
+        assert!(scrape(&state).await.contains("\nweft_ready 1\n"));
+        assert_eq!(readyz(State(state.clone())).await.0, StatusCode::OK);
+        tx.send_replace(Readiness::NotReady("acquiring a subnet lease".into()));
+        assert!(scrape(&state).await.contains("\nweft_ready 0\n"));
+        assert_eq!(
+            readyz(State(state.clone())).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
+    async fn readiness_changes_are_logged_once_each() {
+        let logs = crate::logging::Captured::start();
+        let (tx, rx) = watch::channel(Readiness::NotReady("starting".into()));
+        let (_stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(log_readiness_changes(rx, stop_rx));
+        let states = [
+            Readiness::NotReady("waiting for the network config".into()),
+            Readiness::Ready,
+            // Lease renewals send Ready again.
+            Readiness::Ready,
+            Readiness::Ready,
+            Readiness::NotReady("acquiring a subnet lease".into()),
+            Readiness::NotReady("cannot lease a subnet: pool exhausted".into()),
+            Readiness::Ready,
+        ];
+        for r in states {
+            tx.send_replace(r);
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        task.await.unwrap();
+        let text = logs.text();
+        assert_eq!(text.matches("weftd is ready").count(), 2, "{text}");
+        assert_eq!(
+            text.matches("weftd is no longer ready").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("no longer ready (/readyz answers 503): acquiring a subnet lease"),
+            "{text}"
+        );
+    }
 }

@@ -1,26 +1,31 @@
-//! weft's node agent: subnet leases in etcd, the peer watch, subnet.env, health and
-//! metrics, the masquerade firewall, and the `netctl` operator commands.
+//! weft's node agent: subnet leases in etcd, the peer watch, the data-plane reconcilers,
+//! subnet.env, health and metrics, the masquerade firewall, and the `netctl` operator
+//! commands.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`daemon`] | weftd's top level: start-up steps, the tasks and their supervision, readiness |
+//! | [`node`] | this node's policy shared by weftd and `netctl check`: MTU, backend settings, VTEP MACs, the lease it publishes |
+//! | [`config`] | flannel's net-conf.json and the subnet pools |
+//! | [`lease`] | the lease codec and validation, subnet choice, the keeper, the peer watch |
+//! | [`store`] | `LeaseStore`: etcd and in-memory |
+//! | [`dataplane`] | the data-plane owner task per family |
+//! | [`firewall`] | the nftables masquerade tables |
+//! | [`health`] | `/healthz`, `/readyz`, `/metrics` |
+//! | [`host`] | the node itself: interface choice, privileges, PID 1, install-cni, cleanup |
+//! | [`netctl`] | the operator commands: leases, config, check |
 
-pub mod agent;
-pub mod check;
-pub mod cleanup;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod dataplane;
 pub mod firewall;
 pub mod health;
-pub mod iface;
-pub mod init;
-pub mod install_cni;
-pub mod keeper;
+pub mod host;
 pub mod lease;
 pub mod logging;
-pub mod memory;
 pub mod netctl;
-pub mod pick;
-pub mod pool;
-pub mod privileges;
-pub mod reconcile;
+pub mod node;
 pub mod settings;
 pub mod store;
 pub use weft_backends::subnet_env;
-pub mod watch;

@@ -1,25 +1,88 @@
 //! Turning parsed flags into validated settings. Pure, so it is unit-tested without a process.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnetwork::IpNetwork;
+
 use crate::cli::{EtcdArgs, WeftdCli};
-use crate::iface::IfaceRequest;
+use crate::config::NetConfig;
+use crate::host::iface::IfaceRequest;
+use crate::lease::{check_public_ip, PublicIpProblem};
 use crate::store::EtcdOptions;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
-    #[error("--subnet-lease-ttl {0:?}: {1}")]
-    Ttl(String, String),
-    #[error("--etcd-request-timeout {0:?}: {1}")]
-    Timeout(String, String),
+    #[error("{flag} {value:?}: expected a duration such as {example}")]
+    NotADuration {
+        flag: &'static str,
+        value: String,
+        example: &'static str,
+    },
+    #[error("{flag} {value:?} is too short: it must be {minimum}")]
+    TooShort {
+        flag: &'static str,
+        value: String,
+        minimum: &'static str,
+    },
     #[error("--node-name: {0}")]
     NodeName(String),
     #[error("--etcd-prefix {0:?} must start with '/'")]
     Prefix(String),
     #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
     Regex(String, String),
+    #[error(transparent)]
+    PublicIp(#[from] PublicIpFlagError),
+}
+
+/// `--public-ip` or `--public-ipv6` breaks the rule every peer applies to a lease.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{flag} {ip} {problem}; every peer would refuse this node's lease: pass the address the other nodes reach this one at")]
+pub struct PublicIpFlagError {
+    pub flag: &'static str,
+    pub ip: IpAddr,
+    pub problem: PublicIpProblem,
+}
+
+/// Check the public address flags against the lease rule, with the cluster network of each
+/// family when known (`None` before the config is read: the address itself is checked).
+fn check_public_ip_flags(
+    req: &IfaceRequest,
+    network: Option<IpNetwork>,
+    ipv6_network: Option<IpNetwork>,
+) -> Result<(), PublicIpFlagError> {
+    let flags = [
+        ("--public-ip", req.public_ip.map(IpAddr::V4), network),
+        (
+            "--public-ipv6",
+            req.public_ip_v6.map(IpAddr::V6),
+            ipv6_network,
+        ),
+    ];
+    for (flag, ip, network) in flags {
+        if let Some(ip) = ip {
+            check_public_ip(ip, network).map_err(|problem| PublicIpFlagError {
+                flag,
+                ip,
+                problem,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A duration flag's value.
+fn parse_duration(
+    flag: &'static str,
+    value: &str,
+    example: &'static str,
+) -> Result<Duration, SettingsError> {
+    humantime::parse_duration(value).map_err(|_| SettingsError::NotADuration {
+        flag,
+        value: value.to_string(),
+        example,
+    })
 }
 
 /// Everything weftd needs to run.
@@ -38,18 +101,19 @@ pub struct AgentSettings {
 
 /// Minimum lease TTL: etcd refuses shorter ones, and renewals at TTL/2 must stay sane.
 const MIN_TTL: Duration = Duration::from_secs(2);
+const MIN_TTL_TEXT: &str = "at least 2s";
 
 pub fn etcd_options(a: &EtcdArgs) -> Result<EtcdOptions, SettingsError> {
     if !a.etcd_prefix.starts_with('/') {
         return Err(SettingsError::Prefix(a.etcd_prefix.clone()));
     }
-    let timeout = humantime::parse_duration(&a.etcd_request_timeout)
-        .map_err(|e| SettingsError::Timeout(a.etcd_request_timeout.clone(), e.to_string()))?;
+    let timeout = parse_duration("--etcd-request-timeout", &a.etcd_request_timeout, "5s")?;
     if timeout.is_zero() {
-        return Err(SettingsError::Timeout(
-            a.etcd_request_timeout.clone(),
-            "must be more than zero".into(),
-        ));
+        return Err(SettingsError::TooShort {
+            flag: "--etcd-request-timeout",
+            value: a.etcd_request_timeout.clone(),
+            minimum: "more than zero",
+        });
     }
     let mut o = EtcdOptions::new(
         a.etcd_endpoints
@@ -75,13 +139,13 @@ impl AgentSettings {
         env_node_name: Option<String>,
         hostname: Option<String>,
     ) -> Result<Self, SettingsError> {
-        let ttl = humantime::parse_duration(&cli.subnet_lease_ttl)
-            .map_err(|e| SettingsError::Ttl(cli.subnet_lease_ttl.clone(), e.to_string()))?;
+        let ttl = parse_duration("--subnet-lease-ttl", &cli.subnet_lease_ttl, "24h or 90s")?;
         if ttl < MIN_TTL {
-            return Err(SettingsError::Ttl(
-                cli.subnet_lease_ttl.clone(),
-                format!("must be at least {}s", MIN_TTL.as_secs()),
-            ));
+            return Err(SettingsError::TooShort {
+                flag: "--subnet-lease-ttl",
+                value: cli.subnet_lease_ttl.clone(),
+                minimum: MIN_TTL_TEXT,
+            });
         }
         let node_name = cli
             .node_name
@@ -100,18 +164,21 @@ impl AgentSettings {
             )));
         }
         for pattern in &cli.iface_regex {
-            regex::Regex::new(pattern)
-                .map_err(|e| SettingsError::Regex(pattern.clone(), e.to_string()))?;
+            regex::Regex::new(pattern).map_err(|e| {
+                SettingsError::Regex(pattern.clone(), crate::host::iface::regex_problem(&e))
+            })?;
         }
+        let iface = IfaceRequest {
+            ifaces: cli.iface.clone(),
+            regexes: cli.iface_regex.clone(),
+            can_reach: cli.iface_can_reach,
+            public_ip: cli.public_ip,
+            public_ip_v6: cli.public_ipv6,
+        };
+        check_public_ip_flags(&iface, None, None)?;
         Ok(AgentSettings {
             etcd: etcd_options(&cli.etcd)?,
-            iface: IfaceRequest {
-                ifaces: cli.iface.clone(),
-                regexes: cli.iface_regex.clone(),
-                can_reach: cli.iface_can_reach,
-                public_ip: cli.public_ip,
-                public_ip_v6: cli.public_ipv6,
-            },
+            iface,
             subnet_file: cli.subnet_file.clone(),
             net_config_file: cli.net_config.clone(),
             node_name,
@@ -120,6 +187,18 @@ impl AgentSettings {
                 .then(|| SocketAddr::new(cli.healthz_ip, cli.healthz_port)),
             lease_ttl: ttl,
         })
+    }
+}
+
+impl AgentSettings {
+    /// The checks of the flags that need the network config: `--public-ip` and
+    /// `--public-ipv6` must lie outside the cluster network of their family.
+    pub fn check_with_config(&self, cfg: &NetConfig) -> Result<(), PublicIpFlagError> {
+        check_public_ip_flags(
+            &self.iface,
+            cfg.v4_network().map(IpNetwork::V4),
+            cfg.v6_network().map(IpNetwork::V6),
+        )
     }
 }
 
@@ -189,5 +268,112 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.etcd.endpoints, vec!["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn a_duration_flag_says_what_it_expects() {
+        let e = AgentSettings::from_cli(
+            &parse(&["--subnet-lease-ttl", "forever"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--subnet-lease-ttl \"forever\": expected a duration such as 24h or 90s"
+        );
+        let e = AgentSettings::from_cli(
+            &parse(&["--subnet-lease-ttl", "1s"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--subnet-lease-ttl \"1s\" is too short: it must be at least 2s"
+        );
+        let e = AgentSettings::from_cli(
+            &parse(&["--etcd-request-timeout", "soon"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--etcd-request-timeout \"soon\": expected a duration such as 5s"
+        );
+        let e = AgentSettings::from_cli(
+            &parse(&["--etcd-request-timeout", "0s"]),
+            None,
+            Some("h".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--etcd-request-timeout \"0s\" is too short: it must be more than zero"
+        );
+    }
+
+    #[test]
+    fn public_ip_flags_follow_the_lease_rule() {
+        let settings =
+            |args: &[&str]| AgentSettings::from_cli(&parse(args), None, Some("h".into()));
+        for (args, message) in [
+            (
+                &["--public-ip", "127.0.0.1"][..],
+                "--public-ip 127.0.0.1 is not a unicast host address; every peer would refuse \
+                 this node's lease: pass the address the other nodes reach this one at",
+            ),
+            (
+                &["--public-ip", "0.0.0.0"],
+                "--public-ip 0.0.0.0 is not a unicast host address",
+            ),
+            (
+                &["--public-ip", "224.0.0.5"],
+                "--public-ip 224.0.0.5 is not a unicast host address",
+            ),
+            (
+                &["--public-ip", "192.0.2.1", "--public-ipv6", "fe80::1"],
+                "--public-ipv6 fe80::1 is not a unicast host address",
+            ),
+            (
+                &["--public-ipv6", "::1"],
+                "--public-ipv6 ::1 is not a unicast host address",
+            ),
+        ] {
+            let e = settings(args).unwrap_err();
+            assert!(matches!(e, SettingsError::PublicIp(_)), "{args:?}: {e:?}");
+            assert!(e.to_string().starts_with(message), "{args:?}: {e}");
+        }
+        let s = settings(&["--public-ip", "10.244.3.3", "--public-ipv6", "fc00::3"]).unwrap();
+        let cfg = |text: &str| NetConfig::parse(text.as_bytes()).unwrap();
+        // Outside the network of its family, or that family not enabled: fine.
+        s.check_with_config(&cfg(r#"{"Network":"10.5.0.0/16"}"#))
+            .unwrap();
+        let e = s
+            .check_with_config(&cfg(r#"{"Network":"10.244.0.0/16"}"#))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--public-ip 10.244.3.3 is inside the cluster network 10.244.0.0/16: its VXLAN traffic \
+             would be routed into the overlay itself; every peer would refuse this node's lease: \
+             pass the address the other nodes reach this one at"
+        );
+        let e = s
+            .check_with_config(&cfg(
+                r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}"#,
+            ))
+            .unwrap_err();
+        assert_eq!(e.flag, "--public-ipv6");
+    }
+
+    #[test]
+    fn a_bad_regex_is_explained_on_one_line() {
+        let e = AgentSettings::from_cli(&parse(&["--iface-regex", "("]), None, Some("h".into()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--iface-regex \"(\" is not a valid regular expression: unclosed group"
+        );
     }
 }

@@ -151,9 +151,10 @@ impl KernelNetlink {
             Some(InfoKind::Vxlan) => Ok(Some(link)),
             other => Err(DataplaneError::NotVxlan {
                 name: self.device.clone(),
-                kind: other.map_or("unknown kind".to_string(), |k| {
-                    format!("{k:?}").to_lowercase()
-                }),
+                kind: other.map_or(
+                    "a link without a kind, such as a physical NIC".into(),
+                    |k| format!("kind {k}"),
+                ),
             }),
         }
     }
@@ -919,10 +920,12 @@ impl Netlink for FakeNetlink {
 /// A kernel notification, reduced to what decides whether weft must look again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notification {
-    /// A link was added/changed (`deleted == false`) or deleted.
+    /// A link was added/changed (`deleted == false`) or deleted; `mtu` as the message
+    /// carries it.
     Link {
         name: Option<String>,
         index: u32,
+        mtu: Option<u32>,
         deleted: bool,
     },
     /// A neighbour or FDB entry changed or was deleted on the link `index`. `family` is the
@@ -951,6 +954,64 @@ pub enum Notification {
     },
     /// The socket lost notifications (its buffer overran): only a full look is safe.
     Overrun,
+}
+
+impl std::fmt::Display for Notification {
+    /// For debug logs: `link weft.1 (index 7) changed`, `ipv4 route (protocol 4, table 254)
+    /// deleted`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = |deleted: bool| {
+            if deleted {
+                "deleted"
+            } else {
+                "added or changed"
+            }
+        };
+        match self {
+            Notification::Link {
+                name,
+                index,
+                deleted,
+                ..
+            } => match name {
+                Some(name) => write!(f, "link {name} (index {index}) {}", what(*deleted)),
+                None => write!(f, "link with index {index} {}", what(*deleted)),
+            },
+            Notification::Neighbour {
+                index,
+                fdb,
+                deleted,
+                permanent,
+                ..
+            } => write!(
+                f,
+                "{}{} on link index {index} {}",
+                if *permanent { "permanent " } else { "" },
+                if *fdb { "FDB entry" } else { "neighbour" },
+                what(*deleted)
+            ),
+            Notification::Address {
+                index,
+                family,
+                deleted,
+            } => write!(
+                f,
+                "{family} address on link index {index} {}",
+                what(*deleted)
+            ),
+            Notification::Route {
+                family,
+                protocol,
+                table,
+                deleted,
+            } => write!(
+                f,
+                "{family} route (protocol {protocol}, table {table}) {}",
+                what(*deleted)
+            ),
+            Notification::Overrun => f.write_str("notifications lost (buffer overrun)"),
+        }
+    }
 }
 
 impl Notification {
@@ -1024,18 +1085,31 @@ pub struct Monitor {
 impl Monitor {
     /// Subscribe, with a large buffer and a receive timeout so that the owner can stop it.
     pub fn open(timeout: std::time::Duration) -> Result<Monitor, NlError> {
+        Self::open_groups(
+            &[
+                RTNLGRP_LINK,
+                RTNLGRP_NEIGH,
+                RTNLGRP_IPV4_IFADDR,
+                RTNLGRP_IPV4_ROUTE,
+                RTNLGRP_IPV6_IFADDR,
+                RTNLGRP_IPV6_ROUTE,
+            ],
+            timeout,
+        )
+    }
+
+    /// A listener for link notifications only ([`Notification::Link`] and
+    /// [`Notification::Overrun`]): enough to follow an interface's MTU.
+    pub fn open_links(timeout: std::time::Duration) -> Result<Monitor, NlError> {
+        Self::open_groups(&[RTNLGRP_LINK], timeout)
+    }
+
+    fn open_groups(groups: &[u32], timeout: std::time::Duration) -> Result<Monitor, NlError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(NlError::Socket)?;
         socket
             .bind(&SocketAddr::new(0, 0))
             .map_err(NlError::Socket)?;
-        for g in [
-            RTNLGRP_LINK,
-            RTNLGRP_NEIGH,
-            RTNLGRP_IPV4_IFADDR,
-            RTNLGRP_IPV4_ROUTE,
-            RTNLGRP_IPV6_IFADDR,
-            RTNLGRP_IPV6_ROUTE,
-        ] {
+        for &g in groups {
             socket.add_membership(g).map_err(NlError::Socket)?;
         }
         {
@@ -1125,6 +1199,10 @@ fn reduce(m: RouteNetlinkMessage) -> Option<Notification> {
                 _ => None,
             }),
             index: l.header.index,
+            mtu: link_attr(&l, |a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            }),
             deleted,
         },
         M::NewNeighbour(n) | M::DelNeighbour(n) => {
@@ -1279,6 +1357,7 @@ mod tests {
         let link = |name: &str, index, deleted| Notification::Link {
             name: Some(name.into()),
             index,
+            mtu: Some(1450),
             deleted,
         };
         let addr = |index, family, deleted| Notification::Address {
@@ -1349,6 +1428,7 @@ mod tests {
                 Notification::Link {
                     name: Some(dev.into()),
                     index: 9,
+                    mtu: Some(1450),
                     deleted: true,
                 },
                 true,
@@ -1357,6 +1437,7 @@ mod tests {
                 Notification::Link {
                     name: Some("weft.1".into()),
                     index: 7,
+                    mtu: Some(1450),
                     deleted: true,
                 },
                 false,

@@ -144,4 +144,16 @@ mod tests {
         assert!(a.is_unicast());
         assert_eq!(a.0[0] & 0x02, 0x02, "locally administered bit");
     }
+
+    /// Golden values: VTEP MACs and the CNI plugin's host veth names come from `stable_hash`,
+    /// and must come out the same in every weft version, or a rolling upgrade would change
+    /// every node's MAC and leave the old plugin's veths unknown to the new one.
+    #[test]
+    fn stable_hash_and_derived_macs_never_change() {
+        assert_eq!(stable_hash(&[b"abc", b"eth0"]), 7442768153672387841);
+        assert_eq!(
+            MacAddr::derive_from("node-a").to_string(),
+            "4a:e8:66:29:c1:52"
+        );
+    }
 }

@@ -21,29 +21,23 @@ pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 /// an answer that could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum NlError {
+    // Each message carries its cause itself, so none is marked as a `source`: a chain
+    // printer would print it twice.
     #[error("netlink socket: {0}")]
-    Socket(#[source] io::Error),
-    #[error("{op}: {source}")]
-    Kernel {
-        op: String,
-        #[source]
-        source: io::Error,
-    },
+    Socket(io::Error),
+    #[error("{op}: {error}")]
+    Kernel { op: String, error: io::Error },
     #[error("{op}: cannot decode the kernel's answer: {problem}")]
     Decode { op: String, problem: String },
-    #[error("cannot enter network namespace {path}: {source}")]
-    Namespace {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot enter network namespace {path}: {error}")]
+    Namespace { path: String, error: io::Error },
 }
 
 impl NlError {
     /// The errno the kernel answered with, if this is a refusal.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            NlError::Kernel { source, .. } => source.raw_os_error(),
+            NlError::Kernel { error, .. } => error.raw_os_error(),
             _ => None,
         }
     }
@@ -109,7 +103,7 @@ impl NlSocket {
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
                     |e| NlError::Namespace {
                         path: path.to_string(),
-                        source: e.into(),
+                        error: e.into(),
                     },
                 )?;
                 NlSocket::open()
@@ -171,7 +165,7 @@ impl NlSocket {
                 if slot.is_none() {
                     *slot = Some(Err(NlError::Kernel {
                         op: chunk[i].op.clone(),
-                        source: io::Error::new(e.kind(), e.to_string()),
+                        error: io::Error::new(e.kind(), e.to_string()),
                     }));
                 }
             }
@@ -210,7 +204,7 @@ impl NlSocket {
                         None => Ok(()),
                         Some(_) => Err(NlError::Kernel {
                             op: chunk[i].op.clone(),
-                            source: e.to_io(),
+                            error: e.to_io(),
                         }),
                     });
                 }
@@ -293,7 +287,7 @@ impl NlSocket {
                             None => Ok(replies),
                             Some(_) => Err(NlError::Kernel {
                                 op: op.into(),
-                                source: e.to_io(),
+                                error: e.to_io(),
                             }),
                         }
                     }

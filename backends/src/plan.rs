@@ -8,6 +8,7 @@
 //! own, by its own reconciler.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -437,6 +438,137 @@ impl Op {
             Op::DeleteRoute(r) | Op::SetRoute(r) => of(r.dst.ip()) && of(r.via.gateway()),
             Op::DeleteFdb(f) | Op::SetFdb(f) => of(f.dst),
             Op::DeleteNeighbour(n) | Op::SetNeighbour(n) => of(n.ip),
+        }
+    }
+}
+
+/// The names operator text gives the links the data plane refers to by index: weft's VXLAN
+/// device, and the interfaces routes leave by (the underlay). An index nobody named is shown
+/// as `interface index N` (a link that has gone since, or one someone else routed through).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkNames {
+    device: String,
+    links: BTreeMap<u32, String>,
+}
+
+impl LinkNames {
+    /// Names for a data plane whose VXLAN device is `device`.
+    pub fn new(device: impl Into<String>) -> Self {
+        LinkNames {
+            device: device.into(),
+            links: BTreeMap::new(),
+        }
+    }
+
+    /// The same, knowing link `index` as `name`.
+    pub fn with_link(mut self, index: u32, name: impl Into<String>) -> Self {
+        self.links.insert(index, name.into());
+        self
+    }
+
+    /// The VXLAN device's name.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// Link `index` in operator text.
+    pub fn link(&self, index: u32) -> LinkName<'_> {
+        LinkName(self.links.get(&index).map(String::as_str), index)
+    }
+
+    /// `value` in operator text, links named: an [`Op`], [`Route`], [`Neighbour`],
+    /// [`FdbEntry`] or [`VxlanDevice`] (its `Display`, spelled like `ip` and `bridge` do).
+    pub fn show<'a, T>(&'a self, value: &'a T) -> Named<'a, T> {
+        Named { value, names: self }
+    }
+}
+
+/// A link by name, or by index when no name is known.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkName<'a>(Option<&'a str>, u32);
+
+impl fmt::Display for LinkName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(name) => f.write_str(name),
+            None => write!(f, "interface index {}", self.1),
+        }
+    }
+}
+
+/// A data-plane value with the names of the links it mentions (see [`LinkNames::show`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Named<'a, T> {
+    value: &'a T,
+    names: &'a LinkNames,
+}
+
+impl fmt::Display for Named<'_, Route> {
+    /// `10.244.2.0/24 via 10.244.2.0 dev weft.1 onlink`, `10.244.2.0/24 via 192.0.2.12 dev eth0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.value;
+        match r.via {
+            Via::Overlay { gateway } => {
+                write!(
+                    f,
+                    "{} via {gateway} dev {} onlink",
+                    r.dst, self.names.device
+                )
+            }
+            Via::Direct { gateway, index } => {
+                write!(f, "{} via {gateway} dev {}", r.dst, self.names.link(index))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Named<'_, Neighbour> {
+    /// `10.244.2.0 lladdr 02:00:00:00:00:02 dev weft.1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.value;
+        write!(f, "{} lladdr {} dev {}", n.ip, n.mac, self.names.device)
+    }
+}
+
+impl fmt::Display for Named<'_, FdbEntry> {
+    /// `02:00:00:00:00:02 dst 192.0.2.12 dev weft.1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = self.value;
+        write!(f, "{} dst {} dev {}", e.mac, e.dst, self.names.device)
+    }
+}
+
+impl fmt::Display for Named<'_, VxlanDevice> {
+    /// `weft.1 (vxlan id 1 port 8472 local 192.0.2.11 dev eth0, mac …, mtu 1450)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.value;
+        write!(
+            f,
+            "{} (vxlan id {} port {} local {} dev {}, mac {}, mtu {})",
+            d.name,
+            d.vni,
+            d.port,
+            d.local,
+            self.names.link(d.underlay_index),
+            d.mac,
+            d.mtu
+        )
+    }
+}
+
+impl fmt::Display for Named<'_, Op> {
+    /// The operation as a verb and its object: `set route …`, `delete fdb …`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.names;
+        match self.value {
+            Op::SetDevice(d) => write!(f, "set device {}", n.show(d.as_ref())),
+            Op::DeleteDevice(name) => write!(f, "delete device {name}"),
+            Op::SetRoute(r) => write!(f, "set route {}", n.show(r)),
+            Op::DeleteRoute(r) => write!(f, "delete route {}", n.show(r)),
+            Op::SetNeighbour(e) => write!(f, "set neighbour {}", n.show(e)),
+            Op::DeleteNeighbour(e) => write!(f, "delete neighbour {}", n.show(e)),
+            Op::SetFdb(e) => write!(f, "set fdb {}", n.show(e)),
+            Op::DeleteFdb(e) => write!(f, "delete fdb {}", n.show(e)),
         }
     }
 }
@@ -1104,6 +1236,52 @@ mod tests {
         assert!(
             !ops.iter().any(|o| matches!(o, Op::DeleteRoute(_))),
             "{ops:?}"
+        );
+    }
+    #[test]
+    fn operations_name_their_links_in_ip_route_words() {
+        let own = net("10.244.1.0/24");
+        let peers = [
+            peer("10.244.2.0/24", "192.168.1.11", Some(2)),
+            peer("10.244.3.0/24", "10.0.9.9", Some(3)),
+        ];
+        let ops = diff(
+            &KernelState::default(),
+            &plan(own, &peers, &vxlan(true)).state,
+        );
+        let names = LinkNames::new("weft.1").with_link(2, "eth0");
+        let text: Vec<String> = ops.iter().map(|o| names.show(o).to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "set device weft.1 (vxlan id 1 port 8472 local 192.168.1.10 dev eth0, mac 02:00:00:00:00:01, mtu 1450)",
+                "set neighbour 10.244.3.0 lladdr 02:00:00:00:00:03 dev weft.1",
+                "set fdb 02:00:00:00:00:03 dst 10.0.9.9 dev weft.1",
+                "set route 10.244.2.0/24 via 192.168.1.11 dev eth0",
+                "set route 10.244.3.0/24 via 10.244.3.0 dev weft.1 onlink",
+            ]
+        );
+        let removed = diff(
+            &plan(own, &peers, &vxlan(true)).state,
+            &KernelState::default(),
+        );
+        let text: Vec<String> = removed.iter().map(|o| names.show(o).to_string()).collect();
+        assert_eq!(text[0], "delete device weft.1");
+        assert_eq!(
+            text[1],
+            "delete route 10.244.2.0/24 via 192.168.1.11 dev eth0"
+        );
+        // A link nobody named is still not shown as `#7`.
+        let stray = Op::DeleteRoute(Route {
+            dst: net("10.244.9.0/24"),
+            via: Via::Direct {
+                gateway: ip("192.168.1.99"),
+                index: 7,
+            },
+        });
+        assert_eq!(
+            names.show(&stray).to_string(),
+            "delete route 10.244.9.0/24 via 192.168.1.99 dev interface index 7"
         );
     }
 }

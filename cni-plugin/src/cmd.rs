@@ -176,12 +176,16 @@ fn check(req: &Request) -> Result<(), CniError> {
     said.dedup();
     if said != held {
         return Err(differs(format!(
-            "{cid}/{ifname} holds {:?} but prevResult says {:?}",
-            held.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "{cid}/{ifname} holds {} but prevResult says {}",
+            held.iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             want.addresses
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     if let Some(ip) = held.iter().find(|ip| net.family_of(**ip).is_none()) {

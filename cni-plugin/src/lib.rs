@@ -3,11 +3,14 @@
 
 pub mod attach;
 pub mod cmd;
+pub mod conf;
 pub mod error;
 pub mod ipam;
 pub mod kernel;
+pub mod report;
 pub mod request;
 pub mod status;
+pub mod usage;
 pub mod version;
 
 pub use error::CniError;

@@ -1,22 +1,16 @@
 //! One plugin invocation, parsed and validated before anything is touched: the `CNI_*`
-//! environment and the network config on stdin.
+//! environment, and the network config on stdin (read by [`crate::conf`]).
 
+use std::fmt;
 use std::path::PathBuf;
-
-use ipnetwork::Ipv4Network;
-use serde::Deserialize;
-use serde_json::Value;
 
 use crate::error::{code, CniError};
 use crate::version;
 
-/// Largest stdin accepted (a config with a big prevResult is a few KiB).
-pub const MAX_STDIN: usize = 1024 * 1024;
+pub use crate::conf::{Attachment, NetConf, MAX_STDIN};
+
 /// Linux interface names are at most 15 bytes.
 pub const MAX_IFNAME: usize = 15;
-pub const DEFAULT_SUBNET_FILE: &str = "/run/weft/subnet.env";
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/weft";
-pub const DEFAULT_BRIDGE: &str = "cni0";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -29,6 +23,18 @@ pub enum Command {
 }
 
 impl Command {
+    /// The CNI_COMMAND word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Add => "ADD",
+            Command::Del => "DEL",
+            Command::Check => "CHECK",
+            Command::Version => "VERSION",
+            Command::Gc => "GC",
+            Command::Status => "STATUS",
+        }
+    }
+
     fn parse(s: &str) -> Result<Command, CniError> {
         Ok(match s {
             "ADD" => Command::Add,
@@ -51,52 +57,10 @@ impl Command {
     }
 }
 
-/// An attachment named in `cni.dev/valid-attachments` (GC).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct Attachment {
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    pub ifname: String,
-}
-
-/// The network config weft reads from stdin.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NetConf {
-    pub cni_version: String,
-    pub name: String,
-    pub subnet_file: PathBuf,
-    pub data_dir: PathBuf,
-    pub bridge: String,
-    pub hairpin_mode: bool,
-    pub is_default_gateway: bool,
-    pub mtu: Option<u32>,
-    pub log_file: Option<PathBuf>,
-    /// An explicit pod range that replaces the host subnet from subnet.env.
-    pub range: Option<Ipv4Network>,
-    pub prev_result: Option<Value>,
-    pub valid_attachments: Option<Vec<Attachment>>,
-}
-
-/// The raw config as JSON. Unknown keys are allowed: runtimes add their own (`runtimeConfig`,
-/// `args`, capabilities) and conflists add plugin-specific ones.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawConf {
-    cni_version: Option<String>,
-    name: Option<String>,
-    #[serde(rename = "type")]
-    plugin_type: Option<String>,
-    subnet_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    bridge: Option<String>,
-    hairpin_mode: Option<bool>,
-    is_default_gateway: Option<bool>,
-    mtu: Option<u32>,
-    log_file: Option<PathBuf>,
-    range: Option<String>,
-    prev_result: Option<Value>,
-    #[serde(rename = "cni.dev/valid-attachments")]
-    valid_attachments: Option<Vec<Attachment>>,
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A validated invocation.
@@ -108,6 +72,24 @@ pub struct Request {
     pub ifname: Option<String>,
     pub args: Vec<(String, String)>,
     pub conf: Option<NetConf>,
+}
+
+/// The Kubernetes pod a call is for, as the runtime names it in `CNI_ARGS` (`K8S_POD_NAME`,
+/// `K8S_POD_NAMESPACE`). Shown as `namespace/name`, or the name alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodRef<'a> {
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+}
+
+impl fmt::Display for PodRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The values come from the runtime's CNI_ARGS: escaped, so a log line stays one line.
+        if let Some(ns) = self.namespace {
+            write!(f, "{}/", ns.escape_debug())?;
+        }
+        write!(f, "{}", self.name.escape_debug())
+    }
 }
 
 fn invalid_env(var: &str, details: impl Into<String>) -> CniError {
@@ -146,113 +128,29 @@ fn parse_args(raw: &str) -> Result<Vec<(String, String)>, CniError> {
     Ok(out)
 }
 
-fn parse_conf(stdin: &[u8]) -> Result<NetConf, CniError> {
-    if stdin.len() > MAX_STDIN {
-        return Err(CniError::new(
-            code::DECODE,
-            "network config too large",
-            format!("{} bytes on stdin, at most {MAX_STDIN}", stdin.len()),
-        ));
-    }
-    let raw: RawConf = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            code::DECODE,
-            "cannot decode the network config on stdin",
-            e.to_string(),
-        )
-    })?;
-    let cni_version = raw.cni_version.ok_or_else(|| {
-        CniError::new(
-            code::INVALID_CONFIG,
-            "invalid network config",
-            "cniVersion is missing",
-        )
-    })?;
-    if !version::is_supported(&cni_version) {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            "incompatible CNI version",
-            format!(
-                "cniVersion {:?} is not one of {}",
-                cni_version.chars().take(32).collect::<String>(),
-                version::SUPPORTED.join(", ")
-            ),
-        ));
-    }
-    let bad =
-        |details: String| CniError::new(code::INVALID_CONFIG, "invalid network config", details);
-    let name = raw.name.ok_or_else(|| bad("name is missing".into()))?;
-    if !is_safe_name(&name, 128) {
-        return Err(bad(format!("name {:?} must be letters, digits, '_', '.', '-' (at most 128), starting with a letter or digit", name.chars().take(64).collect::<String>())));
-    }
-    if raw.plugin_type.is_none() {
-        return Err(bad("type is missing".into()));
-    }
-    let bridge = raw.bridge.unwrap_or_else(|| DEFAULT_BRIDGE.to_string());
-    if !is_valid_ifname(&bridge) {
-        return Err(bad(format!(
-            "bridge {:?} is not a valid interface name",
-            bridge.chars().take(32).collect::<String>()
-        )));
-    }
-    if let Some(mtu) = raw.mtu {
-        if !(576..=65535).contains(&mtu) {
-            return Err(bad(format!("mtu {mtu} is outside 576..=65535")));
-        }
-    }
-    let data_dir = raw
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let subnet_file = raw
-        .subnet_file
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SUBNET_FILE));
-    for (key, p) in [("dataDir", &data_dir), ("subnetFile", &subnet_file)] {
-        if !p.is_absolute() {
-            return Err(bad(format!(
-                "{key} {} must be an absolute path",
-                p.display()
-            )));
-        }
-    }
-    let range = match raw.range {
-        None => None,
-        Some(r) => {
-            let net: Ipv4Network = r.parse().map_err(|_| {
-                bad(format!(
-                    "range {:?} is not an IPv4 CIDR such as 10.244.3.0/24",
-                    r.chars().take(64).collect::<String>()
-                ))
-            })?;
-            if net.prefix() > 29 || net.ip() != net.network() {
-                return Err(bad(format!(
-                    "range {r} must be a network address with a prefix of /29 or shorter (it holds the gateway .1 and the pods)"
-                )));
-            }
-            Some(net)
-        }
-    };
-    Ok(NetConf {
-        cni_version,
-        name,
-        subnet_file,
-        data_dir,
-        bridge,
-        hairpin_mode: raw.hairpin_mode.unwrap_or(true),
-        is_default_gateway: raw.is_default_gateway.unwrap_or(true),
-        mtu: raw.mtu,
-        log_file: raw.log_file,
-        range,
-        prev_result: raw.prev_result,
-        valid_attachments: raw.valid_attachments,
-    })
-}
-
 impl Request {
+    /// The value of `key` in `CNI_ARGS`, if set and not empty.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The pod this call is for, when the runtime names it.
+    pub fn pod(&self) -> Option<PodRef<'_>> {
+        Some(PodRef {
+            name: self.arg("K8S_POD_NAME")?,
+            namespace: self.arg("K8S_POD_NAMESPACE"),
+        })
+    }
+
     /// Parse one invocation. `env` looks up an environment variable.
     pub fn parse(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Request, CniError> {
         let command = Command::parse(
             &env("CNI_COMMAND")
-                .ok_or_else(|| invalid_env("CNI_COMMAND", "CNI_COMMAND is not set"))?,
+                .ok_or_else(|| invalid_env("CNI_COMMAND", "CNI_COMMAND is not set: a container runtime runs weft with it and the network config on stdin (weft --help says more)"))?,
         )?;
         if command == Command::Version {
             return Ok(Request {
@@ -264,7 +162,7 @@ impl Request {
                 conf: None,
             });
         }
-        let conf = parse_conf(stdin)?;
+        let conf = crate::conf::parse(stdin)?;
         let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
         let require = |var: &str| {
             env(var)
@@ -380,7 +278,10 @@ mod tests {
             (c.bridge.as_str(), c.hairpin_mode, c.is_default_gateway),
             ("cni0", true, true)
         );
-        assert_eq!(c.subnet_file, PathBuf::from(DEFAULT_SUBNET_FILE));
+        assert_eq!(
+            c.subnet_file,
+            PathBuf::from(crate::conf::DEFAULT_SUBNET_FILE)
+        );
     }
 
     #[test]
@@ -499,7 +400,7 @@ mod tests {
             (
                 add_env(),
                 r#"{"cniVersion":"1.1.0","name":"weft","type":"weft","hairpinMode":"yes"}"#.into(),
-                code::DECODE,
+                code::INVALID_CONFIG,
             ),
             (
                 vec![
@@ -523,6 +424,32 @@ mod tests {
             assert_eq!(err.code, want, "{e:?} {stdin:.60}: {err}");
             assert!(!err.msg.is_empty() && !err.details.is_empty());
         }
+    }
+
+    #[test]
+    fn the_pod_comes_from_cni_args() {
+        let parse = |args: &str| {
+            let mut e = add_env();
+            e.push(("CNI_ARGS", args));
+            Request::parse(&env(&e), CONF.as_bytes()).unwrap()
+        };
+        let r = parse("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-5d78c9869d-abcde;K8S_POD_INFRA_CONTAINER_ID=abc123");
+        assert_eq!(
+            r.pod().map(|p| p.to_string()).as_deref(),
+            Some("kube-system/coredns-5d78c9869d-abcde")
+        );
+        // podman names the container only.
+        let r = parse("IgnoreUnknown=1;K8S_POD_NAME=web");
+        assert_eq!(r.pod().map(|p| p.to_string()).as_deref(), Some("web"));
+        assert_eq!(parse("K8S_POD_NAMESPACE=default").pod(), None);
+        assert_eq!(parse("K8S_POD_NAME=").pod(), None);
+        assert_eq!(
+            parse("K8S_POD_NAME=a\nb c")
+                .pod()
+                .map(|p| p.to_string())
+                .as_deref(),
+            Some("a\\nb c")
+        );
     }
 
     #[test]

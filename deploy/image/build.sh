@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds weft's container image (deploy/image/Containerfile) without pulling anything:
-#   1. builds the release binaries (cargo build --release -p weft-agent -p weft-cni), unless
-#      --no-build or --bin-dir says where they already are;
-#   2. prepares a build context in a temp dir: the binaries (debug info stripped from the
-#      copies), /usr/sbin/nft, and every shared library `ldd` lists for them (the dynamic
-#      loader included) copied from this machine at the path ldd reports;
+#   1. builds the release binaries, unless --no-build or --bin-dir says where they already
+#      are: weftd and netctl with `cargo build --release -p weft-agent`, the CNI plugin
+#      statically linked with cni-plugin/build-static.sh (the node runs it with its own libc);
+#   2. checks that the plugin is statically linked (it refuses to ship one that is not), and
+#      prepares a build context in a temp dir: the binaries (debug info stripped from the
+#      copies), /usr/sbin/nft, and every shared library `ldd` lists for weftd, netctl and nft
+#      (the dynamic loader included) copied from this machine at the path ldd reports;
 #   3. runs `podman build --pull=never` on it, prints the image's size, and with --save writes
 #      it to an OCI archive for `podman load` / `ctr images import` on the nodes.
 #
@@ -16,12 +18,19 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: deploy/image/build.sh [--tag NAME] [--no-build] [--bin-dir DIR] [--save FILE]
+usage: deploy/image/build.sh [--tag NAME] [--no-build] [--bin-dir DIR] [--cni-plugin FILE]
+                             [--save FILE]
 
-  --tag NAME     image name (default localhost/weft:<workspace version>)
-  --no-build     do not run cargo; use the release binaries already in target/release
-  --bin-dir DIR  take weftd, netctl and weft from DIR (e.g. target/debug); implies --no-build
-  --save FILE    also write the image to FILE as an OCI archive (podman save --format oci-archive)
+  --tag NAME         image name (default localhost/weft:<workspace version>)
+  --no-build         do not run cargo; use the release binaries already built (weftd and
+                     netctl in target/release, the plugin where cni-plugin/build-static.sh
+                     puts it: target/<arch>-unknown-linux-gnu/release/weft)
+  --bin-dir DIR      take weftd and netctl (and weft, unless --cni-plugin) from DIR (e.g.
+                     target/debug); implies --no-build
+  --cni-plugin FILE  the statically linked plugin to ship (cni-plugin/build-static.sh prints
+                     its path); implies --no-build
+  --save FILE        also write the image to FILE as an OCI archive (podman save --format
+                     oci-archive)
 EOF
 }
 
@@ -30,6 +39,7 @@ podman=${PODMAN:-podman}
 tag=""
 build=1
 bin_dir=""
+plugin=""
 save=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,6 +48,8 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --bin-dir) [ $# -ge 2 ] || { usage >&2; exit 2; }; bin_dir=$2; build=0; shift 2 ;;
     --bin-dir=*) bin_dir=${1#--bin-dir=}; build=0; shift ;;
+    --cni-plugin) [ $# -ge 2 ] || { usage >&2; exit 2; }; plugin=$2; build=0; shift 2 ;;
+    --cni-plugin=*) plugin=${1#--cni-plugin=}; build=0; shift ;;
     --save) [ $# -ge 2 ] || { usage >&2; exit 2; }; save=$2; shift 2 ;;
     --save=*) save=${1#--save=}; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -61,16 +73,23 @@ command -v "$podman" >/dev/null 2>&1 || { echo "build.sh: $podman not found (apt
 nft=/usr/sbin/nft
 [ -x "$nft" ] || { echo "build.sh: $nft not found (apt-get install nftables)" >&2; exit 1; }
 
+static_build="$repo/cni-plugin/build-static.sh"
 if [ "$build" = 1 ]; then
-  command -v cargo >/dev/null 2>&1 || { echo "build.sh: cargo not found: build as the user who has it (cargo build --release -p weft-agent -p weft-cni), then rerun with --no-build" >&2; exit 1; }
-  (cd "$repo" && cargo build --release -p weft-agent -p weft-cni)
+  command -v cargo >/dev/null 2>&1 || { echo "build.sh: cargo not found: build as the user who has it (cargo build --release -p weft-agent, then cni-plugin/build-static.sh), then rerun with --no-build" >&2; exit 1; }
+  (cd "$repo" && cargo build --release -p weft-agent) >&2
+  plugin=$(bash "$static_build")
 fi
 if [ -z "$bin_dir" ]; then
   bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
+  [ -n "$plugin" ] || plugin=$(bash "$static_build" --print-path)
 fi
-for b in weftd netctl weft; do
-  [ -x "$bin_dir/$b" ] || { echo "build.sh: $bin_dir/$b not found: build the binaries first" >&2; exit 1; }
+[ -n "$plugin" ] || plugin=$bin_dir/weft
+for b in "$bin_dir/weftd" "$bin_dir/netctl" "$plugin"; do
+  [ -x "$b" ] || { echo "build.sh: $b not found: build the binaries first" >&2; exit 1; }
 done
+# The plugin leaves the image: weftd install-cni copies it to the node, whose own libc would
+# have to match a dynamic build. Only a static one is shipped.
+bash "$static_build" --check "$plugin" || { echo "build.sh: not building an image with $plugin: pass --cni-plugin with the output of cni-plugin/build-static.sh" >&2; exit 1; }
 
 ctx=$(mktemp -d "${TMPDIR:-/tmp}/weft-image.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
@@ -97,7 +116,7 @@ shared_libs() {
 # (a no-op for release binaries, whose profile already strips it; symbols stay for backtraces).
 install -D -m 0755 "$bin_dir/weftd" "$ctx/weft/usr/local/bin/weftd"
 install -D -m 0755 "$bin_dir/netctl" "$ctx/weft/usr/local/bin/netctl"
-install -D -m 0755 "$bin_dir/weft" "$ctx/weft/opt/weft/bin/weft"
+install -D -m 0755 "$plugin" "$ctx/weft/opt/weft/bin/weft"
 if command -v strip >/dev/null 2>&1; then
   strip --strip-debug "$ctx/weft/usr/local/bin/weftd" "$ctx/weft/usr/local/bin/netctl" \
     "$ctx/weft/opt/weft/bin/weft"
@@ -106,12 +125,14 @@ else
 fi
 mkdir -p "$ctx/weft/etc/weft" "$ctx/weft/run/weft"
 
-# runtime/: nft and every library the four binaries load, at the paths ldd reports (on a
-# merged-/usr Debian, /lib/x86_64-linux-gnu/… and /lib64/ld-linux-x86-64.so.2, the loader
-# path written in each binary), symlinks resolved to the files they name.
+# runtime/: nft and every library weftd, netctl and nft load (the plugin loads none), at the
+# paths ldd reports (on a merged-/usr Debian, /lib/x86_64-linux-gnu/… and
+# /lib64/ld-linux-x86-64.so.2, the loader path written in each binary), symlinks resolved to
+# the files they name.
 install -D -m 0755 "$nft" "$ctx/runtime$nft"
-libs=$(for b in "$ctx/weft/usr/local/bin/weftd" "$ctx/weft/usr/local/bin/netctl" \
-  "$ctx/weft/opt/weft/bin/weft" "$nft"; do shared_libs "$b" || exit 1; done | sort -u)
+libs=$(for b in "$ctx/weft/usr/local/bin/weftd" "$ctx/weft/usr/local/bin/netctl" "$nft"; do
+  shared_libs "$b" || exit 1
+done | sort -u)
 for lib in $libs; do
   mkdir -p "$ctx/runtime$(dirname "$lib")"
   cp -L -p "$lib" "$ctx/runtime$lib"
@@ -122,7 +143,7 @@ done
 find "$ctx/runtime" "$ctx/weft" -exec touch -h -d "@${SOURCE_DATE_EPOCH:-0}" {} +
 
 cp "$repo/deploy/image/Containerfile" "$ctx/Containerfile"
-echo "build.sh: building $tag from $bin_dir with $(wc -w <<<"$libs") shared libraries" >&2
+echo "build.sh: building $tag from $bin_dir and $plugin with $(wc -w <<<"$libs") shared libraries" >&2
 "$podman" build --pull=never --file "$ctx/Containerfile" --tag "$tag" \
   --build-arg "VERSION=$version" --build-arg "SOURCE=$source_url" "$ctx" >&2
 

@@ -13,7 +13,9 @@ use weft_agent::store::{EtcdOptions, EtcdStore, LeaseStore};
 use crate::free_port;
 use crate::procs::{run_bounded, Proc};
 
-/// TLS material for a test etcd (all PEM files in one temp dir).
+/// TLS material for a test etcd, made by `deploy/etcd-certs.sh` (the recipe docs/etcd.md
+/// shows) for 127.0.0.1 and localhost, plus a second CA and client certificate from a
+/// second run.
 #[derive(Debug)]
 pub struct TlsFiles {
     pub dir: PathBuf,
@@ -22,91 +24,50 @@ pub struct TlsFiles {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
-    /// A CA that signed nothing here (for the wrong-CA case).
+    /// A CA that signed nothing etcd has (for the wrong-CA case).
     pub other_ca: PathBuf,
+    /// A client certificate and key signed by `other_ca`, which etcd does not trust.
+    pub other_client_cert: PathBuf,
+    pub other_client_key: PathBuf,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The certificate recipe of docs/etcd.md.
+pub fn cert_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/etcd-certs.sh")
+}
+
+/// Run the certificate recipe into `dir` (which must not exist) for `names`.
+pub fn run_cert_script(dir: &Path, names: &str) {
+    let mut cmd = Command::new("sh");
+    cmd.arg(cert_script()).arg(dir).arg(names);
+    let (code, _out, err) = run_bounded(cmd, Duration::from_secs(60));
+    assert_eq!(code, 0, "deploy/etcd-certs.sh {}: {err}", dir.display());
 }
 
 impl TlsFiles {
-    /// Generate a CA, a server certificate for 127.0.0.1 and a client certificate.
+    /// Run the recipe twice under `dir`: `pki/` for the test etcd, `other/` for a CA and a
+    /// client certificate it does not trust.
     pub fn generate(dir: &Path) -> TlsFiles {
         std::fs::create_dir_all(dir).unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        for ca in ["ca", "other-ca"] {
-            let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
-            let subj = format!("/CN=weft-test-{ca}");
-            a.push(&subj);
-            a.extend(ec);
-            let (k, c) = (format!("{ca}.key"), format!("{ca}.pem"));
-            a.extend(["-keyout", &k, "-out", &c]);
-            openssl(dir, &a);
-        }
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-        )
-        .unwrap();
-        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (who, cn) in [("server", "localhost"), ("client", "weftd")] {
-            let subj = format!("/CN={cn}");
-            let (k, csr, pem, ext) = (
-                format!("{who}.key"),
-                format!("{who}.csr"),
-                format!("{who}.pem"),
-                format!("{who}.ext"),
-            );
-            let mut a = vec!["req", "-new", "-subj", &subj];
-            a.extend(ec);
-            a.extend(["-keyout", &k, "-out", &csr]);
-            openssl(dir, &a);
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &ext,
-                    "-out",
-                    &pem,
-                ],
-            );
-        }
+        let (pki, other) = (dir.join("pki"), dir.join("other"));
+        run_cert_script(&pki, "IP:127.0.0.1,DNS:localhost");
+        run_cert_script(&other, "IP:127.0.0.1,DNS:localhost");
         TlsFiles {
             dir: dir.to_path_buf(),
-            ca: dir.join("ca.pem"),
-            server_cert: dir.join("server.pem"),
-            server_key: dir.join("server.key"),
-            client_cert: dir.join("client.pem"),
-            client_key: dir.join("client.key"),
-            other_ca: dir.join("other-ca.pem"),
+            ca: pki.join("ca.pem"),
+            server_cert: pki.join("server.pem"),
+            server_key: pki.join("server.key"),
+            client_cert: pki.join("client.pem"),
+            client_key: pki.join("client.key"),
+            other_ca: other.join("ca.pem"),
+            other_client_cert: other.join("client.pem"),
+            other_client_key: other.join("client.key"),
         }
+    }
+
+    /// The CA's key (to sign more certificates in a test).
+    pub fn ca_key(&self) -> PathBuf {
+        self.ca.with_extension("key")
     }
 }
 

@@ -51,6 +51,10 @@ const JSON_DICT: &[&str] = &[
     ":",
     "\"a\":",
     "{\"a\":1}",
+    "\"network\":",
+    "\"BACKEND\":",
+    "\"Type\":\"HOST-GW\"",
+    "\"\\u212a\"",
 ];
 
 /// The rules of an IPv4-only, a dual-stack and an IPv6-only cluster.
@@ -96,12 +100,18 @@ fn lease(data: &[u8]) {
 
 fn net_config(data: &[u8]) {
     if let Ok(cfg) = NetConfig::parse(data) {
-        // What weft accepts, it can write back and read again identically.
+        // Every notice can be shown, on one line.
+        for n in &cfg.notices {
+            assert!(!n.to_string().contains('\n'), "{n}");
+        }
+        // What weft accepts, it can write back and read again identically, every key spelled
+        // as documented.
         let text = serde_json::to_vec(&cfg.to_json()).expect("serializable");
         let again = NetConfig::parse(&text).expect("own output parses");
-        // Unknown keys are reported, not written back.
+        assert_eq!(again.notices, Vec::new(), "own output needs no notice");
+        // Notices are about the text as written, not written back.
         let known = NetConfig {
-            unknown_keys: Vec::new(),
+            notices: Vec::new(),
             ..cfg
         };
         assert_eq!(again, known);
@@ -168,6 +178,10 @@ pub const TARGETS: &[Target] = &[
             "{\"Network\":\"10.0.0.0/8\",\"SubnetMin\":\"10.1.0.0\",\"SubnetMax\":\"10.9.0.0\",\"Backend\":{\"Type\":\"host-gw\"}}",
             "{\"Network\":\"10.0.0.0/24\",\"EnableIPv6\":true,\"IPv6Network\":\"fc00::/48\",\"IPv6SubnetLen\":64}",
             "{\"EnableIPv4\":false,\"EnableIPv6\":true,\"IPv6Network\":\"fd00:10::/56\",\"IPv6SubnetLen\":60,\"IPv6SubnetMin\":\"fd00:10:0:20::\",\"IPv6SubnetMax\":\"fd00:10:0:40::\"}",
+            // flannel's spellings: keys and backend names in any case, unknown keys at each level.
+            "{\"network\":\"10.244.0.0/16\",\"subnetlen\":25,\"backend\":{\"type\":\"Host-GW\",\"vni\":3,\"Prot\":1}}",
+            "{\"NETWORK\":\"10.1.0.0/16\",\"ENABLEIPV6\":true,\"IPV6NETWORK\":\"fc00::/48\",\"Ipv6SubnetMin\":\"fc00:0:0:2::\",\"BACKEND\":{\"TYPE\":\"VXLAN\",\"directrouting\":true,\"GBP\":true},\"EnableNFTables\":false,\"Netwrok\":1}",
+            "{\"Networ\\u212a\":\"10.2.0.0/16\",\"\u{17f}ubnetLen\":26,\"Backend\":{\"mtu\":1400,\"VIN\":1}}",
         ],
         dict: JSON_DICT,
     },

@@ -10,15 +10,17 @@
 //!  pods: <lab>-h1p1, <lab>-h1p2, … (eth0 made by the plugin, behind the host's cni0)
 //! ```
 //!
-//! `<lab>` is `wl<pid>x<n>`, unique per lab, so labs in parallel tests never meet. Nothing
-//! here touches the root namespace: links are made with `ip -n <ns>`, sysctls, processes and
-//! probes run under `ip netns exec <ns>`, and all traffic stays between the lab's namespaces.
+//! `<lab>` is the lab's name ([`LabOptions::name`]); without one it is `wl<pid>x<n>`, unique
+//! per lab, so labs in parallel tests never meet. Nothing here touches the root namespace:
+//! links are made with `ip -n <ns>`, sysctls, processes and probes run under
+//! `ip netns exec <ns>`, and all traffic stays between the lab's namespaces.
 //!
-//! While a lab exists its state (namespaces, pids, files) is in
+//! While a lab exists its state ([`LabState`]: namespaces, pids, hosts, pods, files) is in
 //! `/run/weft-lab/<lab>/state.json`. Dropping the [`Lab`] stops its processes, deletes its
-//! pods (CNI DEL) and namespaces and removes its files and the state. With
-//! [`LabOptions::keep`] everything stays up; [`teardown_from_state`] ends it later, also
-//! after a run that was interrupted.
+//! pods (CNI DEL) and namespaces and removes its files and the state ([`Lab::keep_logs`]
+//! keeps its directory). With [`LabOptions::keep`] everything stays up; [`labs`] finds it
+//! again by name, [`LabState::connectivity`] probes it and [`teardown_from_state`] ends it,
+//! also after a run that was interrupted.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -29,12 +31,18 @@ use std::time::{Duration, Instant};
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use weft_backends::subnet_env::SubnetEnv;
 
 use crate::etcd::NetnsEtcd;
 use crate::netns::{cni_call, Netns};
 use crate::procs::{bin, run_bounded, Proc};
+
+pub mod report;
+
+pub use weft_lab_cli::{LabBackend, LabName, LabOptions, OptionsError, DEFAULT_NAME, MAX_HOSTS};
 
 /// etcd prefix of the lab's network config and leases (weft's default).
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
@@ -55,165 +63,18 @@ pub const HEALTHZ_PORT: u16 = 8471;
 /// Where each lab keeps its state file while it exists.
 pub const STATE_ROOT: &str = "/run/weft-lab";
 
-/// Hosts are 10.99.0.11 ..= 10.99.0.(10 + MAX_HOSTS), below the router's .254.
-const MAX_HOSTS: usize = 200;
 const CNI_NETWORK: &str = "weft";
 const CNI_VERSION: &str = "1.1.0";
 const WEFTD_STOP_GRACE: Duration = Duration::from_secs(5);
+/// The lab's directory is `<tmp>/<lab>-` and this many random letters and digits.
+const DIR_SUFFIX_LEN: usize = 6;
+/// What [`Lab::keep_logs`] removes from the kept directory: etcd's data (not a log, and the
+/// largest part: etcd preallocates its write-ahead log).
+const ETCD_DATA: &str = "etcd-data";
+/// etcd's log in the lab's directory (where [`NetnsEtcd`] writes it).
+const ETCD_LOG: &str = "etcd.log";
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
-
-/// The backend written into the network config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LabBackend {
-    Vxlan,
-    HostGw,
-}
-
-impl LabBackend {
-    /// The config's `Backend.Type`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LabBackend::Vxlan => "vxlan",
-            LabBackend::HostGw => "host-gw",
-        }
-    }
-}
-
-/// What to build.
-#[derive(Clone, Debug)]
-pub struct LabOptions {
-    /// Number of hosts, h1..hN (1..=200).
-    pub hosts: usize,
-    pub backend: LabBackend,
-    /// `"DirectRouting": true` in the vxlan backend config.
-    pub direct_routing: bool,
-    /// Start weftd with `--ip-masq`; [`Lab::connectivity`] then also probes [`OUTSIDE_IP`].
-    pub ip_masq: bool,
-    /// Pods [`Lab::add_pods`] adds to every host.
-    pub pods_per_host: usize,
-    /// The cluster network (`Network`).
-    pub network: String,
-    /// `SubnetLen`.
-    pub subnet_len: u8,
-    /// `EnableIPv4` (false with `ipv6_network` makes an IPv6-only cluster).
-    pub ipv4: bool,
-    /// `EnableIPv6` with this `IPv6Network`; the underlay then carries IPv6 too (fd99::/64).
-    pub ipv6_network: Option<String>,
-    /// `IPv6SubnetLen`.
-    pub ipv6_subnet_len: u8,
-    /// Leave everything running when the `Lab` is dropped (see [`teardown_from_state`]).
-    pub keep: bool,
-}
-
-impl Default for LabOptions {
-    fn default() -> Self {
-        LabOptions {
-            hosts: 3,
-            backend: LabBackend::Vxlan,
-            direct_routing: false,
-            ip_masq: false,
-            pods_per_host: 2,
-            network: "10.244.0.0/16".into(),
-            subnet_len: 24,
-            ipv4: true,
-            ipv6_network: None,
-            ipv6_subnet_len: 64,
-            keep: false,
-        }
-    }
-}
-
-impl LabOptions {
-    /// Check the options before anything is created.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.hosts == 0 || self.hosts > MAX_HOSTS {
-            return Err(format!("hosts must be 1..={MAX_HOSTS}, not {}", self.hosts));
-        }
-        if self.direct_routing && self.backend != LabBackend::Vxlan {
-            return Err("direct routing is a vxlan backend option".into());
-        }
-        if let Some(n6) = &self.ipv6_network {
-            let net6: Ipv6Network = n6
-                .parse()
-                .map_err(|e| format!("IPv6 network {n6:?}: {e}"))?;
-            if net6.network() != net6.ip() {
-                return Err(format!("IPv6 network {n6} has host bits set"));
-            }
-            if self.ipv6_subnet_len <= net6.prefix() || self.ipv6_subnet_len > 120 {
-                return Err(format!(
-                    "IPv6 subnet length /{} must be between /{} and /120",
-                    self.ipv6_subnet_len,
-                    net6.prefix() + 1
-                ));
-            }
-        } else if !self.ipv4 {
-            return Err("an IPv6-only lab needs an IPv6 network".into());
-        }
-        let net: Ipv4Network = self
-            .network
-            .parse()
-            .map_err(|e| format!("network {:?}: {e}", self.network))?;
-        if net.network() != net.ip() {
-            return Err(format!("network {} has host bits set", self.network));
-        }
-        if self.subnet_len < net.prefix() || self.subnet_len > 28 {
-            return Err(format!(
-                "subnet length /{} must be between /{} and /28",
-                self.subnet_len,
-                net.prefix()
-            ));
-        }
-        let subnets = 1u64 << (self.subnet_len - net.prefix());
-        if subnets < self.hosts as u64 {
-            return Err(format!(
-                "{} holds {subnets} /{} subnets, fewer than {} hosts",
-                self.network, self.subnet_len, self.hosts
-            ));
-        }
-        // Network, gateway and broadcast are never given to pods.
-        let per_subnet = (1u64 << (32 - self.subnet_len)) - 3;
-        if self.pods_per_host as u64 > per_subnet {
-            return Err(format!(
-                "a /{} subnet holds {per_subnet} pods, not {}",
-                self.subnet_len, self.pods_per_host
-            ));
-        }
-        Ok(())
-    }
-
-    /// The network config written to `<prefix>/config`.
-    pub fn net_config(&self) -> String {
-        let backend = if self.direct_routing {
-            format!(
-                r#"{{"Type":"{}","DirectRouting":true}}"#,
-                self.backend.as_str()
-            )
-        } else {
-            format!(r#"{{"Type":"{}"}}"#, self.backend.as_str())
-        };
-        let v6 = match &self.ipv6_network {
-            Some(n6) => format!(
-                r#","EnableIPv6":true,"IPv6Network":"{n6}","IPv6SubnetLen":{}"#,
-                self.ipv6_subnet_len
-            ),
-            None => String::new(),
-        };
-        if self.ipv4 {
-            format!(
-                r#"{{"Network":"{}","SubnetLen":{}{v6},"Backend":{backend}}}"#,
-                self.network, self.subnet_len
-            )
-        } else {
-            format!(r#"{{"EnableIPv4":false{v6},"Backend":{backend}}}"#)
-        }
-    }
-
-    /// The lab's underlay and pods carry IPv6.
-    pub fn ipv6(&self) -> bool {
-        self.ipv6_network.is_some()
-    }
-}
 
 /// Failures a caller may want to report rather than panic on.
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +100,29 @@ pub enum LabError {
     State { path: PathBuf, msg: String },
     #[error("teardown of lab {lab} left problems: {}", .problems.join("; "))]
     Teardown { lab: String, problems: Vec<String> },
+    #[error("a lab named {name} is up already (its state is {})", .state.display())]
+    NameTaken { name: LabName, state: PathBuf },
+    #[error("namespaces of a lab named {name} are left over without a state file: {}", .namespaces.join(", "))]
+    LeftoverNamespaces {
+        name: LabName,
+        namespaces: Vec<String>,
+    },
+    #[error("no lab named {name} is up{}", others_of(.others))]
+    NoSuchLab { name: LabName, others: Vec<String> },
+    #[error("no lab is up (nothing under {STATE_ROOT})")]
+    NoLab,
+    #[error("{} labs are up ({}): name one", .names.len(), .names.join(", "))]
+    SeveralLabs { names: Vec<String> },
+    #[error("lab {name} belongs to a run that is still going (pid {pid}): end that run, Ctrl-C on it tears its lab down")]
+    InUse { name: String, pid: u32 },
+}
+
+fn others_of(others: &[String]) -> String {
+    if others.is_empty() {
+        String::new()
+    } else {
+        format!(" (labs that are: {})", others.join(", "))
+    }
 }
 
 /// A pod: a namespace with `eth0` set up by the CNI plugin on its host.
@@ -302,6 +186,12 @@ impl Host {
     fn subnet_file(&self) -> PathBuf {
         self.dir.join("subnet.env")
     }
+
+    /// The host's CNI config directory: the conflist its pods are added with, so that
+    /// `netctl check --cni-conf-dir` judges the config this host's runtime would use.
+    fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("net.d")
+    }
 }
 
 #[derive(Debug)]
@@ -314,7 +204,7 @@ struct Binaries {
 /// A running lab. See the module docs for the layout; hosts are numbered from 1 (`h1`).
 #[derive(Debug)]
 pub struct Lab {
-    name: String,
+    name: LabName,
     opts: LabOptions,
     bins: Binaries,
     dir_path: PathBuf,
@@ -325,34 +215,50 @@ pub struct Lab {
     etcd: Option<NetnsEtcd>,
     hosts: Vec<Host>,
     pods: Vec<Pod>,
+    /// Teardown leaves the directory (the logs) in place: [`Lab::keep_logs`].
+    keep_logs: bool,
 }
 
 impl Lab {
     /// Build the underlay, start etcd in the switch, store the network config and start
     /// weftd on every host (without waiting for readiness). Panics if the options are
-    /// invalid or the machine refuses a step; whatever was built is removed again.
+    /// invalid, a lab of the same name is up, or the machine refuses a step; whatever was
+    /// built is removed again.
     pub fn start(opts: LabOptions) -> Lab {
         if let Err(e) = opts.validate() {
             panic!("invalid lab options: {e}");
         }
         crate::netns::require_root();
-        let name = format!(
-            "wl{}x{}",
-            std::process::id(),
-            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = opts.name.clone().unwrap_or_else(|| {
+            let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+            format!("wl{}x{n}", std::process::id())
+                .parse()
+                .expect("a generated lab name is valid")
+        });
         let bins = Binaries {
             weftd: bin("weftd"),
             netctl: bin("netctl"),
             plugin: bin("weft"),
         };
+        // The state directory is made first and must be new: it is what says a name is taken.
+        let state_dir = Path::new(STATE_ROOT).join(name.as_str());
+        std::fs::create_dir_all(STATE_ROOT)
+            .and_then(|_| std::fs::create_dir(&state_dir))
+            .unwrap_or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => panic!(
+                    "{}",
+                    LabError::NameTaken {
+                        state: state_dir.join("state.json"),
+                        name: name.clone(),
+                    }
+                ),
+                _ => panic!("create {}: {e}", state_dir.display()),
+            });
         let dir = tempfile::Builder::new()
-            .prefix(&format!("weft-lab-{name}-"))
+            .prefix(&format!("{name}-"))
+            .rand_bytes(DIR_SUFFIX_LEN)
             .tempdir()
             .expect("lab temp dir");
-        let state_dir = Path::new(STATE_ROOT).join(&name);
-        std::fs::create_dir_all(&state_dir)
-            .unwrap_or_else(|e| panic!("create {}: {e}", state_dir.display()));
         let mut lab = Lab {
             dir_path: dir.path().to_path_buf(),
             dir: Some(dir),
@@ -365,7 +271,9 @@ impl Lab {
             etcd: None,
             hosts: Vec::new(),
             pods: Vec::new(),
+            keep_logs: false,
         };
+        lab.save_state();
         let started = Instant::now();
         lab.build_switch();
         lab.build_internet();
@@ -395,9 +303,9 @@ impl Lab {
         Ok(lab)
     }
 
-    /// The lab's name (`wl<pid>x<n>`), the prefix of all its namespaces.
+    /// The lab's name (the options' or `wl<pid>x<n>`), the prefix of all its namespaces.
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     pub fn options(&self) -> &LabOptions {
@@ -610,6 +518,7 @@ impl Lab {
             starts: 0,
             pods_added: 0,
         });
+        self.write_conflist(i);
         self.save_state();
         let h = self.host(i);
         self.attach(&h.netns, &name, h.ip, host_ip6(i));
@@ -823,17 +732,39 @@ impl Lab {
 
     // --- pods -----------------------------------------------------------------------
 
-    fn cni_conf(&self, host: usize) -> String {
+    /// The plugin's config for host `host`'s pods.
+    fn plugin_conf(&self, host: usize) -> Value {
         let h = self.host(host);
         json!({
-            "cniVersion": CNI_VERSION,
-            "name": CNI_NETWORK,
             "type": "weft",
             "subnetFile": h.subnet_file(),
             "dataDir": h.dir.join("cni"),
             "logFile": h.dir.join("cni.log"),
         })
-        .to_string()
+    }
+
+    /// The network config on the plugin's stdin for host `host`.
+    fn cni_conf(&self, host: usize) -> String {
+        let mut conf = self.plugin_conf(host);
+        conf["cniVersion"] = json!(CNI_VERSION);
+        conf["name"] = json!(CNI_NETWORK);
+        conf.to_string()
+    }
+
+    /// The same config as a conflist in the host's CNI config directory, as a node has it.
+    fn write_conflist(&self, host: usize) {
+        let dir = self.host(host).cni_conf_dir();
+        std::fs::create_dir_all(&dir).expect("CNI config dir");
+        let conflist = json!({
+            "cniVersion": CNI_VERSION,
+            "name": CNI_NETWORK,
+            "plugins": [self.plugin_conf(host)],
+        });
+        std::fs::write(
+            dir.join(weft_agent::host::install_cni::CONFLIST_NAME),
+            serde_json::to_vec_pretty(&conflist).expect("json"),
+        )
+        .expect("write the lab's conflist");
     }
 
     fn cni(
@@ -918,7 +849,13 @@ impl Lab {
             });
         }
         let ip = ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        tracing::info!(host = self.host_name(host), pod = %name, %ip, ip6 = ?ip6, "pod added");
+        let shown: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
+        tracing::info!(
+            host = self.host_name(host),
+            pod = %name,
+            addresses = %shown.join(" "),
+            "pod added"
+        );
         self.pods.push(Pod {
             name,
             host,
@@ -1000,69 +937,15 @@ impl Lab {
     }
 
     /// Ping from every pod to every other pod, to every other host's underlay address and,
-    /// with `ip_masq`, to [`OUTSIDE_IP`]. Pings run in parallel; one round takes about a
-    /// second when some fail.
+    /// with `ip_masq`, to [`OUTSIDE_IP`], once per address family of the lab (see
+    /// [`LabState::connectivity`]).
     pub fn connectivity(&self) -> Vec<Probe> {
-        let mut plan: Vec<(Probe, &str)> = Vec::new();
-        for a in &self.pods {
-            let mut add = |to: &str, dst: IpAddr, kind: ProbeKind| {
-                let probe = Probe {
-                    from: a.name.clone(),
-                    to: to.to_string(),
-                    dst,
-                    kind,
-                    ok: false,
-                };
-                plan.push((probe, a.netns.name.as_str()));
-            };
-            for b in self.pods.iter().filter(|b| b.name != a.name) {
-                let kind = if a.host == b.host {
-                    ProbeKind::SameHost
-                } else {
-                    ProbeKind::CrossHost
-                };
-                if self.opts.ipv4 {
-                    add(&b.name, IpAddr::V4(b.ip), kind);
-                }
-                if let Some(ip6) = b.ip6 {
-                    add(&b.name, IpAddr::V6(ip6), kind);
-                }
-            }
-            for (n, h) in self.hosts.iter().enumerate() {
-                if h.name == format!("h{}", a.host) {
-                    continue;
-                }
-                if self.opts.ipv4 {
-                    add(&h.name, IpAddr::V4(h.ip), ProbeKind::OtherHost);
-                }
-                if self.opts.ipv6() {
-                    add(&h.name, IpAddr::V6(host_ip6(n + 1)), ProbeKind::OtherHost);
-                }
-            }
-            if self.opts.ip_masq {
-                if self.opts.ipv4 {
-                    add("outside", IpAddr::V4(OUTSIDE_IP), ProbeKind::Outside);
-                }
-                if self.opts.ipv6() {
-                    add("outside", IpAddr::V6(OUTSIDE_IP6), ProbeKind::Outside);
-                }
-            }
-        }
-        std::thread::scope(|s| {
-            for chunk in plan.chunks_mut(16) {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|(p, ns)| {
-                        let (ns, dst) = (*ns, p.dst);
-                        s.spawn(move || ping_from(ns, dst))
-                    })
-                    .collect();
-                for ((p, _), h) in chunk.iter_mut().zip(handles) {
-                    p.ok = h.join().unwrap_or(false);
-                }
-            }
-        });
-        plan.into_iter().map(|(p, _)| p).collect()
+        self.state().connectivity()
+    }
+
+    /// [`Lab::connectivity`] repeated until every probe answers or `timeout` has passed.
+    pub fn connectivity_within(&self, timeout: Duration) -> Vec<Probe> {
+        self.state().connectivity_within(timeout)
     }
 
     /// `etcdctl <args>` inside the switch against the lab's etcd: (exit code, stdout, stderr).
@@ -1078,6 +961,7 @@ impl Lab {
     pub fn netctl_check(&self, i: usize) -> (i32, String, String) {
         let netctl = self.bins.netctl.display().to_string();
         let file = self.subnet_file(i).display().to_string();
+        let conf_dir = self.host(i).cni_conf_dir().display().to_string();
         let endpoint = self.etcd_endpoint();
         self.exec_in(
             self.host_name(i),
@@ -1090,6 +974,8 @@ impl Lab {
                 "check",
                 "--subnet-file",
                 &file,
+                "--cni-conf-dir",
+                &conf_dir,
             ],
         )
     }
@@ -1107,49 +993,72 @@ impl Lab {
 
     // --- state and teardown ---------------------------------------------------------
 
-    fn state(&self, kept: bool) -> Value {
-        let hosts: Vec<Value> = self
+    /// What the lab is now, as its state file holds it while this process runs it.
+    pub fn state(&self) -> LabState {
+        self.state_as(false)
+    }
+
+    fn state_as(&self, kept: bool) -> LabState {
+        let hosts = self
             .hosts
             .iter()
             .enumerate()
             .map(|(n, h)| {
-                json!({
-                    "name": h.name,
-                    "netns": h.netns.name,
-                    "ip": h.ip.to_string(),
-                    "subnet": self.subnet(n + 1).map(|s| s.to_string()),
-                    "weftd_log": h.dir.join(format!("weftd.{}.log", h.starts)),
-                })
+                let env = std::fs::read_to_string(h.subnet_file())
+                    .ok()
+                    .and_then(|t| SubnetEnv::parse(&t, &h.subnet_file()).ok());
+                HostRecord {
+                    name: h.name.clone(),
+                    netns: h.netns.name.clone(),
+                    ip: h.ip,
+                    ip6: self.opts.ipv6().then(|| host_ip6(n + 1)),
+                    subnet: env.as_ref().and_then(|e| e.subnet),
+                    subnet6: env.as_ref().and_then(|e| e.ipv6_subnet),
+                    subnet_file: h.subnet_file(),
+                    cni_conf_dir: h.cni_conf_dir(),
+                    weftd_log: h.dir.join(format!("weftd.{}.log", h.starts.max(1))),
+                    cni_log: h.dir.join("cni.log"),
+                }
             })
             .collect();
-        let pods: Vec<Value> = self
+        let pods = self
             .pods
             .iter()
-            .map(|p| json!({"name": p.name, "netns": p.netns.name, "host": p.host, "ip": p.ip.to_string()}))
+            .map(|p| PodRecord {
+                name: p.name.clone(),
+                netns: p.netns.name.clone(),
+                host: p.host,
+                ip: self.opts.ipv4.then_some(p.ip),
+                ip6: p.ip6,
+            })
             .collect();
-        let processes: Vec<Value> = self
+        let processes = self
             .processes()
             .into_iter()
-            .map(|(name, pid)| json!({"name": name, "pid": pid}))
+            .map(|(name, pid)| ProcessRecord { name, pid })
             .collect();
-        json!({
-            "lab": self.name,
-            "owner_pid": std::process::id(),
-            "kept": kept,
-            "dir": self.dir_path,
-            "etcd_endpoint": self.etcd_endpoint(),
-            "namespaces": self.namespaces(),
-            "processes": processes,
-            "hosts": hosts,
-            "pods": pods,
-        })
+        LabState {
+            lab: self.name.clone(),
+            owner_pid: std::process::id(),
+            kept,
+            dir: self.dir_path.clone(),
+            etcd_endpoint: self.etcd_endpoint(),
+            netctl: self.bins.netctl.clone(),
+            ipv4: self.opts.ipv4,
+            ipv6: self.opts.ipv6(),
+            ip_masq: self.opts.ip_masq,
+            namespaces: self.namespaces(),
+            processes,
+            hosts,
+            pods,
+        }
     }
 
     /// Write the state file atomically (temp file + rename).
     fn save_state_as(&self, kept: bool) {
         let path = self.state_file();
         let tmp = self.state_dir.join("state.json.tmp");
-        let text = serde_json::to_string_pretty(&self.state(kept)).expect("state serializes");
+        let text = serde_json::to_string_pretty(&self.state_as(kept)).expect("state serializes");
         let written = std::fs::write(&tmp, text + "\n").and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
             tracing::warn!("write lab state {}: {e}", path.display());
@@ -1158,6 +1067,14 @@ impl Lab {
 
     fn save_state(&self) {
         self.save_state_as(false);
+    }
+
+    /// Keep the lab's directory when it is torn down: weftd's logs (`h<i>/weftd.<n>.log`),
+    /// the CNI log (`h<i>/cni.log`), subnet.env, etcd's log (`etcd.log`); etcd's data is
+    /// removed. Returns the directory. (With `keep` nothing is removed anyway.)
+    pub fn keep_logs(&mut self) -> PathBuf {
+        self.keep_logs = true;
+        self.dir_path.clone()
     }
 
     fn tear_down(&mut self) {
@@ -1182,7 +1099,13 @@ impl Lab {
         self.internet.take();
         self.switch.take();
         tracing::debug!("namespaces deleted ({:.1?})", started.elapsed());
-        self.dir.take();
+        if let Some(dir) = self.dir.take() {
+            if self.keep_logs {
+                let kept = dir.keep();
+                let _ = std::fs::remove_dir_all(kept.join(ETCD_DATA));
+                tracing::info!(lab = %self.name, "logs kept in {}", kept.display());
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.state_dir);
         tracing::info!(lab = %self.name, "torn down in {:.1?}", started.elapsed());
     }
@@ -1242,90 +1165,371 @@ fn ping_from(ns: &str, dst: IpAddr) -> bool {
     run_bounded(cmd, Duration::from_secs(10)).0 == 0
 }
 
-// --- kept labs ----------------------------------------------------------------------------
+// --- the state of a lab -------------------------------------------------------------------
 
-/// What a state file says, checked before anything acts on it.
-#[derive(Debug)]
-struct LabState {
-    lab: String,
-    owner_pid: u32,
-    kept: bool,
-    dir: PathBuf,
-    namespaces: Vec<String>,
-    processes: Vec<(String, u32)>,
+/// A lab as its state file describes it: enough to probe it, show it and tear it down
+/// without the process that built it. [`load_state`] checks it, so a file that names
+/// something that is not the lab's (another namespace, a directory elsewhere) is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabState {
+    #[serde(with = "lab_name_text")]
+    pub lab: LabName,
+    /// The process that built the lab.
+    pub owner_pid: u32,
+    /// Left up on purpose (`--keep`); otherwise the owner tears it down when it ends.
+    pub kept: bool,
+    /// The lab's working directory (etcd data and log, per-host subnet.env, logs, CNI state).
+    pub dir: PathBuf,
+    pub etcd_endpoint: String,
+    /// The netctl binary the lab runs.
+    pub netctl: PathBuf,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub ip_masq: bool,
+    /// Every namespace, in teardown order (pods, hosts, internet, switch).
+    pub namespaces: Vec<String>,
+    pub processes: Vec<ProcessRecord>,
+    pub hosts: Vec<HostRecord>,
+    pub pods: Vec<PodRecord>,
 }
 
-fn read_state(path: &Path) -> Result<LabState, LabError> {
+/// One of the lab's long-lived processes (weftd per host, etcd).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessRecord {
+    pub name: String,
+    pub pid: u32,
+}
+
+/// A host of the lab, `h<i>` (the i-th entry, from 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostRecord {
+    pub name: String,
+    pub netns: String,
+    /// The underlay address.
+    pub ip: Ipv4Addr,
+    /// The IPv6 underlay address, in a lab with IPv6.
+    pub ip6: Option<Ipv6Addr>,
+    /// The host's IPv4 subnet (network form), once weftd wrote subnet.env.
+    pub subnet: Option<Ipv4Network>,
+    /// The host's IPv6 subnet (network form), once weftd wrote subnet.env.
+    pub subnet6: Option<Ipv6Network>,
+    pub subnet_file: PathBuf,
+    /// The CNI config directory holding the host's conflist.
+    pub cni_conf_dir: PathBuf,
+    /// The log of weftd's latest start.
+    pub weftd_log: PathBuf,
+    /// The CNI plugin's log (there once a pod was added).
+    pub cni_log: PathBuf,
+}
+
+/// A pod of the lab.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRecord {
+    pub name: String,
+    pub netns: String,
+    /// Host number (1-based, as in `h1`).
+    pub host: usize,
+    /// The pod's IPv4 address (none in an IPv6-only lab).
+    pub ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address, in a lab with IPv6.
+    pub ip6: Option<Ipv6Addr>,
+}
+
+/// A lab name in the state file: its text, checked when read.
+mod lab_name_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use weft_lab_cli::LabName;
+
+    pub fn serialize<S: Serializer>(name: &LabName, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(name.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LabName, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl LabState {
+    /// etcd's log in the lab's directory.
+    pub fn etcd_log(&self) -> PathBuf {
+        self.dir.join(ETCD_LOG)
+    }
+
+    /// Read every host's subnets from its subnet.env again (weftd may have written it since
+    /// the state was saved).
+    pub fn refresh_subnets(&mut self) {
+        for h in &mut self.hosts {
+            let env = std::fs::read_to_string(&h.subnet_file)
+                .ok()
+                .and_then(|t| SubnetEnv::parse(&t, &h.subnet_file).ok());
+            h.subnet = env.as_ref().and_then(|e| e.subnet);
+            h.subnet6 = env.as_ref().and_then(|e| e.ipv6_subnet);
+        }
+    }
+
+    /// The probes [`LabState::connectivity`] sends (not sent yet, `ok` false), each with the
+    /// namespace it is sent from: from every pod, for every address family of the lab, to
+    /// every other pod, to every other host's underlay address and, with `ip_masq`, to the
+    /// outside address.
+    pub fn probe_plan(&self) -> Vec<(Probe, &str)> {
+        let mut plan: Vec<(Probe, &str)> = Vec::new();
+        for a in &self.pods {
+            let mut add = |to: &str, dst: IpAddr, kind: ProbeKind| {
+                let probe = Probe {
+                    from: a.name.clone(),
+                    to: to.to_string(),
+                    dst,
+                    kind,
+                    ok: false,
+                };
+                plan.push((probe, a.netns.as_str()));
+            };
+            for b in self.pods.iter().filter(|b| b.name != a.name) {
+                let kind = if a.host == b.host {
+                    ProbeKind::SameHost
+                } else {
+                    ProbeKind::CrossHost
+                };
+                if let Some(ip) = b.ip.filter(|_| self.ipv4) {
+                    add(&b.name, IpAddr::V4(ip), kind);
+                }
+                if let Some(ip6) = b.ip6.filter(|_| self.ipv6) {
+                    add(&b.name, IpAddr::V6(ip6), kind);
+                }
+            }
+            for (n, h) in self.hosts.iter().enumerate() {
+                if n + 1 == a.host {
+                    continue;
+                }
+                if self.ipv4 {
+                    add(&h.name, IpAddr::V4(h.ip), ProbeKind::OtherHost);
+                }
+                if let Some(ip6) = h.ip6.filter(|_| self.ipv6) {
+                    add(&h.name, IpAddr::V6(ip6), ProbeKind::OtherHost);
+                }
+            }
+            if self.ip_masq {
+                if self.ipv4 {
+                    add("outside", IpAddr::V4(OUTSIDE_IP), ProbeKind::Outside);
+                }
+                if self.ipv6 {
+                    add("outside", IpAddr::V6(OUTSIDE_IP6), ProbeKind::Outside);
+                }
+            }
+        }
+        plan
+    }
+
+    /// Send every probe of [`LabState::probe_plan`] once (`ping -c1 -W1`, 16 at a time); one
+    /// round takes about a second when some fail.
+    pub fn connectivity(&self) -> Vec<Probe> {
+        let mut plan = self.probe_plan();
+        std::thread::scope(|s| {
+            for chunk in plan.chunks_mut(16) {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|(p, ns)| {
+                        let (ns, dst) = (*ns, p.dst);
+                        s.spawn(move || ping_from(ns, dst))
+                    })
+                    .collect();
+                for ((p, _), h) in chunk.iter_mut().zip(handles) {
+                    p.ok = h.join().unwrap_or(false);
+                }
+            }
+        });
+        plan.into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// [`LabState::connectivity`] again every half second until every probe answers or
+    /// `timeout` has passed; the last round's result.
+    pub fn connectivity_within(&self, timeout: Duration) -> Vec<Probe> {
+        let start = Instant::now();
+        loop {
+            let probes = self.connectivity();
+            if probes.iter().all(|p| p.ok) || start.elapsed() > timeout {
+                return probes;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Whether `ns` is one of the names lab `lab` gives its namespaces: `<lab>-sw`,
+/// `<lab>-inet`, `<lab>-h<i>` or `<lab>-h<i>p<n>`. (No name of one lab is another lab's:
+/// the part after the lab's name has no dash.)
+fn lab_owns_namespace(lab: &str, ns: &str) -> bool {
+    let Some(node) = ns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit());
+    match node {
+        "sw" | "inet" => true,
+        _ => node
+            .strip_prefix('h')
+            .is_some_and(|rest| match rest.split_once('p') {
+                Some((host, pod)) => digits(host) && digits(pod),
+                None => digits(rest),
+            }),
+    }
+}
+
+/// Read and check a state file.
+pub fn load_state(path: &Path) -> Result<LabState, LabError> {
     let bad = |msg: String| LabError::State {
         path: path.to_path_buf(),
         msg,
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let lab = v["lab"].as_str().unwrap_or_default().to_string();
-    let well_formed = lab
-        .strip_prefix("wl")
-        .and_then(|r| r.split_once('x'))
-        .is_some_and(|(a, b)| {
-            [a, b]
-                .iter()
-                .all(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
-        });
-    if !well_formed {
-        return Err(bad(format!("lab name {lab:?} is not wl<pid>x<n>")));
-    }
-    let dir = PathBuf::from(v["dir"].as_str().unwrap_or_default());
-    let dir_ok = dir.is_absolute()
-        && dir
+    let state: LabState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let lab = state.lab.as_str();
+    let dir_ok = state.dir.is_absolute()
+        && state
+            .dir
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(&format!("weft-lab-{lab}-")));
+            .and_then(|n| n.strip_prefix(&format!("{lab}-")))
+            .is_some_and(|rest| {
+                rest.len() == DIR_SUFFIX_LEN && rest.bytes().all(|c| c.is_ascii_alphanumeric())
+            });
     if !dir_ok {
         return Err(bad(format!(
             "directory {} is not this lab's",
-            dir.display()
+            state.dir.display()
         )));
     }
-    let mut namespaces = Vec::new();
-    for ns in v["namespaces"].as_array().into_iter().flatten() {
-        let ns = ns.as_str().unwrap_or_default();
-        if !ns.starts_with(&format!("{lab}-")) || ns.contains('/') {
-            return Err(bad(format!("namespace {ns:?} is not this lab's")));
+    let named = state
+        .namespaces
+        .iter()
+        .chain(state.hosts.iter().map(|h| &h.netns))
+        .chain(state.pods.iter().map(|p| &p.netns));
+    for ns in named {
+        if !lab_owns_namespace(lab, ns) {
+            return Err(bad(format!("namespace {ns} is not this lab's")));
         }
-        namespaces.push(ns.to_string());
     }
-    let processes = v["processes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            let pid = u32::try_from(p["pid"].as_u64()?).ok()?;
-            Some((p["name"].as_str()?.to_string(), pid))
-        })
-        .collect();
-    Ok(LabState {
-        owner_pid: v["owner_pid"]
-            .as_u64()
-            .and_then(|p| u32::try_from(p).ok())
-            .unwrap_or(0),
-        kept: v["kept"].as_bool().unwrap_or(false),
-        lab,
-        dir,
-        namespaces,
-        processes,
-    })
+    Ok(state)
 }
 
-fn state_files() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(STATE_ROOT)
+/// How a lab under [`STATE_ROOT`] stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabStatus {
+    /// Left up on purpose (`--keep`).
+    Kept,
+    /// Its run ended without tearing it down (killed outright): what is left of it.
+    Interrupted,
+    /// Its run is still going (and tears it down when it ends).
+    Running { pid: u32 },
+    /// The state file cannot be used: why.
+    Unreadable(String),
+}
+
+impl LabStatus {
+    /// One word for a listing.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LabStatus::Kept => "kept",
+            LabStatus::Interrupted => "interrupted",
+            LabStatus::Running { .. } => "running",
+            LabStatus::Unreadable(_) => "unreadable",
+        }
+    }
+}
+
+/// A lab found under [`STATE_ROOT`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabEntry {
+    /// The name of its state directory (the lab's name).
+    pub name: String,
+    pub state_file: PathBuf,
+    pub status: LabStatus,
+}
+
+/// Every lab under [`STATE_ROOT`], by name.
+pub fn labs() -> Vec<LabEntry> {
+    let mut v: Vec<LabEntry> = std::fs::read_dir(STATE_ROOT)
         .into_iter()
         .flatten()
         .flatten()
-        .map(|e| e.path().join("state.json"))
-        .filter(|p| p.exists())
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            let state_file = e.path().join("state.json");
+            let status = match load_state(&state_file) {
+                Ok(s) if s.kept => LabStatus::Kept,
+                Ok(s) if alive(s.owner_pid) => LabStatus::Running { pid: s.owner_pid },
+                Ok(_) => LabStatus::Interrupted,
+                Err(e) => LabStatus::Unreadable(e.to_string()),
+            };
+            LabEntry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                state_file,
+                status,
+            }
+        })
         .collect();
-    v.sort();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
     v
+}
+
+/// The lab a command means: the one named, or without a name the only one that is not
+/// [`LabStatus::Running`].
+pub fn select<'a>(labs: &'a [LabEntry], name: Option<&LabName>) -> Result<&'a LabEntry, LabError> {
+    match name {
+        Some(name) => labs
+            .iter()
+            .find(|l| l.name == name.as_str())
+            .ok_or_else(|| LabError::NoSuchLab {
+                name: name.clone(),
+                others: labs.iter().map(|l| l.name.clone()).collect(),
+            }),
+        None => {
+            let left: Vec<&LabEntry> = labs
+                .iter()
+                .filter(|l| !matches!(l.status, LabStatus::Running { .. }))
+                .collect();
+            match left[..] {
+                [] => Err(LabError::NoLab),
+                [one] => Ok(one),
+                _ => Err(LabError::SeveralLabs {
+                    names: left.iter().map(|l| l.name.clone()).collect(),
+                }),
+            }
+        }
+    }
+}
+
+/// Whether a new lab may take `name`: no lab of that name is up and no namespace of that
+/// name is left over.
+pub fn check_name_free(name: &LabName) -> Result<(), LabError> {
+    let state_dir = Path::new(STATE_ROOT).join(name.as_str());
+    if state_dir.exists() {
+        return Err(LabError::NameTaken {
+            name: name.clone(),
+            state: state_dir.join("state.json"),
+        });
+    }
+    let mut left: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|ns| lab_owns_namespace(name.as_str(), ns))
+        .collect();
+    left.sort();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::LeftoverNamespaces {
+            name: name.clone(),
+            namespaces: left,
+        })
+    }
 }
 
 /// Whether `pid` is a live (not zombie) process.
@@ -1340,30 +1544,12 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// State files of labs nobody runs any more: left up with `keep`, or whose owning process
-/// is gone (an interrupted run). Labs of running processes are skipped.
-pub fn kept_labs() -> Vec<PathBuf> {
-    state_files()
-        .into_iter()
-        .filter(|p| match read_state(p) {
-            Ok(s) if !s.kept && s.owner_pid != std::process::id() && alive(s.owner_pid) => {
-                tracing::info!(
-                    "lab {} is in use by running process {}; left alone",
-                    s.lab,
-                    s.owner_pid
-                );
-                false
-            }
-            _ => true,
-        })
-        .collect()
-}
-
 /// State files of the labs this process made (for cleaning up after a signal).
 pub fn labs_of_this_process() -> Vec<PathBuf> {
-    state_files()
+    labs()
         .into_iter()
-        .filter(|p| read_state(p).is_ok_and(|s| s.owner_pid == std::process::id()))
+        .map(|l| l.state_file)
+        .filter(|p| load_state(p).is_ok_and(|s| s.owner_pid == std::process::id()))
         .collect()
 }
 
@@ -1413,10 +1599,23 @@ fn end_lab_process(name: &str, pid: u32, dir: &Path) -> Result<(), String> {
 /// command line is still this lab's weftd/etcd), delete its namespaces, remove its directory
 /// and the state. Returns the lab's name.
 pub fn teardown_from_state(path: &Path) -> Result<String, LabError> {
-    let state = read_state(path)?;
+    if !path.exists() {
+        // A lab that ended before its first state was written: only the directory is left.
+        let dir = path
+            .parent()
+            .filter(|d| d.parent() == Some(Path::new(STATE_ROOT)));
+        if let Some(dir) = dir {
+            let _ = std::fs::remove_file(dir.join("state.json.tmp"));
+            let _ = std::fs::remove_dir(dir);
+            if !dir.exists() {
+                return Ok(dir.file_name().unwrap_or_default().to_string_lossy().into());
+            }
+        }
+    }
+    let state = load_state(path)?;
     let mut problems = Vec::new();
-    for (name, pid) in &state.processes {
-        if let Err(e) = end_lab_process(name, *pid, &state.dir) {
+    for p in &state.processes {
+        if let Err(e) = end_lab_process(&p.name, p.pid, &state.dir) {
             problems.push(e);
         }
     }
@@ -1443,108 +1642,170 @@ pub fn teardown_from_state(path: &Path) -> Result<String, LabError> {
     }
     if problems.is_empty() {
         tracing::info!(lab = %state.lab, "torn down from {}", path.display());
-        Ok(state.lab)
+        Ok(state.lab.to_string())
     } else {
         Err(LabError::Teardown {
-            lab: state.lab,
+            lab: state.lab.to_string(),
             problems,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn net_config_per_backend() {
-        let vx = LabOptions::default();
-        assert_eq!(
-            vx.net_config(),
-            r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#
-        );
-        let dr = LabOptions {
-            direct_routing: true,
-            ..LabOptions::default()
-        };
-        assert!(dr
-            .net_config()
-            .ends_with(r#""Backend":{"Type":"vxlan","DirectRouting":true}}"#));
-        let gw = LabOptions {
-            backend: LabBackend::HostGw,
-            ..LabOptions::default()
-        };
-        assert!(gw
-            .net_config()
-            .ends_with(r#""Backend":{"Type":"host-gw"}}"#));
-        for c in [vx, dr, gw] {
-            serde_json::from_str::<Value>(&c.net_config()).expect("valid JSON");
-        }
-    }
-
-    #[test]
-    fn options_are_checked() {
-        let ok = LabOptions::default();
-        assert_eq!(ok.validate(), Ok(()));
-        let cases = [
-            LabOptions {
-                hosts: 0,
-                ..ok.clone()
-            },
-            LabOptions {
-                hosts: 201,
-                ..ok.clone()
-            },
-            LabOptions {
-                backend: LabBackend::HostGw,
-                direct_routing: true,
-                ..ok.clone()
-            },
-            LabOptions {
-                network: "10.244.0.1/16".into(),
-                ..ok.clone()
-            },
-            LabOptions {
-                subnet_len: 12,
-                ..ok.clone()
-            },
-            LabOptions {
-                network: "10.244.0.0/23".into(),
-                hosts: 3,
-                ..ok.clone()
-            },
-            LabOptions {
-                pods_per_host: 254,
-                ..ok.clone()
-            },
-        ];
-        for c in cases {
-            assert!(c.validate().is_err(), "{c:?}");
+    /// A state of lab `lab1` with `hosts` hosts and one pod each, as [`Lab`] would save it.
+    pub(crate) fn sample(ipv4: bool, ipv6: bool, hosts: usize) -> LabState {
+        let dir = PathBuf::from("/tmp/lab1-abc123");
+        let hosts_v: Vec<HostRecord> = (1..=hosts)
+            .map(|i| HostRecord {
+                name: format!("h{i}"),
+                netns: format!("lab1-h{i}"),
+                ip: Ipv4Addr::new(10, 99, 0, 10 + i as u8),
+                ip6: ipv6.then(|| host_ip6(i)),
+                subnet: ipv4.then(|| format!("10.244.{i}.0/24").parse().unwrap()),
+                subnet6: ipv6.then(|| format!("fc00:0:0:{i}::/64").parse().unwrap()),
+                subnet_file: dir.join(format!("h{i}/subnet.env")),
+                cni_conf_dir: dir.join(format!("h{i}/net.d")),
+                weftd_log: dir.join(format!("h{i}/weftd.1.log")),
+                cni_log: dir.join(format!("h{i}/cni.log")),
+            })
+            .collect();
+        let pods: Vec<PodRecord> = (1..=hosts)
+            .map(|i| PodRecord {
+                name: format!("h{i}p1"),
+                netns: format!("lab1-h{i}p1"),
+                host: i,
+                ip: ipv4.then(|| Ipv4Addr::new(10, 244, i as u8, 2)),
+                ip6: ipv6.then(|| format!("fc00:0:0:{i}::2").parse().unwrap()),
+            })
+            .collect();
+        let mut namespaces: Vec<String> = pods.iter().map(|p| p.netns.clone()).collect();
+        namespaces.extend(hosts_v.iter().map(|h| h.netns.clone()));
+        namespaces.extend(["lab1-inet".to_string(), "lab1-sw".to_string()]);
+        LabState {
+            lab: "lab1".parse().unwrap(),
+            owner_pid: 1,
+            kept: true,
+            dir,
+            etcd_endpoint: format!("http://{SWITCH_IP}:2379"),
+            netctl: PathBuf::from("/bin/netctl"),
+            ipv4,
+            ipv6,
+            ip_masq: false,
+            namespaces,
+            processes: vec![ProcessRecord {
+                name: "etcd".into(),
+                pid: 5,
+            }],
+            hosts: hosts_v,
+            pods,
         }
     }
 
     #[test]
     fn state_files_that_name_foreign_things_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("state.json");
-        let write = |v: Value| std::fs::write(&path, v.to_string()).unwrap();
-        let good = json!({"lab": "wl12x0", "owner_pid": 1, "kept": true,
-            "dir": "/tmp/weft-lab-wl12x0-abc", "namespaces": ["wl12x0-sw"],
-            "processes": [{"name": "etcd", "pid": 5}]});
-        write(good.clone());
-        let s = read_state(&path).unwrap();
-        assert_eq!(s.namespaces, vec!["wl12x0-sw"]);
-        assert_eq!(s.processes, vec![("etcd".to_string(), 5)]);
-        for (key, value) in [
-            ("lab", json!("root")),
-            ("dir", json!("/")),
-            ("dir", json!("/tmp/weft-lab-wl99x0-abc")),
-            ("namespaces", json!(["other-ns"])),
-        ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("state.json");
+        let good = serde_json::to_value(sample(true, true, 2)).unwrap();
+        std::fs::write(&path, good.to_string()).unwrap();
+        assert_eq!(load_state(&path).unwrap(), sample(true, true, 2));
+        let cases: [(&str, &[&str], Value); 8] = [
+            ("lab", &[], json!("root/..")),
+            ("dir", &[], json!("/")),
+            ("dir", &[], json!("/tmp/lab2-abc123")),
+            ("dir", &[], json!("/tmp/lab1-h1-abc123")),
+            ("dir", &[], json!("tmp/lab1-abc123")),
+            ("namespaces", &[], json!(["lab1-sw", "other-ns"])),
+            ("namespaces", &[], json!(["lab1-h1-sw"])),
+            ("netns", &["pods", "0"], json!("lab1x-h1p1")),
+        ];
+        for (key, at, value) in cases {
             let mut v = good.clone();
-            v[key] = value;
-            write(v);
-            assert!(read_state(&path).is_err(), "{key}");
+            let mut node = &mut v;
+            for step in at {
+                node = match step.parse::<usize>() {
+                    Ok(i) => &mut node[i],
+                    Err(_) => &mut node[*step],
+                };
+            }
+            node[key] = value.clone();
+            std::fs::write(&path, v.to_string()).unwrap();
+            assert!(load_state(&path).is_err(), "{key} = {value}");
+        }
+        let mut v = good.clone();
+        v["extra"] = json!(1);
+        std::fs::write(&path, v.to_string()).unwrap();
+        assert!(load_state(&path).is_err(), "unknown field");
+    }
+
+    #[test]
+    fn a_lab_owns_only_its_own_namespace_names() {
+        for ns in ["a-sw", "a-inet", "a-h1", "a-h12", "a-h1p1", "a-h3p20"] {
+            assert!(lab_owns_namespace("a", ns), "{ns}");
+        }
+        for ns in [
+            "a", "a-", "a-h", "a-hp1", "a-h1p", "a-h1-sw", "a-h1-h1", "ab-sw", "b-sw", "a-swx",
+            "a-h1x",
+        ] {
+            assert!(!lab_owns_namespace("a", ns), "{ns}");
+        }
+        // Lab a-h1's namespaces are not lab a's, and the other way round.
+        assert!(!lab_owns_namespace("a-h1", "a-h1"));
+        assert!(!lab_owns_namespace("a-h1", "a-h1p1"));
+    }
+
+    #[test]
+    fn a_command_finds_the_named_lab_or_the_only_one() {
+        let entry = |name: &str, status: LabStatus| LabEntry {
+            name: name.into(),
+            state_file: PathBuf::from(format!("{STATE_ROOT}/{name}/state.json")),
+            status,
+        };
+        let name = |n: &str| n.parse::<LabName>().unwrap();
+        let labs = vec![
+            entry("a", LabStatus::Kept),
+            entry("b", LabStatus::Running { pid: 7 }),
+        ];
+        assert_eq!(select(&labs, None).unwrap().name, "a");
+        assert_eq!(select(&labs, Some(&name("b"))).unwrap().name, "b");
+        let e = select(&labs, Some(&name("c"))).unwrap_err();
+        assert_eq!(e.to_string(), "no lab named c is up (labs that are: a, b)");
+        assert!(matches!(select(&[], None), Err(LabError::NoLab)));
+        let e = select(&[], Some(&name("c"))).unwrap_err();
+        assert_eq!(e.to_string(), "no lab named c is up");
+        let several = vec![
+            entry("a", LabStatus::Kept),
+            entry("c", LabStatus::Interrupted),
+            entry("b", LabStatus::Running { pid: 7 }),
+        ];
+        let e = select(&several, None).unwrap_err();
+        assert_eq!(e.to_string(), "2 labs are up (a, c): name one");
+    }
+
+    #[test]
+    fn probes_go_once_per_family_to_every_other_pod_and_host() {
+        let count = |s: &LabState, v6: bool, kind: ProbeKind| {
+            s.probe_plan()
+                .iter()
+                .filter(|(p, _)| p.dst.is_ipv6() == v6 && p.kind == kind)
+                .count()
+        };
+        let mut dual = sample(true, true, 3);
+        dual.ip_masq = true;
+        for v6 in [false, true] {
+            assert_eq!(count(&dual, v6, ProbeKind::CrossHost), 6);
+            assert_eq!(count(&dual, v6, ProbeKind::OtherHost), 6);
+            assert_eq!(count(&dual, v6, ProbeKind::Outside), 3);
+            assert_eq!(count(&dual, v6, ProbeKind::SameHost), 0);
+        }
+        let v6 = sample(false, true, 3);
+        assert!(v6.probe_plan().iter().all(|(p, _)| p.dst.is_ipv6()));
+        assert_eq!(v6.probe_plan().len(), 12);
+        // Every probe leaves from its pod's namespace.
+        for (p, ns) in dual.probe_plan() {
+            assert_eq!(ns, format!("lab1-{}", p.from));
         }
     }
 }

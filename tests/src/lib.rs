@@ -12,6 +12,7 @@ pub mod lab;
 pub mod netns;
 pub mod podman;
 pub mod procs;
+pub mod shipped;
 
 use std::time::{Duration, Instant};
 

@@ -157,6 +157,29 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Put a copy of the executable `from` at `to` without this process ever holding `to` open
+/// for writing. A file open for writing here stays open in any child another test thread
+/// forks at that moment, until the child execs; running the copy in that window fails with
+/// ETXTBSY ("Text file busy"). A hard link where the filesystem allows one, else `cp` in a
+/// child process of its own.
+pub fn copy_executable(from: &Path, to: &Path) {
+    if std::fs::hard_link(from, to).is_ok() {
+        return;
+    }
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp {} {}: {status}",
+        from.display(),
+        to.display()
+    );
+}
+
 /// A plain HTTP/1.0 GET on loopback: (status, body). `None` if nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s =

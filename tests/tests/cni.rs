@@ -711,7 +711,7 @@ fn options_hairpin_routes_mtu_bridge_adoption_and_log_file() {
     assert!(f.host.ip(&["link", "show", "br-weft"]).contains("state UP"));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        text.contains("Add container=ctr ifname=eth0") && text.contains("ok ip=10.77.5."),
+        text.contains("ADD container=ctr ifname=eth0") && text.contains("ok ip=10.77.5."),
         "{text}"
     );
 
@@ -1070,6 +1070,276 @@ fn parallel_dual_stack_adds_never_share_an_ipv6_address() {
             });
         }
     });
+    assert!(f.records().is_empty());
+    assert!(f.host_veths().is_empty());
+}
+
+/// The workspace version (weft-tests shares it with the plugin).
+const WEFT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Run `plugin` directly (no namespace, no CNI_* variables unless given) with `args`, stdin
+/// left open: a plugin that waited for a config there would hit the bound and fail the test.
+fn run_by_hand(plugin: &PathBuf, env: &[(&str, &str)], args: &[&str]) -> CniOut {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(plugin)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the plugin");
+    let stdin = child.stdin.take();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("weft {args:?} did not exit with stdin open: it waits for input");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    CniOut {
+        exit: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn run_by_hand_it_answers_version_and_help_and_otherwise_wants_cni_command() {
+    let weft = bin("weft");
+    let versions = format!("CNI spec versions: {}", VERSIONS.join(", "));
+    let out = run_by_hand(&weft, &[], &["--version"]);
+    assert_eq!(out.exit, 0, "{out:?}");
+    assert_eq!(out.stdout, format!("weft {WEFT_VERSION}\n{versions}\n"));
+    assert_eq!(out.stderr, "");
+    let out = run_by_hand(&weft, &[], &["--help"]);
+    assert_eq!(out.exit, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("weft {WEFT_VERSION}: the weft CNI plugin"))
+            && out.stdout.contains(&versions)
+            && out.stdout.contains("subnetFile"),
+        "{}",
+        out.stdout
+    );
+    // Anything else without CNI_COMMAND is the spec's invalid-environment error, at once.
+    for args in [&[][..], &["ADD"][..], &["--verbose"][..]] {
+        let out = run_by_hand(&weft, &[], args);
+        assert_eq!(out.code(), 4, "{args:?}: {out:?}");
+        let j = out.json();
+        assert_eq!(j["msg"], "invalid CNI_COMMAND", "{j}");
+        assert!(
+            j["details"].as_str().is_some_and(
+                |d| d.starts_with("CNI_COMMAND is not set") && d.contains("weft --help")
+            ),
+            "{j}"
+        );
+        assert!(out.stderr.contains("CNI_COMMAND is not set"), "{out:?}");
+    }
+    // With CNI_COMMAND set (a runtime), the command line is not read.
+    let out = cni_call(
+        &weft,
+        &Netns::new("byhand"),
+        &[("CNI_COMMAND", "VERSION")],
+        b"{}",
+    );
+    let answer = out.ok().json();
+    assert_eq!(answer["supportedVersions"], json!(VERSIONS));
+}
+
+#[test]
+fn config_type_errors_name_the_key_and_unknown_keys_are_warned_on_stderr_and_in_the_log() {
+    let f = Fixture::new("keys");
+    let pod = Netns::new("keys-pod");
+    let pod_path = pod.path().display().to_string();
+    let env = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "ctr-keys"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", pod_path.as_str()),
+        ("CNI_PATH", "/usr/lib/cni"),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0;K8S_POD_INFRA_CONTAINER_ID=ctr-keys",
+        ),
+    ];
+    for (key, value, want) in [
+        (
+            "mtu",
+            json!("1400"),
+            "mtu must be a whole number between 576 and 65535, not the string \"1400\"; write it without quotes",
+        ),
+        (
+            "hairpinMode",
+            json!("yes"),
+            "hairpinMode must be true or false, not the string \"yes\"",
+        ),
+        (
+            "subnetFile",
+            json!(7),
+            "subnetFile must be a path (a string), not the number 7",
+        ),
+    ] {
+        let mut conf = f.conf("1.1.0");
+        conf[key] = value;
+        let out = cni_call(&f.plugin, &f.host, &env, conf.to_string().as_bytes());
+        assert_eq!(out.code(), 7, "{key}: {out:?}");
+        assert_eq!(out.json()["details"], want, "{key}");
+        assert!(out.stderr.contains(want), "{key}: {}", out.stderr);
+        assert_eq!(f.host.links(), vec!["lo"], "{key}: the host was changed");
+        assert!(f.records().is_empty(), "{key}: an address was allocated");
+    }
+
+    // A misspelled key and a well-known one weft does not implement: the ADD goes on with the
+    // defaults, stdout holds only the result, and stderr and the log file say what was ignored.
+    let log = f.dir.path().join("weft.log");
+    let mut conf = f.conf("1.1.0");
+    conf["logFile"] = json!(log);
+    conf["hairpinmode"] = json!(false);
+    conf["ipam"] = json!({"type": "host-local", "subnet": "10.1.0.0/16"});
+    conf["runtimeConfig"] = json!({"portMappings": []});
+    conf["capabilities"] = json!({"portMappings": true});
+    conf["args"] = json!({"cni": {"labels": []}});
+    let out = cni_call(&f.plugin, &f.host, &env, conf.to_string().as_bytes()).ok();
+    let result = out.json();
+    assert_eq!(result["cniVersion"], "1.1.0", "stdout is the result alone");
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+    let hairpin = f
+        .host
+        .exec(
+            "cat",
+            &[&format!(
+                "/sys/class/net/{}/brport/hairpin_mode",
+                result["interfaces"][1]["name"].as_str().unwrap()
+            )],
+        )
+        .1;
+    assert_eq!(hairpin.trim(), "1", "the misspelled key changed nothing");
+    let misspelled = "config key \"hairpinmode\" is not one weft knows and is ignored; did you mean \"hairpinMode\"?";
+    let ipam = "config key \"ipam\" has no effect: weft assigns pod addresses itself, from subnet.env or the range key";
+    assert_eq!(
+        out.stderr,
+        format!("weft: warning: {misspelled}\nweft: warning: {ipam}\n"),
+        "one line per ignored key, nothing about the protocol's keys"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let context = format!("ADD container=ctr-keys ifname=eth0 netns={pod_path} pod=shop/cart-0");
+    assert!(
+        lines[0].ends_with(&format!("{context} warning: {misspelled}")),
+        "{text}"
+    );
+    assert!(
+        lines[1].ends_with(&format!("{context} warning: {ipam}")),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains(&format!("{context} took="))
+            && lines[2].contains(&format!(
+                " ok ip={}",
+                result["ips"][0]["address"].as_str().unwrap()
+            )),
+        "{text}"
+    );
+
+    // A failure names the pod on stderr and in the log too.
+    let out = cni_call(&f.plugin, &f.host, &env, conf.to_string().as_bytes());
+    assert_eq!(
+        out.code(),
+        4,
+        "a second ADD of the same attachment: {out:?}"
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with(&format!("weft: {context}: "))),
+        "{}",
+        out.stderr
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().last().is_some_and(
+            |l| l.contains(&format!("{context} took=")) && l.contains(" error code=4 ")
+        ),
+        "{text}"
+    );
+    let mut del_env = env.to_vec();
+    del_env[0] = ("CNI_COMMAND", "DEL");
+    cni_call(&f.plugin, &f.host, &del_env, conf.to_string().as_bytes()).ok();
+    assert!(f.records().is_empty());
+}
+
+#[test]
+fn the_shipped_plugin_is_static_runs_with_no_libraries_at_all_and_sets_up_a_pod() {
+    use weft_tests::shipped::{linkage, static_plugin, this_machine, Profile};
+    let shipped = static_plugin(Profile::Debug);
+    let linked = linkage(&shipped).unwrap();
+    assert_eq!(linked.machine, this_machine());
+    assert!(
+        linked.is_static(),
+        "{} is dynamically linked: {linked:?}",
+        shipped.display()
+    );
+    // The reader sees the difference: the workspace's own build is dynamic.
+    let dynamic = linkage(&bin("weft")).unwrap();
+    assert!(
+        dynamic.interpreter.is_some() && dynamic.needed.iter().any(|n| n == "libc.so.6"),
+        "{dynamic:?}"
+    );
+
+    // A root file system holding nothing but the plugin stands for a node whose libc is
+    // older than the build machine's (or absent): the static plugin answers there, the
+    // dynamic build cannot even start.
+    let versions_json = cni_call(
+        &bin("weft"),
+        &Netns::new("static"),
+        &[("CNI_COMMAND", "VERSION")],
+        b"{}",
+    )
+    .ok()
+    .json();
+    let in_empty_root = |plugin: &PathBuf, env: &[(&str, &str)], args: &[&str]| {
+        let root = tempfile::tempdir().unwrap();
+        weft_tests::procs::copy_executable(plugin, &root.path().join("weft"));
+        let mut cmd = std::process::Command::new("chroot");
+        cmd.arg(root.path())
+            .arg("/weft")
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().copied());
+        weft_tests::procs::run_input(&mut cmd, Some(b"{}"), std::time::Duration::from_secs(20))
+    };
+    let (code, out, err) = in_empty_root(&shipped, &[], &["--version"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("weft {WEFT_VERSION}\nCNI spec versions: ")),
+        "{out}"
+    );
+    let (code, out, err) = in_empty_root(&shipped, &[("CNI_COMMAND", "VERSION")], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), versions_json);
+    let (code, _, err) = in_empty_root(&bin("weft"), &[("CNI_COMMAND", "VERSION")], &[]);
+    assert_ne!(code, 0, "the dynamic build ran without its loader: {err}");
+
+    // And it does a plugin's work: a pod gets its address, reaches its gateway, and DEL
+    // takes everything away again.
+    let mut f = Fixture::new("static");
+    f.plugin = shipped;
+    let pod = Netns::new("static-pod");
+    let r = f.add("ctr-static", &pod, "1.1.0");
+    assert!(pod_ip(&r).starts_with("10.77.5."), "{r}");
+    assert!(pod.ping(GW4), "the pod cannot reach its gateway");
+    f.call("DEL", "ctr-static", Some(&pod), &f.conf("1.1.0"))
+        .ok();
     assert!(f.records().is_empty());
     assert!(f.host_veths().is_empty());
 }

@@ -11,7 +11,7 @@ use weft_tests::lab::{Lab, LabOptions, ETCD_PREFIX};
 use weft_tests::procs::bin;
 
 const READY: Duration = Duration::from_secs(60);
-/// The bound for repairs and lease changes to reach the kernel (issue 4: "within a second").
+/// The bound for repairs and lease changes to reach the kernel ("within a second").
 const WITHIN: Duration = Duration::from_secs(1);
 
 fn up(hosts: usize) -> Lab {

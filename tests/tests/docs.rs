@@ -1,7 +1,9 @@
 //! docs/configuration.md against the binaries: every flag `--help` shows is documented, with
-//! its environment variable, and every documented flag exists.
+//! its environment variable, and every documented flag exists. And every relative link in the
+//! repository's Markdown leads to a file that exists, and to a heading there when it names one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -159,4 +161,173 @@ fn the_flag_parser_of_this_test_sees_a_missing_flag() {
     let result = std::panic::catch_unwind(|| compare("weftd", &help, &rows, 0));
     let msg = *result.unwrap_err().downcast::<String>().unwrap();
     assert!(msg.contains("--ip-masq"), "{msg}");
+}
+
+/// Every Markdown file of the repository (build output and hidden directories left out).
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            if !name.starts_with('.') && name != "target" {
+                markdown_files(&path, out);
+            }
+        } else if name.ends_with(".md") {
+            out.push(path);
+        }
+    }
+}
+
+/// The lines of a Markdown text outside fenced code blocks.
+fn prose_lines(text: &str) -> Vec<&str> {
+    let mut fenced = false;
+    text.lines()
+        .filter(|l| {
+            if l.trim_start().starts_with("```") {
+                fenced = !fenced;
+                return false;
+            }
+            !fenced
+        })
+        .collect()
+}
+
+/// The anchors a Markdown renderer gives the headings of `text`: lower case, punctuation
+/// dropped, spaces turned into hyphens, `-1`, `-2`, … after repeats.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut seen = BTreeMap::<String, usize>::new();
+    let mut out = BTreeSet::new();
+    for line in prose_lines(text) {
+        let Some(title) = line
+            .strip_prefix('#')
+            .map(|t| t.trim_start_matches('#'))
+            .filter(|t| t.starts_with(' '))
+        else {
+            continue;
+        };
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        out.insert(if *n == 0 {
+            slug.clone()
+        } else {
+            format!("{slug}-{n}")
+        });
+        *n += 1;
+    }
+    out
+}
+
+/// `(line number, target)` of every inline link `[text](target)` outside code.
+fn links(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Inline code spans are not links.
+        let prose: String = line
+            .split('`')
+            .enumerate()
+            .filter(|(k, _)| k % 2 == 0)
+            .map(|(_, part)| part)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut rest = prose.as_str();
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            out.push((i + 1, rest[..end].to_string()));
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// Broken relative links in `file` (`target` missing, or no heading for its `#anchor`).
+fn broken_links(file: &Path, text: &str) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (line, target) in links(text) {
+        if target.contains("://") || target.starts_with("mailto:") {
+            continue;
+        }
+        let (path, anchor) = match target.split_once('#') {
+            Some((p, a)) => (p, Some(a)),
+            None => (target.as_str(), None),
+        };
+        let at = format!("{}:{line}: {target}", file.display());
+        let dest = file.parent().unwrap().join(path);
+        if !path.is_empty() && !dest.exists() {
+            broken.push(format!("{at}: no such file"));
+            continue;
+        }
+        if let Some(anchor) = anchor {
+            let headings = if path.is_empty() {
+                anchors(text)
+            } else {
+                anchors(&std::fs::read_to_string(&dest).unwrap_or_default())
+            };
+            if !headings.contains(anchor) {
+                broken.push(format!("{at}: no heading with this anchor"));
+            }
+        }
+    }
+    broken
+}
+
+#[test]
+fn every_relative_link_in_the_docs_leads_somewhere() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .canonicalize()
+        .unwrap();
+    let mut files = Vec::new();
+    markdown_files(&root, &mut files);
+    assert!(
+        files.iter().any(|f| f.ends_with("docs/install.md")),
+        "no Markdown found under {}",
+        root.display()
+    );
+    let mut broken = Vec::new();
+    for file in &files {
+        broken.extend(broken_links(file, &std::fs::read_to_string(file).unwrap()));
+    }
+    let root = format!("{}/", root.display());
+    let broken: Vec<String> = broken.iter().map(|b| b.replace(&root, "")).collect();
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn the_link_check_sees_a_missing_file_and_a_missing_heading() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("b.md"),
+        "# Title\n\n## Step 1: the `etcd` part\n\n## Twice\n\n## Twice\n\n```\n# not a heading\n```\n",
+    )
+    .unwrap();
+    let a = dir.path().join("a.md");
+    let text =
+        "[ok](b.md#step-1-the-etcd-part) [ok](b.md#twice-1) [ok](#here) [ok](https://x.invalid/)\n\
+        # Here\n\
+        [gone](c.md) [no heading](b.md#not-a-heading) `[code](d.md)`\n\
+        ```\n[fenced](e.md)\n```\n";
+    let broken = broken_links(&a, text);
+    assert_eq!(broken.len(), 2, "{broken:?}");
+    assert!(
+        broken[0].ends_with("a.md:3: c.md: no such file"),
+        "{broken:?}"
+    );
+    assert!(
+        broken[1].ends_with("a.md:3: b.md#not-a-heading: no heading with this anchor"),
+        "{broken:?}"
+    );
 }

@@ -1,4 +1,4 @@
-//! Hostile or mistaken leases in a running cluster (issue 6): each is refused with a warning
+//! Hostile or mistaken leases in a running cluster: each is refused with a warning
 //! naming it and a metric, and nothing in any host's kernel changes. (A lease whose route would
 //! shadow a host's own underlay needs a cluster network that overlaps the hosts' network, in
 //! which the hosts' own public IPs would be refused too; that case is covered by the plan's

@@ -1,10 +1,12 @@
-//! weft's container image (deploy/image): `deploy/image/build.sh --bin-dir <cargo's binaries>`
-//! builds it into a temporary podman storage, and the test checks what is in it — exactly
-//! weftd, netctl, the weft CNI plugin, nft and the shared libraries `ldd` lists for them, the
-//! two empty directories, the entrypoint and labels — and that each binary runs inside it
-//! (`podman run --network none`): weftd and netctl print the workspace version, the plugin
-//! answers CNI VERSION, nft prints its version and applies weft's masquerade ruleset in the
-//! container's own network namespace.
+//! weft's container image (deploy/image): `deploy/image/build.sh --bin-dir <cargo's binaries>
+//! --cni-plugin <the static plugin>` builds it into a temporary podman storage, and the test
+//! checks what is in it — exactly weftd, netctl, the weft CNI plugin (statically linked: the
+//! node runs it with its own libc), nft and the shared libraries `ldd` lists for weftd, netctl
+//! and nft, the two empty directories, the entrypoint and labels — and that each binary runs
+//! inside it (`podman run --network none`): weftd and netctl print the workspace version, the
+//! plugin its version and the CNI VERSION answer, nft prints its version and applies weft's
+//! masquerade ruleset in the container's own network namespace. build.sh refuses to ship a
+//! dynamically linked plugin.
 //!
 //! podman runs in the environment of `weft_tests::podman` (storage, runc state, /var/lib and
 //! /var/tmp in a temp dir, a test network namespace as its host); the Drop guard removes the
@@ -20,17 +22,19 @@ use serde_json::Value;
 use weft_agent::firewall::{render, MasqRules};
 use weft_tests::podman::{require_program, Podman};
 use weft_tests::procs::{bin, run_input};
+use weft_tests::shipped::{linkage, static_plugin, this_machine, Profile};
 
 /// The workspace version (weft-tests inherits it).
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const NFT: &str = "/usr/sbin/nft";
-/// The binaries the image carries, at their paths in the image, with their names in the
-/// cargo target directory.
-const WEFT_BINARIES: [(&str, &str); 3] = [
+/// weft's dynamically linked binaries in the image, with their names in the cargo target
+/// directory (the image carries the libraries they load).
+const DYNAMIC_BINARIES: [(&str, &str); 2] = [
     ("/usr/local/bin/weftd", "weftd"),
     ("/usr/local/bin/netctl", "netctl"),
-    ("/opt/weft/bin/weft", "weft"),
 ];
+/// The CNI plugin in the image, statically linked.
+const PLUGIN: &str = "/opt/weft/bin/weft";
 const EMPTY_DIRS: [&str; 2] = ["/etc/weft", "/run/weft"];
 /// Where rootful podman keeps its state by default; the test must create none of them.
 const DEFAULT_PODMAN_PATHS: [&str; 5] = [
@@ -41,7 +45,8 @@ const DEFAULT_PODMAN_PATHS: [&str; 5] = [
     "/var/lib/cni",
 ];
 /// Upper bound for everything in the image except weft's own binaries: glibc's loader,
-/// libc, libm, libgcc_s and nft with its eight libraries come to ≈ 5.6 MB on Debian 12. The
+/// libc, libm, libgcc_s (weftd, netctl) and nft with its eight libraries come to ≈ 5.6 MB on
+/// Debian 12. The
 /// bound catches a copied directory or an extra runtime, not a library update.
 const RUNTIME_MAX_BYTES: u64 = 16_000_000;
 /// Sanity bound for the whole image. Built from `cargo build` (debug) binaries with their
@@ -149,17 +154,44 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         "{NFT} not found: run `sudo bash tests/install-deps.sh` (it installs nftables)"
     );
     let bin_dir = bin("weftd").parent().unwrap().to_path_buf();
+    let plugin = static_plugin(Profile::Debug);
     let image = format!("localhost/weft:{VERSION}");
     let p = Podman::new("image");
     let temp = p.path("");
-
-    // Build: the script copies the binaries cargo already built, no cargo run, no pull.
     let script = repo_root().join("deploy/image/build.sh");
+
+    // The plugin in cargo's directory is the workspace's dynamic build: the script refuses to
+    // ship it, says what to use instead, and builds nothing.
     let (code, out, err) = run_input(
         p.command("bash")
             .arg(&script)
             .arg("--bin-dir")
             .arg(&bin_dir),
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, 1, "build.sh shipped a dynamic plugin:\n{err}\n{out}");
+    let weft_in_bin_dir = bin_dir.join("weft").display().to_string();
+    assert!(
+        err.contains(&format!("{weft_in_bin_dir} is dynamically linked"))
+            && err.contains("--cni-plugin")
+            && err.contains("cni-plugin/build-static.sh"),
+        "{err}"
+    );
+    assert_ne!(
+        p.podman(&["image", "exists", &image]).0,
+        0,
+        "an image was built"
+    );
+
+    // Build: the script copies the binaries cargo already built, no cargo run, no pull.
+    let (code, out, err) = run_input(
+        p.command("bash")
+            .arg(&script)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--cni-plugin")
+            .arg(&plugin),
         None,
         Duration::from_secs(180),
     );
@@ -209,16 +241,16 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         info["RootFS"]
     );
 
-    // Contents: exactly the four programs, the libraries ldd lists for them, two empty
-    // directories, and the directories leading to them. No shell, nothing else.
+    // Contents: exactly the four programs, the libraries ldd lists for the three dynamic ones,
+    // two empty directories, and the directories leading to them. No shell, nothing else.
     let mut libs = shared_libs(Path::new(NFT));
-    for (_, name) in WEFT_BINARIES {
+    for (_, name) in DYNAMIC_BINARIES {
         libs.extend(shared_libs(&bin_dir.join(name)));
     }
-    let programs: BTreeSet<String> = WEFT_BINARIES
+    let programs: BTreeSet<String> = DYNAMIC_BINARIES
         .iter()
         .map(|(path, _)| path.to_string())
-        .chain([NFT.to_string()])
+        .chain([PLUGIN.to_string(), NFT.to_string()])
         .collect();
     let want_files: BTreeSet<String> = programs.iter().chain(&libs).cloned().collect();
     let want_dirs: BTreeSet<String> = want_files
@@ -230,7 +262,14 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         .collect();
     let mount = p.ok(&["image", "mount", &image]);
     let tree = walk(Path::new(mount.trim()));
+    // The plugin the image ships (the file weftd install-cni copies to the node).
+    let shipped = linkage(&Path::new(mount.trim()).join(PLUGIN.trim_start_matches('/')));
     p.ok(&["image", "unmount", &image]);
+    let shipped = shipped.unwrap();
+    assert!(
+        shipped.is_static() && shipped.machine == this_machine(),
+        "the image's plugin is not a static executable for this machine: {shipped:?}"
+    );
     let files: BTreeSet<String> = tree
         .iter()
         .filter(|(_, e)| **e != Entry::Dir)
@@ -278,7 +317,7 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
             .sum()
     };
     let content = size_of(&|_| true);
-    let weft = size_of(&|p| WEFT_BINARIES.iter().any(|(w, _)| *w == p));
+    let weft = size_of(&|p| p == PLUGIN || DYNAMIC_BINARIES.iter().any(|(w, _)| *w == p));
     let image_size = info["Size"].as_u64().expect("image size");
     eprintln!(
         "image {image}: {} (files {}: weft binaries {}, loader + libraries + nft {})",
@@ -344,15 +383,14 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         .trim(),
         format!("netctl {VERSION}")
     );
-    // The plugin has no --version: CNI VERSION is its version answer. It must be the same
-    // as the one the binary cargo built gives.
+    // The plugin, run by hand, names itself and its CNI versions; its CNI VERSION answer is
+    // the one the binary cargo built gives.
+    assert_eq!(
+        run_in_image(&["--entrypoint", PLUGIN], &["--version"], None),
+        format!("weft {VERSION}\nCNI spec versions: 0.3.1, 0.4.0, 1.0.0, 1.1.0\n")
+    );
     let out = run_in_image(
-        &[
-            "--entrypoint",
-            "/opt/weft/bin/weft",
-            "--env",
-            "CNI_COMMAND=VERSION",
-        ],
+        &["--entrypoint", PLUGIN, "--env", "CNI_COMMAND=VERSION"],
         &[],
         None,
     );

@@ -104,6 +104,140 @@ fn install_cni_copies_the_plugin_writes_the_conflist_and_is_idempotent() {
     );
 }
 
+/// The warning weftd logs when a foreign CNI config sorts before weft's conflist.
+const SHADOWED: &str =
+    "sorts before 10-weft.conflist, and container runtimes use the first CNI config by name";
+
+#[test]
+fn install_cni_warns_about_a_dynamically_linked_plugin_and_not_about_the_static_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, c) = (dir.path().join("bin"), dir.path().join("net.d"));
+    let (bs, cs) = (b.display().to_string(), c.display().to_string());
+    // The workspace's own build links the shared C library.
+    let dynamic = bin("weft").display().to_string();
+    let (code, _, err) = weftd(&install_args(&bs, &cs, &dynamic));
+    assert_eq!(code, 0, "a warning, not a failure: {err}");
+    let warned: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("dynamically linked"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{err}");
+    assert!(
+        warned[0].contains("cni-plugin/build-static.sh") && warned[0].contains(&dynamic),
+        "{err}"
+    );
+    // What is shipped.
+    let shipped = weft_tests::shipped::static_plugin(weft_tests::shipped::Profile::Debug);
+    let (code, _, err) = weftd(&install_args(&bs, &cs, &shipped.display().to_string()));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("CNI plugin installed"), "{err}");
+    assert!(!err.contains("dynamically linked"), "{err}");
+    assert_eq!(
+        std::fs::read(b.join("weft")).unwrap(),
+        std::fs::read(&shipped).unwrap()
+    );
+}
+
+#[test]
+fn install_cni_warns_when_another_config_sorts_first_and_still_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, c) = (dir.path().join("bin"), dir.path().join("net.d"));
+    let (bs, cs) = (b.display().to_string(), c.display().to_string());
+    let plugin = bin("weft").display().to_string();
+    std::fs::create_dir_all(&c).unwrap();
+    let foreign = c.join("10-containerd-net.conflist");
+    std::fs::write(
+        &foreign,
+        r#"{"cniVersion":"1.0.0","name":"containerd-net","plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+
+    let (code, _, err) = weftd(&install_args(&bs, &cs, &plugin));
+    assert_eq!(
+        code, 0,
+        "a shadowed conflist is a warning, not a failure: {err}"
+    );
+    let warning = err
+        .lines()
+        .find(|l| l.contains(SHADOWED))
+        .unwrap_or_else(|| panic!("no warning about the shadowing config in:\n{err}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains(&format!("{} sorts before", foreign.display())),
+        "the warning names the file: {warning}"
+    );
+    assert!(warning.contains("remove it, or rename it"), "{warning}");
+    assert!(
+        c.join("10-weft.conflist").exists(),
+        "installed all the same"
+    );
+
+    // Renamed to sort after weft's: no warning.
+    std::fs::rename(&foreign, c.join("99-containerd-net.conflist")).unwrap();
+    let (code, _, err) = weftd(&install_args(&bs, &cs, &plugin));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("sorts before"), "{err}");
+
+    // The same warning from `weftd --install-cni`, which then goes on running the agent.
+    std::fs::write(
+        c.join("05-calico.conf"),
+        r#"{"name":"k8s-pod-network","type":"calico"}"#,
+    )
+    .unwrap();
+    let extra = [
+        "--install-cni",
+        "--cni-bin-dir",
+        bs.as_str(),
+        "--cni-conf-dir",
+        cs.as_str(),
+        "--cni-plugin-source",
+        plugin.as_str(),
+    ];
+    // etcd is unreachable on purpose: weftd stays up, unready, retrying.
+    let etcd = [
+        "--etcd-endpoints".to_string(),
+        "http://127.0.0.1:9".to_string(),
+    ];
+    let mut w = weft_tests::procs::Weftd::start("shadow", "192.0.2.45", &etcd, &extra);
+    let start = Instant::now();
+    while !w.proc.log_text().contains(SHADOWED) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no shadowing warning from weftd --install-cni:\n{}",
+            w.proc.log_text()
+        );
+        assert!(
+            w.proc.try_exit().is_none(),
+            "weftd exited:\n{}",
+            w.proc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = w.proc.log_text();
+    assert!(
+        log.contains(&format!("{}/05-calico.conf sorts before", c.display())),
+        "{log}"
+    );
+    // The agent runs on after the warning (it logs from its own module once it does).
+    while !w.proc.log_text().contains("weft_agent::daemon") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the agent did not start after the warning:\n{}",
+            w.proc.log_text()
+        );
+        assert!(
+            w.proc.try_exit().is_none(),
+            "a warning does not stop weftd:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = w
+        .proc
+        .stop(Duration::from_secs(5))
+        .expect("weftd stops on SIGTERM");
+    assert!(st.success(), "exit status {st}:\n{}", w.proc.log_text());
+}
+
 #[test]
 fn a_reader_never_sees_a_half_written_conflist() {
     let dir = tempfile::tempdir().unwrap();
@@ -117,7 +251,7 @@ fn a_reader_never_sees_a_half_written_conflist() {
         "plugins": [{"type": "weft", "padding": "x".repeat(256 * 1024)}]
     })
     .to_string();
-    let small = weft_agent::install_cni::DEFAULT_CONFLIST;
+    let small = weft_agent::host::install_cni::DEFAULT_CONFLIST;
     let (fa, fb) = (dir.path().join("a.json"), dir.path().join("b.json"));
     std::fs::write(&fa, &big).unwrap();
     std::fs::write(&fb, small).unwrap();

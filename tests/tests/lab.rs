@@ -498,6 +498,11 @@ fn dual_stack_pods_reach_each_other_over_ipv4_and_ipv6() {
         }
         let (code, out, err) = lab.netctl_check(h);
         assert_eq!(code, 0, "netctl check on h{h}: {out}{err}");
+        // Judged against the host's own conflist: cni0's and the pods' MTUs included.
+        assert!(
+            out.contains("CNI config runtimes use: ") && out.contains("/net.d/10-weft.conflist"),
+            "{out}"
+        );
     }
     let (code, table, err) = lab.netctl(&["leases"]);
     assert_eq!(code, 0, "{err}");
@@ -572,4 +577,383 @@ fn ipv6_only_over_host_gw() {
     let s2 = lab.subnet6(2).unwrap();
     let want = format!("{}/64 via {} dev eth0", s2.network(), lab.host_ip6(2));
     assert!(routes6.contains(&want), "h1 lacks `{want}`:\n{routes6}");
+}
+
+// --- the lab command (tests/lab.sh, weft-lab) ------------------------------------------------
+
+/// A lab started through the `weft-lab` binary, by a name unique to this test. Dropping it
+/// stops a run still going (SIGTERM: weft-lab tears its lab down), ends the lab if it is
+/// still up, deletes namespaces of its name that are left, and removes the directories the
+/// test was told about.
+struct CliLab {
+    name: String,
+    run: Option<std::process::Child>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl CliLab {
+    fn new(tag: &str) -> CliLab {
+        CliLab {
+            name: format!("cli{}-{tag}", std::process::id()),
+            run: None,
+            dirs: Vec::new(),
+        }
+    }
+
+    fn state_file(&self) -> std::path::PathBuf {
+        Path::new(weft_tests::lab::STATE_ROOT)
+            .join(&self.name)
+            .join("state.json")
+    }
+
+    fn state(&self) -> weft_tests::lab::LabState {
+        weft_tests::lab::load_state(&self.state_file()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Drop VXLAN between the hosts (a firewall on the underlay): nothing crosses hosts.
+    /// Waits for the switch's bridge first: a bridge-family chain made in a namespace before
+    /// it has a bridge sees no frames at all (seen on this kernel).
+    fn drop_vxlan_on_the_switch(&self) {
+        let switch = format!("{}-sw", self.name);
+        let start = Instant::now();
+        loop {
+            let mut cmd = Command::new("ip");
+            cmd.args(["-n", &switch, "link", "show", "br0"]);
+            if run_bounded(cmd, Duration::from_secs(10)).0 == 0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no br0 in {switch}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let rules = "table bridge weft_lab_test {\n  chain drop_vxlan {\n    \
+                     type filter hook forward priority 0; policy accept;\n    \
+                     udp dport 8472 drop\n  }\n}\n";
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &switch, "nft", "-f", "-"]);
+        let (code, _, err) =
+            weft_tests::procs::run_input(&mut cmd, Some(rules.as_bytes()), Duration::from_secs(10));
+        assert_eq!(code, 0, "nft in the switch: {err}");
+    }
+}
+
+impl Drop for CliLab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.run.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.state_file().exists() {
+            if let Err(e) = teardown_from_state(&self.state_file()) {
+                eprintln!("{e}");
+            }
+        }
+        let name: weft_tests::lab::LabName = self.name.parse().expect("a valid name");
+        if let Err(weft_tests::lab::LabError::LeftoverNamespaces { namespaces, .. }) =
+            weft_tests::lab::check_name_free(&name)
+        {
+            for ns in namespaces {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "del", &ns]);
+                run_bounded(cmd, Duration::from_secs(30));
+            }
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// `weft-lab <args>` to its end (bounded): (exit code, stdout, stderr).
+fn weft_lab(args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(weft_tests::procs::bin("weft-lab"));
+    cmd.args(args).env_remove("WEFT_LAB_SCRIPT");
+    run_bounded(cmd, Duration::from_secs(180))
+}
+
+/// The commands of a `--keep` run's "To look at it" block, each with what it shows.
+fn pasteable_commands(stdout: &str, name: &str) -> Vec<(String, String)> {
+    let heading = format!("The lab {name} is up. To look at it, as root:\n");
+    let block = stdout
+        .split_once(&heading)
+        .unwrap_or_else(|| panic!("no commands in:\n{stdout}"))
+        .1;
+    let lines: Vec<&str> = block.lines().take_while(|l| l.starts_with("  ")).collect();
+    lines
+        .chunks(2)
+        .map(|pair| {
+            let what = pair[0].strip_prefix("  # ").expect("a comment line");
+            (pair[1].trim().to_string(), what.to_string())
+        })
+        .collect()
+}
+
+/// `bash -c <line>`, as a root shell runs a pasted line: (exit code, stdout + stderr).
+fn paste(line: &str) -> (i32, String) {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", line]).env_remove("WEFT_BIN_DIR");
+    let (code, out, err) = run_bounded(cmd, Duration::from_secs(60));
+    (code, out + &err)
+}
+
+#[test]
+fn a_kept_lab_is_probed_and_torn_down_by_name_with_the_commands_it_prints() {
+    let lab = CliLab::new("keep");
+    let (code, out, err) = weft_lab(&[
+        "--name",
+        &lab.name,
+        "--hosts",
+        "2",
+        "--pods-per-host",
+        "1",
+        "--ipv6-network",
+        "fd00:41::/56",
+        "--keep",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Dual-stack: one matrix per family, each with both pods and both hosts.
+    let v4 = out
+        .find("\nIPv4 ping from (rows) to (columns)")
+        .expect(&out);
+    let v6 = out
+        .find("\nIPv6 ping from (rows) to (columns)")
+        .expect(&out);
+    assert!(v4 < v6, "{out}");
+    assert!(out.contains("\nall 8 probes answered\n"), "{out}");
+    let state = lab.state();
+    assert!(state.kept);
+    for p in &state.pods {
+        assert!(out.contains(&p.ip.unwrap().to_string()), "{out}");
+        assert!(out.contains(&p.ip6.unwrap().to_string()), "{out}");
+    }
+
+    // Every printed command works when pasted; the teardown one is kept for last.
+    let commands = pasteable_commands(&out, &lab.name);
+    assert_eq!(commands.len(), 7, "{out}");
+    let teardown = commands
+        .iter()
+        .find(|(c, _)| c.ends_with(&format!("--teardown {}", lab.name)))
+        .expect("a teardown command")
+        .0
+        .clone();
+    let mut seen = Vec::new();
+    for (line, what) in commands.iter().filter(|(c, _)| *c != teardown) {
+        let (code, output) = paste(line);
+        assert_eq!(code, 0, "`{line}` ({what}):\n{output}");
+        seen.push(output);
+    }
+    let all = seen.join("\n");
+    assert!(
+        all.contains("10.99.0.11") && all.contains("10.99.0.12"),
+        "leases: {all}"
+    );
+    assert!(
+        all.contains("ok: kernel, subnet.env and CNI config match the leases"),
+        "check: {all}"
+    );
+    assert!(all.contains("\nweft_lease_held 1\n"), "metrics: {all}");
+    assert!(all.contains("1 received"), "ping: {all}");
+    for log in [
+        &state.hosts[0].weftd_log,
+        &state.hosts[0].cni_log,
+        &state.etcd_log(),
+    ] {
+        assert!(
+            all.contains(&format!("==> {} <==", log.display())),
+            "tail: {all}"
+        );
+    }
+    assert!(all.contains("\nall 8 probes answered\n"), "probe: {all}");
+
+    // A break in the underlay: --probe fails and says where the logs are.
+    lab.drop_vxlan_on_the_switch();
+    let (code, out, err) = weft_lab(&["--probe", &lab.name]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("pod -> pod, across hosts     0/2 ok"), "{out}");
+    assert!(out.contains("FAILED: 8 of 8 probes:"), "{out}");
+    let logs = format!("Logs of lab {}: {}: ", lab.name, state.dir.display());
+    assert!(out.contains(&logs), "{out}");
+    assert!(state.dir.join("h1/weftd.1.log").exists());
+
+    // The printed teardown ends it: nothing is left.
+    let pids: Vec<u32> = state.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids.len(), 3, "two weftd and etcd");
+    let (code, output) = paste(&teardown);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains(&format!("lab {} torn down", lab.name)),
+        "{output}"
+    );
+    assert_all_gone(&state.namespaces, &pids, &state.dir, &lab.state_file());
+    // Again: already gone is fine.
+    let (code, _, err) = weft_lab(&["--teardown", &lab.name]);
+    assert_eq!(code, 0);
+    assert!(
+        err.contains(&format!("no lab named {} is up", lab.name)),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_lab_run_that_fails_keeps_its_logs_and_says_where() {
+    let mut lab = CliLab::new("fail");
+    let out_file = tempfile::NamedTempFile::new().unwrap();
+    let err_file = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new(weft_tests::procs::bin("weft-lab"));
+    cmd.args(["--name", &lab.name, "--hosts", "2", "--pods-per-host", "1"])
+        .args(["--ipv6-network", "fd00:42::/56", "--ipv6-only"])
+        .env_remove("WEFT_LAB_SCRIPT")
+        .stdin(std::process::Stdio::null())
+        .stdout(out_file.reopen().unwrap())
+        .stderr(err_file.reopen().unwrap());
+    lab.run = Some(cmd.spawn().expect("spawn weft-lab"));
+
+    // The switch comes first (etcd, then the hosts follow): break it before any probe.
+    lab.drop_vxlan_on_the_switch();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = lab.run.as_mut().unwrap().try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "weft-lab did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = std::fs::read_to_string(out_file.path()).unwrap();
+    let err = std::fs::read_to_string(err_file.path()).unwrap();
+    assert_eq!(status.code(), Some(1), "{out}\n{err}");
+
+    // The lab is gone, its logs are where the output says.
+    let (_, rest) = out
+        .split_once("The lab is torn down; its logs are kept in ")
+        .unwrap_or_else(|| panic!("no kept logs in:\n{out}"));
+    let dir = std::path::PathBuf::from(rest.split(": weftd's in ").next().unwrap());
+    lab.dirs.push(dir.clone());
+    assert!(dir.is_absolute() && dir.is_dir(), "{}", dir.display());
+    for log in [
+        "h1/weftd.1.log",
+        "h2/weftd.1.log",
+        "h1/cni.log",
+        "h2/cni.log",
+        "etcd.log",
+    ] {
+        let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+        assert!(
+            !text.is_empty(),
+            "{log} is empty or missing in {}",
+            dir.display()
+        );
+    }
+    let weftd = std::fs::read_to_string(dir.join("h1/weftd.1.log")).unwrap();
+    assert!(
+        weftd.contains("fd00:42:"),
+        "h1's log names its IPv6 subnet:\n{weftd}"
+    );
+    assert!(!dir.join("etcd-data").exists(), "etcd's data is not a log");
+    assert!(!lab.state_file().exists());
+    let prefix = format!("{}-", lab.name);
+    let left: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+
+    // IPv6-only: the pods are shown with their IPv6 addresses, in one (IPv6) matrix.
+    assert!(!out.contains("0.0.0.0"), "{out}");
+    assert!(!out.contains("IPv4 ping from"), "{out}");
+    assert_eq!(out.matches("IPv6 ping from (rows)").count(), 1, "{out}");
+    let pods = out.split_once("pods:\n").unwrap().1;
+    for pod in ["h1p1", "h2p1"] {
+        let line = pods
+            .lines()
+            .find(|l| l.trim_start().starts_with(pod))
+            .unwrap_or_else(|| panic!("{pod} not listed:\n{out}"));
+        assert!(line.contains("fd00:42:"), "{line}");
+    }
+    assert!(out.contains("pod -> pod, across hosts     0/2 ok"), "{out}");
+}
+
+#[test]
+fn lab_sh_checks_its_arguments_before_installing_or_building_anything() {
+    // cargo and apt-get, as lab.sh finds them, note each call (cargo then runs as usual).
+    let stubs = tempfile::tempdir().unwrap();
+    let calls = stubs.path().join("calls");
+    let real_cargo = {
+        let (code, out, _) = run_bounded(
+            {
+                let mut c = Command::new("bash");
+                c.args(["-c", "command -v cargo"]);
+                c
+            },
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, 0, "cargo on PATH");
+        out.trim().to_string()
+    };
+    for (tool, then) in [
+        ("cargo", format!("exec {real_cargo} \"$@\"")),
+        ("apt-get", "exit 1".to_string()),
+    ] {
+        let path = stubs.path().join(tool);
+        let script = format!(
+            "#!/bin/sh\necho \"{tool} $*\" >> {}\n{then}\n",
+            calls.display()
+        );
+        std::fs::write(&path, script).unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        stubs.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab.sh");
+    let lab_sh = |args: &[&str]| {
+        let _ = std::fs::remove_file(&calls);
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).args(args).env("PATH", &path);
+        let (code, out, err) = run_bounded(cmd, Duration::from_secs(300));
+        let made = std::fs::read_to_string(&calls).unwrap_or_default();
+        (code, out, err, made)
+    };
+    for (args, needle) in [
+        (&["--host", "2"][..], "unexpected argument '--host'"),
+        (&["--hosts", "0"][..], "--hosts 0: a lab has 1 to 200 hosts"),
+        (
+            &["--teardown", "--keep"][..],
+            "cannot be used with '--keep'",
+        ),
+    ] {
+        let (code, out, err, made) = lab_sh(args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(
+            made.trim(),
+            format!(
+                "cargo run -q -p weft-lab-cli --bin weft-lab-args -- {}",
+                args.join(" ")
+            ),
+            "{args:?}: only the argument check runs"
+        );
+    }
+    let (code, out, err, made) = lab_sh(&["--help"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Usage: tests/lab.sh [OPTIONS]"), "{out}");
+    assert!(
+        out.contains("--teardown [<NAME>]") && out.contains("--probe [<NAME>]"),
+        "{out}"
+    );
+    assert_eq!(made.lines().count(), 1, "{made}");
 }

@@ -230,7 +230,7 @@ fn podman_containers_on_a_weft_network_reach_each_other_and_free_their_addresses
         // podman's attachment went through weft: its log names the container and address.
         let log = p.weft_log();
         assert!(
-            log.contains(&format!("Add container={id} ifname=eth0"))
+            log.contains(&format!("ADD container={id} ifname=eth0"))
                 && log.contains(&format!("ok ip={ip}/24")),
             "weft log lacks the ADD of {name} ({id}, {ip}):\n{log}"
         );
@@ -301,7 +301,7 @@ fn podman_containers_on_a_weft_network_reach_each_other_and_free_their_addresses
     let log = p.weft_log();
     for id in &ids {
         assert!(
-            log.contains(&format!("Del container={id} ifname=eth0")),
+            log.contains(&format!("DEL container={id} ifname=eth0")),
             "no DEL for {id}:\n{log}"
         );
     }

@@ -298,7 +298,7 @@ fn a_missing_or_unreadable_tls_file_stops_weftd_at_start_naming_it() {
     );
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("client key") && err.contains("--etcd-keyfile") && err.contains(&key),
+        err.contains("--etcd-keyfile") && err.contains(&key) && err.contains("cannot read it"),
         "{err}"
     );
     assert!(!dir.path().join("subnet.env").exists());

@@ -130,79 +130,192 @@ async fn weftd_is_unready_until_the_network_config_appears() {
     assert!(w.subnet_env().contains("FLANNEL_NETWORK=10.244.0.0/16"));
 }
 
+/// One bad start: the flags that differ from a good start, the exit status, the cause that
+/// must be printed exactly once, and other text the message must hold.
+struct BadStart {
+    flags: Vec<String>,
+    code: i32,
+    cause: String,
+    also: Vec<String>,
+}
+
+fn bad(flags: &[&str], code: i32, cause: &str, also: &[&str]) -> BadStart {
+    BadStart {
+        flags: flags.iter().map(|s| s.to_string()).collect(),
+        code,
+        cause: cause.into(),
+        also: also.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weftd_rejects_bad_input_with_a_clear_error_and_changes_nothing() {
+async fn weftd_rejects_bad_input_with_a_clear_error_that_says_each_cause_once_and_changes_nothing()
+{
     let etcd = Etcd::start().await;
     let store = etcd.store(PREFIX).await;
     store.put_config(CONFIG).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let bad_conf = dir.path().join("net-conf.json");
-    std::fs::write(&bad_conf, r#"{"Network":"10.244.0.0/16","SubnetLen":40}"#).unwrap();
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            vec!["--net-config".into(), bad_conf.display().to_string()],
-            "\"SubnetLen\"",
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let long_subnet = file("long.json", r#"{"Network":"10.244.0.0/16","SubnetLen":40}"#);
+    let no_network = file("no-network.json", r#"{"SubnetLen":24}"#);
+    let twice = file(
+        "twice.json",
+        r#"{"Network":"10.244.0.0/16","network":"10.245.0.0/16"}"#,
+    );
+    let missing = dir.path().join("missing.json").display().to_string();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port().to_string();
+    let cases = vec![
+        bad(
+            &["--net-config", &long_subnet],
+            2,
+            r#"key "SubnetLen": /40 leaves no room for pods"#,
+            &[&long_subnet],
         ),
-        (
-            vec![
-                "--net-config".into(),
-                dir.path().join("missing.json").display().to_string(),
+        bad(
+            &["--net-config", &no_network],
+            2,
+            r#"missing required key "Network""#,
+            &[&no_network],
+        ),
+        bad(
+            &["--net-config", &twice],
+            2,
+            r#"key "Network" is given 2 times (as "Network", "network")"#,
+            &[],
+        ),
+        bad(
+            &["--net-config", &missing],
+            2,
+            "No such file or directory",
+            &[&missing],
+        ),
+        // Before any config exists (none under this prefix), and with the interfaces listed.
+        bad(
+            &[
+                "--iface",
+                "no-such-iface0",
+                "--etcd-prefix",
+                "/no-config-here",
             ],
-            "missing.json",
+            2,
+            r#"--iface "no-such-iface0": no such interface or address on this host"#,
+            &["the interfaces here are lo (127.0.0.1)"],
         ),
-        (
-            vec!["--iface".into(), "no-such-iface0".into()],
-            "no-such-iface0",
-        ), // replaces --iface lo
-        (
-            vec!["--subnet-lease-ttl".into(), "forever".into()],
-            "--subnet-lease-ttl",
+        bad(
+            &["--subnet-lease-ttl", "forever"],
+            2,
+            r#"--subnet-lease-ttl "forever": expected a duration such as 24h or 90s"#,
+            &[],
         ),
-        (vec!["--iface-regex".into(), "(".into()], "--iface-regex"),
-        (
-            vec!["--etcd-cafile".into(), "/nonexistent/ca.pem".into()],
+        bad(
+            &["--iface-regex", "("],
+            2,
+            r#"--iface-regex "(" is not a valid regular expression: unclosed group"#,
+            &[],
+        ),
+        bad(
+            &["--public-ip", "127.0.0.1"],
+            2,
+            "--public-ip 127.0.0.1 is not a unicast host address",
+            &["every peer would refuse this node's lease"],
+        ),
+        bad(
+            &["--public-ipv6", "ff02::1"],
+            2,
+            "--public-ipv6 ff02::1 is not a unicast host address",
+            &[],
+        ),
+        bad(
+            &["--public-ip", "10.244.7.7"],
+            2,
+            "--public-ip 10.244.7.7 is inside the cluster network 10.244.0.0/16",
+            &[],
+        ),
+        bad(
+            &["--healthz-ip", "127.0.0.1", "--healthz-port", &taken_port],
+            1,
+            "Address already in use",
+            &[&format!("health server on 127.0.0.1:{taken_port}")],
+        ),
+        bad(
+            &["--etcd-cafile", "/nonexistent/ca.pem"],
+            2,
             "plain http",
+            &[],
         ),
-        (
-            vec![
-                "--etcd-endpoints".into(),
-                "https://127.0.0.1:1".into(),
-                "--etcd-cafile".into(),
-                "/nonexistent/ca.pem".into(),
+        bad(
+            &[
+                "--etcd-endpoints",
+                "https://127.0.0.1:1",
+                "--etcd-cafile",
+                "/nonexistent/ca.pem",
             ],
+            2,
             "/nonexistent/ca.pem",
+            &[],
         ),
-        (
-            vec!["--etcd-endpoints".into(), "127.0.0.1:2379".into()],
+        bad(
+            &["--etcd-endpoints", "127.0.0.1:2379"],
+            2,
             "must start with http",
+            &[],
         ),
     ];
-    for (extra, needle) in cases {
+    let subnet_file = dir.path().join("subnet.env").display().to_string();
+    let mut defaults: Vec<(String, String)> = [
+        ("--node-name", "bad"),
+        ("--public-ip", "192.0.2.99"),
+        ("--healthz-port", "0"),
+        ("--iface", "lo"),
+        ("--subnet-file", &subnet_file),
+    ]
+    .iter()
+    .map(|(f, v)| (f.to_string(), v.to_string()))
+    .collect();
+    defaults.extend(
+        etcd.cli_args()
+            .chunks(2)
+            .map(|fv| (fv[0].clone(), fv[1].clone())),
+    );
+    for case in cases {
         let mut cmd = std::process::Command::new(weft_tests::procs::bin("weftd"));
-        cmd.args([
-            "--node-name",
-            "bad",
-            "--public-ip",
-            "192.0.2.99",
-            "--healthz-port",
-            "0",
-        ]);
-        if !extra.iter().any(|a| a == "--iface") {
-            cmd.args(["--iface", "lo"]);
+        for (flag, value) in &defaults {
+            if !case.flags.contains(flag) {
+                cmd.args([flag, value]);
+            }
         }
-        if !extra.iter().any(|a| a == "--etcd-endpoints") {
-            cmd.args(etcd.cli_args());
-        }
-        cmd.args(["--subnet-file"])
-            .arg(dir.path().join("subnet.env"));
-        cmd.args(&extra);
+        cmd.args(&case.flags).env("WEFT_LOG", "info");
+        let flags = &case.flags;
         let (code, _out, err) = weft_tests::procs::run_bounded(cmd, Duration::from_secs(30));
-        assert_eq!(code, 2, "{extra:?}: exit {code}\n{err}");
-        assert!(
-            err.contains(needle),
-            "{extra:?}: stderr lacks {needle:?}:\n{err}"
+        assert_eq!(code, case.code, "{flags:?}: exit {code}\n{err}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{flags:?}: one error line:\n{err}");
+        assert_eq!(
+            errors[0].matches(case.cause.as_str()).count(),
+            1,
+            "{flags:?}: the cause {:?} once in {:?}",
+            case.cause,
+            errors[0]
         );
+        assert_eq!(
+            err.matches(case.cause.as_str()).count(),
+            1,
+            "{flags:?}:\n{err}"
+        );
+        for text in &case.also {
+            assert!(
+                errors[0].contains(text.as_str()),
+                "{flags:?}: {text:?} in {:?}",
+                errors[0]
+            );
+        }
     }
+    drop(taken);
     assert!(
         store.snapshot(false).await.unwrap().entries.is_empty(),
         "no lease was written"
@@ -210,6 +323,126 @@ async fn weftd_rejects_bad_input_with_a_clear_error_and_changes_nothing() {
     assert!(
         !dir.path().join("subnet.env").exists(),
         "no subnet.env was written"
+    );
+}
+
+#[test]
+fn install_cni_exits_2_on_bad_input_and_1_when_the_host_refuses_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let plugin = write("weft-plugin", "\x7fELF not really");
+    let no_weft = write(
+        "other.conflist",
+        r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"bridge"}]}"#,
+    );
+    let not_a_dir = write("not-a-dir", "");
+    let bin_dir = dir.path().join("bin").display().to_string();
+    let conf_dir = dir.path().join("net.d").display().to_string();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["--cni-conf-source", "/nonexistent/x.conflist"],
+            2,
+            "/nonexistent/x.conflist",
+        ),
+        (vec!["--cni-conf-source", &no_weft], 2, "no plugin of type"),
+        (
+            vec!["--cni-plugin-source", "/nonexistent/weft"],
+            2,
+            "/nonexistent/weft",
+        ),
+        (vec!["--cni-conf-dir", &not_a_dir], 1, "not-a-dir"),
+    ];
+    for (flags, want, needle) in cases {
+        let mut cmd = std::process::Command::new(weft_tests::procs::bin("weftd"));
+        cmd.arg("install-cni");
+        for (flag, value) in [
+            ("--cni-plugin-source", plugin.as_str()),
+            ("--cni-bin-dir", bin_dir.as_str()),
+            ("--cni-conf-dir", conf_dir.as_str()),
+        ] {
+            if !flags.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.args(&flags);
+        let (code, _out, err) = weft_tests::procs::run_bounded(cmd, Duration::from_secs(30));
+        assert_eq!(code, want, "{flags:?}: exit {code}\n{err}");
+        assert!(err.contains(needle), "{flags:?}: {needle:?} in\n{err}");
+    }
+    assert!(
+        !dir.path().join("net.d").exists(),
+        "no conflist was installed by a failed run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flannel_spellings_are_read_as_flannel_reads_them_and_each_notice_is_reported_once() {
+    let etcd = Etcd::start().await;
+    let store = etcd.store(PREFIX).await;
+    // flannel (Go's encoding/json) reads this as host-gw on 10.244.0.0/16.
+    store
+        .put_config(br#"{"network":"10.244.0.0/16","backend":{"Type":"Host-GW","Prot":8472}}"#)
+        .await
+        .unwrap();
+    let w = Weftd::start("node-f", "192.0.2.15", &etcd.cli_args(), &[]);
+    w.wait_ready(READY).await;
+    let (_, attrs) = lease_of(&store, "node-f")
+        .await
+        .expect("a lease with our NodeName");
+    assert_eq!(
+        attrs.backend_type, "host-gw",
+        "the backend flannel would use"
+    );
+    assert!(
+        w.subnet_env().contains("FLANNEL_NETWORK=10.244.0.0/16\n"),
+        "{}",
+        w.subnet_env()
+    );
+    let notices = [
+        r#"network config key "network" is read as "Network" (keys match case-insensitively, as in flannel); spell it "Network""#,
+        r#"network config key "backend" is read as "Backend""#,
+        r#"network config key "Backend.Type" has the value "Host-GW", read as "host-gw""#,
+        r#"network config key "Backend.Prot" is not one weft knows, so it is ignored; did you mean "Backend.Port"?"#,
+    ];
+    let log = w.proc.log_text();
+    for n in notices {
+        assert_eq!(
+            log.matches(n).count(),
+            1,
+            "{n:?} once in weftd's log:\n{log}"
+        );
+    }
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("key=Backend.Prot")
+            && l.contains("kind=unknown-key")),
+        "structured fields:\n{log}"
+    );
+
+    for output in ["table", "json"] {
+        let (code, out, err) = netctl(&args_with(&etcd, &["config", "-o", output]));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("host-gw"), "{out}");
+        for n in notices {
+            assert_eq!(
+                err.matches(n).count(),
+                1,
+                "{n:?} once in netctl's stderr:\n{err}"
+            );
+        }
+        assert_eq!(err.lines().count(), notices.len(), "{err}");
+        assert!(err.lines().all(|l| l.starts_with("warning: ")), "{err}");
+    }
+    let (_, out, _) = netctl(&args_with(&etcd, &["config", "-o", "json"]));
+    let cfg: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cfg["Network"], "10.244.0.0/16");
+    assert_eq!(
+        cfg["Backend"]["Type"], "host-gw",
+        "written back as documented"
     );
 }
 
@@ -234,11 +467,11 @@ async fn weftd_and_netctl_keep_working_when_any_one_of_three_members_stops() {
         // A new peer appears: weftd's watch still delivers.
         let peer_store = etcd.store(PREFIX).await;
         let peer = format!("peer-{round}");
-        let mut k = weft_agent::keeper::LeaseKeeper::new(
+        let mut k = weft_agent::lease::keeper::LeaseKeeper::new(
             std::sync::Arc::new(peer_store),
             weft_agent::config::NetConfig::parse(CONFIG).unwrap(),
-            weft_agent::keeper::KeeperSettings {
-                identity: weft_agent::pick::Identity {
+            weft_agent::lease::keeper::KeeperSettings {
+                identity: weft_agent::lease::pick::Identity {
                     node_name: peer.clone(),
                     public_ip: Some(format!("192.0.2.{}", 100 + round).parse().unwrap()),
                     public_ip_v6: None,
@@ -372,14 +605,30 @@ async fn netctl_leases_and_config_show_known_leases() {
         .await
         .unwrap();
 
-    let (code, out, err) = netctl(&args_with(&etcd, &["leases"]));
+    // No subnet file here: no row is this host's.
+    let dir = tempfile::tempdir().unwrap();
+    let no_file = dir.path().join("absent.env").display().to_string();
+    let leases = |more: &[&str]| {
+        let mut a = vec!["leases", "--subnet-file", no_file.as_str()];
+        a.extend(more);
+        netctl(&args_with(&etcd, &a))
+    };
+    let (code, out, err) = leases(&[]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
     let cols = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     assert_eq!(
         cols(lines[0]),
-        ["SUBNET", "NODE", "PUBLIC-IP", "BACKEND", "VTEP-MAC", "TTL"]
+        [
+            "SUBNET",
+            "NODE",
+            "PUBLIC-IP",
+            "BACKEND",
+            "VTEP-MAC",
+            "TTL",
+            "STATUS"
+        ]
     );
     assert_eq!(
         cols(lines[1]),
@@ -389,12 +638,27 @@ async fn netctl_leases_and_config_show_known_leases() {
             "192.0.2.2",
             "host-gw",
             "-",
+            "-",
             "reserved"
         ]
     );
+    // Garbage under a subnet key is invalid, not a reservation.
     assert_eq!(
         cols(lines[2]),
-        ["10.244.3.0/24", "-", "-", "-", "-", "reserved"]
+        [
+            "10.244.3.0/24",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "invalid:",
+            "value",
+            "is",
+            "not",
+            "lease",
+            "JSON"
+        ]
     );
     assert_eq!(
         cols(lines[3]),
@@ -404,6 +668,7 @@ async fn netctl_leases_and_config_show_known_leases() {
             "192.0.2.9",
             "vxlan",
             "02:00:00:00:00:09",
+            "-",
             "reserved"
         ]
     );
@@ -423,16 +688,52 @@ async fn netctl_leases_and_config_show_known_leases() {
         "TTL cell {}",
         row[5]
     );
+    assert_eq!(row[6], "ok");
     assert!(
         err.contains("lease 10.244.3.0-24 is invalid"),
         "invalid leases are reported on stderr: {err}"
     );
 
-    let (code, out, _) = netctl(&args_with(&etcd, &["leases", "-o", "json"]));
+    // The lease of the host netctl runs on (its subnet.env) is marked.
+    let env = dir.path().join("subnet.env");
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.9.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let env_s = env.display().to_string();
+    let (code, out, err) = netctl(&args_with(&etcd, &["leases", "--subnet-file", &env_s]));
+    assert_eq!(code, 0, "{err}");
+    let marked: Vec<&str> = out.lines().filter(|l| l.starts_with('*')).collect();
+    assert_eq!(marked.len(), 1, "{out}");
+    assert!(marked[0].contains("10.244.9.0/24"), "{out}");
+
+    // --node: by NodeName, or by public IP for a lease that names no node.
+    let (code, out, err) = leases(&["--node", "gw-node"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("10.244.2.0/24"), "{out}");
+    let (code, out, _) = leases(&["--node", "192.0.2.10", "-o", "json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(v[0]["subnet"], "10.244.10.0/24");
+    let (code, out, err) = leases(&["--node", "nosuch"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("no lease of node nosuch"), "{err}");
+
+    let (code, out, _) = leases(&["-o", "json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["status"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["reserved", "invalid", "reserved", "ok"]
+    );
     assert_eq!(rows[0]["subnet"], "10.244.2.0/24");
     assert_eq!(rows[0]["reserved"], true);
     assert_eq!(rows[0]["ttlSeconds"], serde_json::Value::Null);
@@ -450,10 +751,10 @@ async fn netctl_leases_and_config_show_known_leases() {
     assert!((7000..=7200).contains(&ttl), "{ttl}");
     assert!(rows[3]["expires"].as_str().unwrap().ends_with('Z'));
 
-    let (code, out, _) = netctl(&args_with(&etcd, &["leases", "-o", "wide"]));
+    let (code, out, _) = leases(&["-o", "wide"]);
     assert_eq!(code, 0);
     assert!(out.lines().next().unwrap().contains("EXPIRES"));
-    assert!(out.contains("invalid: value is not lease JSON"), "{out}");
+    assert!(out.contains("invalid: value is not lease JSON: "), "{out}");
 
     let (code, out, _) = netctl(&args_with(&etcd, &["config"]));
     assert_eq!(code, 0);
@@ -461,6 +762,41 @@ async fn netctl_leases_and_config_show_known_leases() {
         out.contains("Network") && out.contains("10.244.0.0/16") && out.contains("SubnetLen"),
         "{out}"
     );
+    assert!(
+        out.starts_with(&format!(
+            "network config from etcd key {PREFIX}/config at {}\n",
+            etcd.endpoints().join(",")
+        )),
+        "{out}"
+    );
+    let value = |out: &str, key: &str| {
+        out.lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(key)).then(|| w.collect::<Vec<_>>().join(" "))
+            })
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+    };
+    // 10.244.0.0/16 in /24s without the first: 255; four keys take a subnet (garbage too).
+    assert_eq!(value(&out, "Subnets"), "255");
+    assert_eq!(value(&out, "Leased"), "4");
+    assert_eq!(value(&out, "Free"), "251");
+    // The same from a config file, the leases counted from etcd.
+    let file = dir.path().join("net-conf.json");
+    std::fs::write(&file, CONFIG).unwrap();
+    let file_s = file.display().to_string();
+    let (code, out, err) = netctl(&args_with(&etcd, &["--net-config", &file_s, "config"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!(
+            "network config from the file {file_s} (--net-config)\n"
+        )),
+        "{out}"
+    );
+    assert_eq!(value(&out, "Leased"), "4");
+    // wide adds nothing to config, so it is not offered.
+    let (code, _, err) = netctl(&args_with(&etcd, &["config", "-o", "wide"]));
+    assert_eq!(code, 2, "{err}");
     let (code, out, _) = netctl(&args_with(&etcd, &["config", "-o", "json"]));
     assert_eq!(code, 0);
     let cfg: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -486,6 +822,25 @@ async fn netctl_leases_and_config_show_known_leases() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    // A config file is shown without etcd; only the counts are missing then.
+    let (code, out, err) = netctl(&[
+        "--etcd-endpoints".into(),
+        format!("http://127.0.0.1:{port}"),
+        "--etcd-request-timeout".into(),
+        "2s".into(),
+        "--net-config".into(),
+        file_s.clone(),
+        "config".into(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("10.244.0.0/16") && !out.contains("Leased"),
+        "{out}"
+    );
+    assert!(
+        err.starts_with("warning: leased and free subnets not counted: "),
+        "{err}"
+    );
     // Usage errors: exit 2 too.
     let (code, _, _) = netctl(&["leases".into(), "-o".into(), "yaml".into()]);
     assert_eq!(code, 2);

@@ -5,49 +5,90 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use weft_agent::cli::{NetctlCli, NetctlCommand};
-use weft_agent::netctl;
+use weft_agent::lease::SubnetKey;
+use weft_agent::netctl::{self, ConfigSource};
 use weft_agent::settings::etcd_options;
 use weft_agent::store::EtcdStore;
+use weft_backends::subnet_env::SubnetEnv;
 
 fn main() -> ExitCode {
     let cli = NetctlCli::parse();
-    let opts = match etcd_options(&cli.etcd) {
+    let mut opts = match etcd_options(&cli.etcd) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("netctl: {e}");
             return ExitCode::from(2);
         }
     };
+    // The TLS files are checked before anything else; a wrong one is a usage error.
+    match opts.read_tls_files() {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("netctl: warning: {w}");
+            }
+        }
+        Err(e) => {
+            eprintln!("netctl: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let result = runtime.block_on(async {
-        // `config` with a config file needs no etcd at all.
-        if let (NetctlCommand::Config { output }, Some(path)) = (&cli.command, &cli.net_config) {
-            return config_from_file(path, *output);
-        }
-        let store = EtcdStore::connect(&opts).await.map_err(|e| e.to_string())?;
+        let connect = || async { EtcdStore::connect(&opts).await.map_err(|e| e.to_string()) };
         match cli.command {
-            NetctlCommand::Leases { output } => netctl::leases(&store, output)
-                .await
-                .map_err(|e| e.to_string()),
+            NetctlCommand::Leases {
+                output,
+                node,
+                subnet_file,
+            } => {
+                let store = connect().await?;
+                let (own, warning) = own_key(&subnet_file);
+                let query = netctl::LeasesQuery { output, node, own };
+                netctl::leases(&store, &query)
+                    .await
+                    .map(|mut out| {
+                        out.stderr.insert_str(0, &warning);
+                        out
+                    })
+                    .map_err(|e| e.to_string())
+            }
             NetctlCommand::Config { output } => {
-                let key = format!("{}/config", opts.prefix.trim_end_matches('/'));
-                netctl::config(&store, output, &key)
+                let source = match &cli.net_config {
+                    Some(path) => ConfigSource::File(path.clone()),
+                    None => ConfigSource::Etcd {
+                        key: format!("{}/config", opts.prefix.trim_end_matches('/')),
+                        endpoints: opts.endpoints.clone(),
+                    },
+                };
+                // A config file needs etcd only to count the leases.
+                let store = connect().await;
+                netctl::config(store.as_ref().map_err(Clone::clone), &source, output)
                     .await
                     .map_err(|e| e.to_string())
             }
             NetctlCommand::Check {
                 subnet_file,
                 iface,
+                cni_conf_dir,
+                healthz_ip,
+                healthz_port,
                 output,
-            } => weft_agent::check::run(
-                &store,
-                &subnet_file,
-                iface.as_deref(),
-                cli.net_config.as_deref(),
-                output,
+            } => weft_agent::netctl::check::run(
+                &connect().await?,
+                weft_agent::netctl::check::CheckOptions {
+                    subnet_file: &subnet_file,
+                    iface: iface.as_deref(),
+                    net_config: cli.net_config.as_deref(),
+                    cni_conf_dir: &cni_conf_dir,
+                    healthz: weft_agent::netctl::host_facts::healthz_target(
+                        healthz_ip,
+                        healthz_port,
+                    ),
+                    output,
+                },
             )
             .await
             .map_err(|e| e.to_string()),
@@ -67,20 +108,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// `netctl --net-config FILE config`: the file's config, checked as weftd checks it.
-fn config_from_file(
-    path: &std::path::Path,
-    output: weft_agent::cli::Output,
-) -> Result<netctl::CommandOutput, String> {
-    let text =
-        std::fs::read(path).map_err(|e| format!("network config file {}: {e}", path.display()))?;
-    let mut out = netctl::CommandOutput::default();
-    match weft_agent::config::NetConfig::parse(&text) {
-        Ok(cfg) => out.stdout = netctl::render_config(&cfg, output),
-        Err(e) => {
-            out.stderr = format!("{}: {e}\n", path.display());
-            out.code = 1;
-        }
+/// This host's lease key, from the subnet file weftd writes (none when the file is absent;
+/// a warning when it cannot be read).
+fn own_key(path: &std::path::Path) -> (Option<SubnetKey>, String) {
+    match SubnetEnv::read(path) {
+        Ok(env) => (
+            env.and_then(|env| SubnetKey::new(env.subnet, env.ipv6_subnet)),
+            String::new(),
+        ),
+        Err(e) => (
+            None,
+            format!("warning: this node's lease is not marked: {e}\n"),
+        ),
     }
-    Ok(out)
 }

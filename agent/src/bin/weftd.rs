@@ -4,22 +4,22 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio::sync::watch;
-use weft_agent::cleanup::cleanup_host;
 use weft_agent::cli::{flannel_env_aliases, WeftdCli, WeftdCommand};
 use weft_agent::firewall::NftFirewall;
-use weft_agent::privileges::{self, Mode};
+use weft_agent::host::cleanup::cleanup_host;
+use weft_agent::host::privileges::{self, Mode};
 use weft_agent::settings::AgentSettings;
-use weft_agent::{agent, logging};
+use weft_agent::{daemon, logging};
 
 fn main() -> ExitCode {
-    weft_agent::init::unblock_inherited_signals();
-    if weft_agent::init::should_be_init() {
+    weft_agent::host::init::unblock_inherited_signals();
+    if weft_agent::host::init::should_be_init() {
         // PID 1 of a container: become a minimal init around the real agent, holding no
         // effective capability (forwarding signals and reaping need none).
         if let Err(e) = privileges::clear_effective() {
             eprintln!("weftd: {e}");
         }
-        return match weft_agent::init::run_as_init() {
+        return match weft_agent::host::init::run_as_init() {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {
                 eprintln!("weftd: cannot start the agent under PID 1: {e}");
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         }
         return match install_cni(&cli) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(()) => ExitCode::FAILURE,
+            Err(code) => code,
         };
     }
     let hostname = hostname::get().ok().and_then(|h| h.into_string().ok());
@@ -61,15 +61,24 @@ fn main() -> ExitCode {
         };
     // Read into memory now: after the drop, a file only root's DAC override could read (a key
     // owned by another user, mode 0600) would be out of reach.
-    if let Err(e) = settings.etcd.read_tls_files() {
-        tracing::error!("{e}");
-        return ExitCode::from(2);
+    match settings.etcd.read_tls_files() {
+        Ok(warnings) => {
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
     }
     if let Err(code) = drop_privileges(Mode::agent(&settings)) {
         return code;
     }
-    if cli.install_cni && install_cni(&cli).is_err() {
-        return ExitCode::FAILURE;
+    if cli.install_cni {
+        if let Err(code) = install_cni(&cli) {
+            return code;
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -89,12 +98,13 @@ fn main() -> ExitCode {
             tracing::info!("signal received; stopping");
             stop_tx.send_replace(true);
         });
-        agent::run(settings, stop_rx).await
+        daemon::run(settings, stop_rx).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = if e.is_usage() { 2 } else { 1 };
+            // The whole chain: each message holds its context, its source the cause.
             tracing::error!("{:#}", anyhow::Error::from(e));
             ExitCode::from(code)
         }
@@ -110,8 +120,8 @@ fn cleanup(cli: &WeftdCli) -> ExitCode {
     );
     let conflist = cli
         .cni_conf_dir
-        .join(weft_agent::install_cni::CONFLIST_NAME);
-    match weft_agent::install_cni::uninstall(&cli.cni_conf_dir) {
+        .join(weft_agent::host::install_cni::CONFLIST_NAME);
+    match weft_agent::host::install_cni::uninstall(&cli.cni_conf_dir) {
         Ok(true) => report
             .removed
             .push(format!("CNI config {}", conflist.display())),
@@ -178,9 +188,10 @@ async fn wait_for_signal() {
     }
 }
 
-/// Install the CNI plugin and conflist; errors are logged.
-fn install_cni(cli: &WeftdCli) -> Result<(), ()> {
-    match weft_agent::install_cni::install(&cli.install_cni_settings()) {
+/// Install the CNI plugin and conflist; errors are logged, and give exit status 2 when the
+/// input is at fault, else 1.
+fn install_cni(cli: &WeftdCli) -> Result<(), ExitCode> {
+    match weft_agent::host::install_cni::install(&cli.install_cni_settings()) {
         Ok(done) => {
             tracing::info!(
                 plugin = %done.plugin.display(),
@@ -193,7 +204,11 @@ fn install_cni(cli: &WeftdCli) -> Result<(), ()> {
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot install the CNI plugin");
-            Err(())
+            Err(if e.is_usage() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -1,17 +1,20 @@
 //! [`LeaseStore`] on etcd's v3 API.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-
-use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
-    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
+use super::cause::{self, Context, Reason};
+use super::tls::{TlsPem, TlsWarning};
 use super::*;
 
 /// How to reach etcd.
@@ -27,6 +30,9 @@ pub struct EtcdOptions {
     /// Bound on each unary request (watches are not bounded).
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How often an open watch asks etcd for a progress notification, so that an idle but
+    /// healthy connection still counts as contact (`weft_etcd_last_success_timestamp_seconds`).
+    pub watch_progress_interval: Duration,
     /// The TLS files' contents when they were read ahead ([`EtcdOptions::read_tls_files`]);
     /// `None`: [`EtcdStore::connect`] reads the files itself.
     pub tls_pem: Option<TlsPem>,
@@ -44,6 +50,7 @@ impl EtcdOptions {
             password: None,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
+            watch_progress_interval: Duration::from_secs(60),
             tls_pem: None,
         }
     }
@@ -57,102 +64,96 @@ impl EtcdOptions {
     /// `http://`, and the flags that go in pairs.
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.endpoints.is_empty() {
-            return Err(StoreError::Config("no etcd endpoints given".into()));
+            return Err(ConfigError::NoEndpoints.into());
         }
         if !self.prefix.trim_end_matches('/').starts_with('/') {
-            return Err(StoreError::Config(format!(
-                "etcd prefix {:?} must start with '/'",
-                self.prefix
-            )));
+            return Err(ConfigError::BadPrefix(self.prefix.clone()).into());
         }
         let tls_wanted = self.tls_wanted() || self.tls_pem.is_some();
         for ep in &self.endpoints {
-            let scheme_ok = ep.starts_with("http://") || ep.starts_with("https://");
-            if !scheme_ok {
-                return Err(StoreError::Config(format!(
-                    "etcd endpoint {ep:?} must start with http:// or https://"
-                )));
+            if probe::Target::parse(ep).is_none() {
+                return Err(ConfigError::BadScheme(ep.clone()).into());
             }
             if tls_wanted && ep.starts_with("http://") {
-                return Err(StoreError::Config(format!(
-                    "etcd endpoint {ep:?} is plain http but TLS files were given; use https://"
-                )));
+                return Err(ConfigError::PlainHttpWithTls(ep.clone()).into());
             }
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(StoreError::Config(
-                "--etcd-certfile and --etcd-keyfile must be given together".into(),
-            ));
+            return Err(ConfigError::Unpaired("--etcd-certfile", "--etcd-keyfile").into());
         }
         if self.username.is_some() != self.password.is_some() {
-            return Err(StoreError::Config(
-                "--etcd-username and --etcd-password must be given together".into(),
-            ));
+            return Err(ConfigError::Unpaired("--etcd-username", "--etcd-password").into());
         }
         Ok(())
     }
 
-    /// Read the TLS files into memory now, so that connecting later opens no file. weftd
-    /// calls this at start, before it drops the capabilities that reading a file owned by
-    /// another user could need (docs/security.md). Fails on invalid options first
-    /// ([`EtcdOptions::validate`]), then naming the file that cannot be read.
-    pub fn read_tls_files(&mut self) -> Result<(), StoreError> {
+    /// Read and check the TLS files now (see `store::tls` for what is checked), so that a
+    /// wrong file is reported before anything else and connecting later opens no file.
+    /// weftd calls this at start, before it drops the capabilities that reading a file owned
+    /// by another user could need (docs/security.md). Fails on invalid options first
+    /// ([`EtcdOptions::validate`]), then naming the flag and the file. Returns what is worth
+    /// a warning.
+    pub fn read_tls_files(&mut self) -> Result<Vec<TlsWarning>, StoreError> {
         self.validate()?;
-        self.tls_pem = TlsPem::read(self)?;
-        Ok(())
+        self.tls_pem = self.read_tls()?;
+        Ok(self
+            .tls_pem
+            .as_ref()
+            .map(|p| p.warnings().to_vec())
+            .unwrap_or_default())
     }
-}
 
-/// The contents of the TLS files (PEM). `Debug` shows sizes only, never the key.
-#[derive(Clone)]
-pub struct TlsPem {
-    ca: Option<Vec<u8>>,
-    /// Client certificate and key.
-    identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for TlsPem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsPem")
-            .field("ca_bytes", &self.ca.as_ref().map(Vec::len))
-            .field(
-                "cert_bytes",
-                &self.identity.as_ref().map(|(cert, _)| cert.len()),
-            )
-            .field("key", &self.identity.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-impl TlsPem {
-    /// Read the files `opts` (validated) names; `None` when it names none.
-    fn read(opts: &EtcdOptions) -> Result<Option<TlsPem>, StoreError> {
-        if !opts.tls_wanted() {
+    /// Read the files these (validated) options name; `None` when they name none.
+    fn read_tls(&self) -> Result<Option<TlsPem>, StoreError> {
+        if !self.tls_wanted() {
             return Ok(None);
         }
-        let ca = match &opts.ca_file {
-            Some(path) => Some(read_file("CA file", "--etcd-cafile", path)?),
-            None => None,
-        };
-        let identity = match (&opts.cert_file, &opts.key_file) {
-            (Some(c), Some(k)) => Some((
-                read_file("client certificate", "--etcd-certfile", c)?,
-                read_file("client key", "--etcd-keyfile", k)?,
-            )),
-            _ => None,
-        };
-        Ok(Some(TlsPem { ca, identity }))
+        let identity = self.cert_file.as_deref().zip(self.key_file.as_deref());
+        Ok(Some(TlsPem::read(self.ca_file.as_deref(), identity)?))
+    }
+}
+
+/// The `reason` label of `weft_etcd_request_errors_total`.
+pub type ReasonLabel = [(&'static str, &'static str); 1];
+
+/// What the store reports about its requests (the agent registers these).
+#[derive(Clone, Debug, Default)]
+pub struct StoreMetrics {
+    /// Requests sent, one per member tried.
+    pub requests: Counter<u64, AtomicU64>,
+    /// 1 when the last request succeeded (or the watch delivered), 0 after one failed.
+    pub up: Gauge<i64, AtomicI64>,
+    /// Unix time of the last successful request or watch message.
+    pub last_success_seconds: Gauge<i64, AtomicI64>,
+    /// Requests that failed, by [`Reason`].
+    pub errors: Family<ReasonLabel, Counter<u64, AtomicU64>>,
+}
+
+impl StoreMetrics {
+    pub fn reason_label(reason: Reason) -> ReasonLabel {
+        [("reason", reason.as_str())]
     }
 
-    fn options(&self) -> TlsOptions {
-        let mut tls = TlsOptions::new();
-        if let Some(ca) = &self.ca {
-            tls = tls.ca_certificate(Certificate::from_pem(ca));
+    /// Create every `reason` series at 0, so that rates start from a known value.
+    pub fn init_reasons(&self) {
+        for r in Reason::ALL {
+            let _ = self.errors.get_or_create(&Self::reason_label(r));
         }
-        if let Some((cert, key)) = &self.identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        tls
+    }
+
+    fn contact(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.up.set(1);
+        self.last_success_seconds.set(now);
+    }
+
+    fn failed(&self, cause: &EtcdCause) {
+        self.errors
+            .get_or_create(&Self::reason_label(cause.reason()))
+            .inc();
     }
 }
 
@@ -172,7 +173,10 @@ pub struct EtcdStore {
     subnets_prefix: String,
     endpoints: String,
     timeout: Duration,
-    requests: Counter<u64, AtomicU64>,
+    progress_every: Duration,
+    /// The TLS material, for the diagnostic second look (`probe`).
+    tls: Option<TlsPem>,
+    metrics: StoreMetrics,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -182,31 +186,6 @@ impl std::fmt::Debug for EtcdStore {
             .field("subnets_prefix", &self.subnets_prefix)
             .finish()
     }
-}
-
-fn read_file(what: &str, flag: &str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|e| {
-        StoreError::Config(format!(
-            "cannot read the etcd {what} {} ({flag}): {e}",
-            path.display()
-        ))
-    })
-}
-
-/// Render an error with its whole source chain (tonic hides the useful part, such as
-/// "invalid peer certificate: UnknownIssuer", several levels down).
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 impl EtcdStore {
@@ -223,9 +202,9 @@ impl EtcdStore {
             .with_require_leader(true);
         let pem = match &opts.tls_pem {
             Some(pem) => Some(pem.clone()),
-            None => TlsPem::read(opts)?,
+            None => opts.read_tls()?,
         };
-        if let Some(pem) = pem {
+        if let Some(pem) = &pem {
             copts = copts.with_tls(pem.options());
         }
         if let (Some(u), Some(p)) = (&opts.username, &opts.password) {
@@ -241,19 +220,22 @@ impl EtcdStore {
             subnets_prefix: format!("{prefix}/subnets/"),
             endpoints: opts.endpoints.join(","),
             timeout: opts.request_timeout,
-            requests: Counter::default(),
+            progress_every: opts.watch_progress_interval,
+            tls: pem,
+            metrics: StoreMetrics::default(),
         })
     }
 
-    /// Count requests in `counter` (the agent's `weft_etcd_requests_total`).
-    pub fn with_request_counter(mut self, counter: Counter<u64, AtomicU64>) -> Self {
-        self.requests = counter;
+    /// Report requests, contact and failures in `metrics` (the agent's `weft_etcd_*`).
+    pub fn with_metrics(mut self, metrics: StoreMetrics) -> Self {
+        metrics.init_reasons();
+        self.metrics = metrics;
         self
     }
 
     /// The client for member `idx`, connecting on first use. With a username, connecting
     /// authenticates, so it is bounded like a request.
-    async fn client(&self, idx: usize) -> Result<Client, StoreError> {
+    async fn client(&self, idx: usize) -> Result<Client, EtcdCause> {
         let mut clients = self.clients.lock().await;
         if let Some(c) = &clients[idx] {
             return Ok(c.clone());
@@ -263,15 +245,8 @@ impl EtcdStore {
         let connect = Client::connect([ep.as_str()], Some(self.connect_options.clone()));
         let client = tokio::time::timeout(bound, connect)
             .await
-            .map_err(|_| StoreError::Timeout {
-                op: "connect",
-                after: bound,
-                endpoints: ep.clone(),
-            })?
-            .map_err(|e| StoreError::Unavailable {
-                endpoints: ep.clone(),
-                detail: chain(&e),
-            })?;
+            .map_err(|_| EtcdCause::Timeout(bound))?
+            .map_err(|e| cause::classify(&e, &self.context(idx)))?;
         clients[idx] = Some(client.clone());
         Ok(client)
     }
@@ -280,9 +255,42 @@ impl EtcdStore {
         format!("{}{name}", self.subnets_prefix)
     }
 
+    /// What classifying an error of member `idx` needs to know.
+    fn context(&self, idx: usize) -> Context {
+        Context {
+            tls: self.members[idx].starts_with("https://"),
+            ca_given: self.tls.as_ref().is_some_and(TlsPem::has_ca),
+            cert_given: self.tls.as_ref().is_some_and(TlsPem::has_client_cert),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    /// The cause of a failed request to member `idx`; when the error tells no more than
+    /// "the connection was closed", a second look (`probe`) may tell more.
+    async fn cause_of(&self, idx: usize, cause: EtcdCause) -> EtcdCause {
+        if !cause.is_vague() {
+            return cause;
+        }
+        let ctx = self.context(idx);
+        let ep = &self.members[idx];
+        match probe::diagnose(ep, &cause, self.tls.as_ref(), &ctx, self.connect_timeout).await {
+            Some(better) => better,
+            None => cause,
+        }
+    }
+
     /// Run one request with the timeout and error mapping every request gets, moving on
-    /// to the next member while the current one is unreachable.
+    /// to the next member while the current one cannot serve.
     async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_on(op, f).await.map(|(v, _)| v)
+    }
+
+    /// [`EtcdStore::call`], also telling which member answered.
+    async fn call_on<T, F, Fut>(&self, op: &'static str, f: F) -> Result<(T, usize), StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -291,23 +299,30 @@ impl EtcdStore {
         let mut last = None;
         for _ in 0..n {
             let idx = self.current.load(Ordering::Relaxed) % n;
-            self.requests.inc();
-            let err = match self.client(idx).await {
-                Err(e) => e,
+            self.metrics.requests.inc();
+            let cause = match self.client(idx).await {
+                Err(c) => c,
                 Ok(c) => match tokio::time::timeout(self.timeout, f(c)).await {
-                    Err(_) => StoreError::Timeout {
-                        op,
-                        after: self.timeout,
-                        endpoints: self.members[idx].clone(),
-                    },
-                    Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(e)) => self.map_err(op, idx, e),
+                    Err(_) => EtcdCause::Timeout(self.timeout),
+                    Ok(Ok(v)) => {
+                        self.metrics.contact();
+                        return Ok((v, idx));
+                    }
+                    Ok(Err(e)) => cause::classify(&e, &self.context(idx)),
                 },
             };
+            let cause = self.cause_of(idx, cause).await;
+            self.metrics.failed(&cause);
+            let err = StoreError::Etcd {
+                op,
+                endpoint: self.members[idx].clone(),
+                cause,
+            };
             if !err.is_unreachable() {
+                self.metrics.up.set(0);
                 return Err(err);
             }
-            tracing::debug!(member = %self.members[idx], error = %err, "etcd member unreachable; trying the next");
+            tracing::debug!(member = %self.members[idx], op, error = %err, "etcd member cannot serve; trying the next");
             let _ = self.current.compare_exchange(
                 idx,
                 (idx + 1) % n,
@@ -316,30 +331,8 @@ impl EtcdStore {
             );
             last = Some(err);
         }
+        self.metrics.up.set(0);
         Err(last.expect("at least one endpoint"))
-    }
-
-    fn map_err(&self, op: &'static str, idx: usize, e: etcd_client::Error) -> StoreError {
-        match &e {
-            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-                StoreError::Unavailable {
-                    endpoints: self.members[idx].clone(),
-                    detail: chain(&e),
-                }
-            }
-            etcd_client::Error::GRpcStatus(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
-                ) =>
-            {
-                StoreError::Unavailable {
-                    endpoints: self.members[idx].clone(),
-                    detail: chain(&e),
-                }
-            }
-            _ => StoreError::Etcd { op, source: e },
-        }
     }
 
     fn entry(&self, kv: &KeyValue) -> Option<StoredEntry> {
@@ -567,86 +560,101 @@ impl LeaseStore for EtcdStore {
     }
 
     async fn revoke(&self, lease: TtlLeaseId) -> Result<(), StoreError> {
-        match self
-            .call("lease revoke", |mut c| async move {
-                c.lease_revoke(lease.0).await
-            })
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Revoking a lease that already expired is success.
-            Err(StoreError::Etcd {
-                source: etcd_client::Error::GRpcStatus(s),
-                ..
-            }) if s.message().contains("not found") => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.call("lease revoke", |mut c| async move {
+            match c.lease_revoke(lease.0).await {
+                Ok(_) => Ok(()),
+                // Revoking a lease that already expired is success.
+                Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => {
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await
     }
 
     async fn watch(&self, from: Revision) -> Result<WatchStream, StoreError> {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from.0);
-        let stream = self
-            .call("watch", |mut c| {
+        let (stream, idx) = self
+            .call_on("watch", |mut c| {
                 let (k, o) = (self.subnets_prefix.clone(), opts.clone());
                 async move { c.watch(k, Some(o)).await }
             })
             .await?;
         let this = self.clone();
-        let out = futures::stream::unfold(Some(stream), move |state| {
+        let mut progress = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.progress_every,
+            self.progress_every,
+        );
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let out = futures::stream::unfold(Some((stream, progress)), move |state| {
             let this = this.clone();
             async move {
-                let mut stream = state?;
+                let (mut stream, mut progress) = state?;
                 loop {
-                    match stream.message().await {
-                        Ok(Some(resp)) => {
-                            if resp.compact_revision() > 0 {
-                                let err = StoreError::Compacted {
-                                    requested: from.0,
-                                    compacted: resp.compact_revision(),
-                                };
-                                return Some((Err(err), None));
-                            }
-                            if resp.canceled() {
-                                let err = StoreError::WatchEnded(format!(
-                                    "watch cancelled by etcd: {}",
-                                    resp.cancel_reason()
-                                ));
-                                return Some((Err(err), None));
-                            }
-                            let events: Vec<WatchEvent> = resp
-                                .events()
-                                .iter()
-                                .filter_map(|ev| {
-                                    let kv = ev.kv()?;
-                                    match ev.event_type() {
-                                        EventType::Put => this.entry(kv).map(WatchEvent::Put),
-                                        EventType::Delete => {
-                                            let e = this.entry(kv)?;
-                                            Some(WatchEvent::Delete {
-                                                name: e.name,
-                                                revision: Revision(kv.mod_revision()),
-                                            })
-                                        }
-                                    }
-                                })
-                                .collect();
-                            if events.is_empty() {
-                                continue; // created / progress notifications
-                            }
-                            return Some((Ok(events), Some(stream)));
+                    let message = tokio::select! {
+                        m = stream.message() => m,
+                        _ = progress.tick() => {
+                            // The answer arrives on the stream as a progress notification.
+                            // A failure to send shows up on the stream as well.
+                            let _ = stream.request_progress().await;
+                            continue;
                         }
+                    };
+                    let resp = match message {
+                        Ok(Some(resp)) => resp,
                         Ok(None) => {
-                            return Some((
-                                Err(StoreError::WatchEnded("stream closed by etcd".into())),
-                                None,
-                            ))
+                            return Some((Err(StoreError::WatchEnded(WatchEnd::Closed)), None));
                         }
                         Err(e) => {
-                            return Some((Err(StoreError::WatchEnded(chain(&e))), None));
+                            let cause = cause::classify(&e, &this.context(idx));
+                            let cause = this.cause_of(idx, cause).await;
+                            this.metrics.failed(&cause);
+                            this.metrics.up.set(0);
+                            let err = StoreError::Etcd {
+                                op: "watch",
+                                endpoint: this.members[idx].clone(),
+                                cause,
+                            };
+                            return Some((Err(err), None));
                         }
+                    };
+                    // Events, progress notifications and cancellations are all etcd answering.
+                    this.metrics.contact();
+                    if resp.compact_revision() > 0 {
+                        let err = StoreError::Compacted {
+                            requested: from.0,
+                            compacted: resp.compact_revision(),
+                        };
+                        return Some((Err(err), None));
                     }
+                    if resp.canceled() {
+                        let end = WatchEnd::Cancelled(resp.cancel_reason().to_string());
+                        return Some((Err(StoreError::WatchEnded(end)), None));
+                    }
+                    let events: Vec<WatchEvent> = resp
+                        .events()
+                        .iter()
+                        .filter_map(|ev| {
+                            let kv = ev.kv()?;
+                            match ev.event_type() {
+                                EventType::Put => this.entry(kv).map(WatchEvent::Put),
+                                EventType::Delete => {
+                                    let e = this.entry(kv)?;
+                                    Some(WatchEvent::Delete {
+                                        name: e.name,
+                                        revision: Revision(kv.mod_revision()),
+                                    })
+                                }
+                            }
+                        })
+                        .collect();
+                    if events.is_empty() {
+                        continue; // created / progress notifications
+                    }
+                    return Some((Ok(events), Some((stream, progress))));
                 }
             }
         });
@@ -654,7 +662,7 @@ impl LeaseStore for EtcdStore {
     }
 
     fn request_count(&self) -> u64 {
-        self.requests.get()
+        self.metrics.requests.get()
     }
 }
 
@@ -667,50 +675,60 @@ mod tests {
     }
 
     #[test]
-    fn tls_files_are_read_ahead_and_a_missing_one_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let (ca, cert, key) = (
-            dir.path().join("ca.pem"),
-            dir.path().join("c.pem"),
-            dir.path().join("k.pem"),
+    fn options_are_checked_before_anything_is_read() {
+        let msg = |o: &EtcdOptions| o.validate().unwrap_err().to_string();
+        let mut o = opts();
+        o.endpoints.clear();
+        assert_eq!(msg(&o), "no etcd endpoints given; set --etcd-endpoints");
+        let mut o = opts();
+        o.prefix = "p".into();
+        assert_eq!(msg(&o), "--etcd-prefix \"p\" must start with '/'");
+        let mut o = opts();
+        o.endpoints = vec!["127.0.0.1:2379".into()];
+        assert_eq!(
+            msg(&o),
+            "etcd endpoint \"127.0.0.1:2379\" must start with http:// or https://"
         );
-        std::fs::write(&ca, "CA").unwrap();
-        std::fs::write(&cert, "CERT").unwrap();
-        std::fs::write(&key, "SECRET KEY").unwrap();
-
         let mut o = opts();
-        o.read_tls_files().unwrap();
-        assert!(o.tls_pem.is_none(), "no files, nothing read");
-
-        o.ca_file = Some(ca.clone());
-        o.cert_file = Some(cert.clone());
-        o.key_file = Some(key.clone());
-        o.read_tls_files().unwrap();
-        let pem = o.tls_pem.clone().expect("read");
-        assert_eq!(pem.ca.as_deref(), Some(&b"CA"[..]));
-        let shown = format!("{pem:?}");
-        assert!(!shown.contains("SECRET"), "the key is never shown: {shown}");
-
-        let mut o = opts();
-        o.ca_file = Some(dir.path().join("absent.pem"));
-        let e = o.read_tls_files().unwrap_err().to_string();
-        assert!(
-            e.contains("CA file") && e.contains("absent.pem") && e.contains("--etcd-cafile"),
-            "{e}"
+        o.cert_file = Some("/c.pem".into());
+        assert_eq!(
+            msg(&o),
+            "--etcd-certfile and --etcd-keyfile must be given together"
         );
-        // A directory is not a file either.
-        o.ca_file = Some(dir.path().to_path_buf());
-        assert!(o.read_tls_files().is_err());
-
         let mut o = opts();
-        o.cert_file = Some(cert);
-        let e = o.read_tls_files().unwrap_err().to_string();
-        assert!(e.contains("--etcd-keyfile"), "{e}");
-
+        o.password = Some("pw".into());
+        assert_eq!(
+            msg(&o),
+            "--etcd-username and --etcd-password must be given together"
+        );
         // A mistake in the options is reported before any file is read.
         let mut o = EtcdOptions::new(vec!["http://127.0.0.1:2379".into()], "/p");
+        o.ca_file = Some("/nonexistent/ca.pem".into());
+        assert_eq!(
+            o.read_tls_files().unwrap_err().to_string(),
+            "etcd endpoint \"http://127.0.0.1:2379\" is plain http but TLS files were given; \
+             use https://"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_read_ahead_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts();
+        assert!(o.read_tls_files().unwrap().is_empty());
+        assert!(o.tls_pem.is_none(), "no files, nothing read");
+
         o.ca_file = Some(dir.path().join("absent.pem"));
         let e = o.read_tls_files().unwrap_err().to_string();
-        assert!(e.contains("plain http"), "{e}");
+        let want = format!(
+            "--etcd-cafile {}/absent.pem: cannot read it (No such file or directory (os error \
+             2)); check the path and the file's permissions",
+            dir.path().display()
+        );
+        assert_eq!(e, want);
+        // A directory is not a file either.
+        o.ca_file = Some(dir.path().to_path_buf());
+        let e = o.read_tls_files().unwrap_err().to_string();
+        assert!(e.starts_with("--etcd-cafile "), "{e}");
     }
 }

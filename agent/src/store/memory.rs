@@ -88,9 +88,10 @@ impl MemoryStore {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.inner.lock().unwrap();
         if inner.down {
-            return Err(StoreError::Unavailable {
-                endpoints: "memory".into(),
-                detail: "store is down".into(),
+            return Err(StoreError::Etcd {
+                op: "request",
+                endpoint: "memory".into(),
+                cause: super::EtcdCause::Refused,
             });
         }
         self.expire(&mut inner);
@@ -295,7 +296,7 @@ impl LeaseStore for MemoryStore {
                 match rx.recv().await {
                     Ok((-1, _)) => {
                         return Some((
-                            Err(StoreError::WatchEnded("store went down".into())),
+                            Err(StoreError::WatchEnded(super::WatchEnd::Closed)),
                             (rx, true),
                         ))
                     }
@@ -303,7 +304,7 @@ impl LeaseStore for MemoryStore {
                     Ok((_, ev)) => return Some((Ok(vec![ev]), (rx, false))),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         return Some((
-                            Err(StoreError::WatchEnded("watcher lagged".into())),
+                            Err(StoreError::WatchEnded(super::WatchEnd::Lagged)),
                             (rx, true),
                         ))
                     }

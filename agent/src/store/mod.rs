@@ -9,13 +9,18 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 
+mod cause;
 mod etcd;
 #[cfg(any(test, feature = "memory-store"))]
 mod memory;
+mod probe;
+mod tls;
 
-pub use etcd::{EtcdOptions, EtcdStore, TlsPem};
+pub use cause::{EtcdCause, Reason};
+pub use etcd::{EtcdOptions, EtcdStore, ReasonLabel, StoreMetrics};
 #[cfg(any(test, feature = "memory-store"))]
 pub use memory::MemoryStore;
+pub use tls::{FileContent, PemDamage, PemKind, TlsFile, TlsFileProblem, TlsPem, TlsWarning};
 
 /// An etcd store revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -67,39 +72,67 @@ pub enum ReplaceOutcome {
     Conflict(Option<StoredEntry>),
 }
 
+/// A failed store operation. Displayed as one sentence: what failed, the cause in plain
+/// words, and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("etcd is unreachable at {endpoints}: {detail}")]
-    Unavailable { endpoints: String, detail: String },
-    #[error("etcd request {op} timed out after {after:?} (endpoints {endpoints})")]
-    Timeout {
-        op: &'static str,
-        after: Duration,
-        endpoints: String,
-    },
-    #[error("etcd {op} failed: {source}")]
+    /// A request to etcd failed (on every member, when the cause was one another member
+    /// might not have); `endpoint` is the member that failed last.
+    #[error("etcd at {endpoint}: {cause}")]
     Etcd {
         op: &'static str,
-        #[source]
-        source: etcd_client::Error,
+        endpoint: String,
+        cause: EtcdCause,
     },
     #[error("watch from revision {requested} is no longer possible: compacted up to {compacted}")]
     Compacted { requested: i64, compacted: i64 },
-    #[error("watch stream ended: {0}")]
-    WatchEnded(String),
+    #[error("the lease watch ended: {0}")]
+    WatchEnded(WatchEnd),
     #[error("unexpected answer from etcd: {0}")]
     Protocol(String),
-    #[error("invalid store configuration: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Why a watch ended that is no failure of etcd's (the caller re-lists).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WatchEnd {
+    /// etcd cancelled the watch, for the reason it gives.
+    #[error("etcd cancelled it ({0})")]
+    Cancelled(String),
+    #[error("etcd closed the stream")]
+    Closed,
+    /// The watcher fell behind (in-memory store).
+    #[error("the watcher fell behind")]
+    Lagged,
+}
+
+/// What is wrong with the store options; found before anything is connected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no etcd endpoints given; set --etcd-endpoints")]
+    NoEndpoints,
+    #[error("--etcd-prefix {0:?} must start with '/'")]
+    BadPrefix(String),
+    #[error("etcd endpoint {0:?} must start with http:// or https://")]
+    BadScheme(String),
+    #[error("etcd endpoint {0:?} is plain http but TLS files were given; use https://")]
+    PlainHttpWithTls(String),
+    #[error("{0} and {1} must be given together")]
+    Unpaired(&'static str, &'static str),
+    /// One TLS file is wrong.
+    #[error("{file} {path}: {problem}")]
+    TlsFile {
+        file: TlsFile,
+        path: String,
+        problem: TlsFileProblem,
+    },
 }
 
 impl StoreError {
-    /// True when the member could not be reached (another member may answer).
+    /// True when the member could not serve (another member may).
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
-        )
+        matches!(self, StoreError::Etcd { cause, .. } if cause.is_member_failure())
     }
 
     /// True when the caller should re-list instead of resuming a watch.
@@ -108,6 +141,14 @@ impl StoreError {
             self,
             StoreError::Compacted { .. } | StoreError::WatchEnded(_)
         )
+    }
+
+    /// The cause, when etcd could not be used.
+    pub fn cause(&self) -> Option<&EtcdCause> {
+        match self {
+            StoreError::Etcd { cause, .. } => Some(cause),
+            _ => None,
+        }
     }
 }
 

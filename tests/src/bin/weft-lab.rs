@@ -1,55 +1,26 @@
 //! weft-lab: the multi-host lab on this machine (README command 1; run it through
-//! `sudo bash tests/lab.sh`, which builds the binaries first).
+//! `sudo bash tests/lab.sh`, which checks the arguments, installs what the lab needs and
+//! builds the binaries first).
 //!
 //! Starts etcd and N hosts as network namespaces on a switch namespace, runs the real weftd
 //! on every host, adds pods through the real CNI plugin, pings every pod pair (and every
-//! other host), prints the result as a matrix and `netctl leases`, and tears everything down
-//! unless `--keep`. Exit status: 0 when every probe answered, 1 when one did not or the lab
-//! did not come up, 2 for usage errors. Progress goes to stderr, results to stdout.
+//! other host), prints the result as a matrix per address family and `netctl leases`, and
+//! tears everything down; after a failure the logs stay and the output says where. With
+//! `--keep` the lab stays up and the output lists commands to look at it; `--probe NAME`
+//! pings it again and `--teardown NAME` ends it. Exit status: 0 when every probe answered,
+//! 1 when one did not or the lab did not come up, 2 for usage errors. Progress goes to
+//! stderr, results to stdout.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use weft_tests::lab::{self, Lab, LabBackend, LabOptions, Probe, ProbeKind};
+use weft_lab_cli::{Action, Cli, LabName, LabOptions};
+use weft_tests::lab::{self, report, Lab, LabError, LabStatus};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const TEARDOWN_HINT: &str = "sudo bash tests/lab.sh --teardown";
-
-/// weft's multi-host lab: hosts as network namespaces, a real etcd, weftd and the CNI plugin.
-#[derive(Parser, Debug)]
-#[command(name = "weft-lab")]
-struct Cli {
-    /// Number of hosts (h1..hN).
-    #[arg(long, default_value_t = 3)]
-    hosts: usize,
-    /// Backend in the network config.
-    #[arg(long, value_enum, default_value_t = LabBackend::Vxlan)]
-    backend: LabBackend,
-    /// vxlan with DirectRouting (peers on the same underlay subnet get direct routes).
-    #[arg(long)]
-    direct_routing: bool,
-    /// Run weftd with --ip-masq and also check that pods reach an address outside the cluster.
-    #[arg(long)]
-    ip_masq: bool,
-    /// Pods per host.
-    #[arg(long, default_value_t = 2)]
-    pods_per_host: usize,
-    /// Leave the lab running (tear it down later with --teardown).
-    #[arg(long)]
-    keep: bool,
-    /// Also run IPv6 (dual-stack) with this IPv6 cluster network, e.g. fc00::/48; the
-    /// underlay then carries IPv6 too.
-    #[arg(long, value_name = "CIDR")]
-    ipv6_network: Option<String>,
-    /// IPv6 only (`EnableIPv4: false`); needs --ipv6-network.
-    #[arg(long, requires = "ipv6_network")]
-    ipv6_only: bool,
-    /// Tear down labs left running by --keep (or by an interrupted run), then exit.
-    #[arg(long, conflicts_with_all = ["hosts", "backend", "direct_routing", "ip_masq", "pods_per_host", "keep", "ipv6_network", "ipv6_only"])]
-    teardown: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,33 +31,44 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(std::env::var("WEFT_LAB_LOG").unwrap_or_else(|_| "info".into()))
         .init();
+    let action = match cli.action() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if !nix::unistd::geteuid().is_root() {
         eprintln!("weft-lab creates network namespaces and needs root: sudo bash tests/lab.sh");
         return ExitCode::from(2);
     }
-    if cli.teardown {
-        return teardown_kept();
+    let again = LabCommand::of_this_run();
+    match action {
+        Action::Run(opts) => run(opts, &again),
+        Action::Probe(name) => probe(name.as_ref(), &again),
+        Action::Teardown(name) => teardown(name.as_ref(), &again),
     }
-    let opts = LabOptions {
-        hosts: cli.hosts,
-        backend: cli.backend,
-        direct_routing: cli.direct_routing,
-        ip_masq: cli.ip_masq,
-        pods_per_host: cli.pods_per_host,
-        keep: cli.keep,
-        ipv4: !cli.ipv6_only,
-        ipv6_network: cli.ipv6_network.clone(),
-        ..LabOptions::default()
-    };
-    if let Err(e) = opts.validate() {
-        eprintln!("weft-lab: {e}");
-        return ExitCode::from(2);
+}
+
+/// How to run the lab again, for the commands it prints: `bash <tests/lab.sh>` when started
+/// through it (it says where it is in `WEFT_LAB_SCRIPT`), else this binary.
+struct LabCommand(String);
+
+impl LabCommand {
+    fn of_this_run() -> LabCommand {
+        if let Some(script) = std::env::var_os("WEFT_LAB_SCRIPT").filter(|s| !s.is_empty()) {
+            return LabCommand(format!("bash {}", PathBuf::from(script).display()));
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("weft-lab"));
+        LabCommand(exe.display().to_string())
     }
-    handle_signals(cli.keep);
-    let ok = run(opts);
-    if cli.keep {
-        println!("\nThe lab is still running. Tear it down with:\n  {TEARDOWN_HINT}");
+
+    fn teardown(&self, name: &str) -> String {
+        format!("{} --teardown {name}", self.0)
     }
+}
+
+fn exit_code(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -94,12 +76,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Bring the lab up, check it, print the results. The lab is dropped (torn down, or left
-/// running with `keep`) before this returns.
-fn run(opts: LabOptions) -> bool {
+/// Bring a lab up, check it, print the results, then tear it down (keeping the logs after a
+/// failure) or, with `--keep`, leave it up and print how to look at it.
+fn run(opts: LabOptions, again: &LabCommand) -> ExitCode {
+    let name = opts.name.clone().expect("the command line names the lab");
+    if let Err(e) = lab::check_name_free(&name) {
+        let fix = match e {
+            LabError::LeftoverNamespaces { .. } => {
+                "delete them with `ip netns del NAMESPACE`, or choose another --name".to_string()
+            }
+            _ => format!(
+                "tear it down with `{}`, or choose another --name",
+                again.teardown(name.as_str())
+            ),
+        };
+        eprintln!("weft-lab: {e}; {fix}");
+        return ExitCode::from(2);
+    }
+    let keep = opts.keep;
+    handle_signals(keep, again.teardown(name.as_str()));
     let started = Instant::now();
     tracing::info!(
-        "starting a lab: {} hosts, backend {}{}{}, {} pods per host",
+        "starting lab {name}: {} hosts, backend {}{}{}, {} pods per host",
         opts.hosts,
         opts.backend.as_str(),
         if opts.direct_routing {
@@ -111,6 +109,26 @@ fn run(opts: LabOptions) -> bool {
         opts.pods_per_host
     );
     let mut lab = Lab::start(opts);
+    let ok = check(&mut lab, started);
+    let state = lab.state();
+    let kept_logs = (!ok && !keep).then(|| lab.keep_logs());
+    drop(lab);
+    if keep {
+        println!();
+        print!("{}", report::commands(&state, &again.0));
+        if !ok {
+            print!("{}", report::logs_of(&state));
+        }
+    }
+    if let Some(dir) = kept_logs {
+        println!();
+        print!("{}", report::logs_kept(&dir));
+    }
+    exit_code(ok)
+}
+
+/// Wait for every weftd, add the pods, probe, print the results and `netctl leases`.
+fn check(lab: &mut Lab, started: Instant) -> bool {
     if let Err(e) = lab.wait_all_ready(READY_TIMEOUT) {
         tracing::error!("{e}");
         return false;
@@ -128,164 +146,134 @@ fn run(opts: LabOptions) -> bool {
         CONNECT_TIMEOUT
     );
     let probe_start = Instant::now();
-    let probes = loop {
-        let probes = lab.connectivity();
-        if probes.iter().all(|p| p.ok) || probe_start.elapsed() > CONNECT_TIMEOUT {
-            break probes;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let probes = lab.connectivity_within(CONNECT_TIMEOUT);
     let ok = probes.iter().all(|p| p.ok);
     tracing::info!(
         "connectivity {} after {:.1?}",
         if ok { "complete" } else { "incomplete" },
         probe_start.elapsed()
     );
-    print_results(&lab, &probes);
+    println!();
+    print!("{}", report::results(&lab.state(), &probes));
     println!("\n$ netctl leases");
     let (code, out, err) = lab.netctl(&["leases"]);
     print!("{out}");
     if code != 0 {
         println!("(netctl exit {code}: {})", err.trim());
     }
-    if !ok {
-        println!("\nweftd logs: {}/h*/weftd.*.log", lab.dir().display());
-    }
-    if lab.options().keep {
-        println!("\nlab {} namespaces:", lab.name());
-        for ns in lab.namespaces() {
-            println!("  {ns}");
-        }
-        if let Some(p) = lab.pods().first() {
-            println!(
-                "e.g. sudo ip netns exec {} ping {}",
-                p.netns.name,
-                lab.host_ip(p.host)
-            );
-        }
-        println!("state: {}", lab.state_file().display());
-    }
     ok
 }
 
-fn print_results(lab: &Lab, probes: &[Probe]) {
-    println!("\nhosts:");
-    for i in 1..=lab.host_count() {
-        let subnet = lab
-            .subnet(i)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "-".into());
-        let subnet6 = lab
-            .subnet6(i)
-            .map(|s| format!("  IPv6 subnet {s}"))
-            .unwrap_or_default();
-        println!(
-            "  {:<5} {:<15} subnet {subnet}{subnet6}",
-            lab.host_name(i),
-            lab.host_ip(i).to_string()
-        );
-    }
-    println!("pods:");
-    for p in lab.pods() {
-        let ip6 = p.ip6.map(|a| format!(" {a}")).unwrap_or_default();
-        println!(
-            "  {:<5} {:<15}{ip6} on h{}",
-            p.name,
-            p.ip.to_string(),
-            p.host
-        );
-    }
-    // Columns: pods, then hosts, then the outside address (when probed).
-    let mut columns: Vec<&str> = lab.pods().iter().map(|p| p.name.as_str()).collect();
-    columns.extend((1..=lab.host_count()).map(|i| lab.host_name(i)));
-    if probes.iter().any(|p| p.kind == ProbeKind::Outside) {
-        columns.push("outside");
-    }
-    let width = columns.iter().map(|c| c.len()).max().unwrap_or(4).max(4) + 2;
-    println!("\nping from (rows) to (columns): ok, FAIL, or - (not probed)");
-    let mut header = format!("{:<8}", "");
-    for c in &columns {
-        header.push_str(&format!("{c:<width$}"));
-    }
-    println!("{}", header.trim_end());
-    for pod in lab.pods() {
-        let mut row = format!("{:<8}", pod.name);
-        for c in &columns {
-            // One cell per pair: "ok" when every family's probe answered.
-            let pair: Vec<&Probe> = probes
-                .iter()
-                .filter(|p| p.from == pod.name && p.to == *c)
-                .collect();
-            let cell = match (pair.is_empty(), pair.iter().all(|p| p.ok)) {
-                (true, _) => "-",
-                (false, true) => "ok",
-                (false, false) => "FAIL",
-            };
-            row.push_str(&format!("{cell:<width$}"));
+/// Ping every pod pair of a running lab again and print the matrices.
+fn probe(name: Option<&LabName>, again: &LabCommand) -> ExitCode {
+    let labs = lab::labs();
+    let entry = match lab::select(&labs, name) {
+        Ok(e) => e,
+        Err(e) => return lookup_failed("probe", e, &labs, again),
+    };
+    let mut state = match lab::load_state(&entry.state_file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weft-lab: {e}");
+            return ExitCode::from(1);
         }
-        println!("{}", row.trim_end());
+    };
+    if entry.status == LabStatus::Interrupted {
+        tracing::warn!(
+            "lab {} was left by a run that ended without tearing it down; its weftd and etcd \
+             are not running",
+            state.lab
+        );
     }
+    state.refresh_subnets();
+    tracing::info!(
+        "probing lab {}: {} hosts, {} pods (up to {CONNECT_TIMEOUT:?})",
+        state.lab,
+        state.hosts.len(),
+        state.pods.len()
+    );
+    let probes = state.connectivity_within(CONNECT_TIMEOUT);
+    let ok = probes.iter().all(|p| p.ok);
     println!();
-    for (kind, label) in [
-        (ProbeKind::SameHost, "pod -> pod, same host"),
-        (ProbeKind::CrossHost, "pod -> pod, across hosts"),
-        (ProbeKind::OtherHost, "pod -> other host"),
-        (ProbeKind::Outside, "pod -> outside (masquerade)"),
-    ] {
-        let of_kind: Vec<&Probe> = probes.iter().filter(|p| p.kind == kind).collect();
-        if of_kind.is_empty() {
-            continue;
-        }
-        let good = of_kind.iter().filter(|p| p.ok).count();
-        println!("{label:<28} {good}/{} ok", of_kind.len());
+    print!("{}", report::results(&state, &probes));
+    if !ok {
+        println!();
+        print!("{}", report::logs_of(&state));
     }
-    let failed: Vec<String> = probes
-        .iter()
-        .filter(|p| !p.ok)
-        .map(|p| format!("{} -> {} ({})", p.from, p.to, p.dst))
-        .collect();
-    if failed.is_empty() {
-        println!("all {} probes answered", probes.len());
-    } else {
-        println!("FAILED: {} of {} probes:", failed.len(), probes.len());
-        const LISTED: usize = 12;
-        for f in failed.iter().take(LISTED) {
-            println!("  {f}");
+    exit_code(ok)
+}
+
+/// End a lab left running (the named one, or the only one).
+fn teardown(name: Option<&LabName>, again: &LabCommand) -> ExitCode {
+    let labs = lab::labs();
+    let entry = match lab::select(&labs, name) {
+        Ok(e) => e,
+        Err(LabError::NoLab) => {
+            eprintln!(
+                "weft-lab: no lab to tear down (none under {})",
+                lab::STATE_ROOT
+            );
+            return ExitCode::SUCCESS;
         }
-        if failed.len() > LISTED {
-            println!("  … and {} more (see the matrix)", failed.len() - LISTED);
+        Err(e @ LabError::NoSuchLab { .. }) => {
+            // Gone already is what a teardown wants.
+            eprintln!("weft-lab: {e}; nothing to tear down");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return lookup_failed("teardown", e, &labs, again),
+    };
+    if let LabStatus::Running { pid } = entry.status {
+        let e = LabError::InUse {
+            name: entry.name.clone(),
+            pid,
+        };
+        eprintln!("weft-lab: {e}");
+        return ExitCode::from(1);
+    }
+    match lab::teardown_from_state(&entry.state_file) {
+        Ok(name) => {
+            println!("lab {name} torn down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "weft-lab: {e}; run `{}` again once that is fixed",
+                again.teardown(&entry.name)
+            );
+            ExitCode::from(1)
         }
     }
 }
 
-fn teardown_kept() -> ExitCode {
-    let labs = lab::kept_labs();
-    if labs.is_empty() {
-        eprintln!("no lab to tear down under {}", lab::STATE_ROOT);
-        return ExitCode::SUCCESS;
-    }
-    let mut ok = true;
-    for path in labs {
-        match lab::teardown_from_state(&path) {
-            Ok(name) => println!("lab {name} torn down"),
-            Err(e) => {
-                ok = false;
-                eprintln!("weft-lab: {e}");
-            }
+/// A lab lookup of `--probe` or `--teardown` that found none or several: say so and list the
+/// labs with the command for each.
+fn lookup_failed(flag: &str, e: LabError, labs: &[lab::LabEntry], again: &LabCommand) -> ExitCode {
+    eprintln!("weft-lab: {e}");
+    let listed: Vec<&lab::LabEntry> = labs
+        .iter()
+        .filter(|l| !matches!(l.status, LabStatus::Running { .. }))
+        .collect();
+    if !listed.is_empty() {
+        let width = listed.iter().map(|l| l.name.len()).max().unwrap_or(0);
+        eprintln!("labs:");
+        for l in listed {
+            eprintln!(
+                "  {:<width$}  {:<11}  {} --{flag} {}",
+                l.name,
+                l.status.as_str(),
+                again.0,
+                l.name
+            );
         }
     }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    ExitCode::from(2)
 }
 
 /// On SIGINT/SIGTERM/SIGHUP, tear down what this process built (from its state files) and
 /// exit; with `--keep`, leave it and say how to remove it. The handlers are installed before
 /// this returns (by tokio, which leaves the signal mask alone, so the processes the lab
 /// starts get SIGTERM as usual); one thread waits for them.
-fn handle_signals(keep: bool) {
+fn handle_signals(keep: bool, teardown_hint: String) {
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -325,7 +313,7 @@ fn handle_signals(keep: bool) {
             futures::future::select_all(waits).await.0
         });
         if keep {
-            eprintln!("weft-lab: {name}; leaving the lab up. Tear it down with: {TEARDOWN_HINT}");
+            eprintln!("weft-lab: {name}; leaving the lab up. Tear it down with: {teardown_hint}");
         } else {
             eprintln!("weft-lab: {name}; tearing down");
             for path in lab::labs_of_this_process() {

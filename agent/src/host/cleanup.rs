@@ -17,7 +17,7 @@ pub enum CleanupError {
     #[error("removing the data plane: {0}")]
     Dataplane(#[from] DataplaneError),
     #[error("removing the CNI config: {0}")]
-    Cni(#[from] crate::install_cni::InstallError),
+    Cni(#[from] crate::host::install_cni::InstallError),
 }
 
 /// What [`cleanup_host`] did.

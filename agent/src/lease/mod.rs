@@ -1,8 +1,12 @@
 //! Leases as flannel writes them: the subnet key codec, the lease JSON, and validation of
 //! everything read back from etcd before it is used.
 
+pub mod keeper;
+pub mod pick;
+pub mod watch;
+
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -65,6 +69,30 @@ impl SubnetKey {
             (Some(v4), _) => IpNetwork::V4(v4),
             (None, Some(v6)) => IpNetwork::V6(v6),
             (None, None) => IpNetwork::V4(self.v4),
+        }
+    }
+}
+
+impl SubnetKey {
+    /// The subnets in CIDR notation, for operator text: `10.5.7.0/24`,
+    /// `10.5.7.0/24,fc00:0:0:7::/64` (dual-stack) or `fc00:0:0:7::/64` (IPv6-only). The
+    /// key's own spelling (`10.5.7.0-24`, its `Display`) is for where the etcd key is meant.
+    pub fn cidrs(&self) -> Cidrs {
+        Cidrs(*self)
+    }
+}
+
+/// [`SubnetKey::cidrs`].
+#[derive(Clone, Copy, Debug)]
+pub struct Cidrs(SubnetKey);
+
+impl fmt::Display for Cidrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.v4_subnet(), self.0.v6) {
+            (Some(v4), Some(v6)) => write!(f, "{v4},{v6}"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => write!(f, "{}", self.0.v4),
         }
     }
 }
@@ -235,8 +263,13 @@ pub enum LeaseError {
     Json(String),
     #[error("missing {0}")]
     MissingField(&'static str),
-    #[error("PublicIP {0} is not a unicast host address")]
-    BadPublicIp(Ipv4Addr),
+    #[error("{field} {ip} {problem}")]
+    PublicIp {
+        /// `PublicIP` or `PublicIPv6`.
+        field: &'static str,
+        ip: IpAddr,
+        problem: PublicIpProblem,
+    },
     #[error("unknown BackendType {0:?}")]
     UnknownBackend(String),
     #[error("BackendData is not vxlan data: {0}")]
@@ -247,8 +280,6 @@ pub enum LeaseError {
     BadMac(MacAddr),
     #[error("NodeName is empty, too long or has control characters")]
     BadNodeName,
-    #[error("PublicIP {ip} is inside the cluster network {network}: its VXLAN traffic would be routed into the overlay itself")]
-    PublicIpInNetwork { ip: Ipv4Addr, network: Ipv4Network },
     #[error("PublicIP {0} is this node's own address: another lease cannot take it")]
     PublicIpIsOurs(Ipv4Addr),
     #[error("the key has no IPv6 subnet, and this cluster is IPv6-only")]
@@ -259,10 +290,6 @@ pub enum LeaseError {
         network: Ipv6Network,
         subnet_len: u8,
     },
-    #[error("PublicIPv6 {0} is not a unicast host address")]
-    BadPublicIpV6(Ipv6Addr),
-    #[error("PublicIPv6 {ip} is inside the cluster network {network}: its VXLAN traffic would be routed into the overlay itself")]
-    PublicIpV6InNetwork { ip: Ipv6Addr, network: Ipv6Network },
     #[error("PublicIPv6 {0} is this node's own address: another lease cannot take it")]
     PublicIpV6IsOurs(Ipv6Addr),
 }
@@ -315,6 +342,31 @@ impl LeaseRules {
     }
 }
 
+/// Why an address cannot be a node's public IP. The one rule for it: peers apply it to every
+/// lease they read, and weftd to `--public-ip` and `--public-ipv6` before it publishes one.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PublicIpProblem {
+    #[error("is not a unicast host address")]
+    NotUnicast,
+    #[error("is inside the cluster network {0}: its VXLAN traffic would be routed into the overlay itself")]
+    InsideNetwork(IpNetwork),
+}
+
+/// Check `ip` as a node's public IP, given the cluster network of its family when known.
+pub fn check_public_ip(ip: IpAddr, network: Option<IpNetwork>) -> Result<(), PublicIpProblem> {
+    let unicast = match ip {
+        IpAddr::V4(a) => is_unicast_host(a),
+        IpAddr::V6(a) => is_unicast_host_v6(a),
+    };
+    if !unicast {
+        return Err(PublicIpProblem::NotUnicast);
+    }
+    match network {
+        Some(n) if n.contains(ip) => Err(PublicIpProblem::InsideNetwork(n)),
+        _ => Ok(()),
+    }
+}
+
 /// True for an address a peer can be reached at: not unspecified, loopback, multicast,
 /// broadcast or in 0.0.0.0/8.
 pub fn is_unicast_host(ip: Ipv4Addr) -> bool {
@@ -330,11 +382,10 @@ pub fn is_unicast_host(ip: Ipv4Addr) -> bool {
 /// must be routable, and a link-local address needs a scope a lease cannot carry) or an
 /// IPv4-mapped address.
 pub fn is_unicast_host_v6(ip: Ipv6Addr) -> bool {
-    let s = ip.segments();
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
-        || (s[0] & 0xffc0) == 0xfe80
+        || weft_backends::is_link_local(IpAddr::V6(ip))
         || ip.to_ipv4_mapped().is_some())
 }
 
@@ -396,12 +447,13 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
             let ip = attrs
                 .public_ip
                 .ok_or(LeaseError::MissingField("PublicIP"))?;
-            if !is_unicast_host(ip) {
-                return Err(LeaseError::BadPublicIp(ip));
-            }
-            if network.contains(ip) {
-                return Err(LeaseError::PublicIpInNetwork { ip, network });
-            }
+            check_public_ip(IpAddr::V4(ip), Some(IpNetwork::V4(network))).map_err(|problem| {
+                LeaseError::PublicIp {
+                    field: "PublicIP",
+                    ip: IpAddr::V4(ip),
+                    problem,
+                }
+            })?;
             if rules.own_public_ip == Some(ip) {
                 return Err(LeaseError::PublicIpIsOurs(ip));
             }
@@ -414,12 +466,13 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
             let ip = attrs
                 .public_ip_v6
                 .ok_or(LeaseError::MissingField("PublicIPv6"))?;
-            if !is_unicast_host_v6(ip) {
-                return Err(LeaseError::BadPublicIpV6(ip));
-            }
-            if network.contains(ip) {
-                return Err(LeaseError::PublicIpV6InNetwork { ip, network });
-            }
+            check_public_ip(IpAddr::V6(ip), Some(IpNetwork::V6(network))).map_err(|problem| {
+                LeaseError::PublicIp {
+                    field: "PublicIPv6",
+                    ip: IpAddr::V6(ip),
+                    problem,
+                }
+            })?;
             if rules.own_public_ip_v6 == Some(ip) {
                 return Err(LeaseError::PublicIpV6IsOurs(ip));
             }
@@ -494,6 +547,18 @@ mod tests {
         }
         let k: SubnetKey = "10.5.52.0-24".parse().unwrap();
         assert_eq!(k.v4.to_string(), "10.5.52.0/24");
+    }
+
+    #[test]
+    fn operator_text_spells_a_key_as_cidrs() {
+        for (key, cidrs) in [
+            ("10.5.7.0-24", "10.5.7.0/24"),
+            ("10.5.7.0-24&fc00:0:0:7::-64", "10.5.7.0/24,fc00:0:0:7::/64"),
+            ("0.0.0.0-0&fc00:0:0:7::-64", "fc00:0:0:7::/64"),
+        ] {
+            let k: SubnetKey = key.parse().unwrap();
+            assert_eq!(k.cidrs().to_string(), cidrs);
+        }
     }
 
     #[test]
@@ -678,6 +743,7 @@ mod tests {
             ("10.5.7.9-24", format!(r#"{{"PublicIP":"192.0.2.1",{good_data}}}"#), "network address"),
             ("10.5.7.0-24", format!(r#"{{{good_data}}}"#), "missing PublicIP"),
             ("10.5.7.0-24", format!(r#"{{"PublicIP":"127.0.0.1",{good_data}}}"#), "not a unicast"),
+            ("10.5.7.0-24", format!(r#"{{"PublicIP":"10.5.9.9",{good_data}}}"#), "PublicIP 10.5.9.9 is inside the cluster network 10.5.0.0/16"),
             ("10.5.7.0-24", format!(r#"{{"PublicIP":"224.0.0.1",{good_data}}}"#), "not a unicast"),
             ("10.5.7.0-24", format!(r#"{{"PublicIP":"0.0.0.0",{good_data}}}"#), "not a unicast"),
             ("10.5.7.0-24", format!(r#"{{"PublicIP":"255.255.255.255",{good_data}}}"#), "not a unicast"),
@@ -697,6 +763,45 @@ mod tests {
             assert!(
                 err.contains(needle),
                 "{key} {value:.60}: {err:?} lacks {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_public_ip_rule() {
+        let net4: IpNetwork = "10.5.0.0/16".parse().unwrap();
+        let net6: IpNetwork = "fc00::/48".parse().unwrap();
+        for (ip, network, expected) in [
+            ("192.0.2.1", Some(net4), Ok(())),
+            ("192.0.2.1", None, Ok(())),
+            ("10.5.3.4", None, Ok(())),
+            (
+                "10.5.3.4",
+                Some(net4),
+                Err(PublicIpProblem::InsideNetwork(net4)),
+            ),
+            ("127.0.0.1", None, Err(PublicIpProblem::NotUnicast)),
+            ("0.0.0.0", None, Err(PublicIpProblem::NotUnicast)),
+            ("0.1.2.3", None, Err(PublicIpProblem::NotUnicast)),
+            ("224.0.0.1", None, Err(PublicIpProblem::NotUnicast)),
+            ("255.255.255.255", None, Err(PublicIpProblem::NotUnicast)),
+            ("240.0.0.1", None, Err(PublicIpProblem::NotUnicast)),
+            ("2001:db8::1", Some(net6), Ok(())),
+            (
+                "fc00:0:0:7::1",
+                Some(net6),
+                Err(PublicIpProblem::InsideNetwork(net6)),
+            ),
+            ("::", None, Err(PublicIpProblem::NotUnicast)),
+            ("::1", None, Err(PublicIpProblem::NotUnicast)),
+            ("fe80::1", None, Err(PublicIpProblem::NotUnicast)),
+            ("ff02::1", None, Err(PublicIpProblem::NotUnicast)),
+            ("::ffff:192.0.2.1", None, Err(PublicIpProblem::NotUnicast)),
+        ] {
+            assert_eq!(
+                check_public_ip(ip.parse().unwrap(), network),
+                expected,
+                "{ip} in {network:?}"
             );
         }
     }

@@ -10,43 +10,51 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 use weft_backends::dataplane::KernelNetlink;
-use weft_backends::plan::{Settings, Underlay, VxlanSettings};
-use weft_backends::{BackendKind, IpFamily, MacAddr, PeerEvent};
+use weft_backends::plan::{LinkNames, Settings, Underlay};
+use weft_backends::{BackendKind, IpFamily, PeerEvent};
 
 use crate::config::{ConfigError, NetConfig};
 use crate::firewall::{run_firewall, MasqRules, NftFirewall, TableFamily};
 use crate::health::{self, Metrics, Readiness};
-use crate::iface::{self, ChosenIface, Families, IfaceError};
-use crate::keeper::{sleep_or_shutdown, Backoff, KeeperSettings, LeaseKeeper, LeaseStatus};
-use crate::lease::{Endpoint, LeaseAttrs, LeaseRules, SubnetKey, VxlanData};
-use crate::pick::{Identity, Previous};
-use crate::settings::AgentSettings;
+use crate::host::iface::{self, ChosenIface, Families, IfaceError};
+use crate::lease::keeper::{sleep_or_shutdown, Backoff, KeeperSettings, LeaseKeeper, LeaseStatus};
+use crate::lease::pick::{Identity, Previous};
+use crate::lease::{LeaseRules, SubnetKey};
+use crate::node::{
+    backend_settings, chosen_underlay, device_name, families, own_attrs, own_subnet, pod_mtu,
+    vtep_mac,
+};
+use crate::settings::{AgentSettings, PublicIpFlagError};
 use crate::store::{EtcdStore, LeaseStore, Snapshot, StoreError};
 use crate::subnet_env::SubnetEnv;
 
+/// Why weftd stopped. Each message gives the context only and its source the cause, so the
+/// chain printed in full (`{:#}` of an `anyhow::Error`) says each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("choosing the interface: {0}")]
+    #[error("choosing the interface")]
     Iface(#[from] IfaceError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("network config file {path}: {source}")]
+    #[error("--net-config {path}: cannot read the file")]
     ConfigFile {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("network config file {path}: {source}")]
+    #[error("--net-config {path}")]
     BadConfigFile {
         path: String,
         #[source]
         source: ConfigError,
     },
-    #[error("data plane: {0}")]
+    #[error(transparent)]
+    PublicIp(#[from] PublicIpFlagError),
+    #[error("data plane")]
     Dataplane(#[from] weft_backends::dataplane::DataplaneError),
-    #[error("kernel notification listener: {0}")]
+    #[error("kernel notification listener")]
     Monitor(#[from] weft_backends::netlink::NlError),
-    #[error("health server on {addr}: {source}")]
+    #[error("health server on {addr}")]
     Health {
         addr: std::net::SocketAddr,
         #[source]
@@ -63,118 +71,9 @@ impl AgentError {
                 | AgentError::Store(StoreError::Config(_))
                 | AgentError::ConfigFile { .. }
                 | AgentError::BadConfigFile { .. }
+                | AgentError::PublicIp(_)
         )
     }
-}
-
-/// The MTU pods get: an explicit Backend.MTU, else the underlay's minus encapsulation
-/// (50 bytes over IPv4, 70 over IPv6; the smaller when both families are on, since a pod
-/// has one MTU for both).
-pub fn pod_mtu(cfg: &NetConfig, underlay_mtu: u32) -> u32 {
-    if let Some(m) = cfg.backend.mtu {
-        return m;
-    }
-    match cfg.backend.kind {
-        BackendKind::Vxlan => families(cfg)
-            .map(|f| VxlanSettings::mtu_for(underlay_mtu, None, f))
-            .min()
-            .unwrap_or(underlay_mtu),
-        BackendKind::HostGw => underlay_mtu,
-    }
-}
-
-/// The address families the config enables.
-pub fn families(cfg: &NetConfig) -> impl Iterator<Item = IpFamily> {
-    cfg.ipv4
-        .as_ref()
-        .map(|_| IpFamily::V4)
-        .into_iter()
-        .chain(cfg.ipv6.as_ref().map(|_| IpFamily::V6))
-}
-
-/// The name of weft's VXLAN device for a VNI and family (`weft.1`, `weft-v6.1`).
-pub fn device_name(vni: u32, family: IpFamily) -> String {
-    weft_backends::dataplane::device_name(family, vni)
-}
-
-/// The VTEP MAC of a node's device of one family: stable across restarts, derived from the
-/// node name (the IPv6 device gets its own).
-pub fn vtep_mac(node_name: &str, family: IpFamily) -> MacAddr {
-    match family {
-        IpFamily::V4 => MacAddr::derive_from(node_name),
-        IpFamily::V6 => MacAddr::derive_from(&format!("{node_name}/ipv6")),
-    }
-}
-
-/// The backend settings for one family, for a node with VTEP MAC `mac` over `underlay`
-/// (weftd and `netctl check` plan with the same ones).
-pub fn backend_settings(
-    cfg: &NetConfig,
-    family: IpFamily,
-    mac: MacAddr,
-    underlay: Underlay,
-) -> Settings {
-    match cfg.backend.kind {
-        BackendKind::Vxlan => Settings::Vxlan(VxlanSettings {
-            device: device_name(cfg.backend.vni, family),
-            vni: cfg.backend.vni,
-            port: cfg.backend.port,
-            mac,
-            mtu: VxlanSettings::mtu_for(underlay.mtu, cfg.backend.mtu, family),
-            underlay,
-            direct_routing: cfg.backend.direct_routing,
-        }),
-        BackendKind::HostGw => Settings::HostGw(underlay),
-    }
-}
-
-/// The underlay an interface gives for one family: its index, MTU, the address VXLAN
-/// packets leave from (the published public IP may be a NAT address in front of it) and
-/// the subnets of the given addresses (directly reachable for DirectRouting and host-gw).
-pub fn underlay_of(index: u32, mtu: u32, addrs: &[IpNetwork]) -> Option<Underlay> {
-    let first = addrs.first()?;
-    Some(Underlay {
-        index,
-        ip: first.ip(),
-        mtu,
-        connected: addrs
-            .iter()
-            .filter(|n| n.is_ipv4() == first.is_ipv4())
-            .map(|n| IpNetwork::new(n.network(), n.prefix()).expect("prefix of a valid network"))
-            .collect(),
-    })
-}
-
-/// The chosen interface's underlay for `family`.
-pub fn chosen_underlay(chosen: &ChosenIface, family: IpFamily) -> Option<Underlay> {
-    let addr = match family {
-        IpFamily::V4 => chosen.iface_addr.map(IpNetwork::V4),
-        IpFamily::V6 => chosen.iface_addr_v6.map(IpNetwork::V6),
-    }?;
-    underlay_of(chosen.index, chosen.mtu, &[addr])
-}
-
-/// The lease value this node publishes.
-pub fn own_attrs(cfg: &NetConfig, node_name: &str, chosen: &ChosenIface) -> LeaseAttrs {
-    let vxlan = |family| {
-        (cfg.backend.kind == BackendKind::Vxlan).then(|| VxlanData {
-            vni: cfg.backend.vni,
-            vtep_mac: vtep_mac(node_name, family),
-        })
-    };
-    let v4 = cfg.ipv4.as_ref().and(chosen.public_ip).map(|ip| Endpoint {
-        public_ip: ip,
-        vxlan: vxlan(IpFamily::V4),
-    });
-    let v6 = cfg
-        .ipv6
-        .as_ref()
-        .and(chosen.public_ip_v6)
-        .map(|ip| Endpoint {
-            public_ip: ip,
-            vxlan: vxlan(IpFamily::V6),
-        });
-    LeaseAttrs::for_node(node_name, cfg.backend.kind, v4, v6)
 }
 
 /// Read the network config and the initial listing. Retries (unready) while the config is
@@ -231,20 +130,31 @@ pub async fn run(
     settings: AgentSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), AgentError> {
+    info!(
+        version = %health::VERSION,
+        node = %settings.node_name,
+        "weftd starting"
+    );
     let metrics = Metrics::default();
     let (ready_tx, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
 
     // The interface facts are read first: a host without usable interfaces is reported
     // before anything else is attempted.
     let facts = iface::probe::facts(&settings.iface).await?;
+    // A --iface naming nothing on this host is reported now, not once the config has come.
+    iface::check_request(&settings.iface, &facts)?;
 
     let store = Arc::new(
         EtcdStore::connect(&settings.etcd)
             .await?
-            .with_request_counter(metrics.etcd_requests.clone()),
+            .with_metrics(metrics.store_metrics()),
     );
 
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(health::log_readiness_changes(
+        ready_rx.clone(),
+        shutdown.clone(),
+    ));
     if let Some(addr) = settings.healthz {
         // Bound here so a port clash is reported at start, not lost in a task.
         let listener = tokio::net::TcpListener::bind(addr)
@@ -263,9 +173,10 @@ pub async fn run(
     else {
         return Ok(());
     };
-    if !cfg.unknown_keys.is_empty() {
-        warn!(keys = ?cfg.unknown_keys, "network config has keys weft does not know; ignoring them");
+    for notice in &cfg.notices {
+        warn!(key = %notice.path, kind = %notice.kind.as_str(), "{notice}");
     }
+    settings.check_with_config(&cfg)?;
     // Interface and public IPs (one per enabled family), with one line saying what and why.
     let need = Families {
         v4: cfg.ipv4.is_some(),
@@ -283,7 +194,7 @@ pub async fn run(
         node = %settings.node_name,
         "using interface {} because {}", chosen.name, chosen.reason
     );
-    let mtu = pod_mtu(&cfg, chosen.mtu);
+    let mut mtu = pod_mtu(&cfg, chosen.mtu);
     info!(
         network = %show(cfg.v4_network().map(|n| n.to_string())),
         ipv6_network = %show(cfg.v6_network().map(|n| n.to_string())),
@@ -344,7 +255,7 @@ pub async fn run(
     let m = metrics.clone();
     let my_name = settings.node_name.clone();
     tasks.spawn(
-        crate::watch::run_peer_watch(
+        crate::lease::watch::run_peer_watch(
             store.clone(),
             rules,
             Some(snapshot),
@@ -368,36 +279,45 @@ pub async fn run(
     // own routes), kicked by its kernel notification listener. Peer events go to each.
     let mut dp_inputs = Vec::new();
     let mut dp_owns = Vec::new();
+    let mut dp_settings = Vec::new();
     for family in families(&cfg) {
-        let underlay = chosen_underlay(&chosen, family).expect("the chosen interface has one");
-        let backend = backend_settings(
-            &cfg,
-            family,
-            vtep_mac(&settings.node_name, family),
-            underlay,
-        );
+        let backend = dataplane_settings(&cfg, &settings.node_name, &chosen, chosen.mtu, family);
         let device = device_name(cfg.backend.vni, family);
         let nl = KernelNetlink::open(&device, family)?;
         let (kick_tx, kick_rx) = mpsc::channel(1);
-        crate::reconcile::spawn_monitor(device.clone(), family, kick_tx)?;
+        crate::dataplane::reconciler::spawn_monitor(device.clone(), family, kick_tx)?;
         let (dp_own_tx, dp_own_rx) = watch::channel(None::<IpNetwork>);
+        let (settings_tx, settings_rx) = watch::channel(backend.clone());
         let (events_tx, events_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
+        let names = LinkNames::new(device.clone()).with_link(chosen.index, chosen.name.clone());
+        let inputs = crate::dataplane::reconciler::Inputs {
+            own: dp_own_rx,
+            settings: settings_rx,
+            peers: events_rx,
+            kicks: kick_rx,
+            resync: crate::dataplane::reconciler::RESYNC_INTERVAL,
+        };
         tasks.spawn(
-            crate::reconcile::Reconciler::new(nl, backend, metrics.clone())
-                .run(
-                    dp_own_rx,
-                    events_rx,
-                    kick_rx,
-                    crate::reconcile::RESYNC_INTERVAL,
-                    shutdown.clone(),
-                )
+            crate::dataplane::reconciler::Reconciler::new(nl, backend, names, metrics.clone())
+                .run(inputs, shutdown.clone())
                 .map(drop)
                 .instrument(info_span!("dataplane", device = %device, family = %family)),
         );
         dp_inputs.push(events_tx);
         dp_owns.push((family, dp_own_tx));
+        dp_settings.push((family, settings_tx));
     }
     tasks.spawn(fan_out(peer_rx, dp_inputs));
+    // The underlay's MTU is followed: a change re-plans the data plane and rewrites
+    // subnet.env (see `apply_underlay_mtu`).
+    let (underlay_mtu_tx, mut underlay_mtu_rx) = watch::channel(chosen.mtu);
+    crate::dataplane::reconciler::spawn_mtu_watch(
+        chosen.index,
+        chosen.name.clone(),
+        underlay_mtu_tx,
+    )?;
+    let mut underlay_mtu = chosen.mtu;
+    let mut mtu_open = true;
 
     // The masquerade tables: one owner task per family, fed the rules once the subnet is
     // known.
@@ -411,7 +331,7 @@ pub async fn run(
                 run_firewall(
                     NftFirewall::new(None).for_family(table_family(family)),
                     masq_rx,
-                    crate::reconcile::RESYNC_INTERVAL,
+                    crate::dataplane::reconciler::RESYNC_INTERVAL,
                     shutdown.clone(),
                     move || {
                         m.firewall_repairs.inc();
@@ -444,7 +364,14 @@ pub async fn run(
     }
 
     // This task owns readiness and subnet.env.
-    loop {
+    let env_writer = EnvWriter {
+        path: &settings.subnet_file,
+        cfg: &cfg,
+        ip_masq: settings.ip_masq,
+        metrics: &metrics,
+        ready: &ready_tx,
+    };
+    'status: loop {
         let status = status_rx.borrow_and_update().clone();
         match &status {
             LeaseStatus::Held(h) => {
@@ -472,27 +399,7 @@ pub async fn run(
                         .unwrap_or(0)
                 });
                 metrics.lease_expiry_seconds.set(expiry.unwrap_or(0));
-                let env = SubnetEnv {
-                    network: cfg.v4_network(),
-                    subnet: h.key.v4_subnet(),
-                    ipv6_network: cfg.v6_network(),
-                    ipv6_subnet: h.key.v6,
-                    mtu,
-                    ip_masq: settings.ip_masq,
-                };
-                match env.write(&settings.subnet_file) {
-                    Ok(written) => {
-                        if written {
-                            metrics.subnet_env_writes.inc();
-                            info!(path = %settings.subnet_file.display(), subnet = %h.key, mtu, "wrote subnet file");
-                        }
-                        ready_tx.send_replace(Readiness::Ready);
-                    }
-                    Err(e) => {
-                        error!(error = %e, "cannot write subnet file");
-                        ready_tx.send_replace(Readiness::NotReady(e.to_string()));
-                    }
-                }
+                env_writer.write(&h.key, mtu);
             }
             LeaseStatus::Acquiring => {
                 metrics.lease_held.set(0);
@@ -503,17 +410,43 @@ pub async fn run(
                 ready_tx.send_replace(Readiness::NotReady(why.clone()));
             }
         }
-        tokio::select! {
-            changed = status_rx.changed() => {
-                if changed.is_err() { break; }
-            }
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break; }
+        // Wait for the next lease status; an MTU change is handled without touching the rest.
+        loop {
+            tokio::select! {
+                changed = status_rx.changed() => {
+                    if changed.is_err() { break 'status; }
+                    continue 'status;
+                }
+                changed = underlay_mtu_rx.changed(), if mtu_open => {
+                    if changed.is_err() {
+                        mtu_open = false;
+                        continue;
+                    }
+                    let new = *underlay_mtu_rx.borrow_and_update();
+                    if new == underlay_mtu {
+                        continue;
+                    }
+                    let change = MtuChange {
+                        iface: &chosen.name,
+                        old: underlay_mtu,
+                        new,
+                    };
+                    let node = &settings.node_name;
+                    mtu = apply_underlay_mtu(&cfg, node, &chosen, change, &dp_settings);
+                    underlay_mtu = new;
+                    if let LeaseStatus::Held(h) = &status {
+                        env_writer.write(&h.key, mtu);
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { break 'status; }
+                }
             }
         }
     }
     info!("shutting down; the lease and the data plane stay in place");
     drop(dp_owns);
+    drop(dp_settings);
     drop(own_tx);
     // Give tasks a moment to finish their current request.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -524,12 +457,103 @@ pub async fn run(
     Ok(())
 }
 
-/// This node's subnet of `family` in its key.
-pub fn own_subnet(key: &SubnetKey, family: IpFamily) -> Option<IpNetwork> {
-    match family {
-        IpFamily::V4 => key.v4_subnet().map(IpNetwork::V4),
-        IpFamily::V6 => key.v6.map(IpNetwork::V6),
+/// Writes subnet.env for the held lease; readiness follows whether it could be written.
+struct EnvWriter<'a> {
+    path: &'a std::path::Path,
+    cfg: &'a NetConfig,
+    ip_masq: bool,
+    metrics: &'a Metrics,
+    ready: &'a watch::Sender<Readiness>,
+}
+
+impl EnvWriter<'_> {
+    fn write(&self, key: &SubnetKey, mtu: u32) {
+        let env = SubnetEnv {
+            network: self.cfg.v4_network(),
+            subnet: key.v4_subnet(),
+            ipv6_network: self.cfg.v6_network(),
+            ipv6_subnet: key.v6,
+            mtu,
+            ip_masq: self.ip_masq,
+        };
+        match env.write(self.path) {
+            Ok(written) => {
+                if written {
+                    self.metrics.subnet_env_writes.inc();
+                    info!(path = %self.path.display(), subnet = %key.cidrs(), mtu, "wrote subnet file");
+                }
+                self.ready.send_replace(Readiness::Ready);
+            }
+            Err(e) => {
+                error!(error = %e, "cannot write subnet file");
+                self.ready.send_replace(Readiness::NotReady(e.to_string()));
+            }
+        }
     }
+}
+
+/// The data-plane settings of `family` over the chosen interface with `underlay_mtu`.
+fn dataplane_settings(
+    cfg: &NetConfig,
+    node_name: &str,
+    chosen: &ChosenIface,
+    underlay_mtu: u32,
+    family: IpFamily,
+) -> Settings {
+    let underlay = chosen_underlay(chosen, family).expect("the chosen interface has one");
+    let underlay = Underlay {
+        mtu: underlay_mtu,
+        ..underlay
+    };
+    backend_settings(cfg, family, vtep_mac(node_name, family), underlay)
+}
+
+/// The underlay's MTU went from `old` to `new`.
+#[derive(Clone, Copy, Debug)]
+struct MtuChange<'a> {
+    iface: &'a str,
+    old: u32,
+    new: u32,
+}
+
+/// Take a new underlay MTU into use: the data planes re-plan with it (the VXLAN device's MTU
+/// is changed in place), and the returned pod MTU goes into subnet.env for new pods. Running
+/// pods keep the MTU they were created with; the warning says so.
+fn apply_underlay_mtu(
+    cfg: &NetConfig,
+    node_name: &str,
+    chosen: &ChosenIface,
+    change: MtuChange<'_>,
+    dataplanes: &[(IpFamily, watch::Sender<Settings>)],
+) -> u32 {
+    let MtuChange { iface, old, new } = change;
+    let (before, after) = (pod_mtu(cfg, old), pod_mtu(cfg, new));
+    for (family, tx) in dataplanes {
+        tx.send_replace(dataplane_settings(cfg, node_name, chosen, new, *family));
+    }
+    if before == after {
+        warn!(
+            iface = %iface,
+            old_mtu = old,
+            new_mtu = new,
+            pod_mtu = after,
+            "the MTU of {iface} changed from {old} to {new}; pods keep MTU {after}, which Backend.MTU in the network config sets"
+        );
+    } else {
+        let devices = match (cfg.backend.kind, dataplanes.len()) {
+            (BackendKind::HostGw, _) => "",
+            (BackendKind::Vxlan, 1) => " and the VXLAN device follows",
+            (BackendKind::Vxlan, _) => " and the VXLAN devices follow",
+        };
+        warn!(
+            iface = %iface,
+            old_mtu = old,
+            new_mtu = new,
+            pod_mtu = after,
+            "the MTU of {iface} changed from {old} to {new}: new pods get MTU {after} (was {before}){devices}; running pods keep MTU {before} until they are re-created"
+        );
+    }
+    after
 }
 
 /// The firewall table family of an address family.

@@ -7,6 +7,12 @@
 //! patterns), flushed, given its mode, and renamed over the target: a reader sees the old file
 //! or the new one, never half of one. A file that already has the right content is left
 //! alone, so running the installer again (every weftd start) changes nothing.
+//!
+//! containerd and CRI-O use the first of those files by name (byte order; CRI-O unless
+//! `cni_default_network` names another network), so a foreign config that sorts before
+//! weft's wins and pods never get weft networking. [`runtime_choice`] decides, from a
+//! directory listing, which file a runtime would use; the installer warns about a shadowed
+//! conflist and `netctl check` reports it.
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +63,20 @@ pub enum InstallError {
     NoPlugin { looked: String },
 }
 
+impl InstallError {
+    /// Errors in what the operator gave (a source that cannot be read or used, no plugin
+    /// binary to install): exit status 2. Failing to write into the target directories is the
+    /// host's problem, not the input's.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            InstallError::Read { .. }
+                | InstallError::BadConflist { .. }
+                | InstallError::NoPlugin { .. }
+        )
+    }
+}
+
 /// Where to install from and to.
 #[derive(Clone, Debug)]
 pub struct InstallCni {
@@ -76,6 +96,93 @@ pub struct Installed {
     pub plugin_written: bool,
     pub conflist: PathBuf,
     pub conflist_written: bool,
+    /// Which file of the config directory a runtime would use after the install (`None`
+    /// when the directory could not be listed; that is logged).
+    pub choice: Option<RuntimeChoice>,
+}
+
+/// The extensions of the files libcni loads from a config directory (containerd and CRI-O
+/// ask for all three).
+pub const CONF_EXTENSIONS: [&str; 3] = [".conf", ".conflist", ".json"];
+
+/// Which file of a CNI config directory a container runtime would use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// weft's conflist is the first config: pods get weft networking.
+    Weft,
+    /// These configs sort before weft's, in the order a runtime tries them; the first wins
+    /// (or, when it is broken, the runtime fails or skips to the next one).
+    ShadowedBy(Vec<String>),
+    /// weft's conflist is not in the directory; a runtime would use `first`, if any.
+    NoWeft { first: Option<String> },
+}
+
+/// Whether a file of this name is a CNI config to libcni: its extension (the text from the
+/// last dot on, as Go's `filepath.Ext` takes it, so `.conflist` alone counts) is one of
+/// [`CONF_EXTENSIONS`].
+pub fn is_cni_config_name(name: &str) -> bool {
+    name.rfind('.')
+        .is_some_and(|i| CONF_EXTENSIONS.contains(&&name[i..]))
+}
+
+/// Which file a runtime would use, given `names`: the names of the directory's entries that
+/// are not directories (as libcni lists them; symlinks count), and `weft`, the name of weft's
+/// conflist. Runtimes sort the configs by name, byte by byte, and use the first. Pure.
+pub fn runtime_choice<S: AsRef<str>>(names: &[S], weft: &str) -> RuntimeChoice {
+    let mut configs: Vec<&str> = names
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|n| is_cni_config_name(n))
+        .collect();
+    configs.sort_unstable();
+    configs.dedup();
+    match configs.iter().position(|n| *n == weft) {
+        Some(0) => RuntimeChoice::Weft,
+        Some(i) => RuntimeChoice::ShadowedBy(configs[..i].iter().map(|n| n.to_string()).collect()),
+        None => RuntimeChoice::NoWeft {
+            first: configs.first().map(|n| n.to_string()),
+        },
+    }
+}
+
+/// The names of the entries of `dir` that are not directories (an absent directory has
+/// none).
+pub fn conf_dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// The operator's message for configs in `dir` that sort before weft's conflist: what wins,
+/// why, and the fix.
+pub fn shadowed_message(dir: &Path, before: &[String]) -> String {
+    let paths: Vec<String> = before
+        .iter()
+        .map(|n| dir.join(n).display().to_string())
+        .collect();
+    let (them, sort) = if before.len() == 1 {
+        ("it", "sorts")
+    } else {
+        ("them", "sort")
+    };
+    format!(
+        "{} {sort} before {CONFLIST_NAME}, and container runtimes use the first CNI config by \
+         name, so pods get the network of {} instead of weft's; remove {them}, or rename {them} \
+         to sort after {CONFLIST_NAME} or to end in none of {}",
+        paths.join(", "),
+        before.first().map(String::as_str).unwrap_or_default(),
+        CONF_EXTENSIONS.join(" "),
+    )
 }
 
 /// Check that `text` is a network list whose plugins include `weft` (pure).
@@ -136,6 +243,27 @@ fn write_atomically(target: &Path, content: &[u8], mode: u32) -> Result<bool, In
     })
 }
 
+/// The plugin runs on the node's own C library, so the one to ship is static; a dynamically
+/// linked build (a plain `cargo build`) is installed, but with a loud warning saying why it
+/// may not start and how to build the right one.
+fn warn_unless_static(source: &Path, bytes: &[u8]) {
+    match crate::host::linkage::Linkage::of_bytes(bytes) {
+        Ok(l) if l.is_static() => {}
+        Ok(l) => tracing::warn!(
+            plugin = %source.display(),
+            loader = %l.interpreter.as_deref().unwrap_or("-"),
+            libraries = %l.needed.join(","),
+            "the CNI plugin being installed is dynamically linked: it starts only on nodes whose \
+             C library is at least as new as the build machine's; install the static build \
+             (cni-plugin/build-static.sh) instead"
+        ),
+        Err(e) => tracing::warn!(
+            plugin = %source.display(),
+            "the CNI plugin being installed may not run on this node: {e}"
+        ),
+    }
+}
+
 /// Install the plugin and the conflist. Everything is read and checked before anything is
 /// written, so bad input changes nothing on the node.
 pub fn install(opts: &InstallCni) -> Result<Installed, InstallError> {
@@ -157,16 +285,39 @@ pub fn install(opts: &InstallCni) -> Result<Installed, InstallError> {
         path: source.clone(),
         source: source_err,
     })?;
+    warn_unless_static(&source, &plugin_bytes);
     let plugin = opts.bin_dir.join(PLUGIN_NAME);
     let conflist = opts.conf_dir.join(CONFLIST_NAME);
     // The binary first: a conflist naming a plugin that is not there yet would fail pods.
     let plugin_written = write_atomically(&plugin, &plugin_bytes, 0o755)?;
     let conflist_written = write_atomically(&conflist, conflist_text.as_bytes(), 0o644)?;
+    // Installing is done; a conflist that runtimes will not use is worth a loud warning, not
+    // a failure (the operator may be moving a node over and remove the other file next).
+    let choice = match conf_dir_names(&opts.conf_dir) {
+        Ok(names) => Some(runtime_choice(&names, CONFLIST_NAME)),
+        Err(e) => {
+            tracing::warn!(
+                conf_dir = %opts.conf_dir.display(),
+                "cannot list the CNI config directory to see whether another config sorts \
+                 before {CONFLIST_NAME}: {e}"
+            );
+            None
+        }
+    };
+    if let Some(RuntimeChoice::ShadowedBy(before)) = &choice {
+        tracing::warn!(
+            conf_dir = %opts.conf_dir.display(),
+            shadowed_by = %before.join(","),
+            "{}",
+            shadowed_message(&opts.conf_dir, before)
+        );
+    }
     Ok(Installed {
         plugin,
         plugin_written,
         conflist,
         conflist_written,
+        choice,
     })
 }
 
@@ -266,6 +417,89 @@ mod tests {
         let e = install(&opts).unwrap_err().to_string();
         assert!(e.contains("plugin binary") && e.contains("missing"), "{e}");
         assert!(!opts.conf_dir.exists());
+    }
+
+    #[test]
+    fn the_runtime_uses_the_first_config_by_name() {
+        use RuntimeChoice::*;
+        let shadowed = |v: &[&str]| ShadowedBy(v.iter().map(|s| s.to_string()).collect());
+        let none = |f: Option<&str>| NoWeft {
+            first: f.map(String::from),
+        };
+        let cases: Vec<(&[&str], RuntimeChoice)> = vec![
+            (&[], none(None)),
+            (&["10-weft.conflist"], Weft),
+            (&["99-loopback.conf", "10-weft.conflist"], Weft),
+            // 'c' < 'w': the names operators meet most often.
+            (
+                &["10-weft.conflist", "10-containerd-net.conflist"],
+                shadowed(&["10-containerd-net.conflist"]),
+            ),
+            (
+                &[
+                    "10-flannel.conflist",
+                    "10-calico.conflist",
+                    "10-weft.conflist",
+                ],
+                shadowed(&["10-calico.conflist", "10-flannel.conflist"]),
+            ),
+            // .conf and .json count as much as .conflist.
+            (
+                &["05-bridge.conf", "10-weft.conflist"],
+                shadowed(&["05-bridge.conf"]),
+            ),
+            (&["00-x.json", "10-weft.conflist"], shadowed(&["00-x.json"])),
+            // Other extensions, weft's own temporary files and near misses do not.
+            (
+                &[
+                    "00-old.conflist.bak",
+                    ".10-weft.conflist.42.tmp",
+                    "00-notes.txt",
+                    "00-conflist",
+                    "10-weft.conflist",
+                ],
+                Weft,
+            ),
+            // A hidden file with a config extension is read (Go's Ext of ".conflist").
+            (&[".conflist", "10-weft.conflist"], shadowed(&[".conflist"])),
+            // Byte order: upper case and digits before lower case.
+            (
+                &["10-Weft.conflist", "10-weft.conflist"],
+                shadowed(&["10-Weft.conflist"]),
+            ),
+            (
+                &["87-podman-bridge.conflist", "99-loopback.conf"],
+                none(Some("87-podman-bridge.conflist")),
+            ),
+        ];
+        for (names, want) in cases {
+            assert_eq!(runtime_choice(names, CONFLIST_NAME), want, "{names:?}");
+        }
+    }
+
+    #[test]
+    fn install_reports_a_config_that_sorts_first_and_writes_anyway() {
+        let (_dir, opts) = setup();
+        std::fs::create_dir_all(&opts.conf_dir).unwrap();
+        std::fs::write(opts.conf_dir.join("10-calico.conflist"), "{}").unwrap();
+        std::fs::create_dir(opts.conf_dir.join("00-a-directory.conf")).unwrap();
+        let done = install(&opts).unwrap();
+        assert!(done.conflist_written);
+        assert_eq!(
+            done.choice,
+            Some(RuntimeChoice::ShadowedBy(vec!["10-calico.conflist".into()]))
+        );
+        let msg = shadowed_message(&opts.conf_dir, &["10-calico.conflist".to_string()]);
+        assert!(
+            msg.starts_with(&format!(
+                "{}/10-calico.conflist sorts before 10-weft.conflist",
+                opts.conf_dir.display()
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("remove it, or rename it"), "{msg}");
+        std::fs::remove_file(opts.conf_dir.join("10-calico.conflist")).unwrap();
+        assert_eq!(install(&opts).unwrap().choice, Some(RuntimeChoice::Weft));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! One interface carries both families on a dual-stack node: it must hold an address of
 //! every enabled family (an IPv4 address, a global IPv6 address).
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -77,14 +78,114 @@ pub struct ChosenIface {
     pub reason: String,
 }
 
+impl Families {
+    /// What an interface must hold for these families, in words.
+    fn describe(self) -> &'static str {
+        match (self.v4, self.v6) {
+            (true, true) => "both an IPv4 and a global IPv6 address",
+            (false, true) => "a global IPv6 address",
+            _ => "an IPv4 address",
+        }
+    }
+}
+
+/// An interface of this host as an error message lists it: its name and addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceSummary {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// The interfaces of this host, for a message that has to say which ones there are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostIfaces(pub Vec<IfaceSummary>);
+
+impl HostIfaces {
+    /// Interfaces listed by name before the rest is only counted.
+    const SHOWN: usize = 16;
+
+    pub fn of(facts: &IfaceFacts) -> HostIfaces {
+        HostIfaces(
+            facts
+                .ifaces
+                .iter()
+                .map(|i| IfaceSummary {
+                    name: i.name.clone(),
+                    addrs: addresses(i).collect(),
+                })
+                .collect(),
+        )
+    }
+}
+
+impl fmt::Display for HostIfaces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        for (n, i) in self.0.iter().take(Self::SHOWN).enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{} (", i.name.escape_debug())?;
+            if i.addrs.is_empty() {
+                f.write_str("no address")?;
+            }
+            for (k, a) in i.addrs.iter().enumerate() {
+                if k > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{a}")?;
+            }
+            f.write_str(")")?;
+        }
+        if self.0.len() > Self::SHOWN {
+            write!(f, ", and {} more", self.0.len() - Self::SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+/// `"eth0", "10.0.0.1"`.
+fn quoted(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `with an IPv4 address `, or nothing when the families are not known yet.
+fn with_need(need: &Option<Families>) -> String {
+    need.map(|n| format!("with {} ", n.describe()))
+        .unwrap_or_default()
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IfaceError {
     #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
     BadRegex(String, String),
-    #[error("none of --iface {0:?} names an interface with an address of every enabled family")]
-    NoIfaceMatch(Vec<String>),
-    #[error("no interface name or address matches --iface-regex {0:?}")]
-    NoRegexMatch(Vec<String>),
+    #[error(
+        "--iface {}: no such interface or address on this host; the interfaces here are {here}",
+        quoted(wanted)
+    )]
+    NoSuchIface {
+        wanted: Vec<String>,
+        here: HostIfaces,
+    },
+    #[error("--iface {}: no interface named so or holding that address has {}; the interfaces here are {here}", quoted(wanted), need.describe())]
+    NoIfaceMatch {
+        wanted: Vec<String>,
+        need: Families,
+        here: HostIfaces,
+    },
+    #[error("--iface-regex {}: no interface {}has a name or address that matches; the interfaces here are {here}", quoted(patterns), with_need(need))]
+    NoRegexMatch {
+        patterns: Vec<String>,
+        /// `None` when checked before the network config is known.
+        need: Option<Families>,
+        here: HostIfaces,
+    },
     #[error("no interface holds the source address for reaching {0}")]
     CannotReach(IpAddr),
     #[error("no default {0} route to pick an interface from; pass --iface, --iface-regex or --iface-can-reach")]
@@ -93,6 +194,61 @@ pub enum IfaceError {
     NoAddress(String, &'static str),
     #[error("cannot read interfaces from the kernel: {0}")]
     Kernel(String),
+}
+
+/// Why a regular expression does not compile, on one line (the parser's own message draws the
+/// pattern and a caret over several).
+pub fn regex_problem(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(text) => text
+            .lines()
+            .last()
+            .map(|l| l.trim_start_matches("error: ").to_string())
+            .unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+/// What can be checked before the network config is known: that `--iface` names an interface
+/// (or an address of one) on this host, and that `--iface-regex` matches one. Of several
+/// `--iface` entries one is enough: the others may be fallbacks meant for other hosts.
+pub fn check_request(req: &IfaceRequest, facts: &IfaceFacts) -> Result<(), IfaceError> {
+    if !req.ifaces.is_empty() {
+        let exists = |want: &String| match want.parse::<IpAddr>() {
+            Ok(ip) => facts.ifaces.iter().any(|i| addresses(i).any(|a| a == ip)),
+            Err(_) => facts.ifaces.iter().any(|i| i.name == *want),
+        };
+        if !req.ifaces.iter().any(exists) {
+            return Err(IfaceError::NoSuchIface {
+                wanted: req.ifaces.clone(),
+                here: HostIfaces::of(facts),
+            });
+        }
+        // --iface wins over --iface-regex: the regexes are not used.
+        return Ok(());
+    }
+    if !req.regexes.is_empty() {
+        let mut regexes = Vec::new();
+        for pattern in &req.regexes {
+            regexes.push(
+                Regex::new(pattern)
+                    .map_err(|e| IfaceError::BadRegex(pattern.clone(), regex_problem(&e)))?,
+            );
+        }
+        let matches = |i: &ObservedIface| {
+            regexes
+                .iter()
+                .any(|re| re.is_match(&i.name) || addresses(i).any(|a| re.is_match(&a.to_string())))
+        };
+        if !facts.ifaces.iter().any(matches) {
+            return Err(IfaceError::NoRegexMatch {
+                patterns: req.regexes.clone(),
+                need: None,
+                here: HostIfaces::of(facts),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn first_v4(i: &ObservedIface) -> Option<Ipv4Network> {
@@ -204,12 +360,16 @@ pub fn choose(
                 }
             }
         }
-        return Err(IfaceError::NoIfaceMatch(req.ifaces.clone()));
+        return Err(IfaceError::NoIfaceMatch {
+            wanted: req.ifaces.clone(),
+            need,
+            here: HostIfaces::of(facts),
+        });
     }
     if !req.regexes.is_empty() {
         for pattern in &req.regexes {
             let re = Regex::new(pattern)
-                .map_err(|e| IfaceError::BadRegex(pattern.clone(), e.to_string()))?;
+                .map_err(|e| IfaceError::BadRegex(pattern.clone(), regex_problem(&e)))?;
             for i in facts.ifaces.iter().filter(|i| usable(i, need)) {
                 if let Some(a) = addresses(i).find(|a| re.is_match(&a.to_string())) {
                     return pick(
@@ -236,7 +396,11 @@ pub fn choose(
                 }
             }
         }
-        return Err(IfaceError::NoRegexMatch(req.regexes.clone()));
+        return Err(IfaceError::NoRegexMatch {
+            patterns: req.regexes.clone(),
+            need: Some(need),
+            here: HostIfaces::of(facts),
+        });
     }
     if let Some(target) = req.can_reach {
         let src = facts
@@ -324,8 +488,9 @@ pub mod probe {
                         AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
                         _ => None,
                     });
-                    let global =
-                        ip.filter(|ip| (ip.segments()[0] & 0xffc0) != 0xfe80 && !ip.is_loopback());
+                    let global = ip.filter(|ip| {
+                        !weft_backends::is_link_local(IpAddr::V6(*ip)) && !ip.is_loopback()
+                    });
                     if let (Some(ip), Some(i)) = (
                         global,
                         ifaces.iter_mut().find(|i| i.index == msg.header.index),
@@ -364,18 +529,22 @@ pub mod probe {
             {
                 let mut route_msg = RouteMessage::default();
                 route_msg.header.address_family = family;
+                // The dump is read to its end even after the default route turned up: a
+                // response stream dropped early leaves the rest of the dump with nowhere to
+                // go, and the connection task warns once per message it cannot deliver
+                // ("netlink_proto … failed to forward response back to the handle").
                 let mut routes = handle.route().get(route_msg).execute();
                 while let Some(r) = routes.try_next().await.map_err(kernel)? {
-                    if r.header.destination_prefix_length != 0 || r.header.table != 254 {
+                    if defaults[slot].is_some()
+                        || r.header.destination_prefix_length != 0
+                        || r.header.table != 254
+                    {
                         continue;
                     }
-                    if let Some(oif) = r.attributes.iter().find_map(|a| match a {
+                    defaults[slot] = r.attributes.iter().find_map(|a| match a {
                         RouteAttribute::Oif(i) => Some(*i),
                         _ => None,
-                    }) {
-                        defaults[slot] = Some(oif);
-                        break;
-                    }
+                    });
                 }
             }
             let can_reach_source = req.can_reach.and_then(source_for);
@@ -486,7 +655,23 @@ mod tests {
         };
         assert_eq!(
             choose(&req, &facts(), Families::V4),
-            Err(IfaceError::NoIfaceMatch(vec!["wlan9".into()]))
+            Err(IfaceError::NoIfaceMatch {
+                wanted: vec!["wlan9".into()],
+                need: Families::V4,
+                here: HostIfaces::of(&facts())
+            })
+        );
+        let req = IfaceRequest {
+            ifaces: vec!["bond0".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            choose(&req, &facts(), Families::V4)
+                .unwrap_err()
+                .to_string(),
+            "--iface \"bond0\": no interface named so or holding that address has an IPv4 \
+             address; the interfaces here are lo (127.0.0.1), eth0 (169.254.1.1, 192.0.2.10, \
+             2001:db8::10), eth1 (198.51.100.7), bond0 (2001:db8:4::4)"
         );
     }
 
@@ -506,10 +691,10 @@ mod tests {
             regexes: vec!["(".into()],
             ..Default::default()
         };
-        assert!(matches!(
+        assert_eq!(
             choose(&req, &facts(), Families::V4),
-            Err(IfaceError::BadRegex(..))
-        ));
+            Err(IfaceError::BadRegex("(".into(), "unclosed group".into()))
+        );
     }
 
     #[test]
@@ -581,6 +766,55 @@ mod tests {
         assert_eq!(
             choose(&IfaceRequest::default(), &f, v6),
             Err(IfaceError::NoDefaultRoute("IPv6"))
+        );
+    }
+
+    #[test]
+    fn a_missing_interface_is_named_at_start_with_the_ones_there_are() {
+        let req = |ifaces: &[&str], regexes: &[&str]| IfaceRequest {
+            ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
+            regexes: regexes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let e = check_request(&req(&["wlan9", "10.9.9.9"], &[]), &facts()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--iface \"wlan9\", \"10.9.9.9\": no such interface or address on this host; the \
+             interfaces here are lo (127.0.0.1), eth0 (169.254.1.1, 192.0.2.10, 2001:db8::10), \
+             eth1 (198.51.100.7), bond0 (2001:db8:4::4)"
+        );
+        // One existing entry is enough (the others are fallbacks for other hosts), by name or
+        // by address; whether it has the families needed is decided once the config is known.
+        check_request(&req(&["wlan9", "bond0"], &[]), &facts()).unwrap();
+        check_request(&req(&["wlan9", "198.51.100.7"], &[]), &facts()).unwrap();
+        check_request(&req(&["2001:db8::10"], &[]), &facts()).unwrap();
+        // --iface wins: the regexes are not looked at.
+        check_request(&req(&["eth1"], &["nomatch"]), &facts()).unwrap();
+        check_request(&req(&[], &["^bond"]), &facts()).unwrap();
+        check_request(&req(&[], &[r"^198\.51\."]), &facts()).unwrap();
+        let e = check_request(&req(&[], &["^wlan"]), &facts()).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "--iface-regex \"^wlan\": no interface has a name or address that matches; the \
+                 interfaces here are lo"
+            ),
+            "{e}"
+        );
+        check_request(&req(&[], &[]), &facts()).unwrap();
+
+        // Many interfaces: the first ones are named, the rest counted.
+        let mut many = facts();
+        many.ifaces = (0..20)
+            .map(|n| ObservedIface {
+                index: n,
+                name: format!("veth{n}"),
+                ..Default::default()
+            })
+            .collect();
+        let e = check_request(&req(&["eth0"], &[]), &many).unwrap_err();
+        assert!(
+            e.to_string().ends_with("veth15 (no address), and 4 more"),
+            "{e}"
         );
     }
 }

@@ -9,12 +9,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::config::pool::SubnetPool;
 use crate::config::NetConfig;
-use crate::lease::{LeaseAttrs, SubnetKey};
-use crate::pick::{
+use crate::lease::pick::{
     create_guard, decide, is_mine, Decision, Identity, MatchedBy, Occupancy, Previous,
 };
-use crate::pool::SubnetPool;
+use crate::lease::{LeaseAttrs, SubnetKey};
 use crate::store::{CreateOutcome, LeaseStore, ReplaceOutcome, Snapshot, StoreError, StoredEntry};
 
 /// Lost races in a row after which the local view is refreshed with a new listing.
@@ -83,6 +83,20 @@ impl LeaseStatus {
 pub enum OwnKeyNotice {
     Put { name: String, mod_revision: i64 },
     Deleted { name: String, revision: i64 },
+}
+
+impl std::fmt::Display for OwnKeyNotice {
+    /// What the watch saw, for logs: `lease key 10.5.7.0-24 deleted at revision 42`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OwnKeyNotice::Put { name, mod_revision } => {
+                write!(f, "lease key {name} rewritten at revision {mod_revision}")
+            }
+            OwnKeyNotice::Deleted { name, revision } => {
+                write!(f, "lease key {name} deleted at revision {revision}")
+            }
+        }
+    }
 }
 
 /// The lease keeper.
@@ -176,7 +190,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                     {
                         CreateOutcome::Created(entry) => {
                             info!(
-                                subnet = %key,
+                                subnet = %key.cidrs(),
                                 previous,
                                 attempt,
                                 ttl_secs = self.settings.ttl.as_secs(),
@@ -188,7 +202,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                             return Ok(self.held(key, entry, Some(self.settings.ttl)));
                         }
                         CreateOutcome::Exists(current) => {
-                            debug!(subnet = %key, "lost the race for a subnet; picking again");
+                            debug!(subnet = %key.cidrs(), "lost the race for a subnet; picking again");
                             lost_in_a_row += 1;
                             occupancy.mark_key(&self.cfg, &key);
                             // If the winner is us (a concurrent incarnation), the next
@@ -208,10 +222,12 @@ impl<S: LeaseStore> LeaseKeeper<S> {
     /// added or changed) is held; best effort: left behind, it expires with its TTL.
     async fn retire(&self, old: StoredEntry, new: &SubnetKey) {
         match self.store.delete(&old.name, Some(old.mod_revision)).await {
-            Ok(true) => info!(old = %old.name, new = %new, "replaced this node's previous lease"),
-            Ok(false) => debug!(old = %old.name, "previous lease already changed or gone"),
+            Ok(true) => {
+                info!(old_key = %old.name, new_key = %new, "replaced this node's previous lease")
+            }
+            Ok(false) => debug!(old_key = %old.name, "previous lease already changed or gone"),
             Err(e) => {
-                warn!(old = %old.name, error = %e, "could not delete the previous lease; it will expire")
+                warn!(old_key = %old.name, error = %e, "could not delete the previous lease; it will expire")
             }
         }
     }
@@ -234,7 +250,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                     None => return Ok(None), // expired just now
                 },
             };
-            info!(subnet = %subnet, ?matched_by, reservation, "reusing this node's existing lease");
+            info!(subnet = %subnet.cidrs(), matched_by = %matched_by, reservation, "reusing this node's existing lease");
             return Ok(Some(self.held(subnet, entry, remaining)));
         }
         // Ours, but the published attributes differ (new public IP or VTEP MAC, or a
@@ -251,7 +267,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                         debug!(error = %e, "could not revoke the replaced TTL lease (it will expire)");
                     }
                 }
-                info!(subnet = %subnet, ?matched_by, reservation, "reusing this node's lease with updated attributes");
+                info!(subnet = %subnet.cidrs(), matched_by = %matched_by, reservation, "reusing this node's lease with updated attributes");
                 Ok(Some(self.held(subnet, new, ttl)))
             }
             ReplaceOutcome::Conflict(_) => Ok(None),
@@ -310,13 +326,13 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                         debug!(error = %e, "could not revoke the old TTL lease (it will expire)");
                     }
                 }
-                debug!(subnet = %held.key, "renewed lease");
+                debug!(subnet = %held.key.cidrs(), "renewed lease");
                 Ok(Some(self.held(held.key, new, Some(self.settings.ttl))))
             }
             ReplaceOutcome::Conflict(current) => match current {
                 // Still ours by identity (rewritten by an operator, say): adopt it.
                 Some(cur) if self.still_mine(&cur) => {
-                    warn!(subnet = %held.key, "own lease was rewritten by someone else; adopting it");
+                    warn!(subnet = %held.key.cidrs(), "own lease was rewritten by someone else; adopting it");
                     Ok(Some(self.hold_existing(held.key, cur).await?))
                 }
                 _ => Ok(None),
@@ -416,7 +432,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                                 }
                             }
                             Ok(None) => {
-                                error!(subnet = %held.key, ?notice, "own lease vanished or was taken by another node; re-acquiring");
+                                error!(subnet = %held.key.cidrs(), seen = %notice, "own lease vanished or was taken by another node; re-acquiring");
                                 status.send_replace(LeaseStatus::Acquiring);
                                 continue 'outer;
                             }
@@ -433,13 +449,13 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                                 status.send_replace(LeaseStatus::Held(held.clone()));
                             }
                             Ok(None) => {
-                                error!(subnet = %held.key, "own lease vanished or was taken by another node at renewal; re-acquiring");
+                                error!(subnet = %held.key.cidrs(), "own lease vanished or was taken by another node at renewal; re-acquiring");
                                 status.send_replace(LeaseStatus::Acquiring);
                                 continue 'outer;
                             }
                             Err(e) => {
                                 let delay = renew_backoff.next();
-                                warn!(subnet = %held.key, error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed");
+                                warn!(subnet = %held.key.cidrs(), error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed");
                                 next_renew = Some(Instant::now() + delay);
                             }
                         }

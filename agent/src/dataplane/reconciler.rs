@@ -17,7 +17,7 @@ use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
-use weft_backends::plan::{diff, Backend, KernelState, Op, Plan, Settings};
+use weft_backends::plan::{diff, Backend, KernelState, LinkNames, Op, Plan, Settings};
 use weft_backends::{IpFamily, Peer, PeerEvent};
 
 use crate::health::Metrics;
@@ -33,9 +33,40 @@ const BIG_PASS: usize = 512;
 enum Trigger {
     Start,
     Peers,
+    /// New backend settings (the underlay's MTU changed).
+    Settings,
     Kernel,
     Resync,
     Retry,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Start => "start",
+            Trigger::Peers => "peer change",
+            Trigger::Settings => "settings change",
+            Trigger::Kernel => "kernel notification",
+            Trigger::Resync => "resync",
+            Trigger::Retry => "retry",
+        })
+    }
+}
+
+/// What a [`Reconciler`] listens to.
+#[derive(Debug)]
+pub struct Inputs {
+    /// This node's subnet of the reconciler's family (from the lease keeper).
+    pub own: watch::Receiver<Option<IpNetwork>>,
+    /// Later backend settings, when they change (the underlay's MTU); the value the watch
+    /// holds at start is the one given to [`Reconciler::new`].
+    pub settings: watch::Receiver<Settings>,
+    /// Peer events from the lease watch; the first batch is the full listing.
+    pub peers: mpsc::Receiver<Vec<PeerEvent>>,
+    /// Kicks from the kernel notification listener ([`spawn_monitor`]).
+    pub kicks: mpsc::Receiver<()>,
+    /// How often the kernel is read back anyway ([`RESYNC_INTERVAL`]).
+    pub resync: Duration,
 }
 
 /// The reconciler's state. Pure bookkeeping plus one [`Netlink`].
@@ -43,6 +74,8 @@ enum Trigger {
 pub struct Reconciler<N> {
     nl: Option<N>,
     backend: Settings,
+    /// How logs name the links operations refer to.
+    names: LinkNames,
     own: Option<IpNetwork>,
     /// Peers by their identifying subnet ([`Peer::id`]).
     peers: BTreeMap<IpNetwork, Peer>,
@@ -57,10 +90,12 @@ pub struct Reconciler<N> {
 }
 
 impl<N: Netlink + Send + 'static> Reconciler<N> {
-    pub fn new(nl: N, backend: Settings, metrics: Metrics) -> Self {
+    /// A reconciler programming `backend` through `nl`; `names` names the links in logs.
+    pub fn new(nl: N, backend: Settings, names: LinkNames, metrics: Metrics) -> Self {
         Reconciler {
             nl: Some(nl),
             backend,
+            names,
             own: None,
             peers: BTreeMap::new(),
             listed: false,
@@ -107,7 +142,8 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         let Some(own) = self.own else { return true };
         let started = Instant::now();
         let plan = self.backend.plan(own, self.peers.values());
-        let look = trigger != Trigger::Peers || self.believed.is_none();
+        let look =
+            !matches!(trigger, Trigger::Peers | Trigger::Settings) || self.believed.is_none();
         let believed = if look { None } else { self.believed.take() };
         let mut nl = self
             .nl
@@ -184,7 +220,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         // A pass over a big peer set allocates its size again, even for one change; without
         // giving the free pages back, RSS would creep up to the allocator's high-water mark.
         if ops.len() >= BIG_PASS || self.peers.len() >= BIG_PASS {
-            crate::memory::release_free_memory();
+            crate::host::memory::release_free_memory();
         }
         let programmed = desired.routes.len() as i64;
         self.metrics
@@ -201,7 +237,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 .netlink_errors
                 .inc_by(report.failures.len() as u64);
             for (op, why) in report.failures.iter().take(10) {
-                warn!(op = ?op, error = %why, "data-plane operation failed; retrying");
+                warn!(op = %self.names.show(op), error = %why, "data-plane operation failed; retrying");
             }
             false
         }
@@ -210,7 +246,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
     fn log_pass(&self, trigger: Trigger, ops: &[Op], report: &ApplyReport, took: Duration) {
         if ops.is_empty() {
             debug!(
-                ?trigger,
+                %trigger,
                 peers = self.peers.len(),
                 "data plane already as wanted"
             );
@@ -221,19 +257,25 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             Trigger::Kernel | Trigger::Resync if self.passes > 1 => {
                 self.metrics.repairs.inc();
                 for op in ops.iter().take(20) {
-                    info!(op = %describe(op), "repair: restoring the data plane");
+                    info!(op = %self.names.show(op), "repair: restoring the data plane");
                 }
                 "repaired the data plane"
             }
             Trigger::Start | Trigger::Kernel | Trigger::Resync => {
                 for op in ops.iter().filter(|o| !is_set(o)).take(20) {
-                    info!(op = %describe(op), "start-up: removing state no lease explains");
+                    info!(op = %self.names.show(op), "start-up: removing state no lease explains");
                 }
                 "data plane programmed"
             }
+            Trigger::Settings => {
+                for op in ops.iter().take(20) {
+                    info!(op = %self.names.show(op), "applying the changed settings");
+                }
+                "data plane updated"
+            }
             Trigger::Peers | Trigger::Retry => {
                 for op in ops.iter().take(20) {
-                    debug!(op = %describe(op), "data-plane change");
+                    debug!(op = %self.names.show(op), "data-plane change");
                 }
                 "data plane updated"
             }
@@ -243,20 +285,22 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             removed = ops.len() - added,
             failed = report.failures.len(),
             peers = self.peers.len(),
-            took_ms = took.as_secs_f64() * 1000.0,
+            took_ms = millis(took),
             "{summary}"
         );
     }
 
     /// Run until `shutdown` turns true (or every input is gone). The kernel state stays.
-    pub async fn run(
-        mut self,
-        mut own: watch::Receiver<Option<IpNetwork>>,
-        mut peers: mpsc::Receiver<Vec<PeerEvent>>,
-        mut kicks: mpsc::Receiver<()>,
-        resync: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> Self {
+    pub async fn run(mut self, inputs: Inputs, mut shutdown: watch::Receiver<bool>) -> Self {
+        let Inputs {
+            mut own,
+            mut settings,
+            mut peers,
+            mut kicks,
+            resync,
+        } = inputs;
+        settings.borrow_and_update();
+        let mut settings_open = true;
         let mut tick = tokio::time::interval(resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
@@ -301,6 +345,13 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                         None => { peers_open = false; continue; }
                     }
                 }
+                changed = settings.changed(), if settings_open => {
+                    if changed.is_err() { settings_open = false; continue; }
+                    let new = settings.borrow_and_update().clone();
+                    if new == self.backend { continue; }
+                    self.backend = new;
+                    Trigger::Settings
+                }
                 kick = kicks.recv(), if kicks_open => {
                     if kick.is_none() { kicks_open = false; continue; }
                     Trigger::Kernel
@@ -334,26 +385,9 @@ fn is_set(op: &Op) -> bool {
     )
 }
 
-/// One operation in the words of `ip`/`bridge`, for logs.
-pub fn describe(op: &Op) -> String {
-    use weft_backends::plan::Via;
-    let via = |v: &Via| match v {
-        Via::Overlay { gateway } => format!("via {gateway} onlink (overlay)"),
-        Via::Direct { gateway, index } => format!("via {gateway} dev #{index}"),
-    };
-    match op {
-        Op::SetDevice(d) => format!(
-            "set device {} (vxlan id {} port {} local {} dev #{} mac {} mtu {})",
-            d.name, d.vni, d.port, d.local, d.underlay_index, d.mac, d.mtu
-        ),
-        Op::DeleteDevice(n) => format!("delete device {n}"),
-        Op::DeleteRoute(r) => format!("delete route {} {}", r.dst, via(&r.via)),
-        Op::SetRoute(r) => format!("set route {} {}", r.dst, via(&r.via)),
-        Op::DeleteFdb(f) => format!("delete fdb {} dst {}", f.mac, f.dst),
-        Op::SetFdb(f) => format!("set fdb {} dst {}", f.mac, f.dst),
-        Op::DeleteNeighbour(n) => format!("delete neighbour {} lladdr {}", n.ip, n.mac),
-        Op::SetNeighbour(n) => format!("set neighbour {} lladdr {}", n.ip, n.mac),
-    }
+/// A duration in milliseconds, rounded to a tenth, for logs (`took_ms=0.9`).
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
 
 /// Listen to the kernel's notifications on a thread of its own and send a kick whenever one
@@ -388,6 +422,7 @@ pub fn spawn_monitor(
                     name: Some(name),
                     index: i,
                     deleted,
+                    ..
                 } = n
                 {
                     if *name == device {
@@ -397,7 +432,7 @@ pub fn spawn_monitor(
                     }
                 }
                 if n.concerns_weft(family, &device, index) {
-                    debug!(notification = ?n, "kernel change concerning weft");
+                    debug!(notification = %n, "kernel change concerning weft");
                     kick = true;
                 }
             }
@@ -405,6 +440,59 @@ pub fn spawn_monitor(
                 match kicks.try_send(()) {
                     Ok(()) | Err(mpsc::error::TrySendError::Full(())) => {}
                     Err(mpsc::error::TrySendError::Closed(())) => return,
+                }
+            }
+        })
+        .map_err(weft_backends::netlink::NlError::Socket)
+}
+
+/// Follow the MTU of the underlay (the link `index`, called `name`) on a thread of its own,
+/// from link notifications; after lost notifications the link is read again. Each new value
+/// goes to `mtu`. The thread ends when every receiver is gone.
+pub fn spawn_mtu_watch(
+    index: u32,
+    name: String,
+    mtu: watch::Sender<u32>,
+) -> Result<std::thread::JoinHandle<()>, weft_backends::netlink::NlError> {
+    use weft_backends::dataplane::Notification;
+    let mut monitor = Monitor::open_links(Duration::from_millis(500))?;
+    let mut nl = weft_backends::netlink::NlSocket::open()?;
+    std::thread::Builder::new()
+        .name("weft-mtu-watch".into())
+        .spawn(move || loop {
+            if mtu.is_closed() {
+                return;
+            }
+            let notes = match monitor.recv() {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!(error = %e, iface = %name, "cannot follow the interface's MTU; a change takes effect at the next restart");
+                    return;
+                }
+            };
+            for n in notes {
+                let seen = match n {
+                    Notification::Link {
+                        index: i,
+                        mtu: Some(m),
+                        deleted: false,
+                        ..
+                    } if i == index => Some(m),
+                    Notification::Overrun => nl
+                        .link_by_name(&name)
+                        .ok()
+                        .flatten()
+                        .filter(|l| l.header.index == index)
+                        .and_then(|l| {
+                            weft_backends::netlink::link_attr(&l, |a| match a {
+                                netlink_packet_route::link::LinkAttribute::Mtu(m) => Some(*m),
+                                _ => None,
+                            })
+                        }),
+                    _ => None,
+                };
+                if let Some(m) = seen {
+                    mtu.send_if_modified(|now| std::mem::replace(now, m) != m);
                 }
             }
         })
@@ -454,6 +542,7 @@ mod tests {
 
     struct Harness {
         own: watch::Sender<Option<IpNetwork>>,
+        settings: watch::Sender<Settings>,
         peers: mpsc::Sender<Vec<PeerEvent>>,
         kicks: mpsc::Sender<()>,
         stop: watch::Sender<bool>,
@@ -465,11 +554,20 @@ mod tests {
         let (peers, peers_rx) = mpsc::channel(16);
         let (kicks, kicks_rx) = mpsc::channel(1);
         let (stop, stop_rx) = watch::channel(false);
-        let r = Reconciler::new(fake, settings(), Metrics::default());
-        let task =
-            tokio::spawn(r.run(own_rx, peers_rx, kicks_rx, Duration::from_secs(30), stop_rx));
+        let (settings_tx, settings_rx) = watch::channel(settings());
+        let names = LinkNames::new("weft.1").with_link(2, "eth0");
+        let r = Reconciler::new(fake, settings(), names, Metrics::default());
+        let inputs = Inputs {
+            own: own_rx,
+            settings: settings_rx,
+            peers: peers_rx,
+            kicks: kicks_rx,
+            resync: Duration::from_secs(30),
+        };
+        let task = tokio::spawn(r.run(inputs, stop_rx));
         Harness {
             own,
+            settings: settings_tx,
             peers,
             kicks,
             stop,
@@ -483,6 +581,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             self.stop.send_replace(true);
             drop(self.own);
+            drop(self.settings);
             let r = self.task.await.unwrap();
             let Reconciler { nl, .. } = r;
             nl.unwrap()
@@ -641,5 +740,79 @@ mod tests {
             fake.state.device.unwrap().addresses,
             vec!["10.244.9.0/32".parse::<IpNetwork>().unwrap()]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_underlay_mtu_changes_the_device_in_place() {
+        let h = start(FakeNetlink::default());
+        h.peers
+            .send(vec![PeerEvent::Added(peer(2, 2))])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let Settings::Vxlan(mut v) = settings() else {
+            unreachable!("the test settings are vxlan")
+        };
+        v.underlay.mtu = 9000;
+        v.mtu = VxlanSettings::mtu_for(9000, None, IpFamily::V4);
+        h.settings.send_replace(Settings::Vxlan(v));
+        let fake = h.finish().await;
+        assert_eq!(fake.state.device.as_ref().unwrap().mtu, 8950);
+        assert_eq!(
+            fake.observed, 1,
+            "the new MTU is applied without reading the kernel"
+        );
+        assert!(
+            !fake
+                .applied
+                .iter()
+                .any(|o| matches!(o, Op::DeleteDevice(_))),
+            "the device is changed, not re-created: {:?}",
+            fake.applied
+        );
+        assert_eq!(fake.state.routes.len(), 1, "the peer's route stays");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn logs_name_links_and_print_no_debug_values() {
+        let logs = crate::logging::Captured::start();
+        // Left by an earlier run: a route through the underlay that no lease explains.
+        let mut fake = FakeNetlink::default();
+        fake.state.routes.insert(weft_backends::plan::Route {
+            dst: "10.244.9.0/24".parse().unwrap(),
+            via: Via::Direct {
+                gateway: "192.168.1.99".parse().unwrap(),
+                index: 2,
+            },
+        });
+        let h = start(fake);
+        h.peers
+            .send(vec![PeerEvent::Added(peer(2, 2))])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        h.peers
+            .send(vec![PeerEvent::Added(peer(3, 3))])
+            .await
+            .unwrap();
+        h.finish().await;
+        let text = logs.text();
+        assert!(
+            text.contains("delete route 10.244.9.0/24 via 192.168.1.99 dev eth0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("set route 10.244.3.0/24 via 10.244.3.0 dev weft.1 onlink"),
+            "{text}"
+        );
+        for debug_form in ["#", "Some(", "None", "Peers", "Kernel"] {
+            assert!(!text.contains(debug_form), "{debug_form:?} in:\n{text}");
+        }
+        // Durations are rounded to a tenth of a millisecond.
+        for took in text.split("took_ms=").skip(1) {
+            let value = took.split_whitespace().next().unwrap();
+            let decimals = value.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 1, "took_ms={value}");
+        }
     }
 }

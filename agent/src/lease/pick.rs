@@ -10,9 +10,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
+use crate::config::pool::SubnetPool;
 use crate::config::NetConfig;
 use crate::lease::{LeaseAttrs, SubnetKey, NO_V4};
-use crate::pool::SubnetPool;
 use crate::store::StoredEntry;
 
 /// Who this node is, for recognising its own lease.
@@ -28,6 +28,16 @@ pub struct Identity {
 pub enum MatchedBy {
     NodeName,
     PublicIp,
+}
+
+impl std::fmt::Display for MatchedBy {
+    /// The lease field that matched, as the lease JSON spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MatchedBy::NodeName => "NodeName",
+            MatchedBy::PublicIp => "PublicIP",
+        })
+    }
 }
 
 /// The subnets a node had before (from subnet.env), tried before a random pick.

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use weft_backends::{Peer, PeerEvent};
+use weft_backends::{IpFamily, MacAddr, Peer, PeerEvent};
 
-use crate::keeper::{sleep_or_shutdown, Backoff, OwnKeyNotice};
+use crate::lease::keeper::{sleep_or_shutdown, Backoff, OwnKeyNotice};
 use crate::lease::{validate, LeaseRules, SubnetKey};
 use crate::store::{LeaseStore, Revision, Snapshot, StoredEntry, WatchEvent};
 
@@ -346,7 +346,12 @@ impl PeerSet {
             let others: Vec<&String> = names.iter().filter(|n| *n != name).collect();
             let key = (format!("dup:{subnet}"), known.mod_revision.0);
             if self.warned.insert(key) {
-                warn!(subnet = %subnet, chosen = %name, ignored = ?others, "several leases claim one subnet; using the oldest");
+                let ignored = others
+                    .iter()
+                    .map(|n| n.escape_debug().to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                warn!(subnet = %subnet, chosen_key = %name.escape_debug(), ignored_keys = %ignored, "several leases claim one subnet; using the oldest");
             }
         }
         let name = name.clone();
@@ -384,6 +389,99 @@ impl PeerSet {
             return None;
         }
         Some(peer)
+    }
+}
+
+/// Peer changes of one batch logged one per line at info; the rest go to debug, with a count.
+const PEER_LINES_PER_BATCH: usize = 20;
+
+/// Where a batch of peer events comes from, which decides how it is logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Batch {
+    /// The first listing: every peer is new to this process, which is no news; one summary
+    /// line at info (the caller's), each peer at debug.
+    FirstListing,
+    /// A change seen by the watch, a re-list or a new own subnet: each peer at info.
+    Change,
+}
+
+/// Log who joined, left or changed. Peers are named by node name (when their lease carries
+/// one), subnet and public IP.
+fn log_peer_events(events: &[PeerEvent], batch: Batch) {
+    for (i, ev) in events.iter().enumerate() {
+        let loud = batch == Batch::Change && i < PEER_LINES_PER_BATCH;
+        match ev {
+            PeerEvent::Added(p) if batch == Batch::FirstListing => log_peer(loud, p, "peer known"),
+            PeerEvent::Added(p) => log_peer(loud, p, "peer joined"),
+            PeerEvent::Removed(p) => log_peer(loud, p, "peer left"),
+            PeerEvent::Updated { old, new } => log_peer(
+                loud,
+                new,
+                &format!("peer changed: {}", peer_changes(old, new)),
+            ),
+        }
+    }
+    if batch == Batch::Change && events.len() > PEER_LINES_PER_BATCH {
+        info!(
+            "{} more peer changes in this batch (logged at debug level)",
+            events.len() - PEER_LINES_PER_BATCH
+        );
+    }
+}
+
+/// One line about `p`: its node name, subnet(s) and public IP(s) as fields.
+fn log_peer(loud: bool, p: &Peer, what: &str) {
+    let id = p.id();
+    let dual = matches!(id, IpNetwork::V4(_));
+    let node = p.node_name.as_deref().map(tracing::field::display);
+    let public_ip = p
+        .public_ip_of(IpFamily::of_network(id))
+        .map(tracing::field::display);
+    let subnet_v6 = p.subnet_v6.filter(|_| dual).map(tracing::field::display);
+    let public_ip_v6 = p.public_ip_v6.filter(|_| dual).map(tracing::field::display);
+    if loud {
+        info!(node, subnet = %id, public_ip, subnet_v6, public_ip_v6, "{what}");
+    } else {
+        debug!(node, subnet = %id, public_ip, subnet_v6, public_ip_v6, "{what}");
+    }
+}
+
+/// What differs between two versions of a peer, in words: `public IP from 192.0.2.12 to
+/// 192.0.2.99`.
+fn peer_changes(old: &Peer, new: &Peer) -> String {
+    fn text<T: std::fmt::Display>(v: Option<T>) -> String {
+        v.map_or_else(|| "none".into(), |v| v.to_string())
+    }
+    let mac = |m: Option<MacAddr>| text(m);
+    let mut out = Vec::new();
+    let mut differs = |what: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{what} from {a} to {b}"));
+        }
+    };
+    differs(
+        "node name",
+        text(old.node_name.as_deref()),
+        text(new.node_name.as_deref()),
+    );
+    differs(
+        "public IP",
+        old.public_ip.to_string(),
+        new.public_ip.to_string(),
+    );
+    differs(
+        "IPv6 public IP",
+        text(old.public_ip_v6),
+        text(new.public_ip_v6),
+    );
+    differs("IPv6 subnet", text(old.subnet_v6), text(new.subnet_v6));
+    differs("backend", old.backend.to_string(), new.backend.to_string());
+    differs("VTEP MAC", mac(old.vtep_mac), mac(new.vtep_mac));
+    differs("IPv6 VTEP MAC", mac(old.vtep_mac_v6), mac(new.vtep_mac_v6));
+    if out.is_empty() {
+        "lease rewritten".into()
+    } else {
+        out.join(", ")
     }
 }
 
@@ -437,12 +535,21 @@ pub async fn run_peer_watch<S: LeaseStore>(
         };
         let diff = set.reset(&snap.entries);
         let relisted = !first;
-        if !first {
+        if first {
+            info!(
+                revision = snap.revision.0,
+                peers = set.len(),
+                invalid = set.invalid_count(),
+                "listed leases"
+            );
+            log_peer_events(&diff, Batch::FirstListing);
+        } else {
             info!(
                 revision = snap.revision.0,
                 changes = diff.len(),
                 "re-listed leases"
             );
+            log_peer_events(&diff, Batch::Change);
         }
         first = false;
         if let Some(name) = own_key.map(|k| k.to_string()) {
@@ -487,6 +594,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
                     if changed.is_err() { return; }
                     own_key = *own.borrow();
                     let diff = set.set_own(own_key);
+                    log_peer_events(&diff, Batch::Change);
                     peer_count(set.len(), set.invalid_count(), relisted);
                     if !diff.is_empty() && events.send(diff).await.is_err() { return; }
                 }
@@ -506,6 +614,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
                                 }
                             }
                             let diff = set.apply(&batch);
+                            log_peer_events(&diff, Batch::Change);
                             peer_count(set.len(), set.invalid_count(), relisted);
                             if !diff.is_empty() && events.send(diff).await.is_err() { return; }
                         }
@@ -730,5 +839,141 @@ mod tests {
             0,
             "the own lease is neither a peer nor invalid"
         );
+    }
+
+    fn named_entry(n: u8, node: &str, ip: &str) -> Vec<u8> {
+        format!(
+            r#"{{"PublicIP":"{ip}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:{n:02x}"}},"NodeName":"{node}"}}"#
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn peers_are_named_once_per_change_and_the_first_listing_is_summarised() {
+        use crate::store::MemoryStore;
+        let logs = crate::logging::Captured::start();
+        let store = Arc::new(MemoryStore::new());
+        for n in 2..=60u8 {
+            let value = named_entry(n, &format!("node-{n}"), &format!("192.0.2.{n}"));
+            store
+                .create(&format!("10.244.{n}.0-24"), &value, None)
+                .await
+                .unwrap();
+        }
+        let (own_tx, own_rx) = watch::channel(Some("10.244.1.0-24".parse().unwrap()));
+        let (events_tx, mut events_rx) = mpsc::channel(64);
+        let (notice_tx, _notice_rx) = mpsc::channel(64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run_peer_watch(
+            store.clone(),
+            rules(),
+            None,
+            None,
+            own_rx,
+            events_tx,
+            notice_tx,
+            |_, _, _| {},
+            stop_rx,
+        ));
+        let first = events_rx.recv().await.unwrap();
+        assert_eq!(first.len(), 59);
+        // An outage ends the watch; the re-list finds nothing new.
+        store.set_down(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.set_down(false);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // One node changes its public IP, one leaves, one joins.
+        let changed = store.get("10.244.2.0-24").await.unwrap().unwrap();
+        store
+            .replace(
+                "10.244.2.0-24",
+                &named_entry(2, "node-2", "192.0.2.200"),
+                changed.mod_revision,
+                None,
+            )
+            .await
+            .unwrap();
+        store.delete("10.244.3.0-24", None).await.unwrap();
+        store
+            .create(
+                "10.244.99.0-24",
+                &named_entry(99, "node-99", "192.0.2.99"),
+                None,
+            )
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), events_rx.recv())
+                .await
+                .expect("a peer event")
+                .unwrap();
+        }
+        stop_tx.send_replace(true);
+        drop(own_tx);
+        task.await.unwrap();
+        let text = logs.text();
+        let info: Vec<&str> = text.lines().filter(|l| l.contains(" INFO ")).collect();
+        assert!(
+            info.iter()
+                .any(|l| l.contains("listed leases") && l.contains("peers=59")),
+            "{text}"
+        );
+        assert!(
+            info.iter()
+                .any(|l| l.contains("re-listed leases") && l.contains("changes=0")),
+            "{text}"
+        );
+        let peer_lines: Vec<&&str> = info.iter().filter(|l| l.contains("peer ")).collect();
+        assert_eq!(
+            peer_lines.len(),
+            3,
+            "one line per change, none per listing:\n{text}"
+        );
+        assert!(info.iter().any(|l| l.contains(
+            "peer changed: public IP from 192.0.2.2 to 192.0.2.200 node=node-2 subnet=10.244.2.0/24 public_ip=192.0.2.200"
+        )), "{text}");
+        assert!(
+            info.iter()
+                .any(|l| l
+                    .contains("peer left node=node-3 subnet=10.244.3.0/24 public_ip=192.0.2.3")),
+            "{text}"
+        );
+        assert!(
+            info.iter().any(|l| l
+                .contains("peer joined node=node-99 subnet=10.244.99.0/24 public_ip=192.0.2.99")),
+            "{text}"
+        );
+        // Every peer of the first listing is at debug only.
+        assert_eq!(text.matches("peer known").count(), 59);
+        assert!(
+            !text.contains("10.244.2.0-24"),
+            "subnets are spelled as CIDRs:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_big_batch_of_changes_is_capped_at_info() {
+        let logs = crate::logging::Captured::start();
+        let mut set = PeerSet::new(rules(), None);
+        let entries: Vec<StoredEntry> = (2..=40)
+            .map(|n| {
+                entry(
+                    &format!("10.244.{n}.0-24"),
+                    &format!("192.0.2.{n}"),
+                    i64::from(n),
+                )
+            })
+            .collect();
+        let events = set.reset(&entries);
+        log_peer_events(&events, Batch::Change);
+        let text = logs.text();
+        let info = |needle: &str| {
+            text.lines()
+                .filter(|l| l.contains(" INFO ") && l.contains(needle))
+                .count()
+        };
+        assert_eq!(info("peer joined"), PEER_LINES_PER_BATCH, "{text}");
+        assert_eq!(info("19 more peer changes in this batch"), 1, "{text}");
+        assert_eq!(text.matches("peer joined").count(), 39, "the rest at debug");
     }
 }
