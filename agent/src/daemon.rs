@@ -9,8 +9,9 @@ use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
+use weft_backends::backend::Settings;
 use weft_backends::dataplane::KernelNetlink;
-use weft_backends::plan::{LinkNames, Settings, Underlay};
+use weft_backends::plan::{LinkNames, Underlay};
 use weft_backends::{BackendKind, IpFamily, PeerEvent};
 
 use crate::config::{ConfigError, NetConfig};

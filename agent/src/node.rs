@@ -4,7 +4,9 @@
 //! node publishes.
 
 use ipnetwork::IpNetwork;
-use weft_backends::plan::{Settings, Underlay, VxlanSettings};
+use weft_backends::backend::vxlan::{self, VxlanSettings};
+use weft_backends::backend::{HostGwSettings, Settings};
+use weft_backends::plan::Underlay;
 use weft_backends::{BackendKind, IpFamily, MacAddr};
 
 use crate::config::NetConfig;
@@ -38,17 +40,10 @@ pub fn families(cfg: &NetConfig) -> impl Iterator<Item = IpFamily> {
 
 /// The name of weft's VXLAN device for a VNI and family (`weft.1`, `weft-v6.1`).
 pub fn device_name(vni: u32, family: IpFamily) -> String {
-    weft_backends::dataplane::device_name(family, vni)
+    vxlan::device_name(family, vni)
 }
 
-/// The VTEP MAC of a node's device of one family: stable across restarts, derived from the
-/// node name (the IPv6 device gets its own).
-pub fn vtep_mac(node_name: &str, family: IpFamily) -> MacAddr {
-    match family {
-        IpFamily::V4 => MacAddr::derive_from(node_name),
-        IpFamily::V6 => MacAddr::derive_from(&format!("{node_name}/ipv6")),
-    }
-}
+pub use vxlan::vtep_mac;
 
 /// The backend settings for one family, for a node with VTEP MAC `mac` over `underlay`
 /// (weftd and `netctl check` plan with the same ones).
@@ -68,7 +63,7 @@ pub fn backend_settings(
             underlay,
             direct_routing: cfg.backend.direct_routing,
         }),
-        BackendKind::HostGw => Settings::HostGw(underlay),
+        BackendKind::HostGw => Settings::HostGw(HostGwSettings { underlay }),
     }
 }
 
@@ -126,25 +121,5 @@ pub fn own_subnet(key: &SubnetKey, family: IpFamily) -> Option<IpNetwork> {
     match family {
         IpFamily::V4 => key.v4_subnet().map(IpNetwork::V4),
         IpFamily::V6 => key.v6.map(IpNetwork::V6),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Golden values: the VTEP MAC of each family's device is derived from the node name the
-    /// same way in every weft version, so nodes on two versions during a rolling upgrade (and
-    /// a node rebuilt under its old name) publish the MACs their peers already have.
-    #[test]
-    fn vtep_macs_never_change() {
-        assert_eq!(
-            vtep_mac("node-a", IpFamily::V4).to_string(),
-            "4a:e8:66:29:c1:52"
-        );
-        assert_eq!(
-            vtep_mac("node-a", IpFamily::V6).to_string(),
-            "16:8c:82:87:20:44"
-        );
     }
 }

@@ -6,14 +6,20 @@
 
 use std::fs::File;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 
+use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::{is_link_local, IpFamily, MacAddr};
 
 pub use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 
@@ -45,6 +51,13 @@ impl NlError {
     pub fn is(&self, errno: nix::errno::Errno) -> bool {
         self.errno() == Some(errno as i32)
     }
+
+    /// Whether the kernel said that the object asked about does not exist (a deletion of
+    /// something already gone counts as done).
+    pub fn is_gone(&self) -> bool {
+        use nix::errno::Errno;
+        self.is(Errno::ENOENT) || self.is(Errno::ESRCH) || self.is(Errno::ENODEV)
+    }
 }
 
 /// One rtnetlink socket in the namespace it was opened in.
@@ -59,10 +72,11 @@ const RECV_BUF: usize = 64 * 1024;
 
 /// Requests sent per `send` in [`NlSocket::ack_batch`]. Larger batches gain little and risk
 /// ENOBUFS on the ACKs (each ACK is its own socket buffer).
-const BATCH: usize = 128;
+pub const BATCH: usize = 128;
 
-/// Kernel socket receive buffer asked for on sockets that send batches (the kernel doubles it).
-const BATCH_SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
+/// Kernel socket receive buffer asked for on sockets that send batches (the kernel doubles it):
+/// see [`NlSocket::open_for_batches`].
+pub const BATCH_SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
 
 /// One request of a batch: what it is for (used in errors), the message, extra header flags.
 #[derive(Debug, Clone)]
@@ -85,6 +99,21 @@ impl NlSocket {
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
+    }
+
+    /// A socket for many requests at a time (a data plane's), with a [`BATCH_SOCKET_RCVBUF`]
+    /// receive buffer so that the answers to a batch never overrun it. A smaller buffer (a
+    /// process without the right to force it) only means that a large batch may be refused.
+    pub fn open_for_batches() -> Result<NlSocket, NlError> {
+        let nl = NlSocket::open()?;
+        nl.set_receive_buffer(BATCH_SOCKET_RCVBUF)?;
+        Ok(nl)
+    }
+
+    /// The receive buffer the kernel gave the socket, in bytes.
+    pub fn receive_buffer(&self) -> Result<usize, NlError> {
+        use nix::sys::socket::{getsockopt, sockopt};
+        getsockopt(&self.socket, sockopt::RcvBuf).map_err(|e| NlError::Socket(e.into()))
     }
 
     /// Ask for a large receive buffer (needed for batches and for event listeners, whose
@@ -126,10 +155,6 @@ impl NlSocket {
     /// The kernel processes them in order; a refusal does not stop the ones after it. A socket
     /// failure fails every request whose outcome was not known yet.
     pub fn ack_batch(&mut self, reqs: &[Request]) -> Vec<Result<(), NlError>> {
-        if reqs.len() > BATCH {
-            // Best effort: a smaller buffer only means smaller safe batches.
-            let _ = self.set_receive_buffer(BATCH_SOCKET_RCVBUF);
-        }
         let mut results = Vec::with_capacity(reqs.len());
         for chunk in reqs.chunks(BATCH) {
             results.extend(self.ack_chunk(chunk));
@@ -341,6 +366,91 @@ pub(crate) fn set_receive_buffer(socket: &Socket, bytes: usize) -> Result<(), Nl
         return Ok(());
     }
     socket.set_rx_buf_sz(bytes).map_err(NlError::Socket)
+}
+
+/// The netlink address family of an IP family.
+pub fn address_family(family: IpFamily) -> AddressFamily {
+    match family {
+        IpFamily::V4 => AddressFamily::Inet,
+        IpFamily::V6 => AddressFamily::Inet6,
+    }
+}
+
+/// The IP family of a netlink address family (None for the others).
+pub fn ip_family(f: AddressFamily) -> Option<IpFamily> {
+    match f {
+        AddressFamily::Inet => Some(IpFamily::V4),
+        AddressFamily::Inet6 => Some(IpFamily::V6),
+        _ => None,
+    }
+}
+
+/// The address an address message carries, with its prefix. `IFA_LOCAL` is the address
+/// itself; `IFA_ADDRESS` is the peer on a point-to-point link, and the only one IPv6 usually
+/// sends.
+pub fn address_of(a: &AddressMessage) -> Option<IpNetwork> {
+    let local = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let address = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    IpNetwork::new(local.or(address)?, a.header.prefix_len).ok()
+}
+
+/// The kind of a link (`vxlan`, `bridge`, …); None for a link without one, such as a NIC.
+pub fn link_kind(link: &LinkMessage) -> Option<InfoKind> {
+    link_attr(link, |a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// The link's name.
+pub fn link_name(link: &LinkMessage) -> Option<String> {
+    link_attr(link, |a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// The link-layer address of a neighbour or FDB entry, when it is a MAC.
+pub fn neighbour_mac(attrs: &[NeighbourAttribute]) -> Option<MacAddr> {
+    attrs.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+            Some(MacAddr(b.as_slice().try_into().expect("6 bytes")))
+        }
+        _ => None,
+    })
+}
+
+/// The destination of a neighbour or FDB entry (FDB entries carry it as raw bytes).
+pub fn neighbour_ip(attrs: &[NeighbourAttribute]) -> Option<IpAddr> {
+    attrs.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+            4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            16 => {
+                let bytes: [u8; 16] = b.as_slice().try_into().expect("16 bytes");
+                Some(IpAddr::V6(Ipv6Addr::from(bytes)))
+            }
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// Whether a neighbour entry is the kernel's own business, never weft's: IPv6 link-local and
+/// multicast entries (neighbour discovery, MLD) and `NOARP` entries (multicast/broadcast
+/// mappings the kernel makes by itself).
+pub fn kernels_own_neighbour(ip: IpAddr, state: NeighbourState) -> bool {
+    state == NeighbourState::Noarp || is_link_local(ip) || ip.is_multicast()
 }
 
 /// Read one attribute of a link.

@@ -1,48 +1,8 @@
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::{IpFamily, MacAddr};
-
-/// The backend a lease advertises (`BackendType` in the lease JSON).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum BackendKind {
-    Vxlan,
-    HostGw,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown backend type {0:?} (supported: \"vxlan\", \"host-gw\")")]
-pub struct UnknownBackend(pub String);
-
-impl BackendKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            BackendKind::Vxlan => "vxlan",
-            BackendKind::HostGw => "host-gw",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for BackendKind {
-    type Err = UnknownBackend;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "vxlan" => Ok(BackendKind::Vxlan),
-            "host-gw" => Ok(BackendKind::HostGw),
-            other => Err(UnknownBackend(other.to_string())),
-        }
-    }
-}
+use crate::{BackendKind, IpFamily, MacAddr};
 
 /// Another node, as learned from its validated lease. Everything a backend needs to reach its
 /// pods. IPv6 fields are carried for dual-stack and IPv6-only clusters; they are `None` on

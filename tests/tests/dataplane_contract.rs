@@ -8,10 +8,13 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
+use weft_backends::backend::vxlan::VxlanSettings;
+use weft_backends::backend::{Backend, HostGwSettings, Settings};
 use weft_backends::dataplane::{
     remove_weft_state, DataplaneError, FakeNetlink, KernelNetlink, Netlink,
 };
-use weft_backends::plan::{diff, Backend, KernelState, Settings, Underlay, Via, VxlanSettings};
+use weft_backends::plan::{diff, KernelState, Underlay};
+use weft_backends::route::Via;
 use weft_backends::{BackendKind, IpFamily, MacAddr, Peer};
 use weft_tests::netns::Netns;
 
@@ -157,6 +160,7 @@ fn contract<N: Netlink>(nl: &mut N, index: u32, fx: Fx) {
     assert!(!nl
         .observe()
         .unwrap()
+        .vxlan
         .fdb
         .iter()
         .any(|f| f.mac == MacAddr([0x0e, 0, 0, 0, 0, 3])));
@@ -182,10 +186,13 @@ fn contract<N: Netlink>(nl: &mut N, index: u32, fx: Fx) {
     converge(nl, &want5, "direct routing");
 
     // host-gw: the device goes, only direct routes remain (the off-segment peer is reported).
-    let hg = Settings::HostGw(fx.underlay(index)).plan(own, &changed);
+    let hg = Settings::HostGw(HostGwSettings {
+        underlay: fx.underlay(index),
+    })
+    .plan(own, &changed);
     assert_eq!(hg.unreachable.len(), 2);
     converge(nl, &hg.state, "host-gw");
-    assert!(nl.observe().unwrap().device.is_none());
+    assert!(nl.observe().unwrap().vxlan.device.is_none());
 
     // Back to vxlan, then nothing at all.
     converge(nl, &want, "vxlan again");
@@ -513,7 +520,10 @@ fn kernel_host_gw_v6_routes_directly_over_the_underlay() {
         V6.peer(2, ip("fd00:99::2"), 2),
         V6.peer(3, ip("2001:db8::3"), 3),
     ];
-    let plan = Settings::HostGw(V6.underlay(index)).plan(net("fc00:0:0:1::/64"), &peers);
+    let plan = Settings::HostGw(HostGwSettings {
+        underlay: V6.underlay(index),
+    })
+    .plan(net("fc00:0:0:1::/64"), &peers);
     assert_eq!(plan.unreachable.len(), 1, "the peer behind a router");
     converge(&mut nl, &plan.state, "host-gw");
     let routes = ns.ip(&["-6", "route", "show", "proto", "87"]);
@@ -547,9 +557,11 @@ fn both_families_share_a_namespace_without_touching_each_other() {
     assert!(report.failures.iter().all(|(_, why)| why.contains("IPv6")));
 
     // IPv4 goes to host-gw and then away entirely: the IPv6 overlay is untouched.
-    let hg4 = Settings::HostGw(V4.underlay(index))
-        .plan(V4.subnet(1), &peers4)
-        .state;
+    let hg4 = Settings::HostGw(HostGwSettings {
+        underlay: V4.underlay(index),
+    })
+    .plan(V4.subnet(1), &peers4)
+    .state;
     converge(&mut nl4, &hg4, "v4 host-gw");
     assert_eq!(nl6.observe().unwrap(), want6, "after the IPv4 device went");
     converge(&mut nl4, &KernelState::default(), "v4 empty");
@@ -626,7 +638,8 @@ fn removing_weft_state_takes_both_families_and_nothing_else() {
 
 #[test]
 fn kernel_reports_exactly_the_refused_operations_of_a_batch() {
-    use weft_backends::plan::{Op, Route};
+    use weft_backends::plan::Op;
+    use weft_backends::route::Route;
     let (ns, mut nl, index) = kernel_ns("dpb", V4);
     // 300 routes (more than one batch), three of them through a device that does not exist.
     let bad = [7u32, 150, 299];

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use weft_backends::backend::{Backend, Settings};
 use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
-use weft_backends::plan::{diff, Backend, KernelState, LinkNames, Op, Plan, Settings};
+use weft_backends::plan::{diff, KernelState, LinkNames, Op, Plan};
 use weft_backends::{IpFamily, Peer, PeerEvent};
 
 use crate::health::Metrics;
@@ -127,10 +128,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
 
     /// The address family this reconciler programs (its underlay's).
     fn family(&self) -> IpFamily {
-        match &self.backend {
-            Settings::Vxlan(v) => v.underlay.family(),
-            Settings::HostGw(u) => u.family(),
-        }
+        self.backend.family()
     }
 
     fn ready(&self) -> bool {
@@ -252,7 +250,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             );
             return;
         }
-        let added = ops.iter().filter(|o| is_set(o)).count();
+        let added = ops.iter().filter(|o| !o.is_deletion()).count();
         let summary = match trigger {
             Trigger::Kernel | Trigger::Resync if self.passes > 1 => {
                 self.metrics.repairs.inc();
@@ -262,7 +260,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 "repaired the data plane"
             }
             Trigger::Start | Trigger::Kernel | Trigger::Resync => {
-                for op in ops.iter().filter(|o| !is_set(o)).take(20) {
+                for op in ops.iter().filter(|o| o.is_deletion()).take(20) {
                     info!(op = %self.names.show(op), "start-up: removing state no lease explains");
                 }
                 "data plane programmed"
@@ -376,13 +374,6 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         }
         self
     }
-}
-
-fn is_set(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::SetDevice(_) | Op::SetNeighbour(_) | Op::SetFdb(_) | Op::SetRoute(_)
-    )
 }
 
 /// A duration in milliseconds, rounded to a tenth, for logs (`took_ms=0.9`).
@@ -502,8 +493,10 @@ pub fn spawn_mtu_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_backends::backend::vxlan::{VxlanOp, VxlanSettings};
     use weft_backends::dataplane::FakeNetlink;
-    use weft_backends::plan::{Underlay, Via, VxlanSettings};
+    use weft_backends::plan::Underlay;
+    use weft_backends::route::Via;
     use weft_backends::{BackendKind, MacAddr};
 
     fn net(s: &str) -> ipnetwork::Ipv4Network {
@@ -607,7 +600,7 @@ mod tests {
         assert!(
             fake.applied
                 .iter()
-                .all(|o| !matches!(o, Op::SetDevice(_) | Op::SetRoute(_))),
+                .all(|o| !matches!(o, Op::Vxlan(VxlanOp::SetDevice(_)) | Op::SetRoute(_))),
             "the surviving peer's entries were left alone: {:?}",
             fake.applied
         );
@@ -651,7 +644,7 @@ mod tests {
         assert_eq!(fake.state, want);
         assert_eq!(fake.observed, 1, "only the first pass reads the kernel");
         assert!(
-            !fake.state.fdb.iter().any(|f| f.mac.0[5] == 2),
+            !fake.state.vxlan.fdb.iter().any(|f| f.mac.0[5] == 2),
             "old MAC gone"
         );
     }
@@ -669,16 +662,16 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let fake = h.finish().await;
         let want = fake.state.clone();
-        assert!(want.device.is_some());
+        assert!(want.vxlan.device.is_some());
 
         // Someone deletes the device (and with it the entries and overlay routes).
         let mut broken = FakeNetlink {
             state: want.clone(),
             ..Default::default()
         };
-        broken.state.device = None;
-        broken.state.neighbours.clear();
-        broken.state.fdb.clear();
+        broken.state.vxlan.device = None;
+        broken.state.vxlan.neighbours.clear();
+        broken.state.vxlan.fdb.clear();
         broken
             .state
             .routes
@@ -737,7 +730,7 @@ mod tests {
         h.own.send_replace(Some(net("10.244.9.0/24").into()));
         let fake = h.finish().await;
         assert_eq!(
-            fake.state.device.unwrap().addresses,
+            fake.state.vxlan.device.unwrap().addresses,
             vec!["10.244.9.0/32".parse::<IpNetwork>().unwrap()]
         );
     }
@@ -757,7 +750,7 @@ mod tests {
         v.mtu = VxlanSettings::mtu_for(9000, None, IpFamily::V4);
         h.settings.send_replace(Settings::Vxlan(v));
         let fake = h.finish().await;
-        assert_eq!(fake.state.device.as_ref().unwrap().mtu, 8950);
+        assert_eq!(fake.state.vxlan.device.as_ref().unwrap().mtu, 8950);
         assert_eq!(
             fake.observed, 1,
             "the new MTU is applied without reading the kernel"
@@ -766,7 +759,7 @@ mod tests {
             !fake
                 .applied
                 .iter()
-                .any(|o| matches!(o, Op::DeleteDevice(_))),
+                .any(|o| matches!(o, Op::Vxlan(VxlanOp::DeleteDevice(_)))),
             "the device is changed, not re-created: {:?}",
             fake.applied
         );
@@ -778,7 +771,7 @@ mod tests {
         let logs = crate::logging::Captured::start();
         // Left by an earlier run: a route through the underlay that no lease explains.
         let mut fake = FakeNetlink::default();
-        fake.state.routes.insert(weft_backends::plan::Route {
+        fake.state.routes.insert(weft_backends::route::Route {
             dst: "10.244.9.0/24".parse().unwrap(),
             via: Via::Direct {
                 gateway: "192.168.1.99".parse().unwrap(),

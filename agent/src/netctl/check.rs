@@ -7,14 +7,14 @@
 //! runtimes use weft's CNI config, and that the bridge and pod veths carry the pod MTU.
 //! Reading etcd, the kernel, the files and the health port is in [`run`].
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
+use weft_backends::backend::Backend;
 use weft_backends::dataplane::{KernelNetlink, Netlink};
-use weft_backends::plan::{diff, Backend, KernelState, LinkNames, Op, Route};
+use weft_backends::plan::{concerns, diff, explain, Finding, KernelState, LinkNames};
 use weft_backends::subnet_env::SubnetEnv;
 use weft_backends::{BackendKind, IpFamily, MacAddr, Peer};
 
@@ -168,18 +168,6 @@ impl Checked {
         };
         format!("checked {node}, {subnet}\n{cni}\n")
     }
-}
-
-/// Addresses in operator text: `10.244.1.0/32, …`, or `none`.
-fn addresses_text(addrs: &[IpNetwork]) -> String {
-    if addrs.is_empty() {
-        return "none".into();
-    }
-    addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Every difference between the host and the leases. `entries` are all lease entries;
@@ -392,61 +380,17 @@ fn family_differences(
         );
     }
 
-    let have_routes: BTreeMap<IpNetwork, &Route> =
-        observed.routes.iter().map(|r| (r.dst, r)).collect();
-    let have_neigh: BTreeMap<_, _> = observed.neighbours.iter().map(|n| (n.ip, n)).collect();
     for op in diff(observed, &plan.state) {
-        let peer = peer_of(&op, family, peers);
-        out.push(match op {
-            Op::SetDevice(want) => match &observed.device {
-                None => d("missing", "device", names.show(want.as_ref()).to_string()),
-                Some(have) => {
-                    let mut what = Vec::new();
-                    if have.mtu != want.mtu {
-                        what.push(format!("MTU {} (want {})", have.mtu, want.mtu));
-                    }
-                    if have.mac != want.mac {
-                        what.push(format!("MAC {} (the lease says {})", have.mac, want.mac));
-                    }
-                    if !have.up {
-                        what.push("down".to_string());
-                    }
-                    if have.addresses != want.addresses {
-                        what.push(format!(
-                            "addresses {} (want {})",
-                            addresses_text(&have.addresses),
-                            addresses_text(&want.addresses)
-                        ));
-                    }
-                    d("wrong", "device", format!("{}: {}", want.name, what.join(", ")))
-                }
-            },
-            Op::DeleteDevice(name) => match (&observed.device, &plan.state.device) {
-                (Some(have), Some(want)) => d(
-                    "wrong",
-                    "device",
-                    format!(
-                        "{name} must be re-created: it is {}, learning {} (want vxlan id {} port {} local {} dev {}, learning off)",
-                        names.show(have), if have.learning { "on" } else { "off" },
-                        want.vni, want.port, want.local, names.link(want.underlay_index)
-                    ),
-                ),
-                _ => d("extra", "device", format!("{name} exists but the backend is {}", cfg.backend.kind)),
-            },
-            Op::SetRoute(r) => match have_routes.get(&r.dst) {
-                Some(h) => d("wrong", "route", format!("{} (want {})", names.show(*h), names.show(&r))),
-                None => d("missing", "route", names.show(&r).to_string()),
-            },
-            Op::DeleteRoute(r) => d("extra", "route", format!("{} (no lease explains it)", names.show(&r))),
-            Op::SetNeighbour(n) => match have_neigh.get(&n.ip) {
-                Some(h) => d("wrong", "neighbour", format!("{} (want lladdr {} permanent)", names.show(*h), n.mac)),
-                None => d("missing", "neighbour", names.show(&n).to_string()),
-            },
-            Op::DeleteNeighbour(n) => d("extra", "neighbour", names.show(&n).to_string()),
-            Op::SetFdb(f) => d("missing", "fdb", names.show(&f).to_string()),
-            Op::DeleteFdb(f) => d("extra", "fdb", format!("{} (stale: no lease has this MAC and address)", names.show(&f))),
-        });
-        out.last_mut().expect("one difference per op").peer = peer;
+        let Finding {
+            kind,
+            object,
+            detail,
+        } = explain(&op, observed, &plan.state, &names, cfg.backend.kind);
+        let peer = peers
+            .iter()
+            .find(|p| concerns(&op, p, family))
+            .map(|p| peer_label(p, family));
+        out.push(d(kind, object, detail).with_peer(peer));
     }
 }
 
@@ -456,24 +400,6 @@ fn peer_label(p: &Peer, family: IpFamily) -> String {
         p.public_ip_of(family)
             .map_or_else(|| "-".into(), |ip| ip.to_string())
     })
-}
-
-/// The peer an operation concerns: the one whose subnet a route or neighbour serves, or whose
-/// MAC or address an FDB entry holds. `None` for the device, and for objects no lease explains.
-fn peer_of(op: &Op, family: IpFamily, peers: &[Peer]) -> Option<String> {
-    let found = match op {
-        Op::SetRoute(r) | Op::DeleteRoute(r) => {
-            peers.iter().find(|p| p.subnet_of(family) == Some(r.dst))
-        }
-        Op::SetNeighbour(n) | Op::DeleteNeighbour(n) => peers
-            .iter()
-            .find(|p| p.subnet_of(family).is_some_and(|s| s.contains(n.ip))),
-        Op::SetFdb(f) | Op::DeleteFdb(f) => peers.iter().find(|p| {
-            p.vtep_mac_of(family) == Some(f.mac) || p.public_ip_of(family) == Some(f.dst)
-        }),
-        Op::SetDevice(_) | Op::DeleteDevice(_) => None,
-    };
-    found.map(|p| peer_label(p, family))
 }
 
 /// Render the result; exit 1 when anything differs.
@@ -684,7 +610,9 @@ mod tests {
     use crate::lease::VxlanData;
     use crate::netctl::host_facts::WeftPluginConf;
     use crate::store::Revision;
-    use weft_backends::plan::{Settings, Underlay, VxlanSettings};
+    use weft_backends::backend::vxlan::VxlanSettings;
+    use weft_backends::backend::Settings;
+    use weft_backends::plan::Underlay;
 
     fn cfg() -> NetConfig {
         NetConfig::parse(
@@ -790,11 +718,14 @@ mod tests {
     fn every_kind_of_drift_is_listed() {
         let mut state = programmed(&cfg(), &entries());
         state.routes.clear();
-        state.fdb.insert(weft_backends::plan::FdbEntry {
-            mac: MacAddr([2, 0, 0, 0, 0, 9]),
-            dst: "10.99.0.99".parse().unwrap(),
-        });
-        state.device.as_mut().unwrap().mtu = 1400;
+        state
+            .vxlan
+            .fdb
+            .insert(weft_backends::backend::vxlan::FdbEntry {
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+                dst: "10.99.0.99".parse().unwrap(),
+            });
+        state.vxlan.device.as_mut().unwrap().mtu = 1400;
         let mut h = host();
         h.env.as_mut().unwrap().mtu = 1500;
         let diffs = differences(&cfg(), &entries(), &h, &v4(state));
@@ -861,10 +792,10 @@ mod tests {
         );
 
         let mut state = programmed(&cfg(), &entries());
-        let dev = state.device.as_mut().unwrap();
+        let dev = state.vxlan.device.as_mut().unwrap();
         dev.addresses.clear();
         let mut moved = state.clone();
-        moved.device.as_mut().unwrap().underlay_index = 5;
+        moved.vxlan.device.as_mut().unwrap().underlay_index = 5;
         let mut all = differences(&cfg(), &entries(), &host(), &v4(state));
         assert!(
             all.iter()
@@ -891,11 +822,14 @@ mod tests {
     fn each_row_names_the_peer_it_concerns() {
         let mut state = programmed(&cfg(), &entries());
         state.routes.clear();
-        state.neighbours.clear();
-        state.fdb.insert(weft_backends::plan::FdbEntry {
-            mac: MacAddr([2, 0, 0, 0, 0, 9]),
-            dst: "10.99.0.99".parse().unwrap(),
-        });
+        state.vxlan.neighbours.clear();
+        state
+            .vxlan
+            .fdb
+            .insert(weft_backends::backend::vxlan::FdbEntry {
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+                dst: "10.99.0.99".parse().unwrap(),
+            });
         let mut with_junk = entries();
         with_junk.push(StoredEntry {
             name: "10.244.7.0-24".into(),

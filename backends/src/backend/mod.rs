@@ -1,0 +1,130 @@
+//! The backends, and the one place they are registered.
+//!
+//! A backend is a module: [`vxlan`] and [`host_gw`]. Each owns its settings, the
+//! `BackendData` it publishes and accepts in a lease, its plan, the kernel objects it keeps
+//! (its part of [`KernelState`](crate::plan::KernelState) and of [`Op`](crate::plan::Op)),
+//! and how those are read back and applied. The rest of weft reaches a backend only through
+//! what this module lists: [`BackendKind`] (the name in config and leases), [`Settings`]
+//! (one variant per backend) and the [`Backend`] trait.
+
+pub mod host_gw;
+#[cfg(test)]
+mod tests;
+pub mod vxlan;
+
+use std::fmt;
+use std::str::FromStr;
+
+use ipnetwork::IpNetwork;
+
+use crate::plan::Plan;
+use crate::{IpFamily, Peer};
+
+pub use host_gw::HostGwSettings;
+pub use vxlan::VxlanSettings;
+
+/// The backend a config names (`Backend.Type`) and a lease advertises (`BackendType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendKind {
+    Vxlan,
+    HostGw,
+}
+
+impl BackendKind {
+    /// Every backend weft has, in the order operator text lists them.
+    pub const ALL: [BackendKind; 2] = [BackendKind::Vxlan, BackendKind::HostGw];
+
+    /// The name in configs and leases (flannel's).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A backend name weft does not have.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown backend type {:?} (supported: {})", .0, supported())]
+pub struct UnknownBackend(pub String);
+
+fn supported() -> String {
+    let names: Vec<String> = BackendKind::ALL
+        .iter()
+        .map(|k| format!("\"{}\"", k.as_str()))
+        .collect();
+    names.join(", ")
+}
+
+impl FromStr for BackendKind {
+    type Err = UnknownBackend;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownBackend(s.to_string()))
+    }
+}
+
+/// A data-plane backend: turns this node's subnet and its peers into the kernel state it
+/// wants. Pure; applying the result is [`crate::plan::diff`] plus a
+/// [`crate::dataplane::Netlink`].
+pub trait Backend {
+    fn kind(&self) -> BackendKind;
+    /// The address family the backend's data plane serves (its underlay address's).
+    fn family(&self) -> IpFamily;
+    /// What the kernel should hold, given this node's subnet and its peers (the own lease is
+    /// not among `peers`).
+    ///
+    /// The plan is of `own_subnet`'s family: an IPv4 subnet plans from the peers' IPv4
+    /// halves, an IPv6 one from their IPv6 halves; a peer whose lease lacks a half the plan
+    /// needs is `unreachable`.
+    ///
+    /// Precondition: the underlay address is of the same family as `own_subnet`
+    /// (encapsulated packets of an IPv6 overlay leave from an IPv6 address). A backend that
+    /// needs it plans nothing otherwise, refuses this node's subnet and reports every peer
+    /// unreachable, each with the reason.
+    fn plan<'a>(&self, own_subnet: IpNetwork, peers: impl IntoIterator<Item = &'a Peer>) -> Plan;
+}
+
+/// How this node reaches its peers: the configured backend with its settings for one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settings {
+    Vxlan(VxlanSettings),
+    HostGw(HostGwSettings),
+}
+
+impl Backend for Settings {
+    fn kind(&self) -> BackendKind {
+        match self {
+            Settings::Vxlan(v) => v.kind(),
+            Settings::HostGw(h) => h.kind(),
+        }
+    }
+
+    fn family(&self) -> IpFamily {
+        match self {
+            Settings::Vxlan(v) => v.family(),
+            Settings::HostGw(h) => h.family(),
+        }
+    }
+
+    fn plan<'a>(&self, own_subnet: IpNetwork, peers: impl IntoIterator<Item = &'a Peer>) -> Plan {
+        match self {
+            Settings::Vxlan(v) => v.plan(own_subnet, peers),
+            Settings::HostGw(h) => h.plan(own_subnet, peers),
+        }
+    }
+}
+
+/// What the kernel should hold for `settings` (shorthand for [`Backend::plan`]).
+pub fn plan(own_subnet: IpNetwork, peers: &[Peer], settings: &Settings) -> Plan {
+    settings.plan(own_subnet, peers)
+}

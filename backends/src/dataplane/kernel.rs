@@ -1,0 +1,150 @@
+//! [`KernelNetlink`]: the data plane on the kernel of the namespace its socket was opened in.
+
+use crate::backend::vxlan::kernel::{EntryRequest, VxlanKernel};
+use crate::dataplane::{wrong_family, ApplyReport, DataplaneError, Netlink};
+use crate::netlink::{NlSocket, Request, BATCH};
+use crate::plan::{KernelState, Op};
+use crate::route;
+use crate::IpFamily;
+
+/// [`Netlink`] on the kernel of the namespace the socket was opened in.
+#[derive(Debug)]
+pub struct KernelNetlink {
+    nl: NlSocket,
+    family: IpFamily,
+    vxlan: VxlanKernel,
+}
+
+impl KernelNetlink {
+    /// A data plane of `family` around the VXLAN device called `device` (looked for even by
+    /// host-gw, so that a device left from an earlier vxlan configuration is removed). The
+    /// socket gets a receive buffer for batches ([`NlSocket::open_for_batches`]).
+    pub fn open(device: &str, family: IpFamily) -> Result<KernelNetlink, DataplaneError> {
+        Ok(Self::around(NlSocket::open_for_batches()?, device, family))
+    }
+
+    /// The same, in the network namespace `ns` (see [`NlSocket::open_in`]).
+    pub fn open_in(
+        ns: &std::fs::File,
+        path: &str,
+        device: &str,
+        family: IpFamily,
+    ) -> Result<KernelNetlink, DataplaneError> {
+        let nl = NlSocket::open_in(ns, path)?;
+        nl.set_receive_buffer(crate::netlink::BATCH_SOCKET_RCVBUF)?;
+        Ok(Self::around(nl, device, family))
+    }
+
+    fn around(nl: NlSocket, device: &str, family: IpFamily) -> KernelNetlink {
+        KernelNetlink {
+            nl,
+            family,
+            vxlan: VxlanKernel {
+                device: device.to_string(),
+                family,
+            },
+        }
+    }
+
+    /// The family this data plane serves.
+    pub fn family(&self) -> IpFamily {
+        self.family
+    }
+
+    /// The index of the device overlay routes go through, if it exists.
+    pub fn device_index(&mut self) -> Result<Option<u32>, DataplaneError> {
+        self.vxlan.device_index(&mut self.nl)
+    }
+
+    /// The receive buffer of the data plane's socket, in bytes.
+    pub fn receive_buffer(&self) -> Result<usize, DataplaneError> {
+        Ok(self.nl.receive_buffer()?)
+    }
+}
+
+impl Netlink for KernelNetlink {
+    fn observe(&mut self) -> Result<KernelState, DataplaneError> {
+        let (index, vxlan) = self.vxlan.observe(&mut self.nl)?;
+        let routes = route::dump_routes(&mut self.nl, self.family, index)?;
+        Ok(KernelState { routes, vxlan })
+    }
+
+    fn apply(&mut self, ops: &[Op]) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        // Device operations first, one at a time: the entries need the device's index.
+        let mut rest = Vec::new();
+        for op in ops {
+            if let Some(why) = wrong_family(op, self.family) {
+                report.failures.push((op.clone(), why));
+                continue;
+            }
+            let done = match op {
+                Op::Vxlan(v) => self.vxlan.apply_device_op(&mut self.nl, v),
+                Op::SetRoute(_) | Op::DeleteRoute(_) => None,
+            };
+            match done {
+                None => rest.push(op),
+                Some(Ok(())) => report.applied += 1,
+                Some(Err(e)) => report.failures.push((op.clone(), e.to_string())),
+            }
+        }
+        if rest.is_empty() {
+            return report;
+        }
+        let index = match self.device_index() {
+            Ok(i) => i,
+            Err(e) => {
+                for op in rest {
+                    report.failures.push((op.clone(), e.to_string()));
+                }
+                return report;
+            }
+        };
+        let no_device = |op: &Op| {
+            (
+                op.clone(),
+                "the VXLAN device does not exist (it will be re-created on the next pass)"
+                    .to_string(),
+            )
+        };
+        // Requests are built a batch at a time: 15,000 of them at once would cost megabytes
+        // that the allocator keeps afterwards.
+        for chunk in rest.chunks(BATCH) {
+            let mut reqs: Vec<Request> = Vec::with_capacity(chunk.len());
+            let mut sent = Vec::with_capacity(chunk.len());
+            for &op in chunk {
+                let req = match op {
+                    Op::SetRoute(r) => match route::set_request(r, index) {
+                        Some(req) => req,
+                        None => {
+                            report.failures.push(no_device(op));
+                            continue;
+                        }
+                    },
+                    Op::DeleteRoute(r) => route::delete_request(r),
+                    Op::Vxlan(v) => match VxlanKernel::entry_request(v, index) {
+                        EntryRequest::Send(req) => req,
+                        EntryRequest::Done => {
+                            report.applied += 1;
+                            continue;
+                        }
+                        EntryRequest::NoDevice => {
+                            report.failures.push(no_device(op));
+                            continue;
+                        }
+                    },
+                };
+                reqs.push(req);
+                sent.push(op);
+            }
+            for (op, result) in sent.into_iter().zip(self.nl.ack_batch(&reqs)) {
+                match result {
+                    Ok(()) => report.applied += 1,
+                    Err(e) if op.is_deletion() && e.is_gone() => report.applied += 1,
+                    Err(e) => report.failures.push((op.clone(), e.to_string())),
+                }
+            }
+        }
+        report
+    }
+}
