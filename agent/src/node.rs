@@ -5,13 +5,13 @@
 
 use ipnetwork::IpNetwork;
 use weft_backends::backend::vxlan::{self, VxlanSettings};
-use weft_backends::backend::{HostGwSettings, Settings};
+use weft_backends::backend::{BackendData, HostGwSettings, Settings};
 use weft_backends::plan::Underlay;
 use weft_backends::{BackendKind, IpFamily, MacAddr};
 
 use crate::config::NetConfig;
 use crate::host::iface::ChosenIface;
-use crate::lease::{Endpoint, LeaseAttrs, SubnetKey, VxlanData};
+use crate::lease::{Endpoint, LeaseAttrs, SubnetKey};
 
 /// The MTU pods get: an explicit Backend.MTU, else the underlay's minus encapsulation
 /// (50 bytes over IPv4, 70 over IPv6; the smaller when both families are on, since a pod
@@ -95,15 +95,16 @@ pub fn chosen_underlay(chosen: &ChosenIface, family: IpFamily) -> Option<Underla
 
 /// The lease value this node publishes.
 pub fn own_attrs(cfg: &NetConfig, node_name: &str, chosen: &ChosenIface) -> LeaseAttrs {
-    let vxlan = |family| {
-        (cfg.backend.kind == BackendKind::Vxlan).then(|| VxlanData {
-            vni: cfg.backend.vni,
-            vtep_mac: vtep_mac(node_name, family),
-        })
+    let data = |family| match cfg.backend.kind {
+        BackendKind::Vxlan => Some(BackendData::vxlan(
+            cfg.backend.vni,
+            vtep_mac(node_name, family),
+        )),
+        BackendKind::HostGw => None,
     };
     let v4 = cfg.ipv4.as_ref().and(chosen.public_ip).map(|ip| Endpoint {
         public_ip: ip,
-        vxlan: vxlan(IpFamily::V4),
+        data: data(IpFamily::V4),
     });
     let v6 = cfg
         .ipv6
@@ -111,7 +112,7 @@ pub fn own_attrs(cfg: &NetConfig, node_name: &str, chosen: &ChosenIface) -> Leas
         .and(chosen.public_ip_v6)
         .map(|ip| Endpoint {
             public_ip: ip,
-            vxlan: vxlan(IpFamily::V6),
+            data: data(IpFamily::V6),
         });
     LeaseAttrs::for_node(node_name, cfg.backend.kind, v4, v6)
 }

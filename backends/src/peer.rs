@@ -2,7 +2,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::{BackendKind, IpFamily, MacAddr};
+use crate::backend::BackendData;
+use crate::{BackendKind, IpFamily};
 
 /// Another node, as learned from its validated lease. Everything a backend needs to reach its
 /// pods. IPv6 fields are carried for dual-stack and IPv6-only clusters; they are `None` on
@@ -15,10 +16,11 @@ pub struct Peer {
     pub subnet_v6: Option<Ipv6Network>,
     pub public_ip_v6: Option<Ipv6Addr>,
     pub backend: BackendKind,
-    /// The peer's VTEP MAC (vxlan only): its IPv4 device's.
-    pub vtep_mac: Option<MacAddr>,
-    /// The VTEP MAC of the peer's IPv6 VXLAN device (flannel's `BackendV6Data`).
-    pub vtep_mac_v6: Option<MacAddr>,
+    /// What its lease carries for its backend over IPv4 (`BackendData`), validated; None
+    /// for a backend that publishes nothing (host-gw) and on an IPv6-only cluster.
+    pub data: Option<BackendData>,
+    /// The same for IPv6 (`BackendV6Data`).
+    pub data_v6: Option<BackendData>,
     /// The node name the peer published, when it did (flannel does not).
     pub node_name: Option<String>,
 }
@@ -40,11 +42,11 @@ impl Peer {
         }
     }
 
-    /// The MAC of the peer's VXLAN device of `family`, if its lease has one.
-    pub fn vtep_mac_of(&self, family: IpFamily) -> Option<MacAddr> {
+    /// Its backend data of `family`, if its lease has any.
+    pub fn data_of(&self, family: IpFamily) -> Option<&BackendData> {
         match family {
-            IpFamily::V4 => self.vtep_mac,
-            IpFamily::V6 => self.vtep_mac_v6,
+            IpFamily::V4 => self.data.as_ref(),
+            IpFamily::V6 => self.data_v6.as_ref(),
         }
     }
 }

@@ -18,8 +18,9 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::backend::vxlan::{self, VxlanOp, VxlanState};
+use crate::backend::BackendData;
 use crate::route::{Route, Via};
-use crate::{BackendKind, IpFamily, MacAddr, Peer};
+use crate::{BackendKind, IpFamily, Peer};
 
 /// The interface weft's traffic leaves by, and the subnets directly connected to it. A data
 /// plane of one family is given the underlay address of that family; `connected` may hold
@@ -127,7 +128,7 @@ pub fn subnet_zero(s: IpNetwork) -> IpAddr {
 pub(crate) struct PeerView {
     pub subnet: IpNetwork,
     pub public_ip: IpAddr,
-    pub vtep_mac: Option<MacAddr>,
+    pub data: Option<BackendData>,
 }
 
 /// The peer's halves of `family`, or why a data plane of that family cannot serve it.
@@ -148,7 +149,7 @@ pub(crate) fn view(peer: &Peer, family: IpFamily) -> Result<PeerView, (IpNetwork
     Ok(PeerView {
         subnet,
         public_ip,
-        vtep_mac: peer.vtep_mac_of(family),
+        data: peer.data_of(family).copied(),
     })
 }
 

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use weft_backends::backend::vxlan::VxlanSettings;
-use weft_backends::backend::{Backend, HostGwSettings, Settings};
+use weft_backends::backend::{Backend, BackendData, HostGwSettings, Settings};
 use weft_backends::dataplane::{
     remove_weft_state, DataplaneError, FakeNetlink, KernelNetlink, Netlink,
 };
@@ -72,8 +72,8 @@ impl Fx {
             subnet_v6: Some(format!("fc00:0:0:{n:x}::/64").parse().unwrap()),
             public_ip_v6: Some(format!("2001:db8:ffff::{n:x}").parse().unwrap()),
             backend: BackendKind::Vxlan,
-            vtep_mac: Some(MacAddr([0x0e, 0, 0, 0, 0x44, mac])),
-            vtep_mac_v6: Some(MacAddr([0x0e, 0, 0, 0, 0x66, mac])),
+            data: Some(BackendData::vxlan(1, MacAddr([0x0e, 0, 0, 0, 0x44, mac]))),
+            data_v6: Some(BackendData::vxlan(1, MacAddr([0x0e, 0, 0, 0, 0x66, mac]))),
             node_name: None,
         };
         self.set_public(&mut p, public);
@@ -90,8 +90,8 @@ impl Fx {
 
     fn set_mac(self, p: &mut Peer, mac: MacAddr) {
         match self.0 {
-            IpFamily::V4 => p.vtep_mac = Some(mac),
-            IpFamily::V6 => p.vtep_mac_v6 = Some(mac),
+            IpFamily::V4 => p.data = Some(BackendData::vxlan(1, mac)),
+            IpFamily::V6 => p.data_v6 = Some(BackendData::vxlan(1, mac)),
         }
     }
 
@@ -488,7 +488,7 @@ fn kernel_v6_entries_look_like_flannels() {
 
     // A peer's MAC changes, another leaves: as flannel would leave it.
     let mut moved = peers[0].clone();
-    moved.vtep_mac_v6 = Some(MacAddr([0x0e, 0, 0, 0, 0, 0x22]));
+    moved.data_v6 = Some(BackendData::vxlan(1, MacAddr([0x0e, 0, 0, 0, 0, 0x22])));
     let want = V6
         .vxlan(index, false)
         .plan(net("fc00:0:0:1::/64"), &[moved])

@@ -12,8 +12,9 @@ use weft_agent::config::NetConfig;
 use weft_agent::lease::keeper::{KeeperError, KeeperSettings, LeaseKeeper, LeaseStatus};
 use weft_agent::lease::pick::{Identity, Previous};
 use weft_agent::lease::watch::run_peer_watch;
-use weft_agent::lease::{Endpoint, LeaseAttrs, LeaseRules, SubnetKey, VxlanData};
+use weft_agent::lease::{Endpoint, LeaseAttrs, LeaseRules, SubnetKey};
 use weft_agent::store::{CreateOutcome, EtcdStore, LeaseStore, MemoryStore};
+use weft_backends::backend::{BackendData, VxlanData};
 use weft_backends::{BackendKind, MacAddr, PeerEvent};
 use weft_tests::etcd::Etcd;
 use weft_tests::wait_for;
@@ -32,7 +33,7 @@ fn node_ip(i: u32) -> Ipv4Addr {
 fn attrs(name: &str, ip: Ipv4Addr, mac: Option<MacAddr>) -> LeaseAttrs {
     let ep = Endpoint {
         public_ip: ip,
-        vxlan: mac.map(|vtep_mac| VxlanData { vni: 1, vtep_mac }),
+        data: mac.map(|vtep_mac| BackendData::vxlan(1, vtep_mac)),
     };
     let kind = if mac.is_some() {
         BackendKind::Vxlan
@@ -708,17 +709,17 @@ fn dual_settings(name: &str, i: u32) -> KeeperSettings {
         BackendKind::Vxlan,
         Some(Endpoint {
             public_ip: node_ip(i),
-            vxlan: Some(VxlanData {
+            data: Some(BackendData::Vxlan(VxlanData {
                 vni: 1,
                 vtep_mac: MacAddr::derive_from(name),
-            }),
+            })),
         }),
         Some(Endpoint {
             public_ip: ip6,
-            vxlan: Some(VxlanData {
+            data: Some(BackendData::Vxlan(VxlanData {
                 vni: 1,
                 vtep_mac: MacAddr::derive_from(&format!("{name}/ipv6")),
-            }),
+            })),
         }),
     );
     s

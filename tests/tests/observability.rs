@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use weft_agent::lease::{Endpoint, LeaseAttrs, VxlanData};
+use weft_agent::lease::{Endpoint, LeaseAttrs};
 use weft_agent::store::LeaseStore;
+use weft_backends::backend::{BackendData, VxlanData};
 use weft_backends::{BackendKind, MacAddr};
 use weft_tests::etcd::Etcd;
 use weft_tests::procs::{metric, Weftd};
@@ -36,10 +37,10 @@ fn peer_lease(node: &str, ip: &str) -> Vec<u8> {
         BackendKind::Vxlan,
         Some(Endpoint {
             public_ip: ip.parse().unwrap(),
-            vxlan: Some(VxlanData {
+            data: Some(BackendData::Vxlan(VxlanData {
                 vni: 1,
                 vtep_mac: MacAddr::derive_from(node),
-            }),
+            })),
         }),
         None,
     )

@@ -8,8 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use weft_agent::lease::{LeaseAttrs, VxlanData};
+use weft_agent::lease::LeaseAttrs;
 use weft_agent::store::{CreateOutcome, LeaseStore};
+use weft_backends::backend::{BackendData, VxlanData};
 use weft_backends::{BackendKind, MacAddr};
 use weft_tests::etcd::Etcd;
 use weft_tests::netns::Netns;
@@ -57,10 +58,10 @@ async fn put_peer_lease(etcd: &Etcd, own_env: &str) -> String {
         BackendKind::Vxlan,
         Some(weft_agent::lease::Endpoint {
             public_ip: "192.0.2.77".parse().unwrap(),
-            vxlan: Some(VxlanData {
+            data: Some(BackendData::Vxlan(VxlanData {
                 vni: 1,
                 vtep_mac: MacAddr::derive_from("peer-caps"),
-            }),
+            })),
         }),
         None,
     )

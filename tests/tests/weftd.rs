@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use weft_agent::lease::LeaseAttrs;
 use weft_agent::store::{EtcdStore, LeaseStore};
+use weft_backends::backend::{BackendData, VxlanData};
 use weft_backends::MacAddr;
 use weft_tests::etcd::Etcd;
 use weft_tests::procs::{metric, netctl, Weftd};
@@ -481,10 +482,10 @@ async fn weftd_and_netctl_keep_working_when_any_one_of_three_members_stops() {
                     weft_backends::BackendKind::Vxlan,
                     Some(weft_agent::lease::Endpoint {
                         public_ip: format!("192.0.2.{}", 100 + round).parse().unwrap(),
-                        vxlan: Some(weft_agent::lease::VxlanData {
+                        data: Some(BackendData::Vxlan(VxlanData {
                             vni: 1,
                             vtep_mac: MacAddr::derive_from(&peer),
-                        }),
+                        })),
                     }),
                     None,
                 ),

@@ -494,6 +494,7 @@ pub fn spawn_mtu_watch(
 mod tests {
     use super::*;
     use weft_backends::backend::vxlan::{VxlanOp, VxlanSettings};
+    use weft_backends::backend::BackendData;
     use weft_backends::dataplane::FakeNetlink;
     use weft_backends::plan::Underlay;
     use weft_backends::route::Via;
@@ -527,8 +528,8 @@ mod tests {
             subnet_v6: None,
             public_ip_v6: None,
             backend: BackendKind::Vxlan,
-            vtep_mac: Some(MacAddr([2, 0, 0, 0, 9, mac])),
-            vtep_mac_v6: None,
+            data: Some(BackendData::vxlan(1, MacAddr([2, 0, 0, 0, 9, mac]))),
+            data_v6: None,
             node_name: None,
         }
     }

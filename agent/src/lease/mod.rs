@@ -11,7 +11,8 @@ use std::str::FromStr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
-use weft_backends::{BackendKind, MacAddr, Peer};
+use weft_backends::backend::{BackendData, BackendDataError, DataRules, VxlanData};
+use weft_backends::{BackendKind, Peer};
 
 use crate::config::NetConfig;
 
@@ -179,21 +180,12 @@ pub struct LeaseAttrs {
     pub node_name: Option<String>,
 }
 
-/// `BackendData` of a vxlan lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VxlanData {
-    #[serde(rename = "VNI")]
-    pub vni: u32,
-    #[serde(rename = "VtepMAC")]
-    pub vtep_mac: MacAddr,
-}
-
-/// What a node publishes for one address family: its public address and, for vxlan, the
-/// VTEP of that family's device.
+/// What a node publishes for one address family: its public address and its backend's data
+/// for that family (for vxlan, the VTEP of that family's device).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint<A> {
     pub public_ip: A,
-    pub vxlan: Option<VxlanData>,
+    pub data: Option<BackendData>,
 }
 
 impl LeaseAttrs {
@@ -205,13 +197,13 @@ impl LeaseAttrs {
         v4: Option<Endpoint<Ipv4Addr>>,
         v6: Option<Endpoint<Ipv6Addr>>,
     ) -> Self {
-        let data = |d: Option<VxlanData>| d.map(|d| serde_json::to_value(d).expect("plain struct"));
+        let data = |d: Option<BackendData>| d.map(|d| d.to_json());
         LeaseAttrs {
             public_ip: Some(v4.map_or(Ipv4Addr::UNSPECIFIED, |e| e.public_ip)),
             public_ip_v6: v6.map(|e| e.public_ip),
             backend_type: backend.as_str().to_string(),
-            backend_data: data(v4.and_then(|e| e.vxlan)),
-            backend_v6_data: data(v6.and_then(|e| e.vxlan)),
+            backend_data: data(v4.and_then(|e| e.data)),
+            backend_v6_data: data(v6.and_then(|e| e.data)),
             node_name: Some(node_name.to_string()),
         }
     }
@@ -274,10 +266,8 @@ pub enum LeaseError {
     UnknownBackend(String),
     #[error("BackendData is not vxlan data: {0}")]
     BackendData(String),
-    #[error("VNI {theirs} does not match this cluster's VNI {ours}")]
-    VniMismatch { theirs: u32, ours: u32 },
-    #[error("VtepMAC {0} is not a unicast MAC address")]
-    BadMac(MacAddr),
+    #[error(transparent)]
+    Data(#[from] BackendDataError),
     #[error("NodeName is empty, too long or has control characters")]
     BadNodeName,
     #[error("PublicIP {0} is this node's own address: another lease cannot take it")]
@@ -393,19 +383,6 @@ fn node_name_ok(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_NODE_NAME && !name.chars().any(char::is_control)
 }
 
-fn checked_vxlan(data: VxlanData, vni: u32) -> Result<MacAddr, LeaseError> {
-    if data.vni != vni {
-        return Err(LeaseError::VniMismatch {
-            theirs: data.vni,
-            ours: vni,
-        });
-    }
-    if !data.vtep_mac.is_unicast() {
-        return Err(LeaseError::BadMac(data.vtep_mac));
-    }
-    Ok(data.vtep_mac)
-}
-
 /// Validate one lease (its key name under `<prefix>/subnets/` and its value) into a peer.
 ///
 /// Only the enabled families are checked and used. On a dual-stack cluster a lease without
@@ -489,18 +466,24 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
         .backend_type
         .parse()
         .map_err(|_| LeaseError::UnknownBackend(attrs.backend_type.chars().take(40).collect()))?;
-    let (vtep_mac, vtep_mac_v6) = match backend {
-        BackendKind::Vxlan => (
-            match subnet_v4 {
-                Some(_) => Some(checked_vxlan(attrs.vxlan_data()?, rules.vni)?),
-                None => None,
-            },
-            match subnet_v6 {
-                Some(_) => Some(checked_vxlan(attrs.vxlan_v6_data()?, rules.vni)?),
-                None => None,
-            },
-        ),
-        BackendKind::HostGw => (None, None),
+    let data_rules = DataRules { vni: rules.vni };
+    let data = match subnet_v4 {
+        Some(_) => BackendData::decode(
+            backend,
+            "BackendData",
+            attrs.backend_data.as_ref(),
+            data_rules,
+        )?,
+        None => None,
+    };
+    let data_v6 = match subnet_v6 {
+        Some(_) => BackendData::decode(
+            backend,
+            "BackendV6Data",
+            attrs.backend_v6_data.as_ref(),
+            data_rules,
+        )?,
+        None => None,
     };
     Ok(Peer {
         subnet: subnet_v4.unwrap_or(NO_V4),
@@ -508,8 +491,8 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
         subnet_v6,
         public_ip_v6,
         backend,
-        vtep_mac,
-        vtep_mac_v6,
+        data,
+        data_v6,
         node_name: attrs.node_name,
     })
 }
@@ -517,6 +500,12 @@ pub fn validate(rules: &LeaseRules, name: &str, value: &[u8]) -> Result<Peer, Le
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_backends::backend::vxlan::vtep_mac_in;
+    use weft_backends::MacAddr;
+
+    fn vtep(data: Option<BackendData>) -> Option<MacAddr> {
+        data.and_then(vtep_mac_in)
+    }
 
     fn rules() -> LeaseRules {
         LeaseRules {
@@ -587,7 +576,7 @@ mod tests {
         let v = br#"{"PublicIP":"192.0.2.11","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:f0"},"SomeFutureField":true}"#;
         let p = validate(&rules(), "10.5.7.0-24", v).unwrap();
         assert_eq!(p.public_ip.to_string(), "192.0.2.11");
-        assert_eq!(p.vtep_mac.unwrap().to_string(), "aa:bb:cc:dd:ee:f0");
+        assert_eq!(vtep(p.data).unwrap().to_string(), "aa:bb:cc:dd:ee:f0");
         assert_eq!(p.node_name, None);
         assert_eq!(p.backend, BackendKind::Vxlan);
     }
@@ -599,10 +588,10 @@ mod tests {
             BackendKind::Vxlan,
             Some(Endpoint {
                 public_ip: "192.0.2.1".parse().unwrap(),
-                vxlan: Some(VxlanData {
+                data: Some(BackendData::Vxlan(VxlanData {
                     vni: 1,
                     vtep_mac: "02:00:00:00:00:01".parse().unwrap(),
-                }),
+                })),
             }),
             None,
         );
@@ -627,14 +616,14 @@ mod tests {
         assert_eq!(p.subnet.to_string(), "10.5.52.0/24");
         assert_eq!(p.subnet_v6.unwrap().to_string(), "fc00:0:0:34::/64");
         assert_eq!(p.public_ip_v6.unwrap().to_string(), "2001:db8::11");
-        assert_eq!(p.vtep_mac.unwrap().to_string(), "aa:bb:cc:dd:ee:f0");
-        assert_eq!(p.vtep_mac_v6.unwrap().to_string(), "aa:bb:cc:dd:ee:f6");
+        assert_eq!(vtep(p.data).unwrap().to_string(), "aa:bb:cc:dd:ee:f0");
+        assert_eq!(vtep(p.data_v6).unwrap().to_string(), "aa:bb:cc:dd:ee:f6");
         assert_eq!(p.id().to_string(), "10.5.52.0/24");
 
         // The same lease on an IPv4-only cluster: the IPv6 half is not used.
         let p = validate(&rules(), "10.5.52.0-24&fc00:0:0:34::-64", v.as_bytes()).unwrap();
         assert_eq!(
-            (p.subnet_v6, p.public_ip_v6, p.vtep_mac_v6),
+            (p.subnet_v6, p.public_ip_v6, vtep(p.data_v6)),
             (None, None, None)
         );
 
@@ -649,8 +638,8 @@ mod tests {
         );
         let p = validate(&v6_only(), "0.0.0.0-0&fc00:0:0:35::-64", v6.as_bytes()).unwrap();
         assert_eq!(p.id().to_string(), "fc00:0:0:35::/64");
-        assert_eq!(p.vtep_mac, None);
-        assert_eq!(p.vtep_mac_v6.unwrap().to_string(), "aa:bb:cc:dd:ee:f6");
+        assert_eq!(vtep(p.data), None);
+        assert_eq!(vtep(p.data_v6).unwrap().to_string(), "aa:bb:cc:dd:ee:f6");
     }
 
     #[test]
@@ -661,10 +650,10 @@ mod tests {
             None,
             Some(Endpoint {
                 public_ip: "2001:db8::5".parse().unwrap(),
-                vxlan: Some(VxlanData {
+                data: Some(BackendData::Vxlan(VxlanData {
                     vni: 1,
                     vtep_mac: "02:00:00:00:00:06".parse().unwrap(),
-                }),
+                })),
             }),
         );
         let json: serde_json::Value = serde_json::from_slice(&attrs.encode()).unwrap();
@@ -722,7 +711,7 @@ mod tests {
         let v = br#"{"PublicIP":"192.0.2.11","BackendType":"host-gw","BackendData":null}"#;
         let p = validate(&rules(), "10.5.7.0-24", v).unwrap();
         assert_eq!(p.backend, BackendKind::HostGw);
-        assert_eq!(p.vtep_mac, None);
+        assert_eq!(vtep(p.data), None);
     }
 
     #[test]

@@ -387,7 +387,7 @@ mod tests {
     fn entry(name: &str, node: Option<&str>, ip: &str) -> StoredEntry {
         let ep = crate::lease::Endpoint {
             public_ip: ip.parse().unwrap(),
-            vxlan: None,
+            data: None,
         };
         let mut a = LeaseAttrs::for_node("x", BackendKind::HostGw, Some(ep), None);
         a.node_name = node.map(str::to_string);

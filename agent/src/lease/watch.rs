@@ -11,7 +11,8 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use weft_backends::{IpFamily, MacAddr, Peer, PeerEvent};
+use weft_backends::backend::BackendData;
+use weft_backends::{IpFamily, Peer, PeerEvent};
 
 use crate::lease::keeper::{sleep_or_shutdown, Backoff, OwnKeyNotice};
 use crate::lease::{validate, LeaseRules, SubnetKey};
@@ -452,7 +453,6 @@ fn peer_changes(old: &Peer, new: &Peer) -> String {
     fn text<T: std::fmt::Display>(v: Option<T>) -> String {
         v.map_or_else(|| "none".into(), |v| v.to_string())
     }
-    let mac = |m: Option<MacAddr>| text(m);
     let mut out = Vec::new();
     let mut differs = |what: &str, a: String, b: String| {
         if a != b {
@@ -476,8 +476,14 @@ fn peer_changes(old: &Peer, new: &Peer) -> String {
     );
     differs("IPv6 subnet", text(old.subnet_v6), text(new.subnet_v6));
     differs("backend", old.backend.to_string(), new.backend.to_string());
-    differs("VTEP MAC", mac(old.vtep_mac), mac(new.vtep_mac));
-    differs("IPv6 VTEP MAC", mac(old.vtep_mac_v6), mac(new.vtep_mac_v6));
+    for (family, old, new) in [
+        ("", &old.data, &new.data),
+        ("IPv6 ", &old.data_v6, &new.data_v6),
+    ] {
+        let what = old.or(*new).map_or("backend data", |d| d.describe().0);
+        let value = |d: &Option<BackendData>| d.map_or_else(|| "none".into(), |d| d.describe().1);
+        differs(&format!("{family}{what}"), value(old), value(new));
+    }
     if out.is_empty() {
         "lease rewritten".into()
     } else {

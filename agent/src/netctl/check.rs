@@ -607,11 +607,11 @@ pub enum CheckError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::VxlanData;
     use crate::netctl::host_facts::WeftPluginConf;
     use crate::store::Revision;
     use weft_backends::backend::vxlan::VxlanSettings;
     use weft_backends::backend::Settings;
+    use weft_backends::backend::{BackendData, VxlanData};
     use weft_backends::plan::Underlay;
 
     fn cfg() -> NetConfig {
@@ -628,10 +628,10 @@ mod tests {
             BackendKind::Vxlan,
             Some(crate::lease::Endpoint {
                 public_ip: ip.parse().unwrap(),
-                vxlan: Some(VxlanData {
+                data: Some(BackendData::Vxlan(VxlanData {
                     vni: 1,
                     vtep_mac: MacAddr([2, 0, 0, 0, 0, mac]),
-                }),
+                })),
             }),
             None,
         );

@@ -18,9 +18,10 @@ use std::str::FromStr;
 use ipnetwork::IpNetwork;
 
 use crate::plan::Plan;
-use crate::{IpFamily, Peer};
+use crate::{IpFamily, MacAddr, Peer};
 
 pub use host_gw::HostGwSettings;
+pub use vxlan::lease::{VxlanData, VxlanDataError};
 pub use vxlan::VxlanSettings;
 
 /// The backend a config names (`Backend.Type`) and a lease advertises (`BackendType`).
@@ -70,6 +71,84 @@ impl FromStr for BackendKind {
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| UnknownBackend(s.to_string()))
+    }
+}
+
+/// What a node's lease carries for its backend in one family (`BackendData` for IPv4,
+/// `BackendV6Data` for IPv6), as published and, validated, as a peer's. host-gw publishes
+/// none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendData {
+    Vxlan(VxlanData),
+}
+
+/// What a peer's `BackendData` must fit in this cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataRules {
+    /// The cluster's VXLAN ID (`Backend.VNI`).
+    pub vni: u32,
+}
+
+/// Why a peer's `BackendData` cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BackendDataError {
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("{field} is not {backend} data: {problem}")]
+    Malformed {
+        field: &'static str,
+        backend: BackendKind,
+        problem: String,
+    },
+    #[error(transparent)]
+    Vxlan(#[from] VxlanDataError),
+}
+
+impl BackendData {
+    /// A vxlan node's data: its VXLAN ID and the VTEP MAC of its device of the family.
+    pub fn vxlan(vni: u32, vtep_mac: MacAddr) -> BackendData {
+        BackendData::Vxlan(VxlanData { vni, vtep_mac })
+    }
+
+    /// What the data says, in operator words: a name and a value (`VTEP MAC`,
+    /// `0e:00:00:00:00:02`), for logs of a peer's change.
+    pub fn describe(&self) -> (&'static str, String) {
+        match self {
+            BackendData::Vxlan(d) => ("VTEP MAC", d.vtep_mac.to_string()),
+        }
+    }
+
+    /// The value written as `BackendData` / `BackendV6Data`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            BackendData::Vxlan(d) => serde_json::to_value(d).expect("plain struct"),
+        }
+    }
+
+    /// The data of a `kind` peer for one family, from the lease's `field` (`BackendData` or
+    /// `BackendV6Data`), checked against the cluster's `rules`. None for a backend that
+    /// publishes nothing.
+    pub fn decode(
+        kind: BackendKind,
+        field: &'static str,
+        value: Option<&serde_json::Value>,
+        rules: DataRules,
+    ) -> Result<Option<BackendData>, BackendDataError> {
+        match kind {
+            BackendKind::HostGw => Ok(None),
+            BackendKind::Vxlan => {
+                let value = value.ok_or(BackendDataError::Missing(field))?;
+                let data: VxlanData = serde_json::from_value(value.clone()).map_err(|e| {
+                    BackendDataError::Malformed {
+                        field,
+                        backend: kind,
+                        problem: e.to_string(),
+                    }
+                })?;
+                data.check(rules.vni)?;
+                Ok(Some(BackendData::Vxlan(data)))
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use ipnetwork::IpNetwork;
 use crate::backend::vxlan::{
     vxlan_overhead, FdbEntry, Neighbour, VxlanOp, VxlanSettings, VXLAN_OVERHEAD_V6,
 };
-use crate::backend::{plan, HostGwSettings, Settings};
+use crate::backend::{plan, BackendData, HostGwSettings, Settings};
 use crate::plan::{diff, KernelState, LinkNames, Op, Underlay};
 use crate::route::{Route, Via};
 use crate::{BackendKind, IpFamily, MacAddr, Peer};
@@ -33,8 +33,8 @@ fn peer(subnet: &str, public: &str, m: Option<u8>) -> Peer {
         subnet_v6: None,
         public_ip_v6: None,
         backend: BackendKind::Vxlan,
-        vtep_mac: m.map(mac),
-        vtep_mac_v6: None,
+        data: m.map(|n| BackendData::vxlan(1, mac(n))),
+        data_v6: None,
         node_name: None,
     }
 }
@@ -308,8 +308,8 @@ fn peer6(n: u16, public6: Option<&str>, m6: Option<u8>) -> Peer {
         subnet_v6: Some(format!("fc00:0:0:{n:x}::/64").parse().unwrap()),
         public_ip_v6: public6.map(|p| p.parse().unwrap()),
         backend: BackendKind::Vxlan,
-        vtep_mac: Some(mac(0x40 + n as u8)),
-        vtep_mac_v6: m6.map(mac),
+        data: Some(BackendData::vxlan(1, mac(0x40 + n as u8))),
+        data_v6: m6.map(|n| BackendData::vxlan(1, mac(n))),
         node_name: None,
     }
 }

@@ -332,8 +332,6 @@ fn reduce(m: RouteNetlinkMessage) -> Option<Notification> {
     })
 }
 
-/// What [`remove_weft_state`] removed.
-
 #[cfg(test)]
 mod tests {
     use super::*;

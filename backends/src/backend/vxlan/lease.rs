@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::MacAddr;
 
 /// `BackendData` / `BackendV6Data` of a vxlan lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct VxlanData {
     #[serde(rename = "VNI")]
     pub vni: u32,

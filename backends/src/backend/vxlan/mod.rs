@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::backend::{Backend, BackendKind};
+use crate::backend::{Backend, BackendData, BackendKind};
 use crate::plan::{subnet_zero, view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Underlay};
 use crate::route::{Route, Via};
 use crate::{IpFamily, MacAddr, Peer};
@@ -62,6 +62,13 @@ pub fn vtep_mac(node_name: &str, family: IpFamily) -> MacAddr {
     match family {
         IpFamily::V4 => MacAddr::derive_from(node_name),
         IpFamily::V6 => MacAddr::derive_from(&format!("{node_name}/ipv6")),
+    }
+}
+
+/// The VTEP MAC a peer's backend data carries, if it is vxlan data.
+pub fn vtep_mac_in(data: BackendData) -> Option<MacAddr> {
+    match data {
+        BackendData::Vxlan(d) => Some(d.vtep_mac),
     }
 }
 
@@ -260,7 +267,7 @@ impl Backend for VxlanSettings {
                 });
                 continue;
             }
-            let Some(mac) = peer.vtep_mac else {
+            let Some(mac) = peer.data.and_then(vtep_mac_in) else {
                 let why = match family {
                     IpFamily::V4 => "its lease has no VtepMAC",
                     IpFamily::V6 => "its lease has no IPv6 VtepMAC",
@@ -409,7 +416,8 @@ pub(crate) fn concerns(op: &VxlanOp, peer: &Peer, family: IpFamily) -> bool {
             peer.subnet_of(family).is_some_and(|s| s.contains(n.ip))
         }
         VxlanOp::SetFdb(f) | VxlanOp::DeleteFdb(f) => {
-            peer.vtep_mac_of(family) == Some(f.mac) || peer.public_ip_of(family) == Some(f.dst)
+            peer.data_of(family).copied().and_then(vtep_mac_in) == Some(f.mac)
+                || peer.public_ip_of(family) == Some(f.dst)
         }
         VxlanOp::SetDevice(_) | VxlanOp::DeleteDevice(_) => false,
     }
