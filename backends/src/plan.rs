@@ -47,18 +47,14 @@ impl Underlay {
 
     /// Why a route to `peer` must not be installed on this node, if it must not. Networks of
     /// different families never overlap.
-    pub fn shadows(&self, own_subnet: IpNetwork, peer: IpNetwork) -> Option<String> {
+    pub fn shadows(&self, own_subnet: IpNetwork, peer: IpNetwork) -> Option<Refused> {
         let overlap =
             |a: IpNetwork, b: IpNetwork| a.contains(b.network()) || b.contains(a.network());
         if let Some(n) = self.connected.iter().find(|n| overlap(**n, peer)) {
-            return Some(format!(
-                "its subnet overlaps this node's underlay network {n}: the route would cut the node off"
-            ));
+            return Some(Refused::OverlapsUnderlay(*n));
         }
         if overlap(own_subnet, peer) {
-            return Some(format!(
-                "its subnet overlaps this node's own pod subnet {own_subnet}"
-            ));
+            return Some(Refused::OverlapsOwnSubnet(own_subnet));
         }
         None
     }
@@ -103,6 +99,76 @@ impl Op {
     }
 }
 
+/// Why a backend cannot serve a peer. [`Unreachable::label`] names the reason in metrics and
+/// structured logs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unreachable {
+    #[error("its lease has no {0} subnet")]
+    NoSubnet(IpFamily),
+    /// `field` is `PublicIP` or `PublicIPv6`.
+    #[error("its lease has no {field}")]
+    NoPublicIp { field: &'static str },
+    /// The lease has no backend data of the plan's family (`what` is what is missing, e.g.
+    /// `VtepMAC` or `IPv6 VtepMAC`).
+    #[error("its lease has no {what}")]
+    NoBackendData { what: &'static str },
+    #[error(
+        "public IP {0} is not on a subnet connected to the underlay (host-gw needs one L2 segment)"
+    )]
+    OffSegment(IpAddr),
+    /// This node's underlay address is of the other family (see [`Refused::UnderlayFamily`]).
+    #[error("{0}")]
+    UnderlayFamily(UnderlayFamily),
+}
+
+impl Unreachable {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unreachable::NoSubnet(_) => "no-subnet",
+            Unreachable::NoPublicIp { .. } => "no-public-ip",
+            Unreachable::NoBackendData { .. } => "no-backend-data",
+            Unreachable::OffSegment(_) => "off-segment",
+            Unreachable::UnderlayFamily(_) => "underlay-family",
+        }
+    }
+}
+
+/// Why a peer (or this node's own subnet) is refused: programming it would cut the node off
+/// or cannot work at all. [`Refused::label`] names the reason in metrics and structured logs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "its subnet overlaps this node's underlay network {0}: the route would cut the node off"
+    )]
+    OverlapsUnderlay(IpNetwork),
+    #[error("its subnet overlaps this node's own pod subnet {0}")]
+    OverlapsOwnSubnet(IpNetwork),
+    /// Only ever this node's own subnet: the settings cannot serve its family.
+    #[error("{0}")]
+    UnderlayFamily(UnderlayFamily),
+}
+
+impl Refused {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::OverlapsUnderlay(_) => "overlaps-underlay",
+            Refused::OverlapsOwnSubnet(_) => "overlaps-own-subnet",
+            Refused::UnderlayFamily(_) => "underlay-family",
+        }
+    }
+}
+
+/// An overlay of one family over an underlay address of the other: encapsulated packets of
+/// an IPv6 overlay must leave from an IPv6 address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the {backend} underlay address {underlay} is {} but the overlay is {overlay}: an {overlay} overlay needs an {overlay} underlay address", IpFamily::of(*.underlay))]
+pub struct UnderlayFamily {
+    /// How the backend is named in the text (`VXLAN`).
+    pub backend: &'static str,
+    pub underlay: IpAddr,
+    pub overlay: IpFamily,
+}
+
 /// The result of planning: the state to reach, and the peers it cannot serve (host-gw peers
 /// not on a connected subnet, vxlan peers without a VTEP MAC, peers whose lease lacks the
 /// plan's family), for logs, metrics and `netctl check`.
@@ -111,11 +177,11 @@ pub struct Plan {
     pub state: KernelState,
     /// Peers the backend cannot serve, by subnet (of the plan's family when the lease has
     /// one, else the peer's IPv4 subnet), with the reason.
-    pub unreachable: Vec<(IpNetwork, String)>,
+    pub unreachable: Vec<(IpNetwork, Unreachable)>,
     /// Peers refused because their route would shadow this node's own networks (its
     /// underlay subnet, or its own pod subnet): programming them would cut the node off.
     /// Also this node's own subnet when the settings cannot serve its family at all.
-    pub refused: Vec<(IpNetwork, String)>,
+    pub refused: Vec<(IpNetwork, Refused)>,
 }
 
 /// The network address of a subnet (`.0` in IPv4, `::` in IPv6): the overlay gateway of the
@@ -132,19 +198,16 @@ pub(crate) struct PeerView {
 }
 
 /// The peer's halves of `family`, or why a data plane of that family cannot serve it.
-pub(crate) fn view(peer: &Peer, family: IpFamily) -> Result<PeerView, (IpNetwork, String)> {
+pub(crate) fn view(peer: &Peer, family: IpFamily) -> Result<PeerView, (IpNetwork, Unreachable)> {
     let Some(subnet) = peer.subnet_of(family) else {
-        return Err((
-            peer.subnet.into(),
-            format!("its lease has no {family} subnet"),
-        ));
+        return Err((peer.subnet.into(), Unreachable::NoSubnet(family)));
     };
     let Some(public_ip) = peer.public_ip_of(family) else {
         let field = match family {
             IpFamily::V4 => "PublicIP",
             IpFamily::V6 => "PublicIPv6",
         };
-        return Err((subnet, format!("its lease has no {field}")));
+        return Err((subnet, Unreachable::NoPublicIp { field }));
     };
     Ok(PeerView {
         subnet,

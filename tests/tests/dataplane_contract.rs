@@ -554,7 +554,10 @@ fn both_families_share_a_namespace_without_touching_each_other() {
     let report = nl4.apply(&diff(&KernelState::default(), &want6));
     assert!(!report.ok());
     assert_eq!(report.applied, 0);
-    assert!(report.failures.iter().all(|(_, why)| why.contains("IPv6")));
+    assert!(report
+        .failures
+        .iter()
+        .all(|(_, why)| why.to_string().contains("IPv6")));
 
     // IPv4 goes to host-gw and then away entirely: the IPv6 overlay is untouched.
     let hg4 = Settings::HostGw(HostGwSettings {
@@ -666,7 +669,10 @@ fn kernel_reports_exactly_the_refused_operations_of_a_batch() {
     let want: Vec<&Op> = bad.iter().map(|&i| &ops[i as usize]).collect();
     assert_eq!(failed, want);
     assert!(
-        report.failures[0].1.contains("set route 10.200.0.7/32"),
+        report.failures[0]
+            .1
+            .to_string()
+            .contains("set route 10.200.0.7/32"),
         "{:?}",
         report.failures[0]
     );

@@ -185,14 +185,14 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         let now_unreachable: BTreeSet<IpNetwork> = unreachable.iter().map(|(s, _)| *s).collect();
         for (subnet, why) in &unreachable {
             if !self.unreachable.contains(subnet) {
-                warn!(peer_subnet = %subnet, backend = %self.backend.kind(), "cannot program this peer: {why}");
+                warn!(peer_subnet = %subnet, backend = %self.backend.kind(), reason = why.label(), "cannot program this peer: {why}");
             }
         }
         self.unreachable = now_unreachable;
         let now_refused: BTreeSet<IpNetwork> = refused.iter().map(|(s, _)| *s).collect();
         for (subnet, why) in &refused {
             if !self.refused.contains(subnet) {
-                warn!(peer_subnet = %subnet, "refusing to program this peer: {why}");
+                warn!(peer_subnet = %subnet, reason = why.label(), "refusing to program this peer: {why}");
             }
         }
         self.refused = now_refused;
@@ -235,7 +235,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 .netlink_errors
                 .inc_by(report.failures.len() as u64);
             for (op, why) in report.failures.iter().take(10) {
-                warn!(op = %self.names.show(op), error = %why, "data-plane operation failed; retrying");
+                warn!(op = %self.names.show(op), reason = why.label(), error = %why, "data-plane operation failed; retrying");
             }
             false
         }

@@ -6,7 +6,7 @@
 use ipnetwork::IpNetwork;
 
 use crate::backend::{Backend, BackendKind};
-use crate::plan::{view, Plan, Underlay};
+use crate::plan::{view, Plan, Underlay, Unreachable};
 use crate::route::{Route, Via};
 use crate::{IpFamily, Peer};
 
@@ -51,13 +51,8 @@ impl Backend for HostGwSettings {
                     },
                 });
             } else {
-                p.unreachable.push((
-                    peer.subnet,
-                    format!(
-                        "public IP {} is not on a subnet connected to the underlay (host-gw needs one L2 segment)",
-                        peer.public_ip
-                    ),
-                ));
+                p.unreachable
+                    .push((peer.subnet, Unreachable::OffSegment(peer.public_ip)));
             }
         }
         p

@@ -10,7 +10,7 @@ use crate::backend::vxlan::{
     vxlan_overhead, FdbEntry, Neighbour, VxlanOp, VxlanSettings, VXLAN_OVERHEAD_V6,
 };
 use crate::backend::{plan, BackendData, HostGwSettings, Settings};
-use crate::plan::{diff, KernelState, LinkNames, Op, Underlay};
+use crate::plan::{diff, KernelState, LinkNames, Op, Refused, Underlay, Unreachable};
 use crate::route::{Route, Via};
 use crate::{BackendKind, IpFamily, MacAddr, Peer};
 
@@ -155,7 +155,9 @@ fn host_gw_routes_direct_and_reports_unreachable_peers() {
     assert!(p.state.vxlan.device.is_none());
     assert_eq!(p.state.routes.len(), 1);
     assert_eq!(p.unreachable.len(), 1);
-    assert!(p.unreachable[0].1.contains("10.0.9.9"));
+    assert_eq!(p.unreachable[0].1, Unreachable::OffSegment(ip("10.0.9.9")));
+    assert_eq!(p.unreachable[0].1.label(), "off-segment");
+    assert!(p.unreachable[0].1.to_string().contains("10.0.9.9"));
 }
 
 #[test]
@@ -180,7 +182,15 @@ fn peers_whose_route_would_shadow_the_node_are_refused_by_both_backends() {
             ["192.168.1.0/24", "192.168.0.0/16", "10.244.1.0/25"],
             "{settings:?}"
         );
-        assert!(p.refused[0].1.contains("underlay network 192.168.1.0/24"));
+        assert!(p.refused[0]
+            .1
+            .to_string()
+            .contains("underlay network 192.168.1.0/24"));
+        assert_eq!(
+            p.refused[0].1,
+            Refused::OverlapsUnderlay(net("192.168.1.0/24"))
+        );
+        assert_eq!(p.refused[2].1.label(), "overlaps-own-subnet");
         assert!(p.state.routes.iter().all(|r| r.dst == net("10.244.2.0/24")));
         assert!(p.state.vxlan.neighbours.iter().all(|n| n.mac == mac(5)));
     }
@@ -435,11 +445,12 @@ fn a_peer_lacking_an_ipv6_half_is_unreachable_with_the_reason() {
         peer6(5, Some("2001:db8::5"), None),
     ];
     let p = plan(own6(), &peers, &vxlan6(false));
-    let got: Vec<(String, &str)> = p
+    let texts: Vec<(String, String)> = p
         .unreachable
         .iter()
-        .map(|(s, why)| (s.to_string(), why.as_str()))
+        .map(|(s, why)| (s.to_string(), why.to_string()))
         .collect();
+    let got: Vec<(String, &str)> = texts.iter().map(|(s, w)| (s.clone(), w.as_str())).collect();
     assert_eq!(
         got,
         [
@@ -495,8 +506,20 @@ fn host_gw_v6_routes_via_the_peers_ipv6_address() {
         }])
     );
     assert_eq!(p.unreachable.len(), 2);
-    assert!(p.unreachable[0].1.contains("2001:db8::3"), "{p:?}");
-    assert_eq!(p.unreachable[1].1, "its lease has no PublicIPv6");
+    assert!(
+        p.unreachable[0].1.to_string().contains("2001:db8::3"),
+        "{p:?}"
+    );
+    assert_eq!(
+        p.unreachable[1].1,
+        Unreachable::NoPublicIp {
+            field: "PublicIPv6"
+        }
+    );
+    assert_eq!(
+        p.unreachable[1].1.to_string(),
+        "its lease has no PublicIPv6"
+    );
     // An IPv4-only connected list reaches no IPv6 peer.
     let p = plan(
         own6(),
@@ -535,8 +558,14 @@ fn v6_peers_whose_route_would_shadow_the_node_are_refused() {
             ["fd00:99::/64", "fd00::/16", "fc00:0:0:1:8000::/65"],
             "{settings:?}"
         );
-        assert!(p.refused[0].1.contains("underlay network fd00:99::/64"));
-        assert!(p.refused[2].1.contains("own pod subnet fc00:0:0:1::/64"));
+        assert!(p.refused[0]
+            .1
+            .to_string()
+            .contains("underlay network fd00:99::/64"));
+        assert!(p.refused[2]
+            .1
+            .to_string()
+            .contains("own pod subnet fc00:0:0:1::/64"));
     }
     let p = plan(own6(), &peers, &vxlan6(false));
     assert_eq!(
@@ -559,6 +588,7 @@ fn a_vxlan_underlay_of_the_other_family_plans_nothing_and_says_why() {
     assert!(
         p.refused[0]
             .1
+            .to_string()
             .contains("192.168.1.10 is IPv4 but the overlay is IPv6"),
         "{}",
         p.refused[0].1
@@ -568,7 +598,10 @@ fn a_vxlan_underlay_of_the_other_family_plans_nothing_and_says_why() {
     // And the other way round.
     let p = plan(net("10.244.1.0/24"), &peers, &vxlan6(false));
     assert!(p.state.vxlan.device.is_none());
-    assert!(p.refused[0].1.contains("is IPv6 but the overlay is IPv4"));
+    assert!(p.refused[0]
+        .1
+        .to_string()
+        .contains("is IPv6 but the overlay is IPv4"));
     assert_eq!(p.unreachable[0].0, net("10.244.2.0/24"));
 }
 

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use crate::backend::vxlan::VxlanOp;
-use crate::dataplane::{wrong_family, ApplyReport, DataplaneError, Netlink};
+use crate::dataplane::{wrong_family, ApplyFailure, ApplyReport, DataplaneError, Netlink};
 use crate::plan::{KernelState, Op};
 use crate::route::Via;
 use crate::{is_link_local, IpFamily};
@@ -93,16 +93,14 @@ impl Netlink for FakeNetlink {
                 continue;
             }
             if self.fail_if.is_some_and(|f| f(op)) {
-                report
-                    .failures
-                    .push((op.clone(), "injected failure".into()));
+                report.failures.push((op.clone(), ApplyFailure::Injected));
                 continue;
             }
-            let refused = match op {
+            let refused: Option<ApplyFailure> = match op {
                 Op::SetRoute(r) => {
                     let s = &mut self.state;
                     if matches!(r.via, Via::Overlay { .. }) && s.vxlan.device.is_none() {
-                        Some("no device")
+                        Some(ApplyFailure::NoDevice)
                     } else {
                         s.routes.retain(|o| o.dst != r.dst);
                         s.routes.insert(*r);
@@ -116,7 +114,7 @@ impl Netlink for FakeNetlink {
                 Op::Vxlan(v) => self.apply_vxlan(v),
             };
             if let Some(why) = refused {
-                report.failures.push((op.clone(), why.into()));
+                report.failures.push((op.clone(), why));
                 continue;
             }
             self.applied.push(op.clone());
@@ -128,7 +126,7 @@ impl Netlink for FakeNetlink {
 
 impl FakeNetlink {
     /// One vxlan operation; the reason when it is refused.
-    fn apply_vxlan(&mut self, op: &VxlanOp) -> Option<&'static str> {
+    fn apply_vxlan(&mut self, op: &VxlanOp) -> Option<ApplyFailure> {
         match op {
             VxlanOp::SetDevice(d) => {
                 if self
@@ -160,7 +158,7 @@ impl FakeNetlink {
             VxlanOp::SetNeighbour(n) => {
                 let s = &mut self.state.vxlan;
                 if s.device.is_none() {
-                    return Some("no device");
+                    return Some(ApplyFailure::NoDevice);
                 }
                 s.neighbours.retain(|o| o.ip != n.ip);
                 s.neighbours.insert(*n);
@@ -171,7 +169,7 @@ impl FakeNetlink {
             VxlanOp::SetFdb(f) => {
                 let s = &mut self.state.vxlan;
                 if s.device.is_none() {
-                    return Some("no device");
+                    return Some(ApplyFailure::NoDevice);
                 }
                 s.fdb.retain(|o| o.mac != f.mac);
                 s.fdb.insert(*f);
@@ -205,7 +203,12 @@ mod tests {
         let report = fake.apply(&[Op::DeleteRoute(v6_route)]);
         assert_eq!(report.failures.len(), 1);
         assert!(
-            report.failures[0].1.contains("IPv6") && report.failures[0].1.contains("IPv4"),
+            report.failures[0].1
+                == ApplyFailure::WrongFamily {
+                    serves: IpFamily::V4
+                }
+                && report.failures[0].1.to_string().contains("IPv6")
+                && report.failures[0].1.to_string().contains("IPv4"),
             "{:?}",
             report.failures
         );

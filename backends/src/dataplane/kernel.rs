@@ -1,7 +1,7 @@
 //! [`KernelNetlink`]: the data plane on the kernel of the namespace its socket was opened in.
 
 use crate::backend::vxlan::kernel::{EntryRequest, VxlanKernel};
-use crate::dataplane::{wrong_family, ApplyReport, DataplaneError, Netlink};
+use crate::dataplane::{wrong_family, ApplyFailure, ApplyReport, DataplaneError, Netlink};
 use crate::netlink::{NlSocket, Request, BATCH};
 use crate::plan::{KernelState, Op};
 use crate::route;
@@ -85,7 +85,7 @@ impl Netlink for KernelNetlink {
             match done {
                 None => rest.push(op),
                 Some(Ok(())) => report.applied += 1,
-                Some(Err(e)) => report.failures.push((op.clone(), e.to_string())),
+                Some(Err(e)) => report.failures.push((op.clone(), e.into())),
             }
         }
         if rest.is_empty() {
@@ -95,18 +95,14 @@ impl Netlink for KernelNetlink {
             Ok(i) => i,
             Err(e) => {
                 for op in rest {
-                    report.failures.push((op.clone(), e.to_string()));
+                    report
+                        .failures
+                        .push((op.clone(), ApplyFailure::Kernel(e.to_string())));
                 }
                 return report;
             }
         };
-        let no_device = |op: &Op| {
-            (
-                op.clone(),
-                "the VXLAN device does not exist (it will be re-created on the next pass)"
-                    .to_string(),
-            )
-        };
+        let no_device = |op: &Op| (op.clone(), ApplyFailure::NoDevice);
         // Requests are built a batch at a time: 15,000 of them at once would cost megabytes
         // that the allocator keeps afterwards.
         for chunk in rest.chunks(BATCH) {
@@ -141,7 +137,7 @@ impl Netlink for KernelNetlink {
                 match result {
                     Ok(()) => report.applied += 1,
                     Err(e) if op.is_deletion() && e.is_gone() => report.applied += 1,
-                    Err(e) => report.failures.push((op.clone(), e.to_string())),
+                    Err(e) => report.failures.push((op.clone(), e.into())),
                 }
             }
         }

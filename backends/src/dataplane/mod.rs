@@ -38,11 +38,52 @@ pub enum DataplaneError {
     Refused { op: String, reason: String },
 }
 
+/// Why one operation was not applied. [`ApplyFailure::label`] names the reason in metrics
+/// and structured logs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApplyFailure {
+    /// It programs addresses of the other family than the data plane serves.
+    #[error("it has {} addresses but this data plane serves {serves}", serves.other())]
+    WrongFamily { serves: IpFamily },
+    /// It needs the backend's device, which is not there.
+    #[error("the VXLAN device does not exist (it will be re-created on the next pass)")]
+    NoDevice,
+    /// The kernel (or reading it back) refused it; the text says what was asked and why.
+    #[error("{0}")]
+    Kernel(String),
+    /// A test's fake was told to fail it.
+    #[error("injected failure")]
+    Injected,
+}
+
+impl ApplyFailure {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ApplyFailure::WrongFamily { .. } => "wrong-family",
+            ApplyFailure::NoDevice => "no-device",
+            ApplyFailure::Kernel(_) => "kernel",
+            ApplyFailure::Injected => "injected",
+        }
+    }
+}
+
+impl From<DataplaneError> for ApplyFailure {
+    fn from(e: DataplaneError) -> Self {
+        ApplyFailure::Kernel(e.to_string())
+    }
+}
+
+impl From<NlError> for ApplyFailure {
+    fn from(e: NlError) -> Self {
+        ApplyFailure::Kernel(e.to_string())
+    }
+}
+
 /// What an [`Netlink::apply`] did: how many operations succeeded, and each failure.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub applied: usize,
-    pub failures: Vec<(Op, String)>,
+    pub failures: Vec<(Op, ApplyFailure)>,
 }
 
 impl ApplyReport {
@@ -64,11 +105,6 @@ pub trait Netlink {
 }
 
 /// Why an operation must not be applied by a data plane of `family`, if it must not.
-pub(crate) fn wrong_family(op: &Op, family: IpFamily) -> Option<String> {
-    (!op.is_of(family)).then(|| {
-        format!(
-            "it has {} addresses but this data plane serves {family}",
-            family.other()
-        )
-    })
+pub(crate) fn wrong_family(op: &Op, family: IpFamily) -> Option<ApplyFailure> {
+    (!op.is_of(family)).then_some(ApplyFailure::WrongFamily { serves: family })
 }

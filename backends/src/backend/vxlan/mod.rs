@@ -19,7 +19,10 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::backend::{Backend, BackendData, BackendKind};
-use crate::plan::{subnet_zero, view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Underlay};
+use crate::plan::{
+    subnet_zero, view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Refused, Underlay,
+    UnderlayFamily, Unreachable,
+};
 use crate::route::{Route, Via};
 use crate::{IpFamily, MacAddr, Peer};
 
@@ -220,15 +223,15 @@ impl Backend for VxlanSettings {
         let family = IpFamily::of_network(own_subnet);
         let mut p = Plan::default();
         if v.underlay.family() != family {
-            let why = format!(
-                "the VXLAN underlay address {} is {} but the overlay is {family}: an {family} overlay needs an {family} underlay address",
-                v.underlay.ip,
-                v.underlay.family()
-            );
-            p.refused.push((own_subnet, why.clone()));
+            let why = UnderlayFamily {
+                backend: "VXLAN",
+                underlay: v.underlay.ip,
+                overlay: family,
+            };
+            p.refused.push((own_subnet, Refused::UnderlayFamily(why)));
             for peer in peers {
                 let key = peer.subnet_of(family).unwrap_or(peer.subnet.into());
-                p.unreachable.push((key, why.clone()));
+                p.unreachable.push((key, Unreachable::UnderlayFamily(why)));
             }
             return p;
         }
@@ -268,11 +271,12 @@ impl Backend for VxlanSettings {
                 continue;
             }
             let Some(mac) = peer.data.and_then(vtep_mac_in) else {
-                let why = match family {
-                    IpFamily::V4 => "its lease has no VtepMAC",
-                    IpFamily::V6 => "its lease has no IPv6 VtepMAC",
+                let what = match family {
+                    IpFamily::V4 => "VtepMAC",
+                    IpFamily::V6 => "IPv6 VtepMAC",
                 };
-                p.unreachable.push((peer.subnet, why.into()));
+                p.unreachable
+                    .push((peer.subnet, Unreachable::NoBackendData { what }));
                 continue;
             };
             let gw = subnet_zero(peer.subnet);
