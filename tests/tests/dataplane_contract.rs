@@ -13,6 +13,7 @@ use weft_backends::backend::{Backend, BackendData, HostGwSettings, Settings};
 use weft_backends::dataplane::{
     remove_weft_state, DataplaneError, FakeNetlink, KernelNetlink, Netlink,
 };
+use weft_backends::netlink::BATCH_SOCKET_RCVBUF;
 use weft_backends::plan::{diff, KernelState, Underlay};
 use weft_backends::route::Via;
 use weft_backends::{BackendKind, IpFamily, MacAddr, Peer};
@@ -582,6 +583,16 @@ fn both_families_share_a_namespace_without_touching_each_other() {
     converge(&mut nl6, &KernelState::default(), "v6 empty");
     assert_eq!(nl4.observe().unwrap(), want4, "after the IPv6 overlay went");
     assert!(!ns.links().iter().any(|l| l == "weft-v6.1"));
+}
+
+/// weftd's data-plane socket asks for a receive buffer big enough for the answers to a batch
+/// (the kernel reports twice what was asked); the default (about 200 KiB) is not.
+#[test]
+fn the_data_plane_socket_has_a_batch_sized_receive_buffer() {
+    let (ns, _) = Netns::with_underlay("dprb");
+    let nl = in_ns(&ns, || KernelNetlink::open("weft.1", IpFamily::V4).unwrap());
+    let got = nl.receive_buffer().unwrap();
+    assert!(got >= BATCH_SOCKET_RCVBUF, "receive buffer {got} bytes");
 }
 
 #[test]

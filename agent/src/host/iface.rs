@@ -439,15 +439,18 @@ pub fn choose(
     )
 }
 
-/// Reading interfaces, addresses and the default route through netlink.
+/// Reading interfaces, addresses and the default route through netlink (the project's one
+/// blocking socket; a handful of dumps at start).
 pub mod probe {
     use std::net::{IpAddr, SocketAddr, UdpSocket};
 
-    use futures::TryStreamExt;
-    use netlink_packet_route::address::AddressAttribute;
-    use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+    use ipnetwork::IpNetwork;
+    use netlink_packet_route::address::AddressMessage;
+    use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
     use netlink_packet_route::route::{RouteAttribute, RouteMessage};
-    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::RouteNetlinkMessage;
+    use weft_backends::netlink::{address_family, address_of, NlSocket};
+    use weft_backends::IpFamily;
 
     use super::*;
 
@@ -457,107 +460,93 @@ pub mod probe {
 
     /// Gather the facts for [`choose`].
     pub async fn facts(req: &IfaceRequest) -> Result<IfaceFacts, IfaceError> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(kernel)?;
-        let task = tokio::spawn(conn);
-        let result = async {
-            let mut ifaces = Vec::new();
-            let mut links = handle.link().get().execute();
-            while let Some(msg) = links.try_next().await.map_err(kernel)? {
-                let mut name = String::new();
-                let mut mtu = 0;
-                for attr in &msg.attributes {
-                    match attr {
-                        LinkAttribute::IfName(n) => name = n.clone(),
-                        LinkAttribute::Mtu(m) => mtu = *m,
-                        _ => {}
-                    }
+        let mut nl = NlSocket::open().map_err(kernel)?;
+        let mut ifaces = Vec::new();
+        for m in nl
+            .dump(
+                "list links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )
+            .map_err(kernel)?
+        {
+            let RouteNetlinkMessage::NewLink(msg) = m else {
+                continue;
+            };
+            let mut name = String::new();
+            let mut mtu = 0;
+            for attr in &msg.attributes {
+                match attr {
+                    LinkAttribute::IfName(n) => name = n.clone(),
+                    LinkAttribute::Mtu(m) => mtu = *m,
+                    _ => {}
                 }
-                ifaces.push(ObservedIface {
-                    index: msg.header.index,
-                    name,
-                    mtu,
-                    up: msg.header.flags.contains(LinkFlags::Up),
-                    v4: Vec::new(),
-                    v6: Vec::new(),
-                });
             }
-            let mut addrs = handle.address().get().execute();
-            while let Some(msg) = addrs.try_next().await.map_err(kernel)? {
-                if msg.header.family == AddressFamily::Inet6 {
-                    let ip = msg.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
-                        _ => None,
-                    });
-                    let global = ip.filter(|ip| {
-                        !weft_backends::is_link_local(IpAddr::V6(*ip)) && !ip.is_loopback()
-                    });
-                    if let (Some(ip), Some(i)) = (
-                        global,
-                        ifaces.iter_mut().find(|i| i.index == msg.header.index),
-                    ) {
-                        if let Ok(n) = Ipv6Network::new(ip, msg.header.prefix_len) {
-                            i.v6.push(n);
-                        }
-                    }
+            ifaces.push(ObservedIface {
+                index: msg.header.index,
+                name,
+                mtu,
+                up: msg.header.flags.contains(LinkFlags::Up),
+                v4: Vec::new(),
+                v6: Vec::new(),
+            });
+        }
+        for m in nl
+            .dump(
+                "list addresses",
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            )
+            .map_err(kernel)?
+        {
+            let RouteNetlinkMessage::NewAddress(msg) = m else {
+                continue;
+            };
+            let Some(i) = ifaces.iter_mut().find(|i| i.index == msg.header.index) else {
+                continue;
+            };
+            match address_of(&msg) {
+                Some(IpNetwork::V4(n)) => i.v4.push(n),
+                Some(IpNetwork::V6(n))
+                    if !weft_backends::is_link_local(IpAddr::V6(n.ip()))
+                        && !n.ip().is_loopback() =>
+                {
+                    i.v6.push(n)
+                }
+                _ => {}
+            }
+        }
+        let mut defaults = [None, None];
+        for (slot, family) in [IpFamily::V4, IpFamily::V6].into_iter().enumerate() {
+            let mut q = RouteMessage::default();
+            q.header.address_family = address_family(family);
+            for m in nl
+                .dump(
+                    &format!("list {family} routes"),
+                    RouteNetlinkMessage::GetRoute(q),
+                )
+                .map_err(kernel)?
+            {
+                let RouteNetlinkMessage::NewRoute(r) = m else {
+                    continue;
+                };
+                if defaults[slot].is_some()
+                    || r.header.destination_prefix_length != 0
+                    || r.header.table != 254
+                {
                     continue;
                 }
-                if msg.header.family != AddressFamily::Inet {
-                    continue;
-                }
-                let ip = msg.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                defaults[slot] = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
                     _ => None,
                 });
-                let ip = ip.or_else(|| {
-                    msg.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                        _ => None,
-                    })
-                });
-                if let (Some(ip), Some(i)) =
-                    (ip, ifaces.iter_mut().find(|i| i.index == msg.header.index))
-                {
-                    if let Ok(n) = Ipv4Network::new(ip, msg.header.prefix_len) {
-                        i.v4.push(n);
-                    }
-                }
             }
-            let mut defaults = [None, None];
-            for (slot, family) in [AddressFamily::Inet, AddressFamily::Inet6]
-                .into_iter()
-                .enumerate()
-            {
-                let mut route_msg = RouteMessage::default();
-                route_msg.header.address_family = family;
-                // The dump is read to its end even after the default route turned up: a
-                // response stream dropped early leaves the rest of the dump with nowhere to
-                // go, and the connection task warns once per message it cannot deliver
-                // ("netlink_proto … failed to forward response back to the handle").
-                let mut routes = handle.route().get(route_msg).execute();
-                while let Some(r) = routes.try_next().await.map_err(kernel)? {
-                    if defaults[slot].is_some()
-                        || r.header.destination_prefix_length != 0
-                        || r.header.table != 254
-                    {
-                        continue;
-                    }
-                    defaults[slot] = r.attributes.iter().find_map(|a| match a {
-                        RouteAttribute::Oif(i) => Some(*i),
-                        _ => None,
-                    });
-                }
-            }
-            let can_reach_source = req.can_reach.and_then(source_for);
-            Ok(IfaceFacts {
-                ifaces,
-                default_route_iface: defaults[0],
-                default_route_iface_v6: defaults[1],
-                can_reach_source,
-            })
         }
-        .await;
-        task.abort();
-        result
+        let can_reach_source = req.can_reach.and_then(source_for);
+        Ok(IfaceFacts {
+            ifaces,
+            default_route_iface: defaults[0],
+            default_route_iface_v6: defaults[1],
+            can_reach_source,
+        })
     }
 
     /// The source address the kernel would use towards `target`. A connected UDP socket

@@ -13,6 +13,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::LinkVxlan;
 
 use super::{FdbEntry, Neighbour, VxlanDevice, VxlanOp, VxlanState};
 use crate::dataplane::DataplaneError;
@@ -301,36 +302,12 @@ impl VxlanKernel {
 }
 
 fn create_device(nl: &mut NlSocket, want: &VxlanDevice) -> Result<u32, DataplaneError> {
-    let mut msg = LinkMessage::default();
-    msg.header.flags = LinkFlags::Up;
-    msg.header.change_mask = LinkFlags::Up;
-    msg.attributes
-        .push(LinkAttribute::IfName(want.name.clone()));
-    msg.attributes
-        .push(LinkAttribute::Address(want.mac.0.to_vec()));
-    msg.attributes.push(LinkAttribute::Mtu(want.mtu));
-    let local = match want.local {
-        IpAddr::V4(ip) => InfoVxlan::Local(ip),
-        IpAddr::V6(ip) => InfoVxlan::Local6(ip),
-    };
-    msg.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::Kind(InfoKind::Vxlan),
-        LinkInfo::Data(InfoData::Vxlan(vec![
-            InfoVxlan::Id(want.vni),
-            local,
-            InfoVxlan::Link(want.underlay_index),
-            InfoVxlan::Port(want.port),
-            InfoVxlan::Learning(want.learning),
-            InfoVxlan::L2Miss(false),
-            InfoVxlan::L3Miss(false),
-        ])),
-    ]));
     nl.ack(
         &format!(
             "create VXLAN device {} (VNI {}, port {}, local {})",
             want.name, want.vni, want.port, want.local
         ),
-        RouteNetlinkMessage::NewLink(msg),
+        RouteNetlinkMessage::NewLink(new_device_message(want)),
         NLM_F_CREATE | NLM_F_EXCL,
     )?;
     let index = nl
@@ -354,6 +331,24 @@ fn create_device(nl: &mut NlSocket, want: &VxlanDevice) -> Result<u32, Dataplane
         0,
     )?;
     Ok(index)
+}
+
+/// The message that creates the device as wanted (up, learning and miss notifications off).
+fn new_device_message(want: &VxlanDevice) -> LinkMessage {
+    let b = LinkVxlan::new(&want.name, want.vni)
+        .dev(want.underlay_index)
+        .port(want.port)
+        .learning(want.learning)
+        .l2miss(false)
+        .l3miss(false)
+        .mtu(want.mtu)
+        .address(want.mac.0.to_vec())
+        .up();
+    match want.local {
+        IpAddr::V4(ip) => b.local(ip),
+        IpAddr::V6(ip) => b.local6(ip),
+    }
+    .build()
 }
 
 fn address_message(index: u32, a: IpNetwork) -> AddressMessage {
