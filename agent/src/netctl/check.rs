@@ -187,29 +187,7 @@ pub fn differences(
         ));
         return out;
     };
-    let show = |n: Option<String>| n.unwrap_or_else(|| "(absent)".into());
-    if env.network != cfg.v4_network() {
-        out.push(d(
-            "wrong",
-            "subnet.env",
-            format!(
-                "FLANNEL_NETWORK is {}, the network config says {}",
-                show(env.network.map(|n| n.to_string())),
-                show(cfg.v4_network().map(|n| n.to_string()))
-            ),
-        ));
-    }
-    if env.ipv6_network != cfg.v6_network() {
-        out.push(d(
-            "wrong",
-            "subnet.env",
-            format!(
-                "FLANNEL_IPV6_NETWORK is {}, the network config says {}",
-                show(env.ipv6_network.map(|n| n.to_string())),
-                show(cfg.v6_network().map(|n| n.to_string()))
-            ),
-        ));
-    }
+    out.extend(network_differences(cfg, env));
     let Some(own_key) = SubnetKey::new(env.subnet, env.ipv6_subnet) else {
         out.push(d(
             "problem",
@@ -273,9 +251,54 @@ pub fn differences(
         own_attrs.public_ip.filter(|ip| !ip.is_unspecified()),
         own_attrs.public_ip_v6,
     );
+    let peers = valid_peers(&rules, entries, &own_name, &mut out);
+    for (family, observed) in observed {
+        family_differences(
+            cfg, *family, &own_key, &own_attrs, underlay, &peers, observed, &mut out,
+        );
+    }
+    out
+}
+
+/// Whether the cluster networks in subnet.env are the config's.
+fn network_differences(cfg: &NetConfig, env: &SubnetEnv) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let show = |n: Option<String>| n.unwrap_or_else(|| "(absent)".into());
+    if env.network != cfg.v4_network() {
+        out.push(d(
+            "wrong",
+            "subnet.env",
+            format!(
+                "FLANNEL_NETWORK is {}, the network config says {}",
+                show(env.network.map(|n| n.to_string())),
+                show(cfg.v4_network().map(|n| n.to_string()))
+            ),
+        ));
+    }
+    if env.ipv6_network != cfg.v6_network() {
+        out.push(d(
+            "wrong",
+            "subnet.env",
+            format!(
+                "FLANNEL_IPV6_NETWORK is {}, the network config says {}",
+                show(env.ipv6_network.map(|n| n.to_string())),
+                show(cfg.v6_network().map(|n| n.to_string()))
+            ),
+        ));
+    }
+    out
+}
+
+/// The peers' leases that pass validation; each one that does not is reported.
+fn valid_peers(
+    rules: &LeaseRules,
+    entries: &[StoredEntry],
+    own_name: &str,
+    out: &mut Vec<Difference>,
+) -> Vec<Peer> {
     let mut peers: Vec<Peer> = Vec::new();
     for e in entries.iter().filter(|e| e.name != own_name) {
-        match validate(&rules, &e.name, &e.value) {
+        match validate(rules, &e.name, &e.value) {
             Ok(p) => peers.push(p),
             Err(err) => out.push(
                 d(
@@ -290,12 +313,7 @@ pub fn differences(
             ),
         }
     }
-    for (family, observed) in observed {
-        family_differences(
-            cfg, *family, &own_key, &own_attrs, underlay, &peers, observed, &mut out,
-        );
-    }
-    out
+    peers
 }
 
 /// The differences of one family's data plane.
@@ -462,6 +480,44 @@ pub struct CheckOptions<'a> {
 }
 
 /// `netctl check` on this host.
+/// The network config: from `--net-config` when given, else etcd's.
+fn load_config(net_config: Option<&Path>, in_etcd: Option<&[u8]>) -> Result<NetConfig, CheckError> {
+    let file_cfg =
+        match net_config {
+            None => None,
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                CheckError::Other(format!("network config file {}: {e}", p.display()))
+            })?),
+        };
+    let text = file_cfg.as_deref().or(in_etcd);
+    match text.map(NetConfig::parse) {
+        Some(Ok(c)) => Ok(c),
+        Some(Err(e)) => Err(CheckError::Other(format!(
+            "the network config in etcd is invalid: {e}"
+        ))),
+        None => Err(CheckError::Other("no network config in etcd".into())),
+    }
+}
+
+/// What the kernel holds for each family's data plane (device name per family).
+async fn observe_data_planes(
+    wanted: Vec<(IpFamily, String)>,
+) -> Result<Vec<(IpFamily, KernelState)>, CheckError> {
+    tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(family, device)| {
+                KernelNetlink::open(&device, family)
+                    .and_then(|mut nl| nl.observe())
+                    .map(|state| (family, state))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| CheckError::Other(e.to_string()))?
+    .map_err(|e| CheckError::Other(format!("reading the kernel: {e}")))
+}
+
 pub async fn run<S: LeaseStore>(
     store: &S,
     opts: CheckOptions<'_>,
@@ -476,23 +532,7 @@ pub async fn run<S: LeaseStore>(
     } = opts;
     let env = SubnetEnv::read(subnet_file).map_err(|e| CheckError::Other(e.to_string()))?;
     let snap = store.snapshot(net_config.is_none()).await?;
-    let file_cfg =
-        match net_config {
-            None => None,
-            Some(p) => Some(std::fs::read(p).map_err(|e| {
-                CheckError::Other(format!("network config file {}: {e}", p.display()))
-            })?),
-        };
-    let text = file_cfg.as_deref().or(snap.config.as_deref());
-    let cfg = match text.map(NetConfig::parse) {
-        Some(Ok(c)) => c,
-        Some(Err(e)) => {
-            return Err(CheckError::Other(format!(
-                "the network config in etcd is invalid: {e}"
-            )))
-        }
-        None => return Err(CheckError::Other("no network config in etcd".into())),
-    };
+    let cfg = load_config(net_config, snap.config.as_deref())?;
     let facts = crate::host::iface::probe::facts(&Default::default())
         .await
         .map_err(|e| CheckError::Other(e.to_string()))?;
@@ -535,19 +575,7 @@ pub async fn run<S: LeaseStore>(
         .weft
         .as_ref()
         .map_or_else(|| DEFAULT_BRIDGE.to_string(), |w| w.bridge.clone());
-    let observed = tokio::task::spawn_blocking(move || {
-        wanted
-            .into_iter()
-            .map(|(family, device)| {
-                KernelNetlink::open(&device, family)
-                    .and_then(|mut nl| nl.observe())
-                    .map(|state| (family, state))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| CheckError::Other(e.to_string()))?
-    .map_err(|e| CheckError::Other(format!("reading the kernel: {e}")))?;
+    let observed = observe_data_planes(wanted).await?;
     let bridge = tokio::task::spawn_blocking(move || observe_bridge(&bridge_name))
         .await
         .map_err(|e| CheckError::Other(e.to_string()))?
