@@ -13,11 +13,12 @@ use weft_backends::dataplane::KernelNetlink;
 use weft_backends::plan::{LinkNames, Settings, Underlay};
 use weft_backends::{BackendKind, IpFamily, PeerEvent};
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, NetConfig};
 use crate::firewall::{run_firewall, MasqRules, NftFirewall, TableFamily};
 use crate::health::{self, Metrics, Readiness};
 use crate::host::iface::{self, ChosenIface, Families, IfaceError};
-use crate::lease::keeper::{sleep_or_shutdown, Backoff, KeeperSettings, LeaseKeeper, LeaseStatus};
+use crate::lease::keeper::{sleep_or_shutdown, KeeperSettings, LeaseKeeper, LeaseStatus};
 use crate::lease::pick::{Identity, Previous};
 use crate::lease::{LeaseRules, SubnetKey};
 use crate::node::{

@@ -4,6 +4,7 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`backoff`] | the one retry backoff (exponential, with jitter) |
 //! | [`daemon`] | weftd's top level: start-up steps, the tasks and their supervision, readiness |
 //! | [`node`] | this node's policy shared by weftd and `netctl check`: MTU, backend settings, VTEP MACs, the lease it publishes |
 //! | [`config`] | flannel's net-conf.json and the subnet pools |
@@ -15,6 +16,7 @@
 //! | [`host`] | the node itself: interface choice, privileges, PID 1, install-cni, cleanup |
 //! | [`netctl`] | the operator commands: leases, config, check |
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -20,6 +20,7 @@ use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
 use weft_backends::plan::{diff, Backend, KernelState, LinkNames, Op, Plan, Settings};
 use weft_backends::{IpFamily, Peer, PeerEvent};
 
+use crate::backoff::Backoff;
 use crate::health::Metrics;
 
 /// How often the kernel is read back even when nothing was heard.
@@ -305,7 +306,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
         let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut retry_delay = Duration::from_millis(200);
+        let mut retry_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut started = false;
         self.own = *own.borrow_and_update();
         let mut peers_open = true;
@@ -366,12 +367,11 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             started = true;
             retry_at = None;
             if self.pass(trigger).await {
-                retry_delay = Duration::from_millis(200);
+                retry_backoff.reset();
             } else {
                 // A failed pass leaves the believed state unknown: read it back next time.
                 self.believed = None;
-                retry_at = Some(tokio::time::Instant::now() + retry_delay);
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(10));
+                retry_at = Some(tokio::time::Instant::now() + retry_backoff.next());
             }
         }
         self

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::backoff::Backoff;
 use crate::config::pool::SubnetPool;
 use crate::config::NetConfig;
 use crate::lease::pick::{
@@ -485,35 +486,5 @@ pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receive
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
-    }
-}
-
-/// Exponential backoff with jitter.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    base: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            current: base,
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // ±20% jitter so a fleet does not retry in lockstep.
-        let jitter = fastrand::f64() * 0.4 + 0.8;
-        d.mul_f64(jitter)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.current = self.base;
     }
 }

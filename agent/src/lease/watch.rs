@@ -13,7 +13,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_backends::{IpFamily, MacAddr, Peer, PeerEvent};
 
-use crate::lease::keeper::{sleep_or_shutdown, Backoff, OwnKeyNotice};
+use crate::backoff::Backoff;
+use crate::lease::keeper::{sleep_or_shutdown, OwnKeyNotice};
 use crate::lease::{validate, LeaseRules, SubnetKey};
 use crate::store::{LeaseStore, Revision, Snapshot, StoredEntry, WatchEvent};
 
