@@ -20,6 +20,7 @@ use crate::health::{self, Metrics, Readiness};
 use crate::host::iface::{self, ChosenIface, Families, IfaceError};
 use crate::lease::keeper::{sleep_or_shutdown, KeeperSettings, LeaseKeeper, LeaseStatus};
 use crate::lease::pick::{Identity, Previous};
+use crate::lease::watch::{WatchReport, WatchSettings};
 use crate::lease::{LeaseRules, SubnetKey};
 use crate::node::{
     backend_settings, chosen_underlay, device_name, families, own_attrs, own_subnet, pod_mtu,
@@ -257,20 +258,16 @@ pub async fn run(
     let my_name = settings.node_name.clone();
     tasks.spawn(
         crate::lease::watch::run_peer_watch(
-            store.clone(),
-            rules,
-            Some(snapshot),
-            Some(my_name),
-            own_rx,
-            peer_tx,
-            notice_tx,
-            move |peers, invalid, relisted| {
-                m.peers.set(peers as i64);
-                m.invalid_leases.set(invalid as i64);
-                if relisted {
-                    m.watch_restarts.inc();
-                }
+            WatchSettings {
+                store: store.clone(),
+                rules,
+                initial: Some(snapshot),
+                me: Some(my_name),
+                own: own_rx,
+                events: peer_tx,
+                own_notices: notice_tx,
             },
+            move |report| record_watch_report(&m, report),
             shutdown.clone(),
         )
         .instrument(info_span!("peer_watch")),
@@ -563,6 +560,19 @@ fn table_family(family: IpFamily) -> TableFamily {
         IpFamily::V4 => TableFamily::Ip,
         IpFamily::V6 => TableFamily::Ip6,
     }
+}
+
+/// The peer gauges follow every report; only a re-established watch counts as a restart.
+fn record_watch_report(m: &Metrics, report: WatchReport) {
+    let counts = match report {
+        WatchReport::Listed(c) | WatchReport::Changed(c) => c,
+        WatchReport::Relisted { counts, .. } => {
+            m.watch_restarts.inc();
+            counts
+        }
+    };
+    m.peers.set(counts.peers as i64);
+    m.invalid_leases.set(counts.invalid as i64);
 }
 
 /// Hand every batch of peer events to each data-plane owner (one per family).

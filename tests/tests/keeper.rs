@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use weft_agent::config::NetConfig;
 use weft_agent::lease::keeper::{KeeperError, KeeperSettings, LeaseKeeper, LeaseStatus};
 use weft_agent::lease::pick::{Identity, Previous};
-use weft_agent::lease::watch::run_peer_watch;
+use weft_agent::lease::watch::{run_peer_watch, WatchSettings};
 use weft_agent::lease::{Endpoint, LeaseAttrs, LeaseRules, SubnetKey, VxlanData};
 use weft_agent::store::{CreateOutcome, EtcdStore, LeaseStore, MemoryStore};
 use weft_backends::{BackendKind, MacAddr, PeerEvent};
@@ -93,14 +93,16 @@ impl Node {
             }
         }));
         tasks.push(tokio::spawn(run_peer_watch(
-            store,
-            LeaseRules::from_config(&cfg),
-            None,
-            Some(name),
-            own_rx,
-            ev_tx,
-            notice_tx,
-            |_, _, _| {},
+            WatchSettings {
+                store,
+                rules: LeaseRules::from_config(&cfg),
+                initial: None,
+                me: Some(name),
+                own: own_rx,
+                events: ev_tx,
+                own_notices: notice_tx,
+            },
+            |_| {},
             stop_rx,
         )));
         Node {
@@ -489,14 +491,16 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
     let (notice_tx, _notices) = mpsc::channel(64);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_peer_watch(
-        store.clone(),
-        LeaseRules::from_config(&c),
-        Some(stale),
-        Some("me".into()),
-        own_rx,
-        ev_tx,
-        notice_tx,
-        |_, _, _| {},
+        WatchSettings {
+            store: store.clone(),
+            rules: LeaseRules::from_config(&c),
+            initial: Some(stale),
+            me: Some("me".into()),
+            own: own_rx,
+            events: ev_tx,
+            own_notices: notice_tx,
+        },
+        |_| {},
         stop_rx,
     ));
 
