@@ -8,7 +8,7 @@ use std::time::Duration;
 const JITTER: f64 = 0.2;
 
 /// Exponential backoff with jitter: the nominal delay starts at `base` and doubles with each
-/// [`Backoff::next`] up to `max`; each delay handed out is the nominal one ±20 %, never more
+/// [`Backoff::next_delay`] up to `max`; each delay handed out is the nominal one ±20 %, never more
 /// than `max`.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -28,7 +28,7 @@ impl Backoff {
     }
 
     /// The next delay to wait; the one after it is twice as long (up to the cap).
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let nominal = self.current;
         self.current = (self.current * 2).min(self.max);
         let factor = 1.0 - JITTER + fastrand::f64() * 2.0 * JITTER;
@@ -55,7 +55,7 @@ mod tests {
             let mut b = Backoff::new(ms(100), ms(1000));
             // Nominal: 100, 200, 400, 800, then the cap.
             for nominal in [100u64, 200, 400, 800, 1000, 1000, 1000] {
-                let d = b.next();
+                let d = b.next_delay();
                 let low = ms(nominal * 8 / 10);
                 let high = ms(nominal * 12 / 10).min(ms(1000));
                 assert!(d >= low && d <= high, "{d:?} not in {low:?}..={high:?}");
@@ -67,7 +67,7 @@ mod tests {
     fn delays_are_jittered() {
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..50 {
-            seen.insert(Backoff::new(ms(1000), ms(1000)).next());
+            seen.insert(Backoff::new(ms(1000), ms(1000)).next_delay());
         }
         assert!(seen.len() > 10, "50 delays, only {} distinct", seen.len());
     }
@@ -76,18 +76,18 @@ mod tests {
     fn reset_starts_again_from_the_base() {
         let mut b = Backoff::new(ms(100), ms(10_000));
         for _ in 0..10 {
-            b.next();
+            b.next_delay();
         }
-        assert!(b.next() >= ms(8000));
+        assert!(b.next_delay() >= ms(8000));
         b.reset();
-        assert!(b.next() <= ms(120));
+        assert!(b.next_delay() <= ms(120));
     }
 
     #[test]
     fn a_cap_below_the_base_is_the_base() {
         let mut b = Backoff::new(ms(500), ms(10));
         for _ in 0..5 {
-            let d = b.next();
+            let d = b.next_delay();
             assert!(d >= ms(400) && d <= ms(500), "{d:?}");
         }
     }

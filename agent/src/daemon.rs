@@ -117,7 +117,7 @@ async fn load_config_and_snapshot<S: LeaseStore>(
             },
             Err(e) => format!("cannot read leases from etcd: {e}"),
         };
-        let delay = backoff.next();
+        let delay = backoff.next_delay();
         warn!(retry_in_ms = delay.as_millis() as u64, "{problem}");
         ready.send_replace(Readiness::NotReady(problem));
         if sleep_or_shutdown(delay, shutdown).await {

@@ -371,7 +371,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             } else {
                 // A failed pass leaves the believed state unknown: read it back next time.
                 self.believed = None;
-                retry_at = Some(tokio::time::Instant::now() + retry_backoff.next());
+                retry_at = Some(tokio::time::Instant::now() + retry_backoff.next_delay());
             }
         }
         self

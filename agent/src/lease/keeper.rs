@@ -385,7 +385,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                         break h;
                     }
                     Err(e) => {
-                        let delay = backoff.next();
+                        let delay = backoff.next_delay();
                         match &e {
                             KeeperError::PoolExhausted { .. } => {
                                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot lease a subnet")
@@ -455,7 +455,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                                 continue 'outer;
                             }
                             Err(e) => {
-                                let delay = renew_backoff.next();
+                                let delay = renew_backoff.next_delay();
                                 warn!(subnet = %held.key.cidrs(), error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed");
                                 next_renew = Some(Instant::now() + delay);
                             }

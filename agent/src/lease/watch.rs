@@ -575,7 +575,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
             None => match w.settings.store.snapshot(false).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let d = w.backoff.next();
+                    let d = w.backoff.next_delay();
                     warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot list leases");
                     if sleep_or_shutdown(d, &mut w.shutdown).await {
                         return;
@@ -592,7 +592,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
         let stream = match w.settings.store.watch(Revision(revision.0 + 1)).await {
             Ok(s) => s,
             Err(e) => {
-                let d = w.backoff.next();
+                let d = w.backoff.next_delay();
                 warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot start lease watch");
                 if sleep_or_shutdown(d, &mut w.shutdown).await {
                     return;
@@ -604,7 +604,7 @@ pub async fn run_peer_watch<S: LeaseStore>(
         if let StreamEnd::Stop = w.follow(stream).await {
             return;
         }
-        if sleep_or_shutdown(w.backoff.next(), &mut w.shutdown).await {
+        if sleep_or_shutdown(w.backoff.next_delay(), &mut w.shutdown).await {
             return;
         }
     }
