@@ -11,7 +11,7 @@ use weft_agent::host::privileges::{self, Mode};
 use weft_agent::settings::AgentSettings;
 use weft_agent::{daemon, logging};
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     weft_agent::host::init::unblock_inherited_signals();
     if weft_agent::host::init::should_be_init() {
         // PID 1 of a container: become a minimal init around the real agent, holding no

@@ -22,6 +22,7 @@ use weft_backends::{IpFamily, Peer, PeerEvent};
 
 use crate::backoff::Backoff;
 use crate::health::Metrics;
+use crate::supervisor::Progress;
 
 /// How often the kernel is read back even when nothing was heard.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -88,6 +89,8 @@ pub struct Reconciler<N> {
     refused: BTreeSet<IpNetwork>,
     passes: u64,
     metrics: Metrics,
+    /// Told at every turn of the loop (a pass, an input, the resync tick).
+    progress: Option<Progress>,
 }
 
 impl<N: Netlink + Send + 'static> Reconciler<N> {
@@ -105,6 +108,20 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             refused: BTreeSet::new(),
             passes: 0,
             metrics,
+            progress: None,
+        }
+    }
+
+    /// The same reconciler, telling `progress` at every turn of its loop; it expects the
+    /// next turn within three resync intervals (the tick alone turns it once per interval).
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn progressed(&self, resync: Duration) {
+        if let Some(p) = &self.progress {
+            p.expect_within(resync * 3);
         }
     }
 
@@ -312,6 +329,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         let mut peers_open = true;
         let mut kicks_open = true;
         loop {
+            self.progressed(resync);
             let retry = async {
                 match retry_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -360,6 +378,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 _ = tick.tick() => Trigger::Resync,
                 _ = retry => Trigger::Retry,
             };
+            self.progressed(resync);
             if !self.ready() {
                 continue;
             }

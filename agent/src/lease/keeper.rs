@@ -17,6 +17,7 @@ use crate::lease::pick::{
 };
 use crate::lease::{LeaseAttrs, SubnetKey};
 use crate::store::{CreateOutcome, LeaseStore, ReplaceOutcome, Snapshot, StoreError, StoredEntry};
+use crate::supervisor::Progress;
 
 /// Lost races in a row after which the local view is refreshed with a new listing.
 const RACES_BEFORE_RELIST: usize = 4;
@@ -107,6 +108,8 @@ pub struct LeaseKeeper<S> {
     cfg: NetConfig,
     settings: KeeperSettings,
     rng: fastrand::Rng,
+    /// Told before every acquisition and renewal attempt, with when the next is due.
+    progress: Option<Progress>,
 }
 
 impl<S: LeaseStore> LeaseKeeper<S> {
@@ -116,6 +119,30 @@ impl<S: LeaseStore> LeaseKeeper<S> {
             cfg,
             settings,
             rng: fastrand::Rng::new(),
+            progress: None,
+        }
+    }
+
+    /// The same keeper, telling `progress` when its next attempt (to acquire or renew) is
+    /// due: the planned time plus [`LeaseKeeper::grace`].
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// How late an attempt may be before health calls the keeper stuck: half the lease TTL
+    /// (its renewal period), at least one minute and at most five.
+    pub fn grace(&self) -> Duration {
+        (self.settings.ttl / 2).clamp(Duration::from_secs(60), Duration::from_secs(300))
+    }
+
+    /// The next attempt is planned for `at` (`None`: nothing is planned, a reservation).
+    fn next_attempt(&self, at: Option<Instant>) {
+        if let Some(p) = &self.progress {
+            match at {
+                Some(at) => p.expect_by(at + self.grace()),
+                None => p.idle(),
+            }
         }
     }
 
@@ -379,6 +406,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 if *shutdown.borrow() {
                     return;
                 }
+                self.next_attempt(Some(Instant::now()));
                 match self.acquire(snapshot.take()).await {
                     Ok(h) => {
                         backoff.reset();
@@ -395,6 +423,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                             }
                         }
                         status.send_replace(LeaseStatus::Failed(e.to_string()));
+                        self.next_attempt(Some(Instant::now() + delay));
                         if sleep_or_shutdown(delay, &mut shutdown).await {
                             return;
                         }
@@ -412,6 +441,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
             let mut next_renew = self.renew_at(&held);
             loop {
+                self.next_attempt(next_renew);
                 let sleep_until =
                     next_renew.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
