@@ -135,10 +135,13 @@ pub async fn run(
         follower.run(lease.status, &mut sup, shutdown.clone()).await
     }
     .await;
-    if result.is_ok() {
-        info!("shutting down; the lease and the data plane stay in place");
+    match &result {
+        Ok(()) => {
+            info!("shutting down; the lease and the data plane stay in place");
+            sup.stop().await;
+        }
+        Err(_) => sup.abort(),
     }
-    sup.stop().await;
     result
 }
 

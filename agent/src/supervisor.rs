@@ -437,10 +437,15 @@ impl Supervisor {
             Ok(Err(e)) => TaskFailure::Failed(e),
             Err(panicked) => panicked,
         };
-        if stopping || entry.task.on_failure == OnFailure::Exit {
+        if stopping {
+            error!(task = name, "task {name} {why} while weftd was stopping");
+            self.board.set(name, TaskStatus::Failed(why.to_string()));
+            return None;
+        }
+        if entry.task.on_failure == OnFailure::Exit {
             error!(task = name, "task {name} {why}; weftd stops");
             self.board.set(name, TaskStatus::Failed(why.to_string()));
-            return (!stopping).then_some(FatalTask { task: name, why });
+            return Some(FatalTask { task: name, why });
         }
         if entry.started.elapsed() >= STABLE_RUN {
             entry.backoff.reset();
@@ -462,6 +467,11 @@ impl Supervisor {
         );
         self.start(index, delay);
         None
+    }
+
+    /// After a fatal failure: stop every task now (the lease and the kernel state stay).
+    pub fn abort(mut self) {
+        self.running.abort_all();
     }
 
     /// At shutdown: give the tasks a moment to finish their current request, then stop the
