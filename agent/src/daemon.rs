@@ -31,7 +31,9 @@ use crate::node::{
 use crate::settings::{AgentSettings, PublicIpFlagError};
 use crate::store::{EtcdStore, LeaseStore, Snapshot, StoreError};
 use crate::subnet_env::SubnetEnv;
-use crate::supervisor::{thread_ended, FatalTask, Progress, Supervisor, Task, TaskBoard, TaskName};
+use crate::supervisor::{
+    thread_ended, FatalTask, Progress, Supervisor, Task, TaskBoard, TaskName, ThreadEnd,
+};
 
 /// Why weftd stopped. Each message gives the context only and its source the cause, so the
 /// chain printed in full (`{:#}` of an `anyhow::Error`) says each cause once.
@@ -472,8 +474,8 @@ fn start_dataplanes(
             async move {
                 match thread_ended(started?, "MTU watch").await {
                     // It gave up by itself (and said so): done.
-                    e if e.to_string().ends_with("stopped") => Ok(()),
-                    e => Err(e),
+                    ThreadEnd::Returned(_) => Ok(()),
+                    panicked => Err(panicked.into()),
                 }
             }
         })
@@ -532,7 +534,7 @@ impl DataplaneUnit {
         let span = info_span!("dataplane", device = %self.device, family = %self.family);
         tokio::select! {
             _ = reconciler.run(inputs, self.shutdown.clone()).instrument(span) => Ok(()),
-            ended = thread_ended(monitor, "kernel notification listener") => Err(ended),
+            ended = thread_ended(monitor, "kernel notification listener") => Err(ended.into()),
         }
     }
 }

@@ -87,15 +87,24 @@ pub fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Wait for a thread to end (checked once a second); an error says how it ended.
-pub async fn thread_ended(handle: std::thread::JoinHandle<()>, what: &str) -> TaskError {
+/// How a thread ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadEnd {
+    #[error("the {0} stopped")]
+    Returned(&'static str),
+    #[error("the {0} panicked: {1}")]
+    Panicked(&'static str, String),
+}
+
+/// Wait for the thread `what` to end (checked once a second).
+pub async fn thread_ended(handle: std::thread::JoinHandle<()>, what: &'static str) -> ThreadEnd {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !handle.is_finished() {
         tick.tick().await;
     }
     match handle.join() {
-        Ok(()) => format!("the {what} stopped").into(),
-        Err(payload) => format!("the {what} panicked: {}", panic_text(payload)).into(),
+        Ok(()) => ThreadEnd::Returned(what),
+        Err(payload) => ThreadEnd::Panicked(what, panic_text(payload)),
     }
 }
 

@@ -34,6 +34,7 @@ pub fn main() -> ExitCode {
     }
     let cli = WeftdCli::parse();
     logging::init(cli.log_format);
+    log_panics();
     // Every mode drops the capabilities it does not need here, while this is the only thread.
     if cli.cleanup {
         if let Err(code) = drop_privileges(Mode::Cleanup) {
@@ -109,6 +110,25 @@ pub fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// A panic is logged as one line (where, and its message) instead of the default report; the
+/// supervisor then says what follows for the task.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), at = %at, "panic: {message}");
+    }));
 }
 
 /// `--cleanup`: remove weft's host state and exit (1 if any step failed). Needs neither etcd
