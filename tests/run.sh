@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash tests/install-deps.sh
 # The process tests run the real binaries; build them first.
 cargo build --workspace --bins
+# The supervision tests run weftd-fault: weftd with the test-only fault hook, a feature no
+# workspace or release build enables.
+cargo build -p weft-agent --features fault-injection --bin weftd-fault
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -1,5 +1,5 @@
-//! weftd's top level: wires the interface choice, the store, the keeper, the peer watch,
-//! subnet.env and the health server together, and owns readiness.
+//! weftd's top level: the start-up steps, the tasks (each owned by the [`Supervisor`]), and
+//! the loop that follows the lease, writes subnet.env and owns readiness.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,14 +12,18 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use weft_backends::backend::Settings;
 use weft_backends::dataplane::KernelNetlink;
 use weft_backends::plan::{LinkNames, Underlay};
-use weft_backends::{BackendKind, IpFamily, PeerEvent};
+use weft_backends::{BackendKind, IpFamily};
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigError, NetConfig};
+use crate::dataplane::feed::PeerFeed;
+use crate::dataplane::reconciler::{self, Reconciler, RESYNC_INTERVAL};
 use crate::firewall::{run_firewall, MasqRules, NftFirewall, TableFamily};
-use crate::health::{self, Metrics, Readiness};
-use crate::host::iface::{self, ChosenIface, Families, IfaceError};
-use crate::lease::keeper::{sleep_or_shutdown, Backoff, KeeperSettings, LeaseKeeper, LeaseStatus};
+use crate::health::{self, HealthState, Metrics, Readiness};
+use crate::host::iface::{self, ChosenIface, Families, IfaceError, IfaceFacts};
+use crate::lease::keeper::{sleep_or_shutdown, KeeperSettings, LeaseKeeper, LeaseStatus};
 use crate::lease::pick::{Identity, Previous};
+use crate::lease::watch::{run_peer_watch, WatchReport, WatchSettings};
 use crate::lease::{LeaseRules, SubnetKey};
 use crate::node::{
     backend_settings, chosen_underlay, device_name, families, own_attrs, own_subnet, pod_mtu,
@@ -28,6 +32,9 @@ use crate::node::{
 use crate::settings::{AgentSettings, PublicIpFlagError};
 use crate::store::{EtcdStore, LeaseStore, Snapshot, StoreError};
 use crate::subnet_env::SubnetEnv;
+use crate::supervisor::{
+    thread_ended, FatalTask, Progress, Supervisor, Task, TaskBoard, TaskName, ThreadEnd,
+};
 
 /// Why weftd stopped. Each message gives the context only and its source the cause, so the
 /// chain printed in full (`{:#}` of an `anyhow::Error`) says each cause once.
@@ -61,6 +68,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Task(#[from] FatalTask),
 }
 
 impl AgentError {
@@ -75,6 +84,154 @@ impl AgentError {
                 | AgentError::PublicIp(_)
         )
     }
+}
+
+/// Run weftd until `shutdown` turns true. The lease and the data plane are left in place on
+/// exit so that a restart disturbs nothing. A task that must not fail (the keeper, the
+/// health server) failing ends it with [`AgentError::Task`].
+pub async fn run(
+    settings: AgentSettings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    info!(version = %health::VERSION, node = %settings.node_name, "weftd starting");
+    let metrics = Metrics::default();
+    let (ready_tx, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
+    // A host without usable interfaces, or a --iface naming nothing here, is reported first.
+    let facts = iface::probe::facts(&settings.iface).await?;
+    iface::check_request(&settings.iface, &facts)?;
+    let store = Arc::new(
+        EtcdStore::connect(&settings.etcd)
+            .await?
+            .with_metrics(metrics.store_metrics()),
+    );
+    let board = TaskBoard::default();
+    let mut sup = Supervisor::new(
+        board.clone(),
+        metrics.task_restarts.clone(),
+        ready_rx.clone(),
+        shutdown.clone(),
+    );
+    let health = HealthState {
+        ready: ready_rx,
+        metrics: metrics.clone(),
+        tasks: board,
+    };
+    let result = async {
+        start_health(&mut sup, &settings, health, &shutdown).await?;
+        let net = tokio::select! {
+            loaded = load_network(store.as_ref(), &settings, &facts, &ready_tx, shutdown.clone()) => loaded?,
+            fatal = sup.watch() => return Err(fatal.into()),
+        };
+        let Some(net) = net else { return Ok(()) };
+        let lease = start_lease(&mut sup, &store, &settings, &net, &metrics, &shutdown);
+        let planes = start_dataplanes(&mut sup, &settings, &net, &lease.feed, &metrics, &shutdown)?;
+        let masq = start_firewalls(&mut sup, &settings, &net, &metrics, &shutdown);
+        let mut follower = Follower {
+            net: &net,
+            settings: &settings,
+            metrics: &metrics,
+            ready: &ready_tx,
+            own: lease.own,
+            planes,
+            masq,
+        };
+        follower.run(lease.status, &mut sup, shutdown.clone()).await
+    }
+    .await;
+    match &result {
+        Ok(()) => {
+            info!("shutting down; the lease and the data plane stay in place");
+            sup.stop().await;
+        }
+        Err(_) => sup.abort(),
+    }
+    result
+}
+
+/// What start-up learned: the network config, the first listing and the interface.
+struct Network {
+    cfg: NetConfig,
+    snapshot: Snapshot,
+    chosen: ChosenIface,
+    /// The pod MTU for the chosen interface's MTU.
+    mtu: u32,
+}
+
+/// The health server, on its own port (bound here, so a port clash is reported at start);
+/// and the readiness log.
+async fn start_health(
+    sup: &mut Supervisor,
+    settings: &AgentSettings,
+    health: HealthState,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let (ready, stop) = (health.ready.clone(), shutdown.clone());
+    sup.spawn(Task::restart("readiness-log", move || {
+        health::log_readiness_changes(ready.clone(), stop.clone()).map(Ok)
+    }));
+    if let Some(addr) = settings.healthz {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Health { addr, source })?;
+        let stop = shutdown.clone();
+        sup.spawn(Task::fatal("health-server", async move {
+            health::serve(listener, health, stop)
+                .await
+                .map_err(Into::into)
+        }));
+    }
+    Ok(())
+}
+
+/// Read the config and the leases (waiting while the config is missing), choose the
+/// interface and the public IPs, and say what was chosen and why. `None` on shutdown.
+async fn load_network<S: LeaseStore>(
+    store: &S,
+    settings: &AgentSettings,
+    facts: &IfaceFacts,
+    ready: &watch::Sender<Readiness>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Option<Network>, AgentError> {
+    let Some((cfg, snapshot)) =
+        load_config_and_snapshot(store, settings, ready, &mut shutdown).await?
+    else {
+        return Ok(None);
+    };
+    for notice in &cfg.notices {
+        warn!(key = %notice.path, kind = %notice.kind.as_str(), "{notice}");
+    }
+    settings.check_with_config(&cfg)?;
+    let need = Families {
+        v4: cfg.ipv4.is_some(),
+        v6: cfg.ipv6.is_some(),
+    };
+    let chosen = iface::choose(&settings.iface, facts, need)?;
+    let show = |a: Option<String>| a.unwrap_or_else(|| "-".into());
+    info!(
+        iface = %chosen.name,
+        iface_addr = %show(chosen.iface_addr.map(|a| a.to_string())),
+        public_ip = %show(chosen.public_ip.map(|a| a.to_string())),
+        iface_addr_v6 = %show(chosen.iface_addr_v6.map(|a| a.to_string())),
+        public_ip_v6 = %show(chosen.public_ip_v6.map(|a| a.to_string())),
+        mtu = chosen.mtu,
+        node = %settings.node_name,
+        "using interface {} because {}", chosen.name, chosen.reason
+    );
+    let mtu = pod_mtu(&cfg, chosen.mtu);
+    info!(
+        network = %show(cfg.v4_network().map(|n| n.to_string())),
+        ipv6_network = %show(cfg.v6_network().map(|n| n.to_string())),
+        backend = %cfg.backend.kind,
+        mtu,
+        leases = snapshot.entries.len(),
+        "network config loaded"
+    );
+    Ok(Some(Network {
+        cfg,
+        snapshot,
+        chosen,
+        mtu,
+    }))
 }
 
 /// Read the network config and the initial listing. Retries (unready) while the config is
@@ -116,7 +273,7 @@ async fn load_config_and_snapshot<S: LeaseStore>(
             },
             Err(e) => format!("cannot read leases from etcd: {e}"),
         };
-        let delay = backoff.next();
+        let delay = backoff.next_delay();
         warn!(retry_in_ms = delay.as_millis() as u64, "{problem}");
         ready.send_replace(Readiness::NotReady(problem));
         if sleep_or_shutdown(delay, shutdown).await {
@@ -125,87 +282,9 @@ async fn load_config_and_snapshot<S: LeaseStore>(
     }
 }
 
-/// Run weftd until `shutdown` turns true. The lease and (later) the data plane are left in
-/// place on exit so that a restart disturbs nothing.
-pub async fn run(
-    settings: AgentSettings,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), AgentError> {
-    info!(
-        version = %health::VERSION,
-        node = %settings.node_name,
-        "weftd starting"
-    );
-    let metrics = Metrics::default();
-    let (ready_tx, ready_rx) = watch::channel(Readiness::NotReady("starting".into()));
-
-    // The interface facts are read first: a host without usable interfaces is reported
-    // before anything else is attempted.
-    let facts = iface::probe::facts(&settings.iface).await?;
-    // A --iface naming nothing on this host is reported now, not once the config has come.
-    iface::check_request(&settings.iface, &facts)?;
-
-    let store = Arc::new(
-        EtcdStore::connect(&settings.etcd)
-            .await?
-            .with_metrics(metrics.store_metrics()),
-    );
-
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(health::log_readiness_changes(
-        ready_rx.clone(),
-        shutdown.clone(),
-    ));
-    if let Some(addr) = settings.healthz {
-        // Bound here so a port clash is reported at start, not lost in a task.
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| AgentError::Health { addr, source })?;
-        let (r, m, s) = (ready_rx.clone(), metrics.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            if let Err(e) = health::serve(listener, r, m, s).await {
-                error!(error = %e, "health server stopped");
-            }
-        });
-    }
-
-    let Some((cfg, snapshot)) =
-        load_config_and_snapshot(store.as_ref(), &settings, &ready_tx, &mut shutdown).await?
-    else {
-        return Ok(());
-    };
-    for notice in &cfg.notices {
-        warn!(key = %notice.path, kind = %notice.kind.as_str(), "{notice}");
-    }
-    settings.check_with_config(&cfg)?;
-    // Interface and public IPs (one per enabled family), with one line saying what and why.
-    let need = Families {
-        v4: cfg.ipv4.is_some(),
-        v6: cfg.ipv6.is_some(),
-    };
-    let chosen = iface::choose(&settings.iface, &facts, need)?;
-    let show = |a: Option<String>| a.unwrap_or_else(|| "-".into());
-    info!(
-        iface = %chosen.name,
-        iface_addr = %show(chosen.iface_addr.map(|a| a.to_string())),
-        public_ip = %show(chosen.public_ip.map(|a| a.to_string())),
-        iface_addr_v6 = %show(chosen.iface_addr_v6.map(|a| a.to_string())),
-        public_ip_v6 = %show(chosen.public_ip_v6.map(|a| a.to_string())),
-        mtu = chosen.mtu,
-        node = %settings.node_name,
-        "using interface {} because {}", chosen.name, chosen.reason
-    );
-    let mut mtu = pod_mtu(&cfg, chosen.mtu);
-    info!(
-        network = %show(cfg.v4_network().map(|n| n.to_string())),
-        ipv6_network = %show(cfg.v6_network().map(|n| n.to_string())),
-        backend = %cfg.backend.kind,
-        mtu,
-        leases = snapshot.entries.len(),
-        "network config loaded"
-    );
-
-    let previous = match SubnetEnv::read(&settings.subnet_file) {
+/// The subnets this node had before, from subnet.env, when it was written for this network.
+fn previous_subnets(settings: &AgentSettings, cfg: &NetConfig) -> Previous {
+    match SubnetEnv::read(&settings.subnet_file) {
         Ok(Some(env)) => Previous {
             v4: env
                 .subnet
@@ -219,168 +298,388 @@ pub async fn run(
             warn!(error = %e, "ignoring unreadable subnet file");
             Previous::default()
         }
-    };
-    let attrs = own_attrs(&cfg, &settings.node_name, &chosen);
+    }
+}
+
+/// What the lease tasks give the rest of weftd.
+struct LeaseLinks {
+    /// The keeper's status.
+    status: watch::Receiver<LeaseStatus>,
+    /// This node's key, for the peer watch (set from the status).
+    own: watch::Sender<Option<SubnetKey>>,
+    /// The peers, for the data planes.
+    feed: PeerFeed,
+}
+
+/// The lease keeper (its failure stops weftd: it holds the lease weftd's readiness is about,
+/// and a new weftd finds and reuses the lease) and the peer watch (restarted: it re-lists).
+fn start_lease(
+    sup: &mut Supervisor,
+    store: &Arc<EtcdStore>,
+    settings: &AgentSettings,
+    net: &Network,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> LeaseLinks {
+    let chosen = &net.chosen;
     let keeper = LeaseKeeper::new(
         store.clone(),
-        cfg.clone(),
+        net.cfg.clone(),
         KeeperSettings {
             identity: Identity {
                 node_name: settings.node_name.clone(),
                 public_ip: chosen.public_ip,
                 public_ip_v6: chosen.public_ip_v6,
             },
-            attrs,
+            attrs: own_attrs(&net.cfg, &settings.node_name, chosen),
             ttl: settings.lease_ttl,
-            previous,
+            previous: previous_subnets(settings, &net.cfg),
         },
     );
-
-    let (status_tx, mut status_rx) = watch::channel(LeaseStatus::Acquiring);
-    let (own_tx, own_rx) = watch::channel(None);
+    let progress = Progress::default();
+    let keeper = keeper.with_progress(progress.clone());
+    let (status_tx, status) = watch::channel(LeaseStatus::Acquiring);
+    let (own, _) = watch::channel(None);
     let (notice_tx, notice_rx) = mpsc::channel(64);
-    let (peer_tx, peer_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
-
-    tasks.spawn(
-        keeper
-            .run(
-                Some(snapshot.clone()),
-                status_tx,
-                notice_rx,
-                shutdown.clone(),
-            )
-            .instrument(info_span!("keeper")),
-    );
-
-    let rules = LeaseRules::from_config(&cfg).for_peers_of(chosen.public_ip, chosen.public_ip_v6);
-    let m = metrics.clone();
-    let my_name = settings.node_name.clone();
-    tasks.spawn(
-        crate::lease::watch::run_peer_watch(
-            store.clone(),
-            rules,
-            Some(snapshot),
-            Some(my_name),
-            own_rx,
-            peer_tx,
-            notice_tx,
-            move |peers, invalid, relisted| {
-                m.peers.set(peers as i64);
-                m.invalid_leases.set(invalid as i64);
-                if relisted {
-                    m.watch_restarts.inc();
-                }
-            },
+    let run = keeper
+        .run(
+            Some(net.snapshot.clone()),
+            status_tx,
+            notice_rx,
             shutdown.clone(),
         )
-        .instrument(info_span!("peer_watch")),
+        .instrument(info_span!("keeper"));
+    sup.spawn(Task::fatal("keeper", run.map(Ok)).with_progress(progress));
+
+    let feed = PeerFeed::default();
+    let rules =
+        LeaseRules::from_config(&net.cfg).for_peers_of(chosen.public_ip, chosen.public_ip_v6);
+    let mut initial = Some(net.snapshot.clone());
+    let (store, me, m, f, o) = (
+        store.clone(),
+        settings.node_name.clone(),
+        metrics.clone(),
+        feed.clone(),
+        own.clone(),
     );
-
-    // The data plane: one owner task per address family (each with its own device and its
-    // own routes), kicked by its kernel notification listener. Peer events go to each.
-    let mut dp_inputs = Vec::new();
-    let mut dp_owns = Vec::new();
-    let mut dp_settings = Vec::new();
-    for family in families(&cfg) {
-        let backend = dataplane_settings(&cfg, &settings.node_name, &chosen, chosen.mtu, family);
-        let device = device_name(cfg.backend.vni, family);
-        let nl = KernelNetlink::open(&device, family)?;
-        let (kick_tx, kick_rx) = mpsc::channel(1);
-        crate::dataplane::reconciler::spawn_monitor(device.clone(), family, kick_tx)?;
-        let (dp_own_tx, dp_own_rx) = watch::channel(None::<IpNetwork>);
-        let (settings_tx, settings_rx) = watch::channel(backend.clone());
-        let (events_tx, events_rx) = mpsc::channel::<Vec<PeerEvent>>(64);
-        let names = LinkNames::new(device.clone()).with_link(chosen.index, chosen.name.clone());
-        let inputs = crate::dataplane::reconciler::Inputs {
-            own: dp_own_rx,
-            settings: settings_rx,
-            peers: events_rx,
-            kicks: kick_rx,
-            resync: crate::dataplane::reconciler::RESYNC_INTERVAL,
+    let stop = shutdown.clone();
+    sup.spawn(Task::restart("peer-watch", move || {
+        let (events, run) = mpsc::channel(64);
+        let watch = WatchSettings {
+            store: store.clone(),
+            rules: rules.clone(),
+            initial: initial.take(),
+            me: Some(me.clone()),
+            own: o.subscribe(),
+            events,
+            own_notices: notice_tx.clone(),
         };
-        tasks.spawn(
-            crate::dataplane::reconciler::Reconciler::new(nl, backend, names, metrics.clone())
-                .run(inputs, shutdown.clone())
-                .map(drop)
-                .instrument(info_span!("dataplane", device = %device, family = %family)),
-        );
-        dp_inputs.push(events_tx);
-        dp_owns.push((family, dp_own_tx));
-        dp_settings.push((family, settings_tx));
-    }
-    tasks.spawn(fan_out(peer_rx, dp_inputs));
-    // The underlay's MTU is followed: a change re-plans the data plane and rewrites
-    // subnet.env (see `apply_underlay_mtu`).
-    let (underlay_mtu_tx, mut underlay_mtu_rx) = watch::channel(chosen.mtu);
-    crate::dataplane::reconciler::spawn_mtu_watch(
-        chosen.index,
-        chosen.name.clone(),
-        underlay_mtu_tx,
-    )?;
-    let mut underlay_mtu = chosen.mtu;
-    let mut mtu_open = true;
-
-    // The masquerade tables: one owner task per family, fed the rules once the subnet is
-    // known.
-    let mut masq_txs = Vec::new();
-    for family in families(&cfg) {
-        let (masq_tx, masq_rx) = watch::channel(None::<MasqRules>);
-        masq_txs.push((family, masq_tx));
-        if settings.ip_masq {
-            let m = metrics.clone();
-            tasks.spawn(
-                run_firewall(
-                    NftFirewall::new(None).for_family(table_family(family)),
-                    masq_rx,
-                    crate::dataplane::reconciler::RESYNC_INTERVAL,
-                    shutdown.clone(),
-                    move || {
-                        m.firewall_repairs.inc();
-                    },
-                )
-                .instrument(info_span!("firewall", family = %family)),
-            );
+        let (m, f, stop) = (m.clone(), f.clone(), stop.clone());
+        async move {
+            let watch = run_peer_watch(watch, move |r| record_watch_report(&m, r), stop);
+            futures::join!(watch.instrument(info_span!("peer_watch")), f.forward(run));
+            Ok(())
         }
+    }));
+    LeaseLinks { status, own, feed }
+}
+
+/// One family's data plane, as the lease loop feeds it.
+struct Dataplane {
+    family: IpFamily,
+    /// This node's subnet of the family.
+    own: watch::Sender<Option<IpNetwork>>,
+    /// The backend settings (they follow the underlay's MTU).
+    settings: watch::Sender<Settings>,
+}
+
+/// The task name of a family's data-plane reconciler.
+fn dataplane_task(family: IpFamily) -> TaskName {
+    match family {
+        IpFamily::V4 => "dataplane-ipv4",
+        IpFamily::V6 => "dataplane-ipv6",
     }
-    if !settings.ip_masq {
-        // A table left by an earlier run with --ip-masq would keep masquerading.
-        tasks.spawn(async move {
-            let removed = tokio::task::spawn_blocking(|| {
-                crate::firewall::cleanup_all_families(|f| NftFirewall::new(None).for_family(f))
+}
+
+/// The task name of a family's firewall owner.
+fn firewall_task(family: IpFamily) -> TaskName {
+    match family {
+        IpFamily::V4 => "firewall-ipv4",
+        IpFamily::V6 => "firewall-ipv6",
+    }
+}
+
+/// The data plane: one reconciler per address family (each with its own device and routes),
+/// kicked by its kernel notification listener, and the underlay MTU watch. Each is restarted
+/// when it fails: a reconciler reads the kernel back and is told every peer again. The first
+/// sockets are opened here, so that a host where they cannot be is reported at start.
+fn start_dataplanes(
+    sup: &mut Supervisor,
+    settings: &AgentSettings,
+    net: &Network,
+    feed: &PeerFeed,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(Vec<Dataplane>, watch::Receiver<u32>), AgentError> {
+    let chosen = &net.chosen;
+    let mut planes = Vec::new();
+    for family in families(&net.cfg) {
+        let backend = dataplane_settings(&net.cfg, &settings.node_name, chosen, chosen.mtu, family);
+        let device = device_name(net.cfg.backend.vni, family);
+        let mut first = Some(open_dataplane(&device, family)?);
+        let (own, _) = watch::channel(None::<IpNetwork>);
+        let (settings_tx, _) = watch::channel(backend);
+        let names = LinkNames::new(device.clone()).with_link(chosen.index, chosen.name.clone());
+        let progress = Progress::default();
+        let name = dataplane_task(family);
+        let unit = DataplaneUnit {
+            name,
+            device: device.clone(),
+            family,
+            own: own.clone(),
+            settings: settings_tx.clone(),
+            names,
+            feed: feed.clone(),
+            metrics: metrics.clone(),
+            progress: progress.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let unit = Arc::new(unit);
+        sup.spawn(
+            Task::restart(name, move || {
+                let (unit, opened) = (unit.clone(), first.take());
+                async move { unit.run(opened).await }
             })
-            .await;
-            match removed {
-                Ok(results) => {
-                    for (family, result) in results {
-                        match result {
-                            Ok(true) => info!(table = %format!("{family} {}", crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq"),
-                            Ok(false) => {}
-                            Err(e) => debug!(%family, error = %e, "cannot check for a leftover nftables table"),
-                        }
-                    }
-                }
-                Err(e) => debug!(error = %e, "leftover table check failed"),
-            }
+            .with_progress(progress),
+        );
+        planes.push(Dataplane {
+            family,
+            own,
+            settings: settings_tx,
         });
     }
-
-    // This task owns readiness and subnet.env.
-    let env_writer = EnvWriter {
-        path: &settings.subnet_file,
-        cfg: &cfg,
-        ip_masq: settings.ip_masq,
-        metrics: &metrics,
-        ready: &ready_tx,
-    };
-    'status: loop {
-        let status = status_rx.borrow_and_update().clone();
-        match &status {
-            LeaseStatus::Held(h) => {
-                own_tx.send_replace(Some(h.key));
-                for (family, tx) in &dp_owns {
-                    tx.send_replace(own_subnet(&h.key, *family));
+    // The underlay's MTU is followed: a change re-plans the data plane and rewrites
+    // subnet.env (see `apply_underlay_mtu`).
+    let (mtu_tx, mtu_rx) = watch::channel(chosen.mtu);
+    let (index, iface) = (chosen.index, chosen.name.clone());
+    let mut first = Some(reconciler::spawn_mtu_watch(
+        index,
+        iface.clone(),
+        mtu_tx.clone(),
+    )?);
+    sup.spawn(
+        Task::restart("mtu-watch", move || {
+            let started = first.take().map(Ok).unwrap_or_else(|| {
+                reconciler::spawn_mtu_watch(index, iface.clone(), mtu_tx.clone())
+            });
+            async move {
+                match thread_ended(started?, "MTU watch").await {
+                    // It gave up by itself (and said so): done.
+                    ThreadEnd::Returned(_) => Ok(()),
+                    panicked => Err(panicked.into()),
                 }
-                for (family, tx) in &masq_txs {
+            }
+        })
+        .may_finish(),
+    );
+    Ok((planes, mtu_rx))
+}
+
+/// A data-plane reconciler's kernel handles: netlink, and its notification listener with the
+/// kicks it sends.
+type Opened = (
+    KernelNetlink,
+    mpsc::Receiver<()>,
+    std::thread::JoinHandle<()>,
+);
+
+fn open_dataplane(device: &str, family: IpFamily) -> Result<Opened, AgentError> {
+    let nl = KernelNetlink::open(device, family)?;
+    let (kick_tx, kicks) = mpsc::channel(1);
+    let monitor = reconciler::spawn_monitor(device.to_string(), family, kick_tx)?;
+    Ok((nl, kicks, monitor))
+}
+
+/// What one family's reconciler task needs to (re)start.
+struct DataplaneUnit {
+    name: TaskName,
+    device: String,
+    family: IpFamily,
+    own: watch::Sender<Option<IpNetwork>>,
+    settings: watch::Sender<Settings>,
+    names: LinkNames,
+    feed: PeerFeed,
+    metrics: Metrics,
+    progress: Progress,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl DataplaneUnit {
+    /// One run of the reconciler, with the handles opened at start (first run) or new ones.
+    /// Ends with an error when its notification listener stops.
+    async fn run(&self, opened: Option<Opened>) -> Result<(), crate::supervisor::TaskError> {
+        let (nl, kicks, monitor) = match opened {
+            Some(o) => o,
+            None => open_dataplane(&self.device, self.family)?,
+        };
+        let inputs = reconciler::Inputs {
+            own: self.own.subscribe(),
+            settings: self.settings.subscribe(),
+            peers: self.feed.subscribe(self.name).await,
+            kicks,
+            resync: RESYNC_INTERVAL,
+        };
+        let backend = self.settings.borrow().clone();
+        let reconciler = Reconciler::new(nl, backend, self.names.clone(), self.metrics.clone())
+            .with_progress(self.progress.clone());
+        let span = info_span!("dataplane", device = %self.device, family = %self.family);
+        tokio::select! {
+            _ = reconciler.run(inputs, self.shutdown.clone()).instrument(span) => Ok(()),
+            ended = thread_ended(monitor, "kernel notification listener") => Err(ended.into()),
+        }
+    }
+}
+
+/// The masquerade tables: one owner task per family (restarted when it fails: it reads its
+/// table back), fed the rules once the subnet is known. Without --ip-masq, a table left by
+/// an earlier run is removed once.
+fn start_firewalls(
+    sup: &mut Supervisor,
+    settings: &AgentSettings,
+    net: &Network,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<(IpFamily, watch::Sender<Option<MasqRules>>)> {
+    let mut masq = Vec::new();
+    for family in families(&net.cfg) {
+        let (tx, _) = watch::channel(None::<MasqRules>);
+        masq.push((family, tx.clone()));
+        if !settings.ip_masq {
+            continue;
+        }
+        let (m, stop) = (metrics.clone(), shutdown.clone());
+        sup.spawn(Task::restart(firewall_task(family), move || {
+            let m = m.clone();
+            run_firewall(
+                NftFirewall::new(None).for_family(table_family(family)),
+                tx.subscribe(),
+                RESYNC_INTERVAL,
+                stop.clone(),
+                move || {
+                    m.firewall_repairs.inc();
+                },
+            )
+            .instrument(info_span!("firewall", family = %family))
+            .map(Ok)
+        }));
+    }
+    if !settings.ip_masq {
+        sup.spawn(
+            Task::restart("leftover-table-check", || remove_leftover_tables().map(Ok)).may_finish(),
+        );
+    }
+    masq
+}
+
+/// A table left by an earlier run with --ip-masq would keep masquerading: remove it.
+async fn remove_leftover_tables() {
+    let removed = tokio::task::spawn_blocking(|| {
+        crate::firewall::cleanup_all_families(|f| NftFirewall::new(None).for_family(f))
+    })
+    .await;
+    match removed {
+        Ok(results) => {
+            for (family, result) in results {
+                match result {
+                    Ok(true) => {
+                        info!(table = %format!("{family} {}", crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        debug!(%family, error = %e, "cannot check for a leftover nftables table")
+                    }
+                }
+            }
+        }
+        Err(e) => debug!(error = %e, "leftover table check failed"),
+    }
+}
+
+/// The loop that follows the lease: it hands the subnet to the watch, the data planes and
+/// the firewalls, writes subnet.env, owns readiness, follows the underlay's MTU, and watches
+/// the supervisor for a task whose failure stops weftd.
+struct Follower<'a> {
+    net: &'a Network,
+    settings: &'a AgentSettings,
+    metrics: &'a Metrics,
+    ready: &'a watch::Sender<Readiness>,
+    own: watch::Sender<Option<SubnetKey>>,
+    planes: (Vec<Dataplane>, watch::Receiver<u32>),
+    masq: Vec<(IpFamily, watch::Sender<Option<MasqRules>>)>,
+}
+
+impl Follower<'_> {
+    async fn run(
+        &mut self,
+        mut status: watch::Receiver<LeaseStatus>,
+        sup: &mut Supervisor,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), AgentError> {
+        let mut mtu = self.net.mtu;
+        let mut underlay_mtu = self.net.chosen.mtu;
+        let mut mtu_rx = self.planes.1.clone();
+        let (mut mtu_open, mut status_open) = (true, true);
+        loop {
+            let now = status.borrow_and_update().clone();
+            self.take_status(&now, mtu);
+            // Wait for the next lease status; an MTU change is handled without touching the rest.
+            loop {
+                tokio::select! {
+                    changed = status.changed(), if status_open => {
+                        // The keeper is gone: the supervisor says why.
+                        if changed.is_err() { status_open = false; continue; }
+                        break;
+                    }
+                    changed = mtu_rx.changed(), if mtu_open => {
+                        if changed.is_err() { mtu_open = false; continue; }
+                        let new = *mtu_rx.borrow_and_update();
+                        if new == underlay_mtu { continue; }
+                        let change = MtuChange { iface: &self.net.chosen.name, old: underlay_mtu, new };
+                        mtu = apply_underlay_mtu(&self.net.cfg, &self.settings.node_name, &self.net.chosen, change, &self.planes.0);
+                        underlay_mtu = new;
+                        if let LeaseStatus::Held(h) = &now {
+                            self.env_writer().write(&h.key, mtu);
+                        }
+                    }
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() { return Ok(()); }
+                    }
+                    fatal = sup.watch() => return Err(fatal.into()),
+                }
+            }
+        }
+    }
+
+    fn env_writer(&self) -> EnvWriter<'_> {
+        EnvWriter {
+            path: &self.settings.subnet_file,
+            cfg: &self.net.cfg,
+            ip_masq: self.settings.ip_masq,
+            metrics: self.metrics,
+            ready: self.ready,
+        }
+    }
+
+    /// Hand a new lease status to everything that follows it.
+    fn take_status(&self, status: &LeaseStatus, mtu: u32) {
+        let cfg = &self.net.cfg;
+        match status {
+            LeaseStatus::Held(h) => {
+                self.own.send_replace(Some(h.key));
+                for plane in &self.planes.0 {
+                    plane.own.send_replace(own_subnet(&h.key, plane.family));
+                }
+                for (family, tx) in &self.masq {
                     let network = match family {
                         IpFamily::V4 => cfg.v4_network().map(IpNetwork::V4),
                         IpFamily::V6 => cfg.v6_network().map(IpNetwork::V6),
@@ -390,8 +689,8 @@ pub async fn run(
                         .and_then(|(network, own)| MasqRules::new(network, own).ok());
                     tx.send_replace(rules);
                 }
-                metrics.lease_held.set(1);
-                metrics.lease_changes.inc();
+                self.metrics.lease_held.set(1);
+                self.metrics.lease_changes.inc();
                 let expiry = h.expires_at.map(|e| {
                     let left = e.saturating_duration_since(Instant::now());
                     (SystemTime::now() + left)
@@ -399,63 +698,33 @@ pub async fn run(
                         .map(|d| d.as_secs() as i64)
                         .unwrap_or(0)
                 });
-                metrics.lease_expiry_seconds.set(expiry.unwrap_or(0));
-                env_writer.write(&h.key, mtu);
+                self.metrics.lease_expiry_seconds.set(expiry.unwrap_or(0));
+                self.env_writer().write(&h.key, mtu);
             }
             LeaseStatus::Acquiring => {
-                metrics.lease_held.set(0);
-                ready_tx.send_replace(Readiness::NotReady("acquiring a subnet lease".into()));
+                self.metrics.lease_held.set(0);
+                self.ready
+                    .send_replace(Readiness::NotReady("acquiring a subnet lease".into()));
             }
             LeaseStatus::Failed(why) => {
-                metrics.lease_held.set(0);
-                ready_tx.send_replace(Readiness::NotReady(why.clone()));
-            }
-        }
-        // Wait for the next lease status; an MTU change is handled without touching the rest.
-        loop {
-            tokio::select! {
-                changed = status_rx.changed() => {
-                    if changed.is_err() { break 'status; }
-                    continue 'status;
-                }
-                changed = underlay_mtu_rx.changed(), if mtu_open => {
-                    if changed.is_err() {
-                        mtu_open = false;
-                        continue;
-                    }
-                    let new = *underlay_mtu_rx.borrow_and_update();
-                    if new == underlay_mtu {
-                        continue;
-                    }
-                    let change = MtuChange {
-                        iface: &chosen.name,
-                        old: underlay_mtu,
-                        new,
-                    };
-                    let node = &settings.node_name;
-                    mtu = apply_underlay_mtu(&cfg, node, &chosen, change, &dp_settings);
-                    underlay_mtu = new;
-                    if let LeaseStatus::Held(h) = &status {
-                        env_writer.write(&h.key, mtu);
-                    }
-                }
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { break 'status; }
-                }
+                self.metrics.lease_held.set(0);
+                self.ready.send_replace(Readiness::NotReady(why.clone()));
             }
         }
     }
-    info!("shutting down; the lease and the data plane stay in place");
-    drop(dp_owns);
-    drop(dp_settings);
-    drop(own_tx);
-    // Give tasks a moment to finish their current request.
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.abort_all();
-    Ok(())
+}
+
+/// The peer gauges follow every report; only a re-established watch counts as a restart.
+fn record_watch_report(m: &Metrics, report: WatchReport) {
+    let counts = match report {
+        WatchReport::Listed(c) | WatchReport::Changed(c) => c,
+        WatchReport::Relisted { counts, .. } => {
+            m.watch_restarts.inc();
+            counts
+        }
+    };
+    m.peers.set(counts.peers as i64);
+    m.invalid_leases.set(counts.invalid as i64);
 }
 
 /// Writes subnet.env for the held lease; readiness follows whether it could be written.
@@ -525,12 +794,13 @@ fn apply_underlay_mtu(
     node_name: &str,
     chosen: &ChosenIface,
     change: MtuChange<'_>,
-    dataplanes: &[(IpFamily, watch::Sender<Settings>)],
+    dataplanes: &[Dataplane],
 ) -> u32 {
     let MtuChange { iface, old, new } = change;
     let (before, after) = (pod_mtu(cfg, old), pod_mtu(cfg, new));
-    for (family, tx) in dataplanes {
-        tx.send_replace(dataplane_settings(cfg, node_name, chosen, new, *family));
+    for plane in dataplanes {
+        let settings = dataplane_settings(cfg, node_name, chosen, new, plane.family);
+        plane.settings.send_replace(settings);
     }
     if before == after {
         warn!(
@@ -562,25 +832,5 @@ fn table_family(family: IpFamily) -> TableFamily {
     match family {
         IpFamily::V4 => TableFamily::Ip,
         IpFamily::V6 => TableFamily::Ip6,
-    }
-}
-
-/// Hand every batch of peer events to each data-plane owner (one per family).
-async fn fan_out(
-    mut events: mpsc::Receiver<Vec<PeerEvent>>,
-    to: Vec<mpsc::Sender<Vec<PeerEvent>>>,
-) {
-    while let Some(batch) = events.recv().await {
-        let Some((last, rest)) = to.split_last() else {
-            continue;
-        };
-        for tx in rest {
-            if tx.send(batch.clone()).await.is_err() {
-                return;
-            }
-        }
-        if last.send(batch).await.is_err() {
-            return;
-        }
     }
 }

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub netlink_errors: Counter<u64, AtomicU64>,
     pub watch_restarts: Counter<u64, AtomicU64>,
     pub firewall_repairs: Counter<u64, AtomicU64>,
+    /// Restarts of supervised tasks, by task (`task="peer-watch"`, …).
+    pub task_restarts: Family<crate::supervisor::TaskLabel, Counter<u64, AtomicU64>>,
     /// etcd contact (see [`crate::store::StoreMetrics`]).
     pub etcd_up: Gauge<i64, AtomicI64>,
     pub etcd_last_success_seconds: Gauge<i64, AtomicI64>,
@@ -84,6 +86,7 @@ impl Default for Metrics {
             netlink_errors: Counter::default(),
             watch_restarts: Counter::default(),
             firewall_repairs: Counter::default(),
+            task_restarts: Family::default(),
             etcd_up: Gauge::default(),
             etcd_last_success_seconds: Gauge::default(),
             etcd_request_errors: Family::default(),
@@ -193,6 +196,11 @@ impl Metrics {
             "Times weft's nftables table was found missing or changed and restored",
             self.firewall_repairs.clone(),
         );
+        r.register(
+            "task_restarts",
+            "Times a task of weftd stopped or panicked and was started again, by task",
+            self.task_restarts.clone(),
+        );
         self.register_etcd_contact(&mut r);
         r
     }
@@ -277,23 +285,25 @@ pub async fn log_readiness_changes(
     }
 }
 
+/// What the health server reports on.
 #[derive(Clone, Debug)]
-struct HealthState {
-    ready: watch::Receiver<Readiness>,
-    metrics: Metrics,
+pub struct HealthState {
+    /// Readiness, for `/readyz`.
+    pub ready: watch::Receiver<Readiness>,
+    pub metrics: Metrics,
+    /// The supervised tasks, for `/healthz`.
+    pub tasks: crate::supervisor::TaskBoard,
 }
 
 /// Serve health and metrics on `listener` until `shutdown` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    ready: watch::Receiver<Readiness>,
-    metrics: Metrics,
+    state: HealthState,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /metrics");
-    let state = HealthState { ready, metrics };
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .with_state(state);
@@ -306,6 +316,18 @@ pub async fn serve(
             }
         })
         .await
+}
+
+/// 200 while every task that must be alive is, and has made progress in time; else 503
+/// naming the task and what is wrong with it.
+async fn healthz(State(s): State<HealthState>) -> (StatusCode, String) {
+    match s.tasks.problem() {
+        None => (StatusCode::OK, "ok\n".into()),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(s): State<HealthState>) -> (StatusCode, String) {
@@ -345,6 +367,7 @@ mod tests {
         let state = HealthState {
             ready: rx,
             metrics: Metrics::default(),
+            tasks: Default::default(),
         };
         let text = scrape(&state).await;
         assert!(

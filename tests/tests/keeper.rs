@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use weft_agent::config::NetConfig;
 use weft_agent::lease::keeper::{KeeperError, KeeperSettings, LeaseKeeper, LeaseStatus};
 use weft_agent::lease::pick::{Identity, Previous};
-use weft_agent::lease::watch::run_peer_watch;
+use weft_agent::lease::watch::{run_peer_watch, WatchSettings};
 use weft_agent::lease::{Endpoint, LeaseAttrs, LeaseRules, SubnetKey};
 use weft_agent::store::{CreateOutcome, EtcdStore, LeaseStore, MemoryStore};
 use weft_backends::backend::{BackendData, VxlanData};
@@ -94,14 +94,16 @@ impl Node {
             }
         }));
         tasks.push(tokio::spawn(run_peer_watch(
-            store,
-            LeaseRules::from_config(&cfg),
-            None,
-            Some(name),
-            own_rx,
-            ev_tx,
-            notice_tx,
-            |_, _, _| {},
+            WatchSettings {
+                store,
+                rules: LeaseRules::from_config(&cfg),
+                initial: None,
+                me: Some(name),
+                own: own_rx,
+                events: ev_tx,
+                own_notices: notice_tx,
+            },
+            |_| {},
             stop_rx,
         )));
         Node {
@@ -490,14 +492,16 @@ async fn peer_watch_that_falls_behind_a_compaction_relists_with_the_right_events
     let (notice_tx, _notices) = mpsc::channel(64);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(run_peer_watch(
-        store.clone(),
-        LeaseRules::from_config(&c),
-        Some(stale),
-        Some("me".into()),
-        own_rx,
-        ev_tx,
-        notice_tx,
-        |_, _, _| {},
+        WatchSettings {
+            store: store.clone(),
+            rules: LeaseRules::from_config(&c),
+            initial: Some(stale),
+            me: Some("me".into()),
+            own: own_rx,
+            events: ev_tx,
+            own_notices: notice_tx,
+        },
+        |_| {},
         stop_rx,
     ));
 
@@ -797,5 +801,137 @@ async fn enabling_ipv6_keeps_the_nodes_ipv4_subnet_and_replaces_its_key() {
         names,
         vec![after.key.to_string()],
         "the old single-stack key is gone"
+    );
+}
+
+/// A [`MemoryStore`] whose renewals (`replace`) hang while `hang` is true, as a request
+/// to an etcd that never answers would without its timeout.
+#[derive(Clone, Debug)]
+struct HangingStore {
+    inner: MemoryStore,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LeaseStore for HangingStore {
+    async fn snapshot(
+        &self,
+        with_config: bool,
+    ) -> Result<weft_agent::store::Snapshot, weft_agent::store::StoreError> {
+        self.inner.snapshot(with_config).await
+    }
+    async fn put_config(&self, value: &[u8]) -> Result<(), weft_agent::store::StoreError> {
+        self.inner.put_config(value).await
+    }
+    async fn get(
+        &self,
+        name: &str,
+    ) -> Result<Option<weft_agent::store::StoredEntry>, weft_agent::store::StoreError> {
+        self.inner.get(name).await
+    }
+    async fn create_unless_prefixed(
+        &self,
+        name: &str,
+        guard: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<CreateOutcome, weft_agent::store::StoreError> {
+        self.inner
+            .create_unless_prefixed(name, guard, value, ttl)
+            .await
+    }
+    async fn replace(
+        &self,
+        name: &str,
+        value: &[u8],
+        expected: weft_agent::store::Revision,
+        ttl: Option<Duration>,
+    ) -> Result<weft_agent::store::ReplaceOutcome, weft_agent::store::StoreError> {
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.replace(name, value, expected, ttl).await
+    }
+    async fn delete(
+        &self,
+        name: &str,
+        expected: Option<weft_agent::store::Revision>,
+    ) -> Result<bool, weft_agent::store::StoreError> {
+        self.inner.delete(name, expected).await
+    }
+    async fn time_to_live(
+        &self,
+        lease: weft_agent::store::TtlLeaseId,
+    ) -> Result<Option<Duration>, weft_agent::store::StoreError> {
+        self.inner.time_to_live(lease).await
+    }
+    async fn revoke(
+        &self,
+        lease: weft_agent::store::TtlLeaseId,
+    ) -> Result<(), weft_agent::store::StoreError> {
+        self.inner.revoke(lease).await
+    }
+    async fn watch(
+        &self,
+        from: weft_agent::store::Revision,
+    ) -> Result<weft_agent::store::WatchStream, weft_agent::store::StoreError> {
+        self.inner.watch(from).await
+    }
+    fn request_count(&self) -> u64 {
+        self.inner.request_count()
+    }
+}
+
+/// `/healthz` follows the keeper's attempts: an etcd outage (requests fail and are retried)
+/// is not "stuck", a renewal that never returns is, once it is late by the grace (half the
+/// TTL, at least a minute).
+#[tokio::test(start_paused = true)]
+async fn the_keeper_is_stuck_for_health_only_when_its_renewal_attempt_is_overdue() {
+    use futures::FutureExt;
+    use weft_agent::health::Readiness;
+    use weft_agent::supervisor::{Progress, Supervisor, Task, TaskBoard};
+    let store = HangingStore {
+        inner: MemoryStore::new(),
+        hang: Default::default(),
+    };
+    let ttl = Duration::from_secs(120);
+    let progress = Progress::default();
+    let keeper = LeaseKeeper::new(
+        Arc::new(store.clone()),
+        cfg(NET16),
+        settings("n1", node_ip(1), ttl),
+    )
+    .with_progress(progress.clone());
+    assert_eq!(keeper.grace(), Duration::from_secs(60));
+    let (status_tx, mut status) = watch::channel(LeaseStatus::Acquiring);
+    let (_notice_tx, notice_rx) = mpsc::channel(8);
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let (_ready_tx, ready_rx) = watch::channel(Readiness::Ready);
+    let board = TaskBoard::default();
+    let mut sup = Supervisor::new(board.clone(), Default::default(), ready_rx, stop_rx.clone());
+    let run = keeper.run(None, status_tx, notice_rx, stop_rx).map(Ok);
+    sup.spawn(Task::fatal("keeper", run).with_progress(progress));
+    status.wait_for(|s| s.held().is_some()).await.unwrap();
+
+    // Ten minutes of etcd outage: renewals fail and are retried; never stuck.
+    store.inner.set_down(true);
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(board.problem(), None);
+    }
+    store.inner.set_down(false);
+    // The next attempt renews or re-acquires; the one after it is due within TTL/2.
+    status.changed().await.unwrap();
+    status.wait_for(|s| s.held().is_some()).await.unwrap();
+    assert_eq!(board.problem(), None);
+
+    // The next renewal (within TTL/2 = 60 s) hangs: stuck once it is a minute late.
+    store.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(board.problem(), None, "not yet a minute late");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let problem = board.problem().expect("the keeper is stuck");
+    assert!(
+        problem.starts_with("task keeper has made no progress for "),
+        "{problem}"
     );
 }

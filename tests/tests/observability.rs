@@ -153,3 +153,48 @@ async fn weftd_logs_each_event_once_in_operator_words_and_its_metrics_follow() {
         assert!(decimals <= 1, "took_ms={value} in:\n{log}");
     }
 }
+
+/// `weft_etcd_watch_restarts_total` counts the times the lease watch was re-established, not
+/// the lease changes it sees: one etcd restart among many changes is one restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_etcd_restart_among_many_lease_changes_is_one_watch_restart() {
+    let mut etcd = Etcd::start().await;
+    let store = etcd.store(PREFIX).await;
+    store.put_config(CONFIG).await.unwrap();
+    let w = Weftd::start("node-r", "192.0.2.20", &etcd.cli_args(), &[]);
+    w.wait_ready(WAIT).await;
+    let restarts = |w: &Weftd| metric(&w.metrics(), "weft_etcd_watch_restarts_total");
+    let peers_are = |n: f64| {
+        let w = &w;
+        move || async move { (metric(&w.metrics(), "weft_peers") == Some(n)).then_some(()) }
+    };
+    let key = |n: u8| format!("10.244.{}.0-24", 100 + n);
+    let lease = |n: u8| peer_lease(&format!("node-{n}"), &format!("192.0.2.{}", 100 + n));
+
+    // Changes before the restart: ten peers join.
+    for n in 1..=10 {
+        store.create(&key(n), &lease(n), None).await.unwrap();
+    }
+    wait_for("ten peers", WAIT, peers_are(10.0)).await;
+    assert_eq!(restarts(&w), Some(0.0));
+
+    // etcd goes away and comes back: the watch is re-established once.
+    etcd.stop_member(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    etcd.restart_member(0).await;
+    wait_for("the watch to be re-established", WAIT, || async {
+        restarts(&w).filter(|n| *n >= 1.0)
+    })
+    .await;
+
+    // Many changes after it: ten more join, five leave.
+    let store = etcd.store(PREFIX).await;
+    for n in 11..=20 {
+        store.create(&key(n), &lease(n), None).await.unwrap();
+    }
+    for n in 1..=5 {
+        store.delete(&key(n), None).await.unwrap();
+    }
+    wait_for("fifteen peers", WAIT, peers_are(15.0)).await;
+    assert_eq!(restarts(&w), Some(1.0), "{}", w.proc.log_text());
+}

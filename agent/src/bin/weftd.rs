@@ -11,7 +11,7 @@ use weft_agent::host::privileges::{self, Mode};
 use weft_agent::settings::AgentSettings;
 use weft_agent::{daemon, logging};
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     weft_agent::host::init::unblock_inherited_signals();
     if weft_agent::host::init::should_be_init() {
         // PID 1 of a container: become a minimal init around the real agent, holding no
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     }
     let cli = WeftdCli::parse();
     logging::init(cli.log_format);
+    log_panics();
     // Every mode drops the capabilities it does not need here, while this is the only thread.
     if cli.cleanup {
         if let Err(code) = drop_privileges(Mode::Cleanup) {
@@ -109,6 +110,25 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// A panic is logged as one line (where, and its message) instead of the default report; the
+/// supervisor then says what follows for the task.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("unnamed"), at = %at, "panic: {message}");
+    }));
 }
 
 /// `--cleanup`: remove weft's host state and exit (1 if any step failed). Needs neither etcd

@@ -21,7 +21,9 @@ use weft_backends::dataplane::{ApplyReport, DataplaneError, Monitor, Netlink};
 use weft_backends::plan::{diff, KernelState, LinkNames, Op, Plan};
 use weft_backends::{IpFamily, Peer, PeerEvent};
 
+use crate::backoff::Backoff;
 use crate::health::Metrics;
+use crate::supervisor::Progress;
 
 /// How often the kernel is read back even when nothing was heard.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
@@ -88,6 +90,8 @@ pub struct Reconciler<N> {
     refused: BTreeSet<IpNetwork>,
     passes: u64,
     metrics: Metrics,
+    /// Told at every turn of the loop (a pass, an input, the resync tick).
+    progress: Option<Progress>,
 }
 
 impl<N: Netlink + Send + 'static> Reconciler<N> {
@@ -105,6 +109,20 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             refused: BTreeSet::new(),
             passes: 0,
             metrics,
+            progress: None,
+        }
+    }
+
+    /// The same reconciler, telling `progress` at every turn of its loop; it expects the
+    /// next turn within three resync intervals (the tick alone turns it once per interval).
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    fn progressed(&self, resync: Duration) {
+        if let Some(p) = &self.progress {
+            p.expect_within(resync * 3);
         }
     }
 
@@ -303,12 +321,13 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.reset();
         let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut retry_delay = Duration::from_millis(200);
+        let mut retry_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut started = false;
         self.own = *own.borrow_and_update();
         let mut peers_open = true;
         let mut kicks_open = true;
         loop {
+            self.progressed(resync);
             let retry = async {
                 match retry_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -357,6 +376,7 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
                 _ = tick.tick() => Trigger::Resync,
                 _ = retry => Trigger::Retry,
             };
+            self.progressed(resync);
             if !self.ready() {
                 continue;
             }
@@ -364,12 +384,11 @@ impl<N: Netlink + Send + 'static> Reconciler<N> {
             started = true;
             retry_at = None;
             if self.pass(trigger).await {
-                retry_delay = Duration::from_millis(200);
+                retry_backoff.reset();
             } else {
                 // A failed pass leaves the believed state unknown: read it back next time.
                 self.believed = None;
-                retry_at = Some(tokio::time::Instant::now() + retry_delay);
-                retry_delay = (retry_delay * 2).min(Duration::from_secs(10));
+                retry_at = Some(tokio::time::Instant::now() + retry_backoff.next_delay());
             }
         }
         self

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use crate::backoff::Backoff;
 use crate::config::pool::SubnetPool;
 use crate::config::NetConfig;
 use crate::lease::pick::{
@@ -16,6 +17,7 @@ use crate::lease::pick::{
 };
 use crate::lease::{LeaseAttrs, SubnetKey};
 use crate::store::{CreateOutcome, LeaseStore, ReplaceOutcome, Snapshot, StoreError, StoredEntry};
+use crate::supervisor::Progress;
 
 /// Lost races in a row after which the local view is refreshed with a new listing.
 const RACES_BEFORE_RELIST: usize = 4;
@@ -106,6 +108,8 @@ pub struct LeaseKeeper<S> {
     cfg: NetConfig,
     settings: KeeperSettings,
     rng: fastrand::Rng,
+    /// Told before every acquisition and renewal attempt, with when the next is due.
+    progress: Option<Progress>,
 }
 
 impl<S: LeaseStore> LeaseKeeper<S> {
@@ -115,6 +119,30 @@ impl<S: LeaseStore> LeaseKeeper<S> {
             cfg,
             settings,
             rng: fastrand::Rng::new(),
+            progress: None,
+        }
+    }
+
+    /// The same keeper, telling `progress` when its next attempt (to acquire or renew) is
+    /// due: the planned time plus [`LeaseKeeper::grace`].
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// How late an attempt may be before health calls the keeper stuck: half the lease TTL
+    /// (its renewal period), at least one minute and at most five.
+    pub fn grace(&self) -> Duration {
+        (self.settings.ttl / 2).clamp(Duration::from_secs(60), Duration::from_secs(300))
+    }
+
+    /// The next attempt is planned for `at` (`None`: nothing is planned, a reservation).
+    fn next_attempt(&self, at: Option<Instant>) {
+        if let Some(p) = &self.progress {
+            match at {
+                Some(at) => p.expect_by(at + self.grace()),
+                None => p.idle(),
+            }
         }
     }
 
@@ -378,13 +406,14 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 if *shutdown.borrow() {
                     return;
                 }
+                self.next_attempt(Some(Instant::now()));
                 match self.acquire(snapshot.take()).await {
                     Ok(h) => {
                         backoff.reset();
                         break h;
                     }
                     Err(e) => {
-                        let delay = backoff.next();
+                        let delay = backoff.next_delay();
                         match &e {
                             KeeperError::PoolExhausted { .. } => {
                                 error!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot lease a subnet")
@@ -394,6 +423,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                             }
                         }
                         status.send_replace(LeaseStatus::Failed(e.to_string()));
+                        self.next_attempt(Some(Instant::now() + delay));
                         if sleep_or_shutdown(delay, &mut shutdown).await {
                             return;
                         }
@@ -411,6 +441,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                 Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
             let mut next_renew = self.renew_at(&held);
             loop {
+                self.next_attempt(next_renew);
                 let sleep_until =
                     next_renew.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
                 tokio::select! {
@@ -454,7 +485,7 @@ impl<S: LeaseStore> LeaseKeeper<S> {
                                 continue 'outer;
                             }
                             Err(e) => {
-                                let delay = renew_backoff.next();
+                                let delay = renew_backoff.next_delay();
                                 warn!(subnet = %held.key.cidrs(), error = %e, retry_in_ms = delay.as_millis() as u64, "lease renewal failed");
                                 next_renew = Some(Instant::now() + delay);
                             }
@@ -485,35 +516,5 @@ pub(crate) async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receive
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
-    }
-}
-
-/// Exponential backoff with jitter.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    base: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            current: base,
-        }
-    }
-
-    pub(crate) fn next(&mut self) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        // ±20% jitter so a fleet does not retry in lockstep.
-        let jitter = fastrand::f64() * 0.4 + 0.8;
-        d.mul_f64(jitter)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.current = self.base;
     }
 }

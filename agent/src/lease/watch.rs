@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 use weft_backends::backend::BackendData;
 use weft_backends::{IpFamily, Peer, PeerEvent};
 
-use crate::lease::keeper::{sleep_or_shutdown, Backoff, OwnKeyNotice};
+use crate::backoff::Backoff;
+use crate::lease::keeper::{sleep_or_shutdown, OwnKeyNotice};
 use crate::lease::{validate, LeaseRules, SubnetKey};
 use crate::store::{LeaseStore, Revision, Snapshot, StoredEntry, WatchEvent};
 
@@ -491,64 +492,167 @@ fn peer_changes(old: &Peer, new: &Peer) -> String {
     }
 }
 
-/// Run the watch until shutdown. Peer events go to `events`; changes to the key named by
-/// `own` go to `own_notices` (the keeper decides what they mean).
-#[allow(clippy::too_many_arguments)]
+/// What the peer watch works with.
+#[derive(Debug)]
+pub struct WatchSettings<S> {
+    pub store: Arc<S>,
+    /// How peer leases are validated.
+    pub rules: LeaseRules,
+    /// A listing already read (saves the first request).
+    pub initial: Option<Snapshot>,
+    /// This node's name: a lease carrying it is never a peer, whatever its subnet.
+    pub me: Option<String>,
+    /// This node's own key, once the keeper holds one; the watch starts then.
+    pub own: watch::Receiver<Option<SubnetKey>>,
+    /// Where peer events go. The first batch of a run is the full listing (sent even when
+    /// empty: it tells the data plane that the peer set is known).
+    pub events: mpsc::Sender<Vec<PeerEvent>>,
+    /// Changes to the key named by `own` (the keeper decides what they mean).
+    pub own_notices: mpsc::Sender<OwnKeyNotice>,
+}
+
+/// How many leases the watch uses and refuses, after an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCounts {
+    /// Valid peers.
+    pub peers: usize,
+    /// Leases present but not used ([`PeerSet::invalid_count`]).
+    pub invalid: usize,
+}
+
+/// What the watch reports, one per event, so that each metric counts what its name says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchReport {
+    /// The first listing of this run.
+    Listed(PeerCounts),
+    /// A listing after the watch broke (compaction, a broken stream, an etcd outage): the
+    /// watch was re-established. `changes` peer events came of it.
+    Relisted { counts: PeerCounts, changes: usize },
+    /// A change seen by the watch, or a new own subnet.
+    Changed(PeerCounts),
+}
+
+/// How one watch stream ended.
+enum StreamEnd {
+    /// Shutdown, or nobody listens any more: the watch stops.
+    Stop,
+    /// The stream broke: re-list and watch again.
+    Relist,
+}
+
+/// The running watch: the peer set and where its results go.
+struct Watcher<S, R> {
+    settings: WatchSettings<S>,
+    set: PeerSet,
+    own_key: Option<SubnetKey>,
+    report: R,
+    shutdown: watch::Receiver<bool>,
+    backoff: Backoff,
+}
+
+/// Run the watch until shutdown: list once, watch from that revision, and on compaction or
+/// a broken stream re-list and emit only the difference. Each listing and change is told to
+/// `report`.
 pub async fn run_peer_watch<S: LeaseStore>(
-    store: Arc<S>,
-    rules: LeaseRules,
-    initial: Option<Snapshot>,
-    me: Option<String>,
-    mut own: watch::Receiver<Option<SubnetKey>>,
-    events: mpsc::Sender<Vec<PeerEvent>>,
-    own_notices: mpsc::Sender<OwnKeyNotice>,
-    // (valid peers, invalid leases, whether this listing restarted the watch)
-    peer_count: impl Fn(usize, usize, bool) + Send,
-    mut shutdown: watch::Receiver<bool>,
+    settings: WatchSettings<S>,
+    report: impl Fn(WatchReport) + Send,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut set = PeerSet::new(rules, me);
-    // Start once this node holds a lease, so its own subnet is never taken for a peer.
-    while own.borrow_and_update().is_none() {
-        tokio::select! {
-            r = own.changed() => if r.is_err() { return },
-            _ = shutdown.changed() => if *shutdown.borrow() { return },
-        }
+    let set = PeerSet::new(settings.rules.clone(), settings.me.clone());
+    let mut w = Watcher {
+        settings,
+        set,
+        own_key: None,
+        report,
+        shutdown,
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+    };
+    if !w.wait_for_own_key().await {
+        return;
     }
-    let mut snapshot = initial;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut snapshot = w.settings.initial.take();
     let mut first = true;
-    let mut first_sent_pending = true;
-    let mut own_key = *own.borrow();
-    // Nothing is known yet, so setting the own subnet emits nothing.
-    set.set_own(own_key);
     loop {
-        if *shutdown.borrow() {
+        if *w.shutdown.borrow() {
             return;
         }
         let snap = match snapshot.take() {
             Some(s) => s,
-            None => match store.snapshot(false).await {
+            None => match w.settings.store.snapshot(false).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let d = backoff.next();
+                    let d = w.backoff.next_delay();
                     warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot list leases");
-                    if sleep_or_shutdown(d, &mut shutdown).await {
+                    if sleep_or_shutdown(d, &mut w.shutdown).await {
                         return;
                     }
                     continue;
                 }
             },
         };
-        let diff = set.reset(&snap.entries);
-        let relisted = !first;
+        let revision = snap.revision;
+        if !w.take_listing(snap, first).await {
+            return;
+        }
+        first = false;
+        let stream = match w.settings.store.watch(Revision(revision.0 + 1)).await {
+            Ok(s) => s,
+            Err(e) => {
+                let d = w.backoff.next_delay();
+                warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot start lease watch");
+                if sleep_or_shutdown(d, &mut w.shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        w.backoff.reset();
+        if let StreamEnd::Stop = w.follow(stream).await {
+            return;
+        }
+        if sleep_or_shutdown(w.backoff.next_delay(), &mut w.shutdown).await {
+            return;
+        }
+    }
+}
+
+impl<S: LeaseStore, R: Fn(WatchReport) + Send> Watcher<S, R> {
+    fn counts(&self) -> PeerCounts {
+        PeerCounts {
+            peers: self.set.len(),
+            invalid: self.set.invalid_count(),
+        }
+    }
+
+    /// Wait until this node holds a lease, so its own subnet is never taken for a peer.
+    /// False on shutdown.
+    async fn wait_for_own_key(&mut self) -> bool {
+        let own = &mut self.settings.own;
+        while own.borrow_and_update().is_none() {
+            tokio::select! {
+                r = own.changed() => if r.is_err() { return false },
+                _ = self.shutdown.changed() => if *self.shutdown.borrow() { return false },
+            }
+        }
+        self.own_key = *own.borrow();
+        // Nothing is known yet, so setting the own subnet emits nothing.
+        self.set.set_own(self.own_key);
+        true
+    }
+
+    /// Take a (re-)listing: emit the difference, tell the keeper when its key is missing.
+    /// False when nobody listens any more.
+    async fn take_listing(&mut self, snap: Snapshot, first: bool) -> bool {
+        let diff = self.set.reset(&snap.entries);
         if first {
             info!(
                 revision = snap.revision.0,
-                peers = set.len(),
-                invalid = set.invalid_count(),
+                peers = self.set.len(),
+                invalid = self.set.invalid_count(),
                 "listed leases"
             );
             log_peer_events(&diff, Batch::FirstListing);
+            (self.report)(WatchReport::Listed(self.counts()));
         } else {
             info!(
                 revision = snap.revision.0,
@@ -556,92 +660,95 @@ pub async fn run_peer_watch<S: LeaseStore>(
                 "re-listed leases"
             );
             log_peer_events(&diff, Batch::Change);
+            (self.report)(WatchReport::Relisted {
+                counts: self.counts(),
+                changes: diff.len(),
+            });
         }
-        first = false;
-        if let Some(name) = own_key.map(|k| k.to_string()) {
+        if let Some(name) = self.own_key.map(|k| k.to_string()) {
             if !snap.entries.iter().any(|e| e.name == name) {
-                let _ = own_notices
+                let _ = self
+                    .settings
+                    .own_notices
                     .send(OwnKeyNotice::Deleted {
-                        name: name.clone(),
+                        name,
                         revision: snap.revision.0,
                     })
                     .await;
             }
         }
-        peer_count(set.len(), set.invalid_count(), relisted);
-        // The first listing is always sent, even empty: it tells the data plane that the
-        // peer set is known and stale state may now be removed.
-        if (!diff.is_empty() || first_sent_pending) && events.send(diff).await.is_err() {
-            return;
-        }
-        first_sent_pending = false;
         // The listing is not needed any more; holding it while watching would keep every
         // lease value twice.
-        let revision = snap.revision.0;
         drop(snap);
-        let mut stream = match store.watch(Revision(revision + 1)).await {
-            Ok(s) => s,
-            Err(e) => {
-                let d = backoff.next();
-                warn!(error = %e, retry_in_ms = d.as_millis() as u64, "cannot start lease watch");
-                if sleep_or_shutdown(d, &mut shutdown).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
+        // The first listing is always sent, even empty.
+        (diff.is_empty() && !first) || self.settings.events.send(diff).await.is_ok()
+    }
+
+    /// Follow one watch stream until it breaks or the watch stops.
+    async fn follow(&mut self, mut stream: crate::store::WatchStream) -> StreamEnd {
         loop {
             tokio::select! {
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() { return; }
+                _ = self.shutdown.changed() => {
+                    if *self.shutdown.borrow() { return StreamEnd::Stop; }
                 }
-                changed = own.changed() => {
-                    if changed.is_err() { return; }
-                    own_key = *own.borrow();
-                    let diff = set.set_own(own_key);
-                    log_peer_events(&diff, Batch::Change);
-                    peer_count(set.len(), set.invalid_count(), relisted);
-                    if !diff.is_empty() && events.send(diff).await.is_err() { return; }
+                changed = self.settings.own.changed() => {
+                    if changed.is_err() { return StreamEnd::Stop; }
+                    self.own_key = *self.settings.own.borrow();
+                    let diff = self.set.set_own(self.own_key);
+                    if !self.emit_change(diff).await { return StreamEnd::Stop; }
                 }
-                item = stream.next() => {
-                    match item {
-                        Some(Ok(batch)) => {
-                            if let Some(name) = own_key.map(|k| k.to_string()) {
-                                for ev in &batch {
-                                    let notice = match ev {
-                                        WatchEvent::Put(e) if e.name == name => Some(OwnKeyNotice::Put { name: e.name.clone(), mod_revision: e.mod_revision.0 }),
-                                        WatchEvent::Delete { name: n, revision } if *n == name => Some(OwnKeyNotice::Deleted { name: n.clone(), revision: revision.0 }),
-                                        _ => None,
-                                    };
-                                    if let Some(n) = notice {
-                                        let _ = own_notices.send(n).await;
-                                    }
-                                }
-                            }
-                            let diff = set.apply(&batch);
-                            log_peer_events(&diff, Batch::Change);
-                            peer_count(set.len(), set.invalid_count(), relisted);
-                            if !diff.is_empty() && events.send(diff).await.is_err() { return; }
-                        }
-                        Some(Err(e)) => {
-                            if e.needs_relist() {
-                                info!(error = %e, "lease watch interrupted; re-listing");
-                            } else {
-                                warn!(error = %e, "lease watch failed; re-listing");
-                            }
-                            break;
-                        }
-                        None => {
-                            debug!("lease watch stream ended; re-listing");
-                            break;
-                        }
+                item = stream.next() => match item {
+                    Some(Ok(batch)) => {
+                        self.tell_keeper(&batch).await;
+                        let diff = self.set.apply(&batch);
+                        if !self.emit_change(diff).await { return StreamEnd::Stop; }
                     }
-                }
+                    Some(Err(e)) => {
+                        if e.needs_relist() {
+                            info!(error = %e, "lease watch interrupted; re-listing");
+                        } else {
+                            warn!(error = %e, "lease watch failed; re-listing");
+                        }
+                        return StreamEnd::Relist;
+                    }
+                    None => {
+                        debug!("lease watch stream ended; re-listing");
+                        return StreamEnd::Relist;
+                    }
+                },
             }
         }
-        if sleep_or_shutdown(backoff.next(), &mut shutdown).await {
+    }
+
+    /// Log, report and send the events of one change. False when nobody listens any more.
+    async fn emit_change(&mut self, diff: Vec<PeerEvent>) -> bool {
+        log_peer_events(&diff, Batch::Change);
+        (self.report)(WatchReport::Changed(self.counts()));
+        diff.is_empty() || self.settings.events.send(diff).await.is_ok()
+    }
+
+    /// Pass on what a batch did to this node's own key.
+    async fn tell_keeper(&self, batch: &[WatchEvent]) {
+        let Some(name) = self.own_key.map(|k| k.to_string()) else {
             return;
+        };
+        for ev in batch {
+            let notice = match ev {
+                WatchEvent::Put(e) if e.name == name => Some(OwnKeyNotice::Put {
+                    name: e.name.clone(),
+                    mod_revision: e.mod_revision.0,
+                }),
+                WatchEvent::Delete { name: n, revision } if *n == name => {
+                    Some(OwnKeyNotice::Deleted {
+                        name: n.clone(),
+                        revision: revision.0,
+                    })
+                }
+                _ => None,
+            };
+            if let Some(n) = notice {
+                let _ = self.settings.own_notices.send(n).await;
+            }
         }
     }
 }
@@ -871,14 +978,16 @@ mod tests {
         let (notice_tx, _notice_rx) = mpsc::channel(64);
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run_peer_watch(
-            store.clone(),
-            rules(),
-            None,
-            None,
-            own_rx,
-            events_tx,
-            notice_tx,
-            |_, _, _| {},
+            WatchSettings {
+                store: store.clone(),
+                rules: rules(),
+                initial: None,
+                me: None,
+                own: own_rx,
+                events: events_tx,
+                own_notices: notice_tx,
+            },
+            |_| {},
             stop_rx,
         ));
         let first = events_rx.recv().await.unwrap();
@@ -954,6 +1063,81 @@ mod tests {
         assert!(
             !text.contains("10.244.2.0-24"),
             "subnets are spelled as CIDRs:\n{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_reported_as_one_relisting_and_changes_as_changes() {
+        use crate::store::MemoryStore;
+        use std::sync::Mutex;
+        let store = Arc::new(MemoryStore::new());
+        let (_own_tx, own_rx) = watch::channel(Some("10.244.1.0-24".parse().unwrap()));
+        let (events_tx, mut events_rx) = mpsc::channel(64);
+        let (notice_tx, _notice_rx) = mpsc::channel(64);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let seen = reports.clone();
+        let task = tokio::spawn(run_peer_watch(
+            WatchSettings {
+                store: store.clone(),
+                rules: rules(),
+                initial: None,
+                me: None,
+                own: own_rx,
+                events: events_tx,
+                own_notices: notice_tx,
+            },
+            move |r| seen.lock().unwrap().push(r),
+            stop_rx,
+        ));
+        let join = |n: u8| {
+            let store = store.clone();
+            async move {
+                let value = named_entry(n, &format!("node-{n}"), &format!("192.0.2.{n}"));
+                store
+                    .create(&format!("10.244.{n}.0-24"), &value, None)
+                    .await
+                    .unwrap();
+            }
+        };
+        events_rx.recv().await.unwrap();
+        for n in 2..=6 {
+            join(n).await;
+            events_rx.recv().await.unwrap();
+        }
+        store.set_down(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store.set_down(false);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for n in 7..=12 {
+            join(n).await;
+            events_rx.recv().await.unwrap();
+        }
+        stop_tx.send_replace(true);
+        task.await.unwrap();
+        let reports = reports.lock().unwrap();
+        let count = |f: fn(&WatchReport) -> bool| reports.iter().filter(|r| f(r)).count();
+        assert_eq!(
+            count(|r| matches!(r, WatchReport::Listed(_))),
+            1,
+            "{reports:?}"
+        );
+        assert_eq!(
+            count(|r| matches!(r, WatchReport::Relisted { .. })),
+            1,
+            "{reports:?}"
+        );
+        assert_eq!(
+            count(|r| matches!(r, WatchReport::Changed(_))),
+            11,
+            "{reports:?}"
+        );
+        assert_eq!(
+            reports.last(),
+            Some(&WatchReport::Changed(PeerCounts {
+                peers: 11,
+                invalid: 0
+            }))
         );
     }
 
