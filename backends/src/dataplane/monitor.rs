@@ -172,8 +172,9 @@ const RTNLGRP_IPV6_ROUTE: u32 = 11;
 const MONITOR_RCVBUF: usize = 8 * 1024 * 1024;
 
 /// A listener for link, neighbour/FDB, address and route notifications of both families in
-/// the namespace it was opened in (one listener can serve both data planes:
-/// [`Notification::concerns_weft`] tells them apart).
+/// the namespace it was opened in. It receives every family's notifications;
+/// [`Notification::concerns_weft`] picks those of one data plane. weftd gives each family's
+/// data plane its own listener, so that a listener is restarted with its data plane.
 #[derive(Debug)]
 pub struct Monitor {
     socket: Socket,
