@@ -721,3 +721,53 @@ fn operations_name_their_links_in_ip_route_words() {
         "delete route 10.244.9.0/24 via 192.168.1.99 dev interface index 7"
     );
 }
+
+#[test]
+fn every_registered_backend_round_trips_its_name_and_the_error_lists_them_all() {
+    for kind in BackendKind::ALL {
+        assert_eq!(kind.as_str().parse::<BackendKind>(), Ok(kind));
+    }
+    let err = "wireguard".parse::<BackendKind>().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        r#"unknown backend type "wireguard" (supported: "vxlan", "host-gw")"#
+    );
+}
+
+#[test]
+fn backend_data_is_decoded_by_the_peers_backend_and_checked() {
+    use crate::backend::{BackendDataError, DataRules, VxlanDataError};
+    let rules = DataRules { vni: 1 };
+    let good = serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"});
+    assert_eq!(
+        BackendData::decode(BackendKind::Vxlan, "BackendData", Some(&good), rules),
+        Ok(Some(BackendData::vxlan(1, MacAddr([0x0e, 0, 0, 0, 0, 2]))))
+    );
+    // host-gw publishes nothing, whatever the lease carries.
+    assert_eq!(
+        BackendData::decode(BackendKind::HostGw, "BackendData", Some(&good), rules),
+        Ok(None)
+    );
+    assert_eq!(
+        BackendData::decode(BackendKind::Vxlan, "BackendV6Data", None, rules),
+        Err(BackendDataError::Missing("BackendV6Data"))
+    );
+    let other_vni = serde_json::json!({"VNI": 2, "VtepMAC": "0e:00:00:00:00:02"});
+    assert_eq!(
+        BackendData::decode(BackendKind::Vxlan, "BackendData", Some(&other_vni), rules),
+        Err(BackendDataError::Vxlan(VxlanDataError::VniMismatch {
+            theirs: 2,
+            ours: 1
+        }))
+    );
+    let bad = serde_json::json!({"VNI": 1, "VtepMAC": "zz"});
+    let e = BackendData::decode(BackendKind::Vxlan, "BackendV6Data", Some(&bad), rules)
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("BackendV6Data is not vxlan data: "), "{e}");
+    // Published as flannel writes it.
+    assert_eq!(
+        BackendData::vxlan(1, MacAddr([0x0e, 0, 0, 0, 0, 2])).to_json(),
+        good
+    );
+}
