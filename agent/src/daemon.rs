@@ -344,21 +344,15 @@ pub async fn run(
     if !settings.ip_masq {
         // A table left by an earlier run with --ip-masq would keep masquerading.
         tasks.spawn(async move {
-            let removed = tokio::task::spawn_blocking(|| {
+            let results =
                 crate::firewall::cleanup_all_families(|f| NftFirewall::new(None).for_family(f))
-            })
-            .await;
-            match removed {
-                Ok(results) => {
-                    for (family, result) in results {
-                        match result {
-                            Ok(true) => info!(table = %format!("{family} {}", crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq"),
-                            Ok(false) => {}
-                            Err(e) => debug!(%family, error = %e, "cannot check for a leftover nftables table"),
-                        }
-                    }
+                    .await;
+            for (family, result) in results {
+                match result {
+                    Ok(true) => info!(table = %format!("{family} {}", crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq"),
+                    Ok(false) => {}
+                    Err(e) => debug!(%family, error = %e, "cannot check for a leftover nftables table"),
                 }
-                Err(e) => debug!(error = %e, "leftover table check failed"),
             }
         });
     }
