@@ -383,6 +383,26 @@ pub fn expected_from_prev(prev: &Value, ifname: &str) -> Result<Expected, CniErr
 mod tests {
     use super::*;
 
+    /// Golden values: the host end of a pod's veth is found again by name on DEL, CHECK and
+    /// GC, by every plugin version. A new version that named them differently would leave the
+    /// pods attached by the old one unknown (and their veths leaked) after an upgrade.
+    #[test]
+    fn host_veth_names_never_change() {
+        let long_id = "0123456789abcdef".repeat(4);
+        for (container_id, ifname, want) in [
+            ("abc", "eth0", "veth633c93b8d01"),
+            (long_id.as_str(), "eth0", "veth5fb7eb4d37b"),
+            ("c1", "net1", "veth314cd78b90d"),
+            ("podman-7f", "eth1", "veth5dbaa7b4d36"),
+        ] {
+            assert_eq!(
+                host_veth_name(container_id, ifname),
+                want,
+                "container {container_id}, interface {ifname}"
+            );
+        }
+    }
+
     fn fam(subnet: &str, cluster: &str) -> FamilyNetwork {
         FamilyNetwork {
             subnet: subnet.parse().unwrap(),
