@@ -14,7 +14,7 @@ use weft_backends::plan::{LinkNames, Settings, Underlay};
 use weft_backends::{BackendKind, IpFamily, PeerEvent};
 
 use crate::config::{ConfigError, NetConfig};
-use crate::firewall::{run_firewall, MasqRules, NftFirewall, TableFamily};
+use crate::firewall::{run_firewall, MasqRules, NftFirewall};
 use crate::health::{self, Metrics, Readiness};
 use crate::host::iface::{self, ChosenIface, Families, IfaceError};
 use crate::lease::keeper::{sleep_or_shutdown, Backoff, KeeperSettings, LeaseKeeper, LeaseStatus};
@@ -329,7 +329,7 @@ pub async fn run(
             let m = metrics.clone();
             tasks.spawn(
                 run_firewall(
-                    NftFirewall::new(None).for_family(table_family(family)),
+                    NftFirewall::new(None).for_family(family),
                     masq_rx,
                     crate::dataplane::reconciler::RESYNC_INTERVAL,
                     shutdown.clone(),
@@ -349,9 +349,9 @@ pub async fn run(
                     .await;
             for (family, result) in results {
                 match result {
-                    Ok(true) => info!(table = %format!("{family} {}", crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq"),
+                    Ok(true) => info!(table = %format!("{} {}", crate::firewall::nft_family(family), crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq"),
                     Ok(false) => {}
-                    Err(e) => debug!(%family, error = %e, "cannot check for a leftover nftables table"),
+                    Err(e) => debug!(family = crate::firewall::nft_family(family), error = %e, "cannot check for a leftover nftables table"),
                 }
             }
         });
@@ -548,14 +548,6 @@ fn apply_underlay_mtu(
         );
     }
     after
-}
-
-/// The firewall table family of an address family.
-fn table_family(family: IpFamily) -> TableFamily {
-    match family {
-        IpFamily::V4 => TableFamily::Ip,
-        IpFamily::V6 => TableFamily::Ip6,
-    }
 }
 
 /// Hand every batch of peer events to each data-plane owner (one per family).

@@ -16,6 +16,9 @@ mod peer;
 pub mod plan;
 pub mod subnet_env;
 
-pub use family::{is_link_local, IpFamily};
+pub use family::{
+    addr_from_u128, addr_offset, addr_to_u128, is_link_local, is_link_local_v4, nth_address,
+    IpFamily,
+};
 pub use mac::{stable_hash, MacAddr, MacError};
 pub use peer::{BackendKind, Peer, PeerEvent, UnknownBackend};

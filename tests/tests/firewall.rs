@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use weft_agent::firewall::{
     cleanup, cleanup_all_families, render, run_firewall, Firewall, FirewallError, MasqRules,
-    NftFirewall, TableFamily,
+    NftFirewall,
 };
+use weft_backends::IpFamily;
 use weft_tests::netns::Netns;
 use weft_tests::procs::{bin, run_bounded, Proc};
 
@@ -32,7 +33,7 @@ fn nft_in(ns: &Netns) -> NftFirewall {
 
 /// Table `ip6 weft` in `ns`.
 fn nft6_in(ns: &Netns) -> NftFirewall {
-    nft_in(ns).for_family(TableFamily::Ip6)
+    nft_in(ns).for_family(IpFamily::V6)
 }
 
 /// `nft <args>` in `ns`, by hand (as an operator would): (exit code, stdout, stderr).
@@ -583,13 +584,13 @@ async fn cleanup_all_families_removes_both_tables_and_nothing_else() {
     let removed = cleanup_all_families(|family| nft_in(&ns).for_family(family)).await;
     assert_eq!(
         removed.map(|(f, r)| (f, r.unwrap())),
-        [(TableFamily::Ip, true), (TableFamily::Ip6, true)]
+        [(IpFamily::V4, true), (IpFamily::V6, true)]
     );
     assert_eq!(tables(&ns), vec!["table inet other".to_string()]);
     let again = cleanup_all_families(|family| nft_in(&ns).for_family(family)).await;
     assert_eq!(
         again.map(|(f, r)| (f, r.unwrap())),
-        [(TableFamily::Ip, false), (TableFamily::Ip6, false)]
+        [(IpFamily::V4, false), (IpFamily::V6, false)]
     );
 }
 

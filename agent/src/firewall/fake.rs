@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::rules::check_script_family;
-use super::{Firewall, FirewallError, TableFamily, TABLE};
+use super::{nft_family, Firewall, FirewallError, IpFamily, TABLE};
 
 /// One family's table in the fake kernel, and what was done to it.
 #[derive(Debug, Default)]
@@ -23,21 +23,21 @@ struct FakeTable {
 
 /// An in-memory [`Firewall`] for one family's table. Clones share the same fake kernel,
 /// so a test keeps one handle while the code under test owns another;
-/// `fake.clone().for_family(TableFamily::Ip6)` is a handle on the same kernel's `ip6 weft`
+/// `fake.clone().for_family(IpFamily::V6)` is a handle on the same kernel's `ip6 weft`
 /// table, which is separate from its `ip weft` table as in nftables. Listing returns the
 /// applied script verbatim. Like [`NftFirewall`], it refuses a script that names the
 /// other family's table.
 #[derive(Clone, Debug)]
 pub struct FakeFirewall {
-    kernel: Arc<Mutex<BTreeMap<TableFamily, FakeTable>>>,
-    family: TableFamily,
+    kernel: Arc<Mutex<BTreeMap<IpFamily, FakeTable>>>,
+    family: IpFamily,
 }
 
 impl Default for FakeFirewall {
     fn default() -> FakeFirewall {
         FakeFirewall {
             kernel: Arc::default(),
-            family: TableFamily::Ip,
+            family: IpFamily::V4,
         }
     }
 }
@@ -49,7 +49,7 @@ impl FakeFirewall {
     }
 
     /// This handle owns weft's table of `family` in the same fake kernel.
-    pub fn for_family(mut self, family: TableFamily) -> FakeFirewall {
+    pub fn for_family(mut self, family: IpFamily) -> FakeFirewall {
         self.family = family;
         self
     }
@@ -97,7 +97,7 @@ impl FakeFirewall {
 }
 
 impl Firewall for FakeFirewall {
-    fn family(&self) -> TableFamily {
+    fn family(&self) -> IpFamily {
         self.family
     }
 
@@ -108,7 +108,10 @@ impl Firewall for FakeFirewall {
             if t.failing_applies > 0 {
                 t.failing_applies -= 1;
                 return Err(FirewallError::Nft {
-                    action: format!("apply the ruleset of nftables table {family} {TABLE}"),
+                    action: format!(
+                        "apply the ruleset of nftables table {} {TABLE}",
+                        nft_family(family)
+                    ),
                     program: "nft -f -".to_string(),
                     code: Some(1),
                     stderr: "Error: simulated failure".to_string(),
@@ -146,11 +149,8 @@ mod tests {
     #[tokio::test]
     async fn the_fake_keeps_the_two_families_apart() {
         let v4 = FakeFirewall::new();
-        let v6 = v4.clone().for_family(TableFamily::Ip6);
-        assert_eq!(
-            (v4.family(), v6.family()),
-            (TableFamily::Ip, TableFamily::Ip6)
-        );
+        let v6 = v4.clone().for_family(IpFamily::V6);
+        assert_eq!((v4.family(), v6.family()), (IpFamily::V4, IpFamily::V6));
         let v4_script = render(&rules("10.244.0.0/16", "10.244.1.0/24"));
         let v6_script = render(&rules(V6_NET, V6_OWN));
         v4.clone().apply(&v4_script).await.unwrap();
@@ -186,19 +186,19 @@ mod tests {
             .await
             .unwrap();
         fake.clone()
-            .for_family(TableFamily::Ip6)
+            .for_family(IpFamily::V6)
             .apply(&render(&rules(V6_NET, V6_OWN)))
             .await
             .unwrap();
         let first = cleanup_all_families(|f| fake.clone().for_family(f)).await;
         assert_eq!(
             first.map(|(f, r)| (f, r.unwrap())),
-            [(TableFamily::Ip, true), (TableFamily::Ip6, true)]
+            [(IpFamily::V4, true), (IpFamily::V6, true)]
         );
         let second = cleanup_all_families(|f| fake.clone().for_family(f)).await;
         assert_eq!(
             second.map(|(f, r)| (f, r.unwrap())),
-            [(TableFamily::Ip, false), (TableFamily::Ip6, false)]
+            [(IpFamily::V4, false), (IpFamily::V6, false)]
         );
     }
 

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
+use weft_backends::IpFamily;
 
 #[cfg(test)]
 mod fake;
@@ -30,7 +31,7 @@ mod rules;
 pub use fake::FakeFirewall;
 pub use nft::{NftFirewall, DEFAULT_NFT_TIMEOUT};
 pub use owner::run_firewall;
-pub use rules::{render, MasqRules, TableFamily, KUBE_PROXY_MASQ_MARK, TABLE};
+pub use rules::{nft_family, render, MasqRules, KUBE_PROXY_MASQ_MARK, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
@@ -43,14 +44,15 @@ pub enum FirewallError {
         own_subnet: IpNetwork,
     },
     #[error(
-        "rules for nftables table {rules} {TABLE} given to the owner of table {table} {TABLE}; \
-         refused"
+        "rules for nftables table {} {TABLE} given to the owner of table {} {TABLE}; refused",
+        nft_family(*rules),
+        nft_family(*table)
     )]
     FamilyMismatch {
         /// The family of the table this firewall owns.
-        table: TableFamily,
+        table: IpFamily,
         /// The family the rules or script were for.
-        rules: TableFamily,
+        rules: IpFamily,
     },
     #[error("nftables binary {} not found; install nftables (the `nft` command)", binary.display())]
     NftNotFound { binary: PathBuf },
@@ -82,8 +84,8 @@ pub enum FirewallError {
         code: Option<i32>,
         stderr: String,
     },
-    #[error("table {family} {TABLE} is missing right after it was applied")]
-    MissingAfterApply { family: TableFamily },
+    #[error("table {} {TABLE} is missing right after it was applied", nft_family(*family))]
+    MissingAfterApply { family: IpFamily },
 }
 
 fn exit_text(code: Option<i32>) -> String {
@@ -97,7 +99,7 @@ fn exit_text(code: Option<i32>) -> String {
 /// one family's table and never reads or changes the other's.
 pub trait Firewall: Send {
     /// The family of the table this firewall owns.
-    fn family(&self) -> TableFamily;
+    fn family(&self) -> IpFamily;
     /// Run `script` (from [`render`], for rules of [`Firewall::family`]) as one nftables
     /// transaction. A script that names the other family's table is refused with
     /// [`FirewallError::FamilyMismatch`] before anything runs.
@@ -118,9 +120,9 @@ pub async fn cleanup<F: Firewall>(fw: &mut F) -> Result<bool, FirewallError> {
 /// `|family| NftFirewall::new(None).for_family(family)`). A failure for one family does not
 /// stop the other; each family's result is returned (`Ok(false)`: there was no table).
 pub async fn cleanup_all_families<F: Firewall>(
-    mut firewall_for: impl FnMut(TableFamily) -> F,
-) -> [(TableFamily, Result<bool, FirewallError>); 2] {
-    let [first, second] = TableFamily::ALL;
+    mut firewall_for: impl FnMut(IpFamily) -> F,
+) -> [(IpFamily, Result<bool, FirewallError>); 2] {
+    let [first, second] = IpFamily::ALL;
     let first_result = cleanup(&mut firewall_for(first)).await;
     let second_result = cleanup(&mut firewall_for(second)).await;
     [(first, first_result), (second, second_result)]

@@ -11,7 +11,7 @@ use tokio::process::Command;
 use tracing::debug;
 
 use super::rules::check_script_family;
-use super::{Firewall, FirewallError, TableFamily, TABLE};
+use super::{nft_family, Firewall, FirewallError, IpFamily, TABLE};
 
 /// How long one `nft` call may take before it is killed.
 pub const DEFAULT_NFT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,7 +23,7 @@ pub struct NftFirewall {
     binary: PathBuf,
     netns: Option<String>,
     timeout: Duration,
-    family: TableFamily,
+    family: IpFamily,
 }
 
 /// What one finished nft call left behind.
@@ -56,12 +56,12 @@ impl NftFirewall {
             binary: PathBuf::from("nft"),
             netns,
             timeout: DEFAULT_NFT_TIMEOUT,
-            family: TableFamily::Ip,
+            family: IpFamily::V4,
         }
     }
 
-    /// Own weft's table of `family` instead: `TableFamily::Ip6` for table `ip6 weft`.
-    pub fn for_family(mut self, family: TableFamily) -> NftFirewall {
+    /// Own weft's table of `family` instead: `IpFamily::V6` for table `ip6 weft`.
+    pub fn for_family(mut self, family: IpFamily) -> NftFirewall {
         self.family = family;
         self
     }
@@ -173,7 +173,7 @@ impl NftFirewall {
     /// Whether this firewall's table exists, from `nft list tables <family>` (no error text
     /// parsed).
     async fn table_exists(&self) -> Result<bool, FirewallError> {
-        let family = self.family.as_str();
+        let family = nft_family(self.family);
         let out = self
             .run(
                 format!("list nftables tables of family {family}"),
@@ -213,7 +213,7 @@ fn find_binary(binary: &Path) -> Option<PathBuf> {
 }
 
 impl Firewall for NftFirewall {
-    fn family(&self) -> TableFamily {
+    fn family(&self) -> IpFamily {
         self.family
     }
 
@@ -221,7 +221,7 @@ impl Firewall for NftFirewall {
         check_script_family(script, self.family)?;
         let action = format!(
             "apply the ruleset of nftables table {} {TABLE}",
-            self.family
+            nft_family(self.family)
         );
         let out = self.run(action, &["-f", "-"], Some(script)).await?;
         if out.success {
@@ -232,7 +232,7 @@ impl Firewall for NftFirewall {
     }
 
     async fn list(&mut self) -> Result<Option<String>, FirewallError> {
-        let family = self.family.as_str();
+        let family = nft_family(self.family);
         let action = format!("list nftables table {family} {TABLE}");
         let out = self
             .run(action, &["list", "table", family, TABLE], None)
@@ -249,7 +249,7 @@ impl Firewall for NftFirewall {
     }
 
     async fn remove(&mut self) -> Result<bool, FirewallError> {
-        let family = self.family.as_str();
+        let family = nft_family(self.family);
         let action = format!("delete nftables table {family} {TABLE}");
         let out = self
             .run(action, &["delete", "table", family, TABLE], None)
@@ -329,8 +329,8 @@ mod tests {
         let (nft, log) = recording_nft(dir.path());
         let v4 = render(&rules("10.244.0.0/16", "10.244.1.0/24"));
         let v6 = render(&rules(V6_NET, V6_OWN));
-        assert_eq!(NftFirewall::new(None).family(), TableFamily::Ip);
-        for (family, own, other) in [(TableFamily::Ip, &v4, &v6), (TableFamily::Ip6, &v6, &v4)] {
+        assert_eq!(NftFirewall::new(None).family(), IpFamily::V4);
+        for (family, own, other) in [(IpFamily::V4, &v4, &v6), (IpFamily::V6, &v6, &v4)] {
             let mut fw = NftFirewall::new(None).for_family(family).with_binary(&nft);
             assert_eq!(fw.family(), family);
             let _ = std::fs::remove_file(&log);
@@ -341,7 +341,8 @@ mod tests {
                 std::fs::read_to_string(&log).unwrap(),
                 format!(
                     "-f -\nlist table {family} weft\ndelete table {family} weft\n\
-                     list tables {family}\n"
+                     list tables {family}\n",
+                    family = nft_family(family)
                 )
             );
 
@@ -353,7 +354,7 @@ mod tests {
             );
             assert!(
                 err.to_string()
-                    .contains(&format!("owner of table {family} weft")),
+                    .contains(&format!("owner of table {} weft", nft_family(family))),
                 "{err}"
             );
             assert!(!log.exists(), "nft ran for the other family's script");
@@ -365,14 +366,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (nft, log) = recording_nft(dir.path());
         let results = cleanup_all_families(|family| match family {
-            TableFamily::Ip => NftFirewall::new(None).with_binary("/nonexistent/weft-test/nft"),
-            TableFamily::Ip6 => NftFirewall::new(None)
-                .for_family(TableFamily::Ip6)
+            IpFamily::V4 => NftFirewall::new(None).with_binary("/nonexistent/weft-test/nft"),
+            IpFamily::V6 => NftFirewall::new(None)
+                .for_family(IpFamily::V6)
                 .with_binary(&nft),
         })
         .await;
         let [(f4, r4), (f6, r6)] = results;
-        assert_eq!((f4, f6), (TableFamily::Ip, TableFamily::Ip6));
+        assert_eq!((f4, f6), (IpFamily::V4, IpFamily::V6));
         assert!(
             matches!(r4, Err(FirewallError::NftNotFound { .. })),
             "{r4:?}"

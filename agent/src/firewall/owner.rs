@@ -6,7 +6,7 @@ use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::{render, Firewall, FirewallError, MasqRules, TableFamily, TABLE};
+use super::{nft_family, render, Firewall, FirewallError, IpFamily, MasqRules, TABLE};
 
 /// Why the owner applies the script.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ enum ApplyReason {
 struct Owner<F> {
     fw: F,
     /// The family of `fw`'s table; rules of the other family are refused.
-    family: TableFamily,
+    family: IpFamily,
     /// The rules being enforced and their script.
     desired: Option<(MasqRules, String)>,
     /// The listing recorded right after the last successful apply of `desired`; `None` while
@@ -182,7 +182,7 @@ pub async fn run_firewall<F, R>(
     R: Fn() + Send,
 {
     let family = fw.family();
-    let span = info_span!("firewall", family = %family, table = TABLE);
+    let span = info_span!("firewall", family = nft_family(family), table = TABLE);
     async move {
         let mut owner = Owner {
             family,
@@ -442,7 +442,7 @@ mod tests {
         let fake = FakeFirewall::new();
         fake.set_table(Some("table ip weft { someone's IPv4 table }"));
         let r = rules(V6_NET, V6_OWN);
-        let h = start(Some(r), fake.clone().for_family(TableFamily::Ip6));
+        let h = start(Some(r), fake.clone().for_family(IpFamily::V6));
         ticks(1).await;
         assert_eq!(h.fake.applied(), vec![render(&r)]);
 
@@ -462,8 +462,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_owner_refuses_rules_of_the_other_family() {
-        let v6 = FakeFirewall::new().for_family(TableFamily::Ip6);
-        let v4 = v6.clone().for_family(TableFamily::Ip);
+        let v6 = FakeFirewall::new().for_family(IpFamily::V6);
+        let v4 = v6.clone().for_family(IpFamily::V4);
         let h = start(Some(rules("10.244.0.0/16", "10.244.1.0/24")), v6);
         ticks(2).await;
         assert!(h.fake.applied().is_empty());

@@ -1,9 +1,8 @@
 //! The masquerade rules of one node for one address family, and the nft script that replaces
 //! weft's table of that family with them. Pure: nothing here runs nft.
 
-use std::fmt;
-
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use weft_backends::IpFamily;
 
 use super::FirewallError;
 
@@ -13,55 +12,21 @@ pub const TABLE: &str = "weft";
 /// The bit kube-proxy sets on packets it wants masqueraded (`--masquerade-bit` 14).
 pub const KUBE_PROXY_MASQ_MARK: u32 = 0x4000;
 
-/// The nftables family of one of weft's tables. The same word names the table's family and
-/// the address match inside it (`ip saddr …`, `ip6 saddr …`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TableFamily {
-    /// IPv4: table `ip weft`.
-    Ip,
-    /// IPv6: table `ip6 weft`.
-    Ip6,
-}
-
-impl TableFamily {
-    /// Both families, IPv4 first.
-    pub const ALL: [TableFamily; 2] = [TableFamily::Ip, TableFamily::Ip6];
-
-    /// The nftables family keyword: `ip` or `ip6`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TableFamily::Ip => "ip",
-            TableFamily::Ip6 => "ip6",
-        }
-    }
-
-    /// The family whose table holds rules for `network`.
-    pub fn of(network: IpNetwork) -> TableFamily {
-        match network {
-            IpNetwork::V4(_) => TableFamily::Ip,
-            IpNetwork::V6(_) => TableFamily::Ip6,
-        }
-    }
-
-    /// Multicast destinations of this family, never masqueraded.
-    fn multicast(self) -> &'static str {
-        match self {
-            TableFamily::Ip => "224.0.0.0/4",
-            TableFamily::Ip6 => "ff00::/8",
-        }
-    }
-
-    fn other(self) -> TableFamily {
-        match self {
-            TableFamily::Ip => TableFamily::Ip6,
-            TableFamily::Ip6 => TableFamily::Ip,
-        }
+/// The nftables family keyword of weft's table for `family`: `ip` (IPv4) or `ip6` (IPv6). The
+/// same word names the table's family and the address match inside it (`ip saddr …`,
+/// `ip6 saddr …`).
+pub fn nft_family(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
     }
 }
 
-impl fmt::Display for TableFamily {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Multicast destinations of `family`, never masqueraded.
+fn multicast(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "224.0.0.0/4",
+        IpFamily::V6 => "ff00::/8",
     }
 }
 
@@ -118,8 +83,8 @@ impl MasqRules {
     }
 
     /// The family of both networks, and so of the table the rules go into.
-    pub fn family(&self) -> TableFamily {
-        TableFamily::of(self.network)
+    pub fn family(&self) -> IpFamily {
+        IpFamily::of_network(self.network)
     }
 }
 
@@ -138,8 +103,8 @@ fn cidr(n: IpNetwork) -> String {
 /// transaction as the new definition, so `nft -f` swaps old for new in one commit.
 pub fn render(r: &MasqRules) -> String {
     let family = r.family();
-    let fam = family.as_str();
-    let multicast = family.multicast();
+    let fam = nft_family(family);
+    let multicast = multicast(family);
     let net = cidr(r.network);
     let own = cidr(r.own_subnet);
     let mark = format!("{KUBE_PROXY_MASQ_MARK:#x}");
@@ -174,18 +139,18 @@ pub fn render(r: &MasqRules) -> String {
 /// Whether `script` names weft's table of `family` (`table ip6 weft …`,
 /// `delete table ip6 weft`). A guard against handing one family's rendered script to the other
 /// family's firewall, not a parser of nft's language.
-fn names_table_of(script: &str, family: TableFamily) -> bool {
+fn names_table_of(script: &str, family: IpFamily) -> bool {
     let words: Vec<&str> = script.split_whitespace().collect();
     words.windows(3).any(|w| {
         w[0] == "table"
-            && w[1] == family.as_str()
+            && w[1] == nft_family(family)
             && w[2].trim_end_matches(['{', '}', ';']) == TABLE
     })
 }
 
 /// [`FirewallError::FamilyMismatch`] if `script` names the other family's table than
 /// `family`'s.
-pub(super) fn check_script_family(script: &str, family: TableFamily) -> Result<(), FirewallError> {
+pub(super) fn check_script_family(script: &str, family: IpFamily) -> Result<(), FirewallError> {
     let other = family.other();
     if names_table_of(script, other) {
         return Err(FirewallError::FamilyMismatch {
@@ -356,7 +321,7 @@ table ip weft {
         assert_eq!(l[0], "table ip6 weft {}");
         assert_eq!(l[1], "delete table ip6 weft");
         assert_eq!(l[2], "table ip6 weft {");
-        assert!(!names_table_of(&script, TableFamily::Ip), "{script}");
+        assert!(!names_table_of(&script, IpFamily::V4), "{script}");
         for word in ["ip saddr", "ip daddr", "224.0.0.0/4", "::7", "::1/"] {
             assert!(!script.contains(word), "{word:?} in:\n{script}");
         }
@@ -388,7 +353,7 @@ table ip weft {
     #[test]
     fn masq_rules_know_their_family() {
         let v4 = rules("10.244.0.0/16", "10.244.1.0/24");
-        assert_eq!(v4.family(), TableFamily::Ip);
+        assert_eq!(v4.family(), IpFamily::V4);
         assert_eq!(
             v4,
             MasqRules::v4(
@@ -397,26 +362,26 @@ table ip weft {
             )
         );
         let v6 = rules(V6_NET, V6_OWN);
-        assert_eq!(v6.family(), TableFamily::Ip6);
+        assert_eq!(v6.family(), IpFamily::V6);
         assert_eq!(v6.network().to_string(), V6_NET);
         assert_eq!(v6.own_subnet().to_string(), V6_OWN);
         assert_eq!(
             v6,
             MasqRules::v6(V6_NET.parse().unwrap(), V6_OWN.parse().unwrap())
         );
-        assert_eq!(TableFamily::Ip.to_string(), "ip");
-        assert_eq!(TableFamily::Ip6.to_string(), "ip6");
-        assert_eq!(TableFamily::ALL, [TableFamily::Ip, TableFamily::Ip6]);
+        assert_eq!(nft_family(IpFamily::V4), "ip");
+        assert_eq!(nft_family(IpFamily::V6), "ip6");
+        assert_eq!(IpFamily::ALL, [IpFamily::V4, IpFamily::V6]);
     }
 
     #[test]
     fn scripts_are_told_apart_by_the_table_they_name() {
         let v4 = render(&rules("10.244.0.0/16", "10.244.1.0/24"));
         let v6 = render(&rules(V6_NET, V6_OWN));
-        assert!(names_table_of(&v4, TableFamily::Ip) && !names_table_of(&v4, TableFamily::Ip6));
-        assert!(names_table_of(&v6, TableFamily::Ip6) && !names_table_of(&v6, TableFamily::Ip));
-        assert!(names_table_of("delete table ip6 weft;", TableFamily::Ip6));
-        assert!(names_table_of("table ip weft{}", TableFamily::Ip));
-        assert!(!names_table_of("table ip other {}", TableFamily::Ip));
+        assert!(names_table_of(&v4, IpFamily::V4) && !names_table_of(&v4, IpFamily::V6));
+        assert!(names_table_of(&v6, IpFamily::V6) && !names_table_of(&v6, IpFamily::V4));
+        assert!(names_table_of("delete table ip6 weft;", IpFamily::V6));
+        assert!(names_table_of("table ip weft{}", IpFamily::V4));
+        assert!(!names_table_of("table ip other {}", IpFamily::V4));
     }
 }

@@ -8,7 +8,9 @@ use tracing::debug;
 
 use weft_backends::dataplane::{DataplaneError, Removed};
 
-use crate::firewall::{self, Firewall, FirewallError, TableFamily, TABLE};
+use weft_backends::IpFamily;
+
+use crate::firewall::{self, nft_family, Firewall, FirewallError, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
@@ -48,12 +50,12 @@ impl CleanupReport {
 ///    neighbour and FDB entry on them (`dataplane` is
 ///    [`weft_backends::dataplane::remove_weft_state`] outside tests).
 pub async fn cleanup_host<F: Firewall>(
-    firewall_for: impl FnMut(TableFamily) -> F,
+    firewall_for: impl FnMut(IpFamily) -> F,
     dataplane: impl FnOnce() -> Result<Removed, DataplaneError>,
 ) -> CleanupReport {
     let mut report = CleanupReport::default();
     for (family, result) in firewall::cleanup_all_families(firewall_for).await {
-        let table = format!("nftables table {family} {TABLE}");
+        let table = format!("nftables table {} {TABLE}", nft_family(family));
         match result {
             Ok(true) => report.removed.push(table),
             Ok(false) => report.absent.push(table),
@@ -108,7 +110,7 @@ mod tests {
         let fw = FakeFirewall::new();
         fw.clone().apply(&render(&v4_rules())).await.unwrap();
         fw.clone()
-            .for_family(TableFamily::Ip6)
+            .for_family(IpFamily::V6)
             .apply(&render(&v6_rules()))
             .await
             .unwrap();
@@ -149,12 +151,12 @@ mod tests {
             ]
         );
         assert_eq!(fw.table(), None);
-        assert_eq!(fw.clone().for_family(TableFamily::Ip6).table(), None);
+        assert_eq!(fw.clone().for_family(IpFamily::V6).table(), None);
     }
 
     #[tokio::test]
     async fn an_ipv6_only_node_has_only_the_ip6_table_to_remove() {
-        let fw = FakeFirewall::new().for_family(TableFamily::Ip6);
+        let fw = FakeFirewall::new().for_family(IpFamily::V6);
         fw.clone().apply(&render(&v6_rules())).await.unwrap();
         let report = cleanup_host(
             |family| fw.clone().for_family(family),

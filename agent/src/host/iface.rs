@@ -254,7 +254,7 @@ pub fn check_request(req: &IfaceRequest, facts: &IfaceFacts) -> Result<(), Iface
 fn first_v4(i: &ObservedIface) -> Option<Ipv4Network> {
     // Prefer a non-link-local address.
     i.v4.iter()
-        .find(|a| !a.ip().is_link_local())
+        .find(|a| !weft_backends::is_link_local_v4(a.ip()))
         .or_else(|| i.v4.first())
         .copied()
 }
