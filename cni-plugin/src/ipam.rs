@@ -61,9 +61,10 @@ pub enum IpamError {
 /// left.
 fn pod_bounds(range: IpNetwork) -> Option<(u128, u128)> {
     let first = addr_to_u128(range.network()).checked_add(2)?;
-    let last = match range {
-        IpNetwork::V4(n) => u128::from(u32::from(n.broadcast())).checked_sub(1)?,
-        IpNetwork::V6(n) => u128::from(n.broadcast()),
+    let broadcast = addr_to_u128(range.broadcast());
+    let last = match IpFamily::of_network(range) {
+        IpFamily::V4 => broadcast.checked_sub(1)?,
+        IpFamily::V6 => broadcast,
     };
     (first <= last).then_some((first, last))
 }
