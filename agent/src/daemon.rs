@@ -178,10 +178,7 @@ pub async fn run(
     }
     settings.check_with_config(&cfg)?;
     // Interface and public IPs (one per enabled family), with one line saying what and why.
-    let need = Families {
-        v4: cfg.ipv4.is_some(),
-        v6: cfg.ipv6.is_some(),
-    };
+    let need = Families::of(families(&cfg));
     let chosen = iface::choose(&settings.iface, &facts, need)?;
     let show = |a: Option<String>| a.unwrap_or_else(|| "-".into());
     info!(
