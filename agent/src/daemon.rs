@@ -18,7 +18,7 @@ use crate::backoff::Backoff;
 use crate::config::{ConfigError, NetConfig};
 use crate::dataplane::feed::PeerFeed;
 use crate::dataplane::reconciler::{self, Reconciler, RESYNC_INTERVAL};
-use crate::firewall::{run_firewall, MasqRules, NftFirewall, TableFamily};
+use crate::firewall::{run_firewall, MasqRules, NftFirewall};
 use crate::health::{self, HealthState, Metrics, Readiness};
 use crate::host::iface::{self, ChosenIface, Families, IfaceError, IfaceFacts};
 use crate::lease::keeper::{sleep_or_shutdown, KeeperSettings, LeaseKeeper, LeaseStatus};
@@ -201,10 +201,7 @@ async fn load_network<S: LeaseStore>(
         warn!(key = %notice.path, kind = %notice.kind.as_str(), "{notice}");
     }
     settings.check_with_config(&cfg)?;
-    let need = Families {
-        v4: cfg.ipv4.is_some(),
-        v6: cfg.ipv6.is_some(),
-    };
+    let need = Families::of(families(&cfg));
     let chosen = iface::choose(&settings.iface, facts, need)?;
     let show = |a: Option<String>| a.unwrap_or_else(|| "-".into());
     info!(
@@ -561,7 +558,7 @@ fn start_firewalls(
         sup.spawn(Task::restart(firewall_task(family), move || {
             let m = m.clone();
             run_firewall(
-                NftFirewall::new(None).for_family(table_family(family)),
+                NftFirewall::new(None).for_family(family),
                 tx.subscribe(),
                 RESYNC_INTERVAL,
                 stop.clone(),
@@ -583,25 +580,17 @@ fn start_firewalls(
 
 /// A table left by an earlier run with --ip-masq would keep masquerading: remove it.
 async fn remove_leftover_tables() {
-    let removed = tokio::task::spawn_blocking(|| {
-        crate::firewall::cleanup_all_families(|f| NftFirewall::new(None).for_family(f))
-    })
-    .await;
-    match removed {
-        Ok(results) => {
-            for (family, result) in results {
-                match result {
-                    Ok(true) => {
-                        info!(table = %format!("{family} {}", crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq")
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        debug!(%family, error = %e, "cannot check for a leftover nftables table")
-                    }
-                }
+    let results =
+        crate::firewall::cleanup_all_families(|f| NftFirewall::new(None).for_family(f)).await;
+    for (family, result) in results {
+        let family = crate::firewall::nft_family(family);
+        match result {
+            Ok(true) => {
+                info!(table = %format!("{family} {}", crate::firewall::TABLE), "removed an nftables table left by an earlier run with --ip-masq")
             }
+            Ok(false) => {}
+            Err(e) => debug!(family, error = %e, "cannot check for a leftover nftables table"),
         }
-        Err(e) => debug!(error = %e, "leftover table check failed"),
     }
 }
 
@@ -827,10 +816,3 @@ fn apply_underlay_mtu(
     after
 }
 
-/// The firewall table family of an address family.
-fn table_family(family: IpFamily) -> TableFamily {
-    match family {
-        IpFamily::V4 => TableFamily::Ip,
-        IpFamily::V6 => TableFamily::Ip6,
-    }
-}

@@ -24,6 +24,9 @@ pub mod route;
 pub mod subnet_env;
 
 pub use backend::{BackendKind, UnknownBackend};
-pub use family::{is_link_local, IpFamily};
+pub use family::{
+    addr_from_u128, addr_offset, addr_to_u128, is_link_local, is_link_local_v4, nth_address,
+    IpFamily,
+};
 pub use mac::{stable_hash, MacAddr, MacError};
 pub use peer::{Peer, PeerEvent};

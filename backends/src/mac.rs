@@ -155,5 +155,13 @@ mod tests {
             MacAddr::derive_from("node-a").to_string(),
             "4a:e8:66:29:c1:52"
         );
+        for (seed, mac) in [
+            ("node-b", "ce:03:1f:46:d5:0f"),
+            ("node-b/ipv6", "3a:e6:74:20:1b:c2"),
+            ("worker-1.example.com", "ee:8b:32:26:3b:35"),
+            ("k8s-control-plane/ipv6", "be:7a:0a:a7:8c:71"),
+        ] {
+            assert_eq!(MacAddr::derive_from(seed).to_string(), mac, "{seed}");
+        }
     }
 }

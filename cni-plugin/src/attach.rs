@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde_json::{json, Value};
 use weft_backends::subnet_env::SubnetEnv;
-use weft_backends::MacAddr;
+use weft_backends::{IpFamily, MacAddr};
 
 use crate::error::{code, CniError};
 
@@ -27,10 +27,10 @@ impl FamilyNetwork {
     /// The bridge's address in this family: the subnet's first address + 1, with the
     /// subnet's prefix (`10.5.7.1/24`, `fc00:0:0:7::1/64`).
     pub fn gateway(&self) -> IpNetwork {
-        let gw = match self.subnet.network() {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a).wrapping_add(1))),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a).wrapping_add(1))),
-        };
+        let network = self.subnet.network();
+        // Past the family's last address it wraps to the first, as it always has.
+        let gw = weft_backends::addr_offset(network, 1)
+            .unwrap_or_else(|| IpFamily::of(network).unspecified());
         IpNetwork::new(gw, self.subnet.prefix()).expect("the prefix of a valid network")
     }
 
@@ -382,6 +382,26 @@ pub fn expected_from_prev(prev: &Value, ifname: &str) -> Result<Expected, CniErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Golden values: the host end of a pod's veth is found again by name on DEL, CHECK and
+    /// GC, by every plugin version. A new version that named them differently would leave the
+    /// pods attached by the old one unknown (and their veths leaked) after an upgrade.
+    #[test]
+    fn host_veth_names_never_change() {
+        let long_id = "0123456789abcdef".repeat(4);
+        for (container_id, ifname, want) in [
+            ("abc", "eth0", "veth633c93b8d01"),
+            (long_id.as_str(), "eth0", "veth5fb7eb4d37b"),
+            ("c1", "net1", "veth314cd78b90d"),
+            ("podman-7f", "eth1", "veth5dbaa7b4d36"),
+        ] {
+            assert_eq!(
+                host_veth_name(container_id, ifname),
+                want,
+                "container {container_id}, interface {ifname}"
+            );
+        }
+    }
 
     fn fam(subnet: &str, cluster: &str) -> FamilyNetwork {
         FamilyNetwork {

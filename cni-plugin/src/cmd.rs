@@ -8,35 +8,28 @@ use crate::attach::{self, FamilyNetwork, Options, PodNetwork};
 use crate::error::{code, CniError};
 use crate::ipam::{FileIpam, IpamError, IpamStore};
 use crate::kernel::{self, PodNs};
-use crate::request::{Command, NetConf, Request};
+use std::path::Path;
+
+use crate::request::{NetConf, Request, Target, Verb};
 use crate::{status, version};
 
 /// Run one validated request; `Some(json)` is what goes to stdout.
 pub fn run(req: &Request) -> Result<Option<String>, CniError> {
-    match req.command {
-        Command::Version => Ok(Some(version::version_json())),
-        Command::Status => pod_network(conf(req)).map(|_| None),
-        Command::Add => add(req).map(Some),
-        Command::Del => del(req).map(|()| None),
-        Command::Check => check(req).map(|()| None),
-        Command::Gc => gc(req).map(|()| None),
-    }
-}
-
-fn conf(req: &Request) -> &NetConf {
-    req.conf
-        .as_ref()
-        .expect("every verb but VERSION is parsed with a config")
-}
-
-/// (container id, ifname): validated present for ADD, DEL and CHECK.
-fn attachment(req: &Request) -> (&str, &str) {
-    match (req.container_id.as_deref(), req.ifname.as_deref()) {
-        (Some(c), Some(i)) => (c, i),
-        _ => unreachable!(
-            "CNI_CONTAINERID and CNI_IFNAME are validated for {:?}",
-            req.command
-        ),
+    match &req.verb {
+        Verb::Version => Ok(Some(version::version_json())),
+        Verb::Status { conf } => pod_network(conf).map(|_| None),
+        Verb::Add {
+            target,
+            netns,
+            conf,
+        } => add(target, netns, conf).map(Some),
+        Verb::Del { target, conf, .. } => del(target, conf).map(|()| None),
+        Verb::Check {
+            target,
+            netns,
+            conf,
+        } => check(target, netns, conf).map(|()| None),
+        Verb::Gc { conf } => gc(conf).map(|()| None),
     }
 }
 
@@ -104,13 +97,8 @@ fn host() -> Result<NlSocket, CniError> {
     })
 }
 
-fn add(req: &Request) -> Result<String, CniError> {
-    let conf = conf(req);
-    let (cid, ifname) = attachment(req);
-    let netns = req
-        .netns
-        .as_deref()
-        .expect("CNI_NETNS is validated for ADD");
+fn add(target: &Target, netns: &Path, conf: &NetConf) -> Result<String, CniError> {
+    let (cid, ifname) = (target.container_id.as_str(), target.ifname.as_str());
     let net = pod_network(conf)?;
     // Everything that can be checked without changing anything is checked first.
     let mut pod = PodNs::open(netns)?;
@@ -131,9 +119,8 @@ fn add(req: &Request) -> Result<String, CniError> {
     }
 }
 
-fn del(req: &Request) -> Result<(), CniError> {
-    let conf = conf(req);
-    let (cid, ifname) = attachment(req);
+fn del(target: &Target, conf: &NetConf) -> Result<(), CniError> {
+    let (cid, ifname) = (target.container_id.as_str(), target.ifname.as_str());
     // The interfaces go first, so an address is never handed out while still in use; then
     // the addresses of both families.
     kernel::delete(&mut host()?, &attach::host_veth_name(cid, ifname))?;
@@ -141,13 +128,8 @@ fn del(req: &Request) -> Result<(), CniError> {
     Ok(())
 }
 
-fn check(req: &Request) -> Result<(), CniError> {
-    let conf = conf(req);
-    let (cid, ifname) = attachment(req);
-    let netns = req
-        .netns
-        .as_deref()
-        .expect("CNI_NETNS is validated for CHECK");
+fn check(target: &Target, netns: &Path, conf: &NetConf) -> Result<(), CniError> {
+    let (cid, ifname) = (target.container_id.as_str(), target.ifname.as_str());
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
         CniError::new(
             code::INVALID_CONFIG,
@@ -199,8 +181,7 @@ fn check(req: &Request) -> Result<(), CniError> {
     kernel::check(&mut host()?, &mut pod, &plan, &want)
 }
 
-fn gc(req: &Request) -> Result<(), CniError> {
-    let conf = conf(req);
+fn gc(conf: &NetConf) -> Result<(), CniError> {
     let keep: Vec<(String, String)> = conf
         .valid_attachments
         .as_ref()

@@ -16,34 +16,20 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
+use weft_backends::{addr_from_u128, addr_to_u128, IpFamily};
 
-/// An address family. Each attachment holds at most one address of each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Family {
-        match ip {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    pub fn of_net(net: IpNetwork) -> Family {
-        Family::of(net.ip())
-    }
-
-    fn slot(self) -> usize {
-        self as usize
+/// The slot of `family` in the per-family arrays (IPv4 first). Each attachment holds at most
+/// one address of each family.
+fn slot(family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => 0,
+        IpFamily::V6 => 1,
     }
 }
 
@@ -69,30 +55,16 @@ pub enum IpamError {
     Corrupt { path: PathBuf, problem: String },
 }
 
-fn to_number(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    }
-}
-
-fn from_number(family: Family, n: u128) -> IpAddr {
-    match family {
-        // Only called with numbers between the bounds of an IPv4 range.
-        Family::V4 => IpAddr::V4(Ipv4Addr::from(n as u32)),
-        Family::V6 => IpAddr::V6(Ipv6Addr::from(n)),
-    }
-}
-
 /// The first and last pod address of `range`, as numbers: everything from the network
 /// address + 2 (the network address and the gateway + 1 are never a pod's) up to the last
 /// address, minus the broadcast address for IPv4 (IPv6 has none). `None` when no address is
 /// left.
 fn pod_bounds(range: IpNetwork) -> Option<(u128, u128)> {
-    let first = to_number(range.network()).checked_add(2)?;
-    let last = match range {
-        IpNetwork::V4(n) => u128::from(u32::from(n.broadcast())).checked_sub(1)?,
-        IpNetwork::V6(n) => u128::from(n.broadcast()),
+    let first = addr_to_u128(range.network()).checked_add(2)?;
+    let broadcast = addr_to_u128(range.broadcast());
+    let last = match IpFamily::of_network(range) {
+        IpFamily::V4 => broadcast.checked_sub(1)?,
+        IpFamily::V6 => broadcast,
     };
     (first <= last).then_some((first, last))
 }
@@ -104,8 +76,8 @@ pub fn capacity(range: IpNetwork) -> u128 {
 
 /// Whether a pod may hold `ip` in `range` (same family, inside, not reserved).
 pub fn is_pod_address(range: IpNetwork, ip: IpAddr) -> bool {
-    Family::of(ip) == Family::of_net(range)
-        && pod_bounds(range).is_some_and(|(first, last)| (first..=last).contains(&to_number(ip)))
+    IpFamily::of(ip) == IpFamily::of_network(range)
+        && pod_bounds(range).is_some_and(|(first, last)| (first..=last).contains(&addr_to_u128(ip)))
 }
 
 /// The next free address of `range` after `last` (round-robin, so a freed address is not
@@ -120,12 +92,12 @@ pub fn choose_ip(
     used: &BTreeSet<IpAddr>,
     last: Option<IpAddr>,
 ) -> Option<IpAddr> {
-    let family = Family::of_net(range);
+    let family = IpFamily::of_network(range);
     let (first, end) = pod_bounds(range)?;
     let count = end - first + 1;
     let start = match last {
         Some(l) if is_pod_address(range, l) => {
-            let next = to_number(l) - first + 1;
+            let next = addr_to_u128(l) - first + 1;
             if next == count {
                 0
             } else {
@@ -144,9 +116,11 @@ pub fn choose_ip(
             } else {
                 i - (count - start)
             };
-            from_number(family, first + offset)
+            // Between the range's bounds, so always an address of its family.
+            addr_from_u128(family, first + offset)
         })
-        .find(|a| !used.contains(a))
+        .find(|a| a.is_some_and(|a| !used.contains(&a)))
+        .flatten()
 }
 
 /// Where allocations are kept: a few primitive operations per medium, and the allocation
@@ -167,7 +141,7 @@ pub trait IpamStore {
     /// Remove the record of `a`; false if there was none.
     fn remove(&mut self, a: &Allocation) -> Result<bool, IpamError>;
     /// The address of `family` handed out last (that family's round-robin position).
-    fn last_reserved(&self, family: Family) -> Option<IpAddr>;
+    fn last_reserved(&self, family: IpFamily) -> Option<IpAddr>;
     /// Move the round-robin position of `ip`'s family to `ip`.
     fn set_last_reserved(&mut self, ip: IpAddr) -> Result<(), IpamError>;
 
@@ -180,9 +154,9 @@ pub trait IpamStore {
         container_id: &str,
         ifname: &str,
     ) -> Result<IpAddr, IpamError> {
-        let family = Family::of_net(range);
+        let family = IpFamily::of_network(range);
         for held in self.find(container_id, ifname)? {
-            if Family::of(held) != family {
+            if IpFamily::of(held) != family {
                 continue;
             }
             if is_pod_address(range, held) {
@@ -346,12 +320,12 @@ impl IpamStore for MemoryIpam {
         Ok(self.allocations.len() < before)
     }
 
-    fn last_reserved(&self, family: Family) -> Option<IpAddr> {
-        self.last[family.slot()]
+    fn last_reserved(&self, family: IpFamily) -> Option<IpAddr> {
+        self.last[slot(family)]
     }
 
     fn set_last_reserved(&mut self, ip: IpAddr) -> Result<(), IpamError> {
-        self.last[Family::of(ip).slot()] = Some(ip);
+        self.last[slot(IpFamily::of(ip))] = Some(ip);
         Ok(())
     }
 }
@@ -467,7 +441,7 @@ impl FileIpam {
                 }
             } else if let Some(ip) = name.strip_prefix(LAST_PREFIX) {
                 if let Ok(ip) = ip.parse::<IpAddr>() {
-                    l.last[Family::of(ip).slot()] = Some(ip);
+                    l.last[slot(IpFamily::of(ip))] = Some(ip);
                 }
             } else if name.starts_with(TEMP_PREFIX) {
                 let _ = std::fs::remove_file(e.path());
@@ -620,12 +594,12 @@ impl IpamStore for FileIpam {
         Ok(removed)
     }
 
-    fn last_reserved(&self, family: Family) -> Option<IpAddr> {
-        self.listing.last[family.slot()]
+    fn last_reserved(&self, family: IpFamily) -> Option<IpAddr> {
+        self.listing.last[slot(family)]
     }
 
     fn set_last_reserved(&mut self, ip: IpAddr) -> Result<(), IpamError> {
-        let slot = Family::of(ip).slot();
+        let slot = slot(IpFamily::of(ip));
         let new = self.dir.join(format!("{LAST_PREFIX}{ip}"));
         let moved = match self.listing.last[slot] {
             Some(old) => std::fs::rename(self.dir.join(format!("{LAST_PREFIX}{old}")), &new),
@@ -645,6 +619,8 @@ const RECORD_MODE: u32 = 0o600;
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     fn net(s: &str) -> IpNetwork {
@@ -768,7 +744,7 @@ mod tests {
         let a = store.allocate(r, "c1", "eth0").unwrap();
         assert_eq!(
             a,
-            from_number(Family::of_net(r), to_number(r.network()) + 2),
+            weft_backends::nth_address(r, 2).unwrap(),
             "the first pod address is the network address + 2"
         );
         assert_eq!(
@@ -909,8 +885,8 @@ mod tests {
         // A fresh open reads the IPv6 names back.
         let s = FileIpam::open(dir.path(), "weft").unwrap();
         assert_eq!(s.find("c8", "eth0").unwrap().len(), 1);
-        assert!(s.last_reserved(Family::V4).is_some_and(|a| a.is_ipv4()));
-        assert!(s.last_reserved(Family::V6).is_some_and(|a| a.is_ipv6()));
+        assert!(s.last_reserved(IpFamily::V4).is_some_and(|a| a.is_ipv4()));
+        assert!(s.last_reserved(IpFamily::V6).is_some_and(|a| a.is_ipv6()));
     }
 
     #[test]
@@ -930,8 +906,8 @@ mod tests {
         std::fs::write(d.join("last-10.9.0.2"), "").unwrap();
         let mut s = FileIpam::open(dir.path(), "weft").unwrap();
         assert_eq!(s.find("old", "eth0").unwrap(), vec![ip("10.9.0.2")]);
-        assert_eq!(s.last_reserved(Family::V4), Some(ip("10.9.0.2")));
-        assert_eq!(s.last_reserved(Family::V6), None);
+        assert_eq!(s.last_reserved(IpFamily::V4), Some(ip("10.9.0.2")));
+        assert_eq!(s.last_reserved(IpFamily::V6), None);
         let both = [net("10.9.0.0/24"), net("fc00::/64")];
         assert_eq!(
             s.allocate_all(&both, "new", "eth0").unwrap(),

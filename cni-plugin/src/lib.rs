@@ -14,4 +14,4 @@ pub mod usage;
 pub mod version;
 
 pub use error::CniError;
-pub use request::{Command, NetConf, Request};
+pub use request::{Command, NetConf, Request, Target, Verb};

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         Err(e) => Err(CniError::new(code::IO, "cannot read stdin", e.to_string())),
         Ok(()) => Request::parse(&env, &stdin),
     };
-    if let Some(conf) = request.as_ref().ok().and_then(|r| r.conf.as_ref()) {
+    if let Some(conf) = request.as_ref().ok().and_then(|r| r.conf()) {
         for w in &conf.warnings {
             eprintln!("{}", report::warning_line(w));
         }
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 
 /// The call's lines in the config's `logFile`, if it names one. Logging never fails a call.
 fn log_to_file(req: &Request, result: &Result<Option<String>, CniError>, started: Instant) {
-    let Some(path) = req.conf.as_ref().and_then(|c| c.log_file.as_ref()) else {
+    let Some(path) = req.conf().and_then(|c| c.log_file.as_ref()) else {
         return;
     };
     let lines = report::log_lines(SystemTime::now(), req, result, started.elapsed());

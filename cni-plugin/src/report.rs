@@ -13,11 +13,10 @@ use crate::{CniError, Request};
 pub fn call_context(req: &Request) -> String {
     let mut s = format!(
         "{} container={} ifname={} netns={}",
-        req.command,
-        req.container_id.as_deref().unwrap_or("-"),
-        req.ifname.as_deref().unwrap_or("-"),
-        req.netns
-            .as_deref()
+        req.command(),
+        req.container_id().unwrap_or("-"),
+        req.ifname().unwrap_or("-"),
+        req.netns()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "-".into()),
     );
@@ -54,7 +53,7 @@ pub fn log_lines(
     let stamp = humantime::format_rfc3339_millis(now);
     let context = call_context(req);
     let mut out = String::new();
-    for w in req.conf.iter().flat_map(|c| &c.warnings) {
+    for w in req.conf().iter().flat_map(|c| &c.warnings) {
         writeln!(out, "{stamp} {context} warning: {w}").expect("writing to a String");
     }
     let outcome = match result {

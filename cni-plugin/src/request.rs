@@ -2,7 +2,7 @@
 //! environment, and the network config on stdin (read by [`crate::conf`]).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{code, CniError};
 use crate::version;
@@ -63,15 +63,49 @@ impl std::fmt::Display for Command {
     }
 }
 
-/// A validated invocation.
+/// The attachment a call is about: `CNI_CONTAINERID` and `CNI_IFNAME`, validated (a safe
+/// name, a Linux interface name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// What one verb needs, parsed and validated once: each verb's variant holds exactly the
+/// inputs the spec requires of it, so the verbs never look for a missing one.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verb {
+    /// `ADD`: the attachment, the pod's network namespace (an absolute path) and the config.
+    Add {
+        target: Target,
+        netns: PathBuf,
+        conf: NetConf,
+    },
+    /// `DEL`: the attachment and the config; the namespace may already be gone.
+    Del {
+        target: Target,
+        netns: Option<PathBuf>,
+        conf: NetConf,
+    },
+    /// `CHECK` (cniVersion 0.4.0 or later): as `ADD`.
+    Check {
+        target: Target,
+        netns: PathBuf,
+        conf: NetConf,
+    },
+    /// `STATUS` (cniVersion 1.1.0): the config only.
+    Status { conf: NetConf },
+    /// `GC` (cniVersion 1.1.0): the config, with the attachments to keep.
+    Gc { conf: NetConf },
+    /// `VERSION`: nothing.
+    Version,
+}
+
+/// A validated invocation: the verb with its inputs, and `CNI_ARGS`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
-    pub command: Command,
-    pub container_id: Option<String>,
-    pub netns: Option<PathBuf>,
-    pub ifname: Option<String>,
+    pub verb: Verb,
     pub args: Vec<(String, String)>,
-    pub conf: Option<NetConf>,
 }
 
 /// The Kubernetes pod a call is for, as the runtime names it in `CNI_ARGS` (`K8S_POD_NAME`,
@@ -129,6 +163,59 @@ fn parse_args(raw: &str) -> Result<Vec<(String, String)>, CniError> {
 }
 
 impl Request {
+    /// The verb's `CNI_COMMAND`.
+    pub fn command(&self) -> Command {
+        match self.verb {
+            Verb::Add { .. } => Command::Add,
+            Verb::Del { .. } => Command::Del,
+            Verb::Check { .. } => Command::Check,
+            Verb::Status { .. } => Command::Status,
+            Verb::Gc { .. } => Command::Gc,
+            Verb::Version => Command::Version,
+        }
+    }
+
+    /// The network config (every verb but `VERSION` has one).
+    pub fn conf(&self) -> Option<&NetConf> {
+        match &self.verb {
+            Verb::Add { conf, .. }
+            | Verb::Del { conf, .. }
+            | Verb::Check { conf, .. }
+            | Verb::Status { conf }
+            | Verb::Gc { conf } => Some(conf),
+            Verb::Version => None,
+        }
+    }
+
+    /// The attachment (`ADD`, `DEL`, `CHECK`).
+    pub fn target(&self) -> Option<&Target> {
+        match &self.verb {
+            Verb::Add { target, .. } | Verb::Del { target, .. } | Verb::Check { target, .. } => {
+                Some(target)
+            }
+            _ => None,
+        }
+    }
+
+    /// `CNI_CONTAINERID` of the attachment.
+    pub fn container_id(&self) -> Option<&str> {
+        self.target().map(|t| t.container_id.as_str())
+    }
+
+    /// `CNI_IFNAME` of the attachment.
+    pub fn ifname(&self) -> Option<&str> {
+        self.target().map(|t| t.ifname.as_str())
+    }
+
+    /// `CNI_NETNS`: always for `ADD` and `CHECK`, when given for `DEL`.
+    pub fn netns(&self) -> Option<&Path> {
+        match &self.verb {
+            Verb::Add { netns, .. } | Verb::Check { netns, .. } => Some(netns),
+            Verb::Del { netns, .. } => netns.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The value of `key` in `CNI_ARGS`, if set and not empty.
     pub fn arg(&self, key: &str) -> Option<&str> {
         self.args
@@ -154,92 +241,89 @@ impl Request {
         )?;
         if command == Command::Version {
             return Ok(Request {
-                command,
-                container_id: None,
-                netns: None,
-                ifname: None,
+                verb: Verb::Version,
                 args: Vec::new(),
-                conf: None,
             });
         }
         let conf = crate::conf::parse(stdin)?;
-        let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
         let require = |var: &str| {
             env(var)
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| invalid_env(var, format!("{var} is required for this command")))
         };
-        let container_id = if needs_container {
-            let id = require("CNI_CONTAINERID")?;
-            if !is_safe_name(&id, 256) {
-                return Err(invalid_env("CNI_CONTAINERID", format!("{:?} must be letters, digits, '_', '.', '-' starting with a letter or digit", id.chars().take(64).collect::<String>())));
+        let target = || -> Result<Target, CniError> {
+            let container_id = require("CNI_CONTAINERID")?;
+            if !is_safe_name(&container_id, 256) {
+                return Err(invalid_env("CNI_CONTAINERID", format!("{:?} must be letters, digits, '_', '.', '-' starting with a letter or digit", container_id.chars().take(64).collect::<String>())));
             }
-            Some(id)
-        } else {
-            None
-        };
-        let ifname = if needs_container {
-            let n = require("CNI_IFNAME")?;
-            if !is_valid_ifname(&n) {
+            let ifname = require("CNI_IFNAME")?;
+            if !is_valid_ifname(&ifname) {
                 return Err(invalid_env(
                     "CNI_IFNAME",
                     format!(
                         "{:?} is not a valid interface name (1-15 bytes, no '/', ':' or spaces)",
-                        n.chars().take(32).collect::<String>()
+                        ifname.chars().take(32).collect::<String>()
                     ),
                 ));
             }
-            Some(n)
-        } else {
-            None
+            Ok(Target {
+                container_id,
+                ifname,
+            })
         };
-        let netns = match command {
-            Command::Add | Command::Check => {
-                let p = PathBuf::from(require("CNI_NETNS")?);
-                if !p.is_absolute() {
-                    return Err(invalid_env(
-                        "CNI_NETNS",
-                        format!("{} must be an absolute path", p.display()),
-                    ));
-                }
-                Some(p)
+        let netns = || -> Result<PathBuf, CniError> {
+            let p = PathBuf::from(require("CNI_NETNS")?);
+            if !p.is_absolute() {
+                return Err(invalid_env(
+                    "CNI_NETNS",
+                    format!("{} must be an absolute path", p.display()),
+                ));
             }
-            Command::Del => env("CNI_NETNS")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
-            _ => None,
+            Ok(p)
+        };
+        let verb = match command {
+            Command::Add => Verb::Add {
+                target: target()?,
+                netns: netns()?,
+                conf,
+            },
+            Command::Check => Verb::Check {
+                target: target()?,
+                netns: netns()?,
+                conf,
+            },
+            Command::Del => Verb::Del {
+                target: target()?,
+                netns: env("CNI_NETNS")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from),
+                conf,
+            },
+            Command::Status => Verb::Status { conf },
+            Command::Gc => Verb::Gc { conf },
+            // Answered above, before any config is read.
+            Command::Version => Verb::Version,
         };
         let args = parse_args(&env("CNI_ARGS").unwrap_or_default())?;
+        let request = Request { verb, args };
+        let cni_version = request.conf().map_or("", |c| c.cni_version.as_str());
         if matches!(command, Command::Gc | Command::Status)
-            && !version::has_gc_and_status(&conf.cni_version)
+            && !version::has_gc_and_status(cni_version)
         {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 "incompatible CNI version",
-                format!(
-                    "{command:?} needs cniVersion 1.1.0, the config says {}",
-                    conf.cni_version
-                ),
+                format!("{command:?} needs cniVersion 1.1.0, the config says {cni_version}"),
             ));
         }
-        if command == Command::Check && !version::has_check(&conf.cni_version) {
+        if command == Command::Check && !version::has_check(cni_version) {
             return Err(CniError::new(
                 code::INCOMPATIBLE_VERSION,
                 "incompatible CNI version",
-                format!(
-                    "CHECK needs cniVersion 0.4.0 or later, the config says {}",
-                    conf.cni_version
-                ),
+                format!("CHECK needs cniVersion 0.4.0 or later, the config says {cni_version}"),
             ));
         }
-        Ok(Request {
-            command,
-            container_id,
-            netns,
-            ifname,
-            args,
-            conf: Some(conf),
-        })
+        Ok(request)
     }
 }
 
@@ -269,11 +353,50 @@ mod tests {
     }
 
     #[test]
+    fn each_verb_holds_exactly_its_inputs() {
+        let target = Target {
+            container_id: "abc123".into(),
+            ifname: "eth0".into(),
+        };
+        let r = Request::parse(&env(&add_env()), CONF.as_bytes()).unwrap();
+        let Verb::Add {
+            target: t, netns, ..
+        } = &r.verb
+        else {
+            panic!("ADD parsed as {:?}", r.command());
+        };
+        assert_eq!((t, netns.as_path()), (&target, Path::new("/run/netns/x")));
+
+        let mut del = add_env();
+        del[0] = ("CNI_COMMAND", "DEL");
+        del.retain(|(k, _)| *k != "CNI_NETNS");
+        let r = Request::parse(&env(&del), CONF.as_bytes()).unwrap();
+        assert!(
+            matches!(&r.verb, Verb::Del { target: t, netns: None, .. } if *t == target),
+            "{r:?}"
+        );
+
+        let mut check = add_env();
+        check[0] = ("CNI_COMMAND", "CHECK");
+        let r = Request::parse(&env(&check), CONF.as_bytes()).unwrap();
+        assert!(matches!(&r.verb, Verb::Check { .. }), "{r:?}");
+        assert_eq!(r.netns(), Some(Path::new("/run/netns/x")));
+
+        for (command, want) in [("STATUS", Command::Status), ("GC", Command::Gc)] {
+            let r = Request::parse(&env(&[("CNI_COMMAND", command)]), CONF.as_bytes()).unwrap();
+            assert_eq!(r.command(), want);
+            assert!(r.target().is_none() && r.netns().is_none() && r.conf().is_some());
+        }
+        let r = Request::parse(&env(&[("CNI_COMMAND", "VERSION")]), b"").unwrap();
+        assert_eq!((r.verb, r.args), (Verb::Version, Vec::new()));
+    }
+
+    #[test]
     fn add_parses_with_defaults() {
         let r = Request::parse(&env(&add_env()), CONF.as_bytes()).unwrap();
-        assert_eq!(r.command, Command::Add);
-        assert_eq!(r.ifname.as_deref(), Some("eth0"));
-        let c = r.conf.unwrap();
+        assert_eq!(r.command(), Command::Add);
+        assert_eq!(r.ifname(), Some("eth0"));
+        let c = r.conf().unwrap();
         assert_eq!(
             (c.bridge.as_str(), c.hairpin_mode, c.is_default_gateway),
             ("cni0", true, true)
@@ -287,7 +410,7 @@ mod tests {
     #[test]
     fn version_needs_nothing_else() {
         let r = Request::parse(&env(&[("CNI_COMMAND", "VERSION")]), b"").unwrap();
-        assert_eq!(r.command, Command::Version);
+        assert_eq!(r.command(), Command::Version);
     }
 
     #[test]
@@ -301,7 +424,7 @@ mod tests {
             CONF.as_bytes(),
         )
         .unwrap();
-        assert_eq!(r.netns, None);
+        assert_eq!(r.netns(), None);
     }
 
     #[test]
@@ -457,7 +580,7 @@ mod tests {
         let conf = r#"{"cniVersion":"1.1.0","name":"weft","type":"weft","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#;
         let r = Request::parse(&env(&[("CNI_COMMAND", "GC")]), conf.as_bytes()).unwrap();
         assert_eq!(
-            r.conf.unwrap().valid_attachments.unwrap(),
+            r.conf().unwrap().valid_attachments.clone().unwrap(),
             vec![Attachment {
                 container_id: "c1".into(),
                 ifname: "eth0".into()

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use weft_agent::firewall::{
     cleanup, cleanup_all_families, render, run_firewall, Firewall, FirewallError, MasqRules,
-    NftFirewall, TableFamily,
+    NftFirewall,
 };
+use weft_backends::IpFamily;
 use weft_tests::netns::Netns;
 use weft_tests::procs::{bin, run_bounded, Proc};
 
@@ -32,7 +33,7 @@ fn nft_in(ns: &Netns) -> NftFirewall {
 
 /// Table `ip6 weft` in `ns`.
 fn nft6_in(ns: &Netns) -> NftFirewall {
-    nft_in(ns).for_family(TableFamily::Ip6)
+    nft_in(ns).for_family(IpFamily::V6)
 }
 
 /// `nft <args>` in `ns`, by hand (as an operator would): (exit code, stdout, stderr).
@@ -80,12 +81,17 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn applied_table_lists_the_masquerade_and_forward_rules() {
+#[tokio::test]
+async fn applied_table_lists_the_masquerade_and_forward_rules() {
     let ns = Netns::new("fw-list");
     let mut fw = nft_in(&ns);
-    assert_eq!(fw.list().unwrap(), None, "a fresh namespace has no table");
+    assert_eq!(
+        fw.list().await.unwrap(),
+        None,
+        "a fresh namespace has no table"
+    );
     fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
     let text = listing(&ns).expect("nft list table ip weft");
     for want in [
@@ -102,11 +108,11 @@ fn applied_table_lists_the_masquerade_and_forward_rules() {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
     // The trait's listing is what nft shows.
-    assert_eq!(fw.list().unwrap().as_deref(), Some(text.as_str()));
+    assert_eq!(fw.list().await.unwrap().as_deref(), Some(text.as_str()));
 }
 
-#[test]
-fn applying_again_replaces_the_table_and_leaves_other_tables_alone() {
+#[tokio::test]
+async fn applying_again_replaces_the_table_and_leaves_other_tables_alone() {
     let ns = Netns::new("fw-replace");
     // Someone else's table in the same namespace.
     let (code, _, err) = nft(&ns, &["add", "table", "inet", "other"]);
@@ -127,8 +133,10 @@ fn applying_again_replaces_the_table_and_leaves_other_tables_alone() {
 
     let mut fw = nft_in(&ns);
     fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
     fw.apply(&render(&rules("10.244.0.0/16", "10.244.7.0/24")))
+        .await
         .unwrap();
     let all = tables(&ns);
     assert_eq!(
@@ -150,7 +158,7 @@ fn applying_again_replaces_the_table_and_leaves_other_tables_alone() {
         "{}\ntable ip weft {{ chain broken {{ this is not a rule }} }}\n",
         render(&rules("10.244.0.0/16", "10.244.9.0/24"))
     );
-    let err = fw.apply(&broken).unwrap_err();
+    let err = fw.apply(&broken).await.unwrap_err();
     assert!(matches!(err, FirewallError::Nft { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(
@@ -214,26 +222,31 @@ async fn owner_task_restores_a_table_deleted_by_hand() {
     assert!(listing(&ns).is_some(), "stopping leaves the table in place");
 }
 
-#[test]
-fn cleanup_removes_the_table_and_a_second_cleanup_finds_nothing() {
+#[tokio::test]
+async fn cleanup_removes_the_table_and_a_second_cleanup_finds_nothing() {
     let ns = Netns::new("fw-clean");
     let mut fw = nft_in(&ns);
     fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
-    assert!(cleanup(&mut fw).unwrap());
+    assert!(cleanup(&mut fw).await.unwrap());
     assert!(!tables(&ns).contains(&"table ip weft".to_string()));
     assert_eq!(listing(&ns), None);
-    assert!(!cleanup(&mut fw).unwrap());
-    assert_eq!(fw.list().unwrap(), None);
+    assert!(!cleanup(&mut fw).await.unwrap());
+    assert_eq!(fw.list().await.unwrap(), None);
 }
 
-#[test]
-fn weftd_cleanup_flag_removes_both_tables() {
+#[tokio::test]
+async fn weftd_cleanup_flag_removes_both_tables() {
     let ns = Netns::new("fw-weftd");
     nft_in(&ns)
         .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
-    nft6_in(&ns).apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    nft6_in(&ns)
+        .apply(&render(&rules(V6_NET, V6_OWN)))
+        .await
+        .unwrap();
     let weftd = bin("weftd");
     let run = || {
         let mut cmd = ns.cmd(&weftd);
@@ -251,23 +264,27 @@ fn weftd_cleanup_flag_removes_both_tables() {
     assert!(err.contains("not present"), "{err}");
 }
 
-#[test]
-fn missing_nft_or_namespace_gives_a_clear_error() {
+#[tokio::test]
+async fn missing_nft_or_namespace_gives_a_clear_error() {
     let ns = Netns::new("fw-bad");
     let missing = "/nonexistent/weft-test/nft";
     let mut fw = nft_in(&ns).with_binary(missing);
     for err in [
         fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+            .await
             .unwrap_err(),
-        fw.list().unwrap_err(),
-        cleanup(&mut fw).unwrap_err(),
+        fw.list().await.unwrap_err(),
+        cleanup(&mut fw).await.unwrap_err(),
     ] {
         assert!(matches!(err, FirewallError::NftNotFound { .. }), "{err:?}");
         assert!(err.to_string().contains(missing), "{err}");
     }
 
     let gone = format!("{}-does-not-exist", ns.name);
-    let err = NftFirewall::new(Some(gone.clone())).list().unwrap_err();
+    let err = NftFirewall::new(Some(gone.clone()))
+        .list()
+        .await
+        .unwrap_err();
     assert!(matches!(err, FirewallError::Nft { .. }), "{err:?}");
     assert!(
         err.to_string().contains(&gone),
@@ -359,8 +376,8 @@ fn fetch(ns: &Netns, addr: &str) -> Option<String> {
     (code == 0).then_some(out)
 }
 
-#[test]
-fn masquerade_hides_pods_behind_the_node_address() {
+#[tokio::test]
+async fn masquerade_hides_pods_behind_the_node_address() {
     let t = topology("fw-masq");
     let dir = tempfile::tempdir().unwrap();
     // The server is up (reached from the node itself, which needs no NAT).
@@ -376,6 +393,7 @@ fn masquerade_hides_pods_behind_the_node_address() {
 
     let mut fw = nft_in(&t.host);
     fw.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
     assert_eq!(
         fetch(&t.pod, "192.0.2.1:8080").as_deref(),
@@ -383,7 +401,7 @@ fn masquerade_hides_pods_behind_the_node_address() {
         "the pod's connection must arrive from the node's address"
     );
 
-    assert!(cleanup(&mut fw).unwrap());
+    assert!(cleanup(&mut fw).await.unwrap());
     assert_eq!(
         fetch(&t.pod, "192.0.2.1:8080"),
         None,
@@ -391,8 +409,8 @@ fn masquerade_hides_pods_behind_the_node_address() {
     );
 }
 
-#[test]
-fn pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
+#[tokio::test]
+async fn pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
     let t = topology("fw-keep");
     // A second pod in another node's subnet (10.244.2.0/24), routed through the same host.
     let pod2 = Netns::new("fw-keep-pod2");
@@ -413,6 +431,7 @@ fn pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
 
     nft_in(&t.host)
         .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
 
     let cases = [
@@ -446,12 +465,16 @@ fn pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
     }
 }
 
-#[test]
-fn ipv6_table_lists_the_masquerade_and_forward_rules() {
+#[tokio::test]
+async fn ipv6_table_lists_the_masquerade_and_forward_rules() {
     let ns = Netns::new("fw6-list");
     let mut fw = nft6_in(&ns);
-    assert_eq!(fw.list().unwrap(), None, "a fresh namespace has no table");
-    fw.apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    assert_eq!(
+        fw.list().await.unwrap(),
+        None,
+        "a fresh namespace has no table"
+    );
+    fw.apply(&render(&rules(V6_NET, V6_OWN))).await.unwrap();
     let text = listing6(&ns).expect("nft list table ip6 weft");
     for want in [
         "type nat hook postrouting priority srcnat; policy accept;",
@@ -466,19 +489,20 @@ fn ipv6_table_lists_the_masquerade_and_forward_rules() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
-    assert_eq!(fw.list().unwrap().as_deref(), Some(text.as_str()));
+    assert_eq!(fw.list().await.unwrap().as_deref(), Some(text.as_str()));
     assert_eq!(tables(&ns), vec!["table ip6 weft".to_string()]);
 }
 
-#[test]
-fn the_ip_and_ip6_tables_never_touch_each_other() {
+#[tokio::test]
+async fn the_ip_and_ip6_tables_never_touch_each_other() {
     let ns = Netns::new("fw-fams");
     let mut fw4 = nft_in(&ns);
     let mut fw6 = nft6_in(&ns);
     fw4.apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
-    assert_eq!(fw6.list().unwrap(), None, "applying ip created ip6");
-    fw6.apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    assert_eq!(fw6.list().await.unwrap(), None, "applying ip created ip6");
+    fw6.apply(&render(&rules(V6_NET, V6_OWN))).await.unwrap();
     let v4 = listing(&ns).unwrap();
     let v6 = listing6(&ns).unwrap();
     assert!(
@@ -488,10 +512,12 @@ fn the_ip_and_ip6_tables_never_touch_each_other() {
 
     // Replacing one family's rules leaves the other table as it was.
     fw4.apply(&render(&rules("10.244.0.0/16", "10.244.7.0/24")))
+        .await
         .unwrap();
     assert_eq!(listing6(&ns).unwrap(), v6);
     let v4 = listing(&ns).unwrap();
     fw6.apply(&render(&rules(V6_NET, "fd00:10:244:7::/64")))
+        .await
         .unwrap();
     assert_eq!(listing(&ns).unwrap(), v4);
     let v6 = listing6(&ns).unwrap();
@@ -499,12 +525,16 @@ fn the_ip_and_ip6_tables_never_touch_each_other() {
     // Another family's script is refused before nft runs.
     let err = fw6
         .apply(&render(&rules("10.244.0.0/16", "10.244.9.0/24")))
+        .await
         .unwrap_err();
     assert!(
         matches!(err, FirewallError::FamilyMismatch { .. }),
         "{err:?}"
     );
-    let err = fw4.apply(&render(&rules(V6_NET, V6_OWN))).unwrap_err();
+    let err = fw4
+        .apply(&render(&rules(V6_NET, V6_OWN)))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, FirewallError::FamilyMismatch { .. }),
         "{err:?}"
@@ -515,47 +545,52 @@ fn the_ip_and_ip6_tables_never_touch_each_other() {
     );
 
     // Removing one leaves the other, and each sees only its own.
-    assert!(cleanup(&mut fw6).unwrap());
+    assert!(cleanup(&mut fw6).await.unwrap());
     assert_eq!(listing6(&ns), None);
     assert_eq!(listing(&ns).unwrap(), v4);
     assert!(
-        !cleanup(&mut fw6).unwrap(),
+        !cleanup(&mut fw6).await.unwrap(),
         "the ip table is not the ip6 table"
     );
-    assert_eq!(fw6.list().unwrap(), None);
-    assert_eq!(fw4.list().unwrap().as_deref(), Some(v4.as_str()));
+    assert_eq!(fw6.list().await.unwrap(), None);
+    assert_eq!(fw4.list().await.unwrap().as_deref(), Some(v4.as_str()));
 
     fw6.apply(&render(&rules(V6_NET, "fd00:10:244:7::/64")))
+        .await
         .unwrap();
-    assert!(cleanup(&mut fw4).unwrap());
+    assert!(cleanup(&mut fw4).await.unwrap());
     assert_eq!(listing(&ns), None);
     assert_eq!(listing6(&ns).unwrap(), v6);
     assert!(
-        !cleanup(&mut fw4).unwrap(),
+        !cleanup(&mut fw4).await.unwrap(),
         "the ip6 table is not the ip table"
     );
     assert_eq!(tables(&ns), vec!["table ip6 weft".to_string()]);
 }
 
-#[test]
-fn cleanup_all_families_removes_both_tables_and_nothing_else() {
+#[tokio::test]
+async fn cleanup_all_families_removes_both_tables_and_nothing_else() {
     let ns = Netns::new("fw-cleanall");
     let (code, _, err) = nft(&ns, &["add", "table", "inet", "other"]);
     assert_eq!(code, 0, "{err}");
     nft_in(&ns)
         .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
-    nft6_in(&ns).apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
-    let removed = cleanup_all_families(|family| nft_in(&ns).for_family(family));
+    nft6_in(&ns)
+        .apply(&render(&rules(V6_NET, V6_OWN)))
+        .await
+        .unwrap();
+    let removed = cleanup_all_families(|family| nft_in(&ns).for_family(family)).await;
     assert_eq!(
         removed.map(|(f, r)| (f, r.unwrap())),
-        [(TableFamily::Ip, true), (TableFamily::Ip6, true)]
+        [(IpFamily::V4, true), (IpFamily::V6, true)]
     );
     assert_eq!(tables(&ns), vec!["table inet other".to_string()]);
-    let again = cleanup_all_families(|family| nft_in(&ns).for_family(family));
+    let again = cleanup_all_families(|family| nft_in(&ns).for_family(family)).await;
     assert_eq!(
         again.map(|(f, r)| (f, r.unwrap())),
-        [(TableFamily::Ip, false), (TableFamily::Ip6, false)]
+        [(IpFamily::V4, false), (IpFamily::V6, false)]
     );
 }
 
@@ -564,6 +599,7 @@ async fn ipv6_owner_task_restores_its_table_and_leaves_the_ip_table_alone() {
     let ns = Netns::new("fw6-owner");
     nft_in(&ns)
         .apply(&render(&rules("10.244.0.0/16", "10.244.1.0/24")))
+        .await
         .unwrap();
     let v4 = listing(&ns).unwrap();
     let (rules_tx, rules_rx) = watch::channel(Some(rules(V6_NET, V6_OWN)));
@@ -665,8 +701,8 @@ fn topology6(tag: &str) -> Topology {
     t
 }
 
-#[test]
-fn ipv6_masquerade_hides_pods_behind_the_node_address() {
+#[tokio::test]
+async fn ipv6_masquerade_hides_pods_behind_the_node_address() {
     let t = topology6("fw6-masq");
     let dir = tempfile::tempdir().unwrap();
     let _server = serve_peer_on(
@@ -690,7 +726,7 @@ fn ipv6_masquerade_hides_pods_behind_the_node_address() {
     );
 
     let mut fw = nft6_in(&t.host);
-    fw.apply(&render(&rules(V6_NET, V6_OWN))).unwrap();
+    fw.apply(&render(&rules(V6_NET, V6_OWN))).await.unwrap();
     assert_eq!(
         fetch(&t.pod, "[2001:db8::1]:8080").as_deref(),
         Some("2001:db8::10"),
@@ -698,13 +734,13 @@ fn ipv6_masquerade_hides_pods_behind_the_node_address() {
     );
 
     // The ip table has no say over IPv6: removing it (absent here) changes nothing.
-    assert!(!cleanup(&mut nft_in(&t.host)).unwrap());
+    assert!(!cleanup(&mut nft_in(&t.host)).await.unwrap());
     assert_eq!(
         fetch(&t.pod, "[2001:db8::1]:8080").as_deref(),
         Some("2001:db8::10")
     );
 
-    assert!(cleanup(&mut fw).unwrap());
+    assert!(cleanup(&mut fw).await.unwrap());
     assert_eq!(
         fetch(&t.pod, "[2001:db8::1]:8080"),
         None,
@@ -712,8 +748,8 @@ fn ipv6_masquerade_hides_pods_behind_the_node_address() {
     );
 }
 
-#[test]
-fn ipv6_pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
+#[tokio::test]
+async fn ipv6_pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
     let t = topology6("fw6-keep");
     // A second pod in another node's subnet (fd00:10:244:2::/64), routed through the same
     // host.
@@ -755,6 +791,7 @@ fn ipv6_pod_to_pod_and_inbound_to_own_pods_keep_their_source() {
 
     nft6_in(&t.host)
         .apply(&render(&rules(V6_NET, V6_OWN)))
+        .await
         .unwrap();
 
     let cases = [

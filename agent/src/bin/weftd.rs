@@ -134,10 +134,21 @@ fn log_panics() {
 /// `--cleanup`: remove weft's host state and exit (1 if any step failed). Needs neither etcd
 /// nor the interface, so it works on a node whose configuration is gone.
 fn cleanup(cli: &WeftdCli) -> ExitCode {
-    let mut report = cleanup_host(
+    // nft runs as a child process of tokio's; one thread is plenty for the few calls.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut report = runtime.block_on(cleanup_host(
         |family| NftFirewall::new(None).for_family(family),
         weft_backends::dataplane::remove_weft_state,
-    );
+    ));
     let conflist = cli
         .cni_conf_dir
         .join(weft_agent::host::install_cni::CONFLIST_NAME);

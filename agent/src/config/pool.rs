@@ -3,9 +3,10 @@
 //! (four billion subnets, never enumerated).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use weft_backends::{addr_from_u128, addr_to_u128, IpFamily};
 
 /// Subnets of `subnet_len` inside `network`, from `min` to `max` (network addresses of the
 /// first and last subnet that may be handed out).
@@ -17,20 +18,14 @@ pub struct SubnetPool {
     pub max: IpAddr,
 }
 
-/// An address as a number, and the width of its family.
+/// An address as a number ([`weft_backends::addr_to_u128`]), and the width of its family.
 pub fn addr_bits(a: IpAddr) -> (u128, u8) {
-    match a {
-        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
-        IpAddr::V6(a) => (u128::from(a), 128),
-    }
+    (addr_to_u128(a), IpFamily::of(a).host_prefix())
 }
 
 /// The address with numeric value `n` in the family `like` belongs to.
 pub fn addr_from(like: IpAddr, n: u128) -> Option<IpAddr> {
-    match like {
-        IpAddr::V4(_) => u32::try_from(n).ok().map(|n| IpAddr::V4(Ipv4Addr::from(n))),
-        IpAddr::V6(_) => Some(IpAddr::V6(Ipv6Addr::from(n))),
-    }
+    addr_from_u128(IpFamily::of(like), n)
 }
 
 /// Address distance between two consecutive subnets of length `len` in a family `bits` wide.
@@ -114,10 +109,7 @@ impl SubnetPool {
     }
 
     fn same_family(&self, n: IpNetwork) -> bool {
-        matches!(
-            (self.network, n),
-            (IpNetwork::V4(_), IpNetwork::V4(_)) | (IpNetwork::V6(_), IpNetwork::V6(_))
-        )
+        IpFamily::of_network(self.network) == IpFamily::of_network(n)
     }
 
     /// The IPv4 network, for an IPv4 pool.

@@ -8,7 +8,9 @@ use tracing::debug;
 
 use weft_backends::dataplane::{DataplaneError, Removed};
 
-use crate::firewall::{self, Firewall, FirewallError, TableFamily, TABLE};
+use weft_backends::IpFamily;
+
+use crate::firewall::{self, nft_family, Firewall, FirewallError, TABLE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
@@ -47,13 +49,13 @@ impl CleanupReport {
 /// 2. the data plane: weft's routes (route protocol 87) and its VXLAN devices with every
 ///    neighbour and FDB entry on them (`dataplane` is
 ///    [`weft_backends::dataplane::remove_weft_state`] outside tests).
-pub fn cleanup_host<F: Firewall>(
-    firewall_for: impl FnMut(TableFamily) -> F,
+pub async fn cleanup_host<F: Firewall>(
+    firewall_for: impl FnMut(IpFamily) -> F,
     dataplane: impl FnOnce() -> Result<Removed, DataplaneError>,
 ) -> CleanupReport {
     let mut report = CleanupReport::default();
-    for (family, result) in firewall::cleanup_all_families(firewall_for) {
-        let table = format!("nftables table {family} {TABLE}");
+    for (family, result) in firewall::cleanup_all_families(firewall_for).await {
+        let table = format!("nftables table {} {TABLE}", nft_family(family));
         match result {
             Ok(true) => report.removed.push(table),
             Ok(false) => report.absent.push(table),
@@ -103,13 +105,14 @@ mod tests {
         )
     }
 
-    #[test]
-    fn removes_both_tables_then_finds_nothing() {
+    #[tokio::test]
+    async fn removes_both_tables_then_finds_nothing() {
         let fw = FakeFirewall::new();
-        fw.clone().apply(&render(&v4_rules())).unwrap();
+        fw.clone().apply(&render(&v4_rules())).await.unwrap();
         fw.clone()
-            .for_family(TableFamily::Ip6)
+            .for_family(IpFamily::V6)
             .apply(&render(&v6_rules()))
+            .await
             .unwrap();
         let first = cleanup_host(
             |family| fw.clone().for_family(family),
@@ -119,7 +122,8 @@ mod tests {
                     routes: 2,
                 })
             },
-        );
+        )
+        .await;
         assert!(first.is_ok());
         assert_eq!(
             first.removed,
@@ -134,7 +138,8 @@ mod tests {
         let second = cleanup_host(
             |family| fw.clone().for_family(family),
             || Ok(Removed::default()),
-        );
+        )
+        .await;
         assert!(second.is_ok());
         assert!(second.removed.is_empty());
         assert_eq!(
@@ -146,17 +151,18 @@ mod tests {
             ]
         );
         assert_eq!(fw.table(), None);
-        assert_eq!(fw.clone().for_family(TableFamily::Ip6).table(), None);
+        assert_eq!(fw.clone().for_family(IpFamily::V6).table(), None);
     }
 
-    #[test]
-    fn an_ipv6_only_node_has_only_the_ip6_table_to_remove() {
-        let fw = FakeFirewall::new().for_family(TableFamily::Ip6);
-        fw.clone().apply(&render(&v6_rules())).unwrap();
+    #[tokio::test]
+    async fn an_ipv6_only_node_has_only_the_ip6_table_to_remove() {
+        let fw = FakeFirewall::new().for_family(IpFamily::V6);
+        fw.clone().apply(&render(&v6_rules())).await.unwrap();
         let report = cleanup_host(
             |family| fw.clone().for_family(family),
             || Ok(Removed::default()),
-        );
+        )
+        .await;
         assert!(report.is_ok());
         assert_eq!(report.removed, vec!["nftables table ip6 weft".to_string()]);
         assert_eq!(

@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use regex::Regex;
+use weft_backends::IpFamily;
 
 /// An interface as read from the kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,18 +38,41 @@ pub struct IfaceRequest {
     pub public_ip_v6: Option<Ipv6Addr>,
 }
 
-/// The address families the cluster network enables.
+/// The address families the cluster network enables: a set of [`IpFamily`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Families {
-    pub v4: bool,
-    pub v6: bool,
+    v4: bool,
+    v6: bool,
 }
 
 impl Families {
+    /// IPv4 alone.
     pub const V4: Families = Families {
         v4: true,
         v6: false,
     };
+
+    /// The set of `families`.
+    pub fn of(families: impl IntoIterator<Item = IpFamily>) -> Families {
+        families.into_iter().fold(
+            Families {
+                v4: false,
+                v6: false,
+            },
+            |set, family| match family {
+                IpFamily::V4 => Families { v4: true, ..set },
+                IpFamily::V6 => Families { v6: true, ..set },
+            },
+        )
+    }
+
+    /// Whether `family` is in the set.
+    pub fn contains(self, family: IpFamily) -> bool {
+        match family {
+            IpFamily::V4 => self.v4,
+            IpFamily::V6 => self.v6,
+        }
+    }
 }
 
 /// What the kernel said that the choice depends on.
@@ -254,7 +278,7 @@ pub fn check_request(req: &IfaceRequest, facts: &IfaceFacts) -> Result<(), Iface
 fn first_v4(i: &ObservedIface) -> Option<Ipv4Network> {
     // Prefer a non-link-local address.
     i.v4.iter()
-        .find(|a| !a.ip().is_link_local())
+        .find(|a| !weft_backends::is_link_local_v4(a.ip()))
         .or_else(|| i.v4.first())
         .copied()
 }
@@ -265,7 +289,8 @@ fn first_v6(i: &ObservedIface) -> Option<Ipv6Network> {
 
 /// True when `i` has an address of every family in `need`.
 fn usable(i: &ObservedIface, need: Families) -> bool {
-    (!need.v4 || first_v4(i).is_some()) && (!need.v6 || first_v6(i).is_some())
+    (!need.contains(IpFamily::V4) || first_v4(i).is_some())
+        && (!need.contains(IpFamily::V6) || first_v6(i).is_some())
 }
 
 fn pick(
@@ -283,7 +308,7 @@ fn pick(
         Some(IpAddr::V6(a)) => i.v6.iter().find(|n| n.ip() == a).copied(),
         _ => None,
     };
-    let iface_addr = if need.v4 {
+    let iface_addr = if need.contains(IpFamily::V4) {
         Some(
             chosen_v4
                 .or_else(|| first_v4(i))
@@ -292,7 +317,7 @@ fn pick(
     } else {
         None
     };
-    let iface_addr_v6 = if need.v6 {
+    let iface_addr_v6 = if need.contains(IpFamily::V6) {
         Some(
             chosen_v6
                 .or_else(|| first_v6(i))
@@ -419,7 +444,7 @@ pub fn choose(
         }
         return Err(IfaceError::CannotReach(target));
     }
-    let (idx, family) = if need.v4 {
+    let (idx, family) = if need.contains(IpFamily::V4) {
         (facts.default_route_iface, "IPv4")
     } else {
         (facts.default_route_iface_v6, "IPv6")
@@ -724,7 +749,7 @@ mod tests {
 
     #[test]
     fn dual_stack_needs_both_families_on_one_interface() {
-        let both = Families { v4: true, v6: true };
+        let both = Families::of([IpFamily::V4, IpFamily::V6]);
         let c = choose(&IfaceRequest::default(), &facts(), both).unwrap();
         assert_eq!(c.name, "eth0");
         assert_eq!(c.public_ip_v6.unwrap().to_string(), "2001:db8::10");
@@ -743,10 +768,7 @@ mod tests {
 
     #[test]
     fn ipv6_only_uses_the_ipv6_default_route() {
-        let v6 = Families {
-            v4: false,
-            v6: true,
-        };
+        let v6 = Families::of([IpFamily::V6]);
         let c = choose(&IfaceRequest::default(), &facts(), v6).unwrap();
         assert_eq!((c.name.as_str(), c.iface_addr), ("bond0", None));
         assert_eq!(c.public_ip, None);

@@ -525,5 +525,21 @@ mod tests {
             vtep_mac("node-a", IpFamily::V6).to_string(),
             "16:8c:82:87:20:44"
         );
+        for (node, v4, v6) in [
+            ("node-b", "ce:03:1f:46:d5:0f", "3a:e6:74:20:1b:c2"),
+            (
+                "worker-1.example.com",
+                "ee:8b:32:26:3b:35",
+                "36:18:83:fa:55:2c",
+            ),
+            (
+                "k8s-control-plane",
+                "92:a8:49:0c:01:ed",
+                "be:7a:0a:a7:8c:71",
+            ),
+        ] {
+            assert_eq!(vtep_mac(node, IpFamily::V4).to_string(), v4, "{node} IPv4");
+            assert_eq!(vtep_mac(node, IpFamily::V6).to_string(), v6, "{node} IPv6");
+        }
     }
 }
