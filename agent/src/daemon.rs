@@ -390,6 +390,12 @@ struct Dataplane {
     settings: watch::Sender<Settings>,
 }
 
+/// The data planes, and the underlay MTU they follow.
+struct Dataplanes {
+    planes: Vec<Dataplane>,
+    underlay_mtu: watch::Receiver<u32>,
+}
+
 /// The task name of a family's data-plane reconciler.
 fn dataplane_task(family: IpFamily) -> TaskName {
     match family {
@@ -417,7 +423,7 @@ fn start_dataplanes(
     feed: &PeerFeed,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
-) -> Result<(Vec<Dataplane>, watch::Receiver<u32>), AgentError> {
+) -> Result<Dataplanes, AgentError> {
     let chosen = &net.chosen;
     let mut planes = Vec::new();
     for family in families(&net.cfg) {
@@ -479,7 +485,10 @@ fn start_dataplanes(
         })
         .may_finish(),
     );
-    Ok((planes, mtu_rx))
+    Ok(Dataplanes {
+        planes,
+        underlay_mtu: mtu_rx,
+    })
 }
 
 /// A data-plane reconciler's kernel handles: netlink, and its notification listener with the
@@ -603,7 +612,7 @@ struct Follower<'a> {
     metrics: &'a Metrics,
     ready: &'a watch::Sender<Readiness>,
     own: watch::Sender<Option<SubnetKey>>,
-    planes: (Vec<Dataplane>, watch::Receiver<u32>),
+    planes: Dataplanes,
     masq: Vec<(IpFamily, watch::Sender<Option<MasqRules>>)>,
 }
 
@@ -616,7 +625,7 @@ impl Follower<'_> {
     ) -> Result<(), AgentError> {
         let mut mtu = self.net.mtu;
         let mut underlay_mtu = self.net.chosen.mtu;
-        let mut mtu_rx = self.planes.1.clone();
+        let mut mtu_rx = self.planes.underlay_mtu.clone();
         let (mut mtu_open, mut status_open) = (true, true);
         loop {
             let now = status.borrow_and_update().clone();
@@ -634,7 +643,7 @@ impl Follower<'_> {
                         let new = *mtu_rx.borrow_and_update();
                         if new == underlay_mtu { continue; }
                         let change = MtuChange { iface: &self.net.chosen.name, old: underlay_mtu, new };
-                        mtu = apply_underlay_mtu(&self.net.cfg, &self.settings.node_name, &self.net.chosen, change, &self.planes.0);
+                        mtu = apply_underlay_mtu(&self.net.cfg, &self.settings.node_name, &self.net.chosen, change, &self.planes.planes);
                         underlay_mtu = new;
                         if let LeaseStatus::Held(h) = &now {
                             self.env_writer().write(&h.key, mtu);
@@ -665,7 +674,7 @@ impl Follower<'_> {
         match status {
             LeaseStatus::Held(h) => {
                 self.own.send_replace(Some(h.key));
-                for plane in &self.planes.0 {
+                for plane in &self.planes.planes {
                     plane.own.send_replace(own_subnet(&h.key, plane.family));
                 }
                 for (family, tx) in &self.masq {
@@ -815,4 +824,3 @@ fn apply_underlay_mtu(
     }
     after
 }
-

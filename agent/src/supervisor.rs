@@ -162,6 +162,13 @@ impl Progress {
         });
     }
 
+    /// How long past due the next sign of progress is; `None` while it is not.
+    pub fn overdue(&self) -> Option<Duration> {
+        let due = self.get().due?;
+        let now = Instant::now();
+        (now > due).then(|| now - due)
+    }
+
     fn set(&self, state: ProgressState) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }

@@ -602,6 +602,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_loop_shows_progress_every_resync_and_is_overdue_three_resyncs_after_its_last_turn()
+    {
+        let progress = Progress::default();
+        let (_own, own_rx) = watch::channel(None);
+        let (_peers, peers_rx) = mpsc::channel(16);
+        let (_kicks, kicks_rx) = mpsc::channel(1);
+        let (stop, stop_rx) = watch::channel(false);
+        let (_settings, settings_rx) = watch::channel(settings());
+        let names = LinkNames::new("weft.1").with_link(2, "eth0");
+        let r = Reconciler::new(
+            FakeNetlink::default(),
+            settings(),
+            names,
+            Metrics::default(),
+        )
+        .with_progress(progress.clone());
+        let inputs = Inputs {
+            own: own_rx,
+            settings: settings_rx,
+            peers: peers_rx,
+            kicks: kicks_rx,
+            resync: Duration::from_secs(30),
+        };
+        let task = tokio::spawn(r.run(inputs, stop_rx));
+        // Nothing to program (no subnet, no listing): the resync tick still turns the loop.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert_eq!(progress.overdue(), None);
+        }
+        // The loop stops turning: overdue once three resync intervals have passed.
+        stop.send_replace(true);
+        task.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(89)).await;
+        assert_eq!(progress.overdue(), None);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(progress.overdue().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn nothing_is_touched_before_the_first_listing_then_stale_state_is_removed() {
         // State left by a previous run: a peer that no longer exists, and one that still does.
         let mut fake = FakeNetlink::default();
