@@ -11,14 +11,21 @@ use std::time::Duration;
 
 use weft_tests::procs::{bin, run_bounded};
 
-/// Features of the agent crate that only tests may enable.
-const TEST_ONLY_FEATURES: &[&str] = &["memory-store"];
+/// Features that only tests may enable, by crate.
+const TEST_ONLY_FEATURES: &[(&str, &str)] =
+    &[("weft-agent", "memory-store"), ("weft-backends", "fake")];
 
 /// Types that exist for tests only; none may be linked into a shipped binary.
-const FAKES: &[&str] = &["MemoryStore", "FakeFirewall"];
+const FAKES: &[&str] = &["MemoryStore", "FakeFirewall", "FakeNetlink"];
 
 #[test]
-fn a_workspace_build_enables_no_test_only_feature_of_the_agent() {
+fn a_workspace_build_enables_no_test_only_feature() {
+    for (krate, feature) in TEST_ONLY_FEATURES {
+        workspace_build_leaves_off(krate, feature);
+    }
+}
+
+fn workspace_build_leaves_off(krate: &str, feature: &str) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = Command::new(cargo);
@@ -31,22 +38,20 @@ fn a_workspace_build_enables_no_test_only_feature_of_the_agent() {
         "--edges",
         "features,no-dev",
         "--invert",
-        "weft-agent",
+        krate,
         "--prefix",
         "none",
     ]);
     let (code, out, err) = run_bounded(cmd, Duration::from_secs(120));
     assert_eq!(code, 0, "cargo tree: {err}");
     assert!(
-        out.contains("weft-agent v"),
+        out.contains(&format!("{krate} v")),
         "unexpected cargo tree output:\n{out}"
     );
-    for feature in TEST_ONLY_FEATURES {
-        assert!(
-            !out.contains(&format!("weft-agent feature \"{feature}\"")),
-            "a normal workspace build enables weft-agent's test-only feature {feature}:\n{out}"
-        );
-    }
+    assert!(
+        !out.contains(&format!("{krate} feature \"{feature}\"")),
+        "a normal workspace build enables {krate}'s test-only feature {feature}:\n{out}"
+    );
 }
 
 #[test]
