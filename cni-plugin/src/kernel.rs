@@ -23,7 +23,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
-use weft_backends::netlink::{link_attr, NlError, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
+use weft_backends::netlink::{address_of, link_attr, NlError, NlSocket, NLM_F_CREATE, NLM_F_EXCL};
 use weft_backends::MacAddr;
 
 use crate::attach::{Attachment, Expected};
@@ -486,7 +486,7 @@ pub fn check(
         }
     }
     let index = link.header.index;
-    // Both families in one dump. IPv4 names the address in IFA_LOCAL, IPv6 in IFA_ADDRESS.
+    // Both families in one dump.
     let have: Vec<IpNetwork> = pod
         .nl
         .dump(
@@ -496,17 +496,7 @@ pub fn check(
         .map_err(datapath)?
         .into_iter()
         .filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(m) if m.header.index == index => {
-                let local = m.attributes.iter().find_map(|at| match at {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                });
-                let address = m.attributes.iter().find_map(|at| match at {
-                    AddressAttribute::Address(ip) => Some(*ip),
-                    _ => None,
-                });
-                IpNetwork::new(local.or(address)?, m.header.prefix_len).ok()
-            }
+            RouteNetlinkMessage::NewAddress(m) if m.header.index == index => address_of(&m),
             _ => None,
         })
         .collect();

@@ -288,38 +288,51 @@ mod tests {
     #[tokio::test]
     async fn a_hanging_nft_is_killed_at_the_timeout() {
         // `sleep` stands in for an nft that never finishes; nothing touches the firewall.
-        let dir = std::env::temp_dir().join(format!("weft-fw-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let fake_nft = dir.join("nft");
-        std::fs::write(&fake_nft, "#!/bin/sh\nexec sleep 30\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake_nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fake_nft = dir.path().join("nft");
+        write_script(&fake_nft, "#!/bin/sh\nexec sleep 30\n");
         let mut fw = NftFirewall::new(None)
             .with_binary(&fake_nft)
             .with_timeout(Duration::from_millis(200));
         let start = std::time::Instant::now();
         let err = fw.list().await.unwrap_err();
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(matches!(err, FirewallError::Timeout { .. }), "{err:?}");
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Write an executable script without this process ever holding it open for writing: a
+    /// file open for writing here stays open in any child another test thread forks at that
+    /// moment, until the child execs, and running the script in that window fails with
+    /// ETXTBSY ("Text file busy"). A shell of its own writes it.
+    fn write_script(path: &Path, text: &str) {
+        use std::io::Write;
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(path)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        sh.stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write the script");
+        assert!(sh.wait().expect("wait for sh").success());
     }
 
     /// A stand-in `nft` that appends its arguments to `log` and succeeds, except that
     /// `delete` fails and `list tables` lists nothing (so removal finds no table).
     fn recording_nft(dir: &Path) -> (PathBuf, PathBuf) {
-        use std::os::unix::fs::PermissionsExt;
         let log = dir.join("calls");
         let nft = dir.join("nft");
-        std::fs::write(
+        write_script(
             &nft,
-            format!(
+            &format!(
                 "#!/bin/sh\necho \"$*\" >> '{}'\ncat > /dev/null\n\
                  [ \"$1\" = delete ] && exit 1\nexit 0\n",
                 log.display()
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         (nft, log)
     }
 
