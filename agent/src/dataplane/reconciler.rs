@@ -631,10 +631,13 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             assert_eq!(progress.overdue(), None);
         }
+        // Let the loop take the tick that fell due with the last sleep (both wake at the same
+        // instant, in either order), so its last turn is at that tick.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         // The loop stops turning: overdue once three resync intervals have passed.
         stop.send_replace(true);
         task.await.unwrap();
-        tokio::time::sleep(Duration::from_secs(89)).await;
+        tokio::time::sleep(Duration::from_secs(88)).await;
         assert_eq!(progress.overdue(), None);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(progress.overdue().is_some());
