@@ -7,7 +7,7 @@
 # container-runtime end-to-end test (podman, runc and nftables also serve the image test,
 # which builds deploy/image with podman build); kubectl (Debian's kubernetes-client, for its
 # built-in kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest
-# tests.
+# tests; wireguard-go (a userspace WireGuard) for the WireGuard configuration-protocol test.
 #
 #   bash tests/install-deps.sh          # everything (tests/run.sh, CI)
 #   bash tests/install-deps.sh --lab    # only what tests/lab.sh needs: the build (protoc) and
@@ -48,6 +48,7 @@ if ! $lab_only; then
   [ -x /bin/busybox ] || need+=(busybox-static)
   command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+  command -v wireguard-go >/dev/null 2>&1 || need+=(wireguard-go)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

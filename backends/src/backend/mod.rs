@@ -11,6 +11,7 @@ pub mod host_gw;
 #[cfg(test)]
 mod tests;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::fmt;
 use std::str::FromStr;
