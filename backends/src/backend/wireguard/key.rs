@@ -3,8 +3,8 @@
 //! node's private key file, made once and kept across restarts and reboots.
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
@@ -127,7 +127,7 @@ pub enum KeyFileError {
 }
 
 /// The node's private key in `path`: the one there, or a new one written there first (mode
-/// 0600, created with that mode, complete before it has its name). A file others can read is
+/// 0600 from the start, complete before it has its name). A file others can read is
 /// refused rather than used or changed.
 pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
     let io = |source| KeyFileError::Io {
@@ -159,39 +159,16 @@ pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
     }
 }
 
-/// Write a new file that only its owner can read: a temporary file created 0600 in the same
-/// directory (made 0700 if missing), synced, then renamed to `path`.
+/// Write the key file: its directory made 0700 when missing, the file 0600 from the start
+/// ([`crate::files::write_atomically`]).
 fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !dir.exists() {
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::files::write_atomically(path, text.as_bytes(), 0o600).map(drop)
 }
 
 #[cfg(test)]
