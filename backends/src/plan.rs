@@ -236,21 +236,30 @@ pub(crate) struct BackendDiff {
 /// replaced in place, except an IPv6 route moving from the underlay to the overlay, which is
 /// deleted first.
 pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
-    let backends = [vxlan::diff(&observed.vxlan, &desired.vxlan)];
+    let mut backends = [vxlan::diff(&observed.vxlan, &desired.vxlan)];
     let device_gone = backends.iter().any(|b| b.device_gone);
-    let mut ops: Vec<Op> = backends.iter().flat_map(|b| b.device.clone()).collect();
-
-    // A deleted device takes the routes through it along.
-    let observed_routes: BTreeSet<Route> = observed
-        .routes
-        .iter()
-        .filter(|r| !device_gone || matches!(r.via, Via::Direct { .. }))
-        .copied()
+    let mut ops: Vec<Op> = backends
+        .iter_mut()
+        .flat_map(|b| std::mem::take(&mut b.device))
         .collect();
+
+    // A deleted device takes the routes through it along (the copy only then).
+    let kept;
+    let observed_routes = if device_gone {
+        kept = observed
+            .routes
+            .iter()
+            .filter(|r| matches!(r.via, Via::Direct { .. }))
+            .copied()
+            .collect::<BTreeSet<Route>>();
+        &kept
+    } else {
+        &observed.routes
+    };
     // Routes are keyed by destination: a changed one is replaced, not deleted.
     let want_routes: BTreeMap<IpNetwork, Via> =
         desired.routes.iter().map(|r| (r.dst, r.via)).collect();
-    for r in &observed_routes {
+    for r in observed_routes {
         match (want_routes.get(&r.dst), r.via) {
             (None, _) => ops.push(Op::DeleteRoute(*r)),
             // The kernel checks an IPv6 onlink gateway against the routing table, where the
@@ -262,13 +271,13 @@ pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
             _ => {}
         }
     }
-    for b in &backends {
-        ops.extend(b.remove.iter().cloned());
+    for b in &mut backends {
+        ops.append(&mut b.remove);
     }
     for b in backends {
         ops.extend(b.add);
     }
-    for r in desired.routes.difference(&observed_routes) {
+    for r in desired.routes.difference(observed_routes) {
         ops.push(Op::SetRoute(*r));
     }
     ops
@@ -311,29 +320,37 @@ impl Finding {
     }
 }
 
-/// What `op`, one of the operations that take `observed` to `desired`, says is wrong with
-/// the kernel; `backend` is the configured one (named when another backend's object is
-/// left over).
-pub fn explain(
-    op: &Op,
+/// What is wrong with the kernel, in operator words: each operation that takes `observed`
+/// to `desired`, with what it says is missing, wrong or extra. `backend` is the configured
+/// one (named when another backend's object is left over). The observed objects are looked
+/// up by key, once per operation.
+pub fn findings(
     observed: &KernelState,
     desired: &KernelState,
     names: &LinkNames,
     backend: BackendKind,
-) -> Finding {
-    match op {
-        Op::SetRoute(r) => match observed.routes.iter().find(|h| h.dst == r.dst) {
-            Some(h) => Finding::wrong(
-                "route",
-                format!("{} (want {})", names.show(h), names.show(r)),
-            ),
-            None => Finding::missing("route", names.show(r).to_string()),
-        },
-        Op::DeleteRoute(r) => {
-            Finding::extra("route", format!("{} (no lease explains it)", names.show(r)))
-        }
-        Op::Vxlan(v) => vxlan::explain(v, &observed.vxlan, &desired.vxlan, names, backend),
-    }
+) -> Vec<(Op, Finding)> {
+    let routes: BTreeMap<IpNetwork, &Route> = observed.routes.iter().map(|r| (r.dst, r)).collect();
+    let vx = vxlan::Observed::of(&observed.vxlan);
+    diff(observed, desired)
+        .into_iter()
+        .map(|op| {
+            let finding = match &op {
+                Op::SetRoute(r) => match routes.get(&r.dst) {
+                    Some(h) => Finding::wrong(
+                        "route",
+                        format!("{} (want {})", names.show(*h), names.show(r)),
+                    ),
+                    None => Finding::missing("route", names.show(r).to_string()),
+                },
+                Op::DeleteRoute(r) => {
+                    Finding::extra("route", format!("{} (no lease explains it)", names.show(r)))
+                }
+                Op::Vxlan(v) => vx.explain(v, &desired.vxlan, names, backend),
+            };
+            (op, finding)
+        })
+        .collect()
 }
 
 /// Whether `op` concerns `peer`: a route to its subnet of `family`, or a backend's entry

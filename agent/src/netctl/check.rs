@@ -14,7 +14,7 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 use weft_backends::backend::Backend;
 use weft_backends::dataplane::{KernelNetlink, Netlink};
-use weft_backends::plan::{concerns, diff, explain, Finding, KernelState, LinkNames};
+use weft_backends::plan::{concerns, findings, Finding, KernelState, LinkNames};
 use weft_backends::subnet_env::SubnetEnv;
 use weft_backends::{BackendKind, IpFamily, MacAddr, Peer};
 
@@ -398,12 +398,12 @@ fn family_differences(
         );
     }
 
-    for op in diff(observed, &plan.state) {
+    for (op, finding) in findings(observed, &plan.state, &names, cfg.backend.kind) {
         let Finding {
             kind,
             object,
             detail,
-        } = explain(&op, observed, &plan.state, &names, cfg.backend.kind);
+        } = finding;
         let peer = peers
             .iter()
             .find(|p| concerns(&op, p, family))

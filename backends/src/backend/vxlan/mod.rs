@@ -12,7 +12,7 @@
 pub mod kernel;
 pub mod lease;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -348,11 +348,37 @@ pub(crate) fn diff(observed: &VxlanState, desired: &VxlanState) -> BackendDiff {
     d
 }
 
-/// What `netctl check` reports for a vxlan operation the diff would apply (see
-/// [`crate::plan::explain`]).
-pub(crate) fn explain(
+/// The observed vxlan objects, with the neighbours by address, for
+/// [`crate::plan::findings`].
+pub(crate) struct Observed<'a> {
+    state: &'a VxlanState,
+    neighbours: BTreeMap<IpAddr, &'a Neighbour>,
+}
+
+impl<'a> Observed<'a> {
+    pub(crate) fn of(state: &'a VxlanState) -> Self {
+        Observed {
+            state,
+            neighbours: state.neighbours.iter().map(|n| (n.ip, n)).collect(),
+        }
+    }
+
+    /// What `netctl check` reports for a vxlan operation the diff would apply.
+    pub(crate) fn explain(
+        &self,
+        op: &VxlanOp,
+        desired: &VxlanState,
+        names: &LinkNames,
+        backend: BackendKind,
+    ) -> Finding {
+        explain(op, self.state, &self.neighbours, desired, names, backend)
+    }
+}
+
+fn explain(
     op: &VxlanOp,
     observed: &VxlanState,
+    neighbours: &BTreeMap<IpAddr, &Neighbour>,
     desired: &VxlanState,
     names: &LinkNames,
     backend: BackendKind,
@@ -396,10 +422,10 @@ pub(crate) fn explain(
             ),
             _ => Finding::extra("device", format!("{name} exists but the backend is {backend}")),
         },
-        VxlanOp::SetNeighbour(n) => match observed.neighbours.iter().find(|h| h.ip == n.ip) {
+        VxlanOp::SetNeighbour(n) => match neighbours.get(&n.ip) {
             Some(h) => Finding::wrong(
                 "neighbour",
-                format!("{} (want lladdr {} permanent)", names.show(h), n.mac),
+                format!("{} (want lladdr {} permanent)", names.show(*h), n.mac),
             ),
             None => Finding::missing("neighbour", names.show(n).to_string()),
         },

@@ -162,7 +162,10 @@ pub fn load_or_create(path: &Path) -> Result<(PrivateKey, bool), KeyFileError> {
 /// Write the key file: its directory made 0700 when missing, the file 0600 from the start
 /// ([`crate::files::write_atomically`]).
 fn write_new(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+    if let Some(dir) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
