@@ -74,8 +74,9 @@ const RECV_BUF: usize = 64 * 1024;
 /// ENOBUFS on the ACKs (each ACK is its own socket buffer).
 pub const BATCH: usize = 128;
 
-/// Kernel socket receive buffer asked for on sockets that send batches (the kernel doubles it):
-/// see [`NlSocket::open_for_batches`].
+/// Kernel socket receive buffer asked for on sockets that send batches (the kernel doubles it);
+/// a smaller one (a process without the right to force it) only means that a large batch may
+/// be refused.
 pub const BATCH_SOCKET_RCVBUF: usize = 4 * 1024 * 1024;
 
 /// One request of a batch: what it is for (used in errors), the message, extra header flags.
@@ -99,15 +100,6 @@ impl NlSocket {
             seq: 0,
             buf: vec![0; RECV_BUF],
         })
-    }
-
-    /// A socket for many requests at a time (a data plane's), with a [`BATCH_SOCKET_RCVBUF`]
-    /// receive buffer so that the answers to a batch never overrun it. A smaller buffer (a
-    /// process without the right to force it) only means that a large batch may be refused.
-    pub fn open_for_batches() -> Result<NlSocket, NlError> {
-        let nl = NlSocket::open()?;
-        nl.set_receive_buffer(BATCH_SOCKET_RCVBUF)?;
-        Ok(nl)
     }
 
     /// The receive buffer the kernel gave the socket, in bytes.

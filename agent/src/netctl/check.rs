@@ -262,31 +262,31 @@ pub fn differences(
 
 /// Whether the cluster networks in subnet.env are the config's.
 fn network_differences(cfg: &NetConfig, env: &SubnetEnv) -> Vec<Difference> {
-    let mut out = Vec::new();
-    let show = |n: Option<String>| n.unwrap_or_else(|| "(absent)".into());
-    if env.network != cfg.v4_network() {
-        out.push(d(
+    let text = |n: Option<String>| n.unwrap_or_else(|| "(absent)".into());
+    let v4 = |n: Option<ipnetwork::Ipv4Network>| n.map(|n| n.to_string());
+    let v6 = |n: Option<ipnetwork::Ipv6Network>| n.map(|n| n.to_string());
+    [
+        ("FLANNEL_NETWORK", v4(env.network), v4(cfg.v4_network())),
+        (
+            "FLANNEL_IPV6_NETWORK",
+            v6(env.ipv6_network),
+            v6(cfg.v6_network()),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, have, want)| have != want)
+    .map(|(key, have, want)| {
+        d(
             "wrong",
             "subnet.env",
             format!(
-                "FLANNEL_NETWORK is {}, the network config says {}",
-                show(env.network.map(|n| n.to_string())),
-                show(cfg.v4_network().map(|n| n.to_string()))
+                "{key} is {}, the network config says {}",
+                text(have),
+                text(want)
             ),
-        ));
-    }
-    if env.ipv6_network != cfg.v6_network() {
-        out.push(d(
-            "wrong",
-            "subnet.env",
-            format!(
-                "FLANNEL_IPV6_NETWORK is {}, the network config says {}",
-                show(env.ipv6_network.map(|n| n.to_string())),
-                show(cfg.v6_network().map(|n| n.to_string()))
-            ),
-        ));
-    }
-    out
+        )
+    })
+    .collect()
 }
 
 /// The peers' leases that pass validation; each one that does not is reported.

@@ -2,7 +2,7 @@
 
 use crate::backend::vxlan::kernel::{EntryRequest, VxlanKernel};
 use crate::dataplane::{wrong_family, ApplyFailure, ApplyReport, DataplaneError, Netlink};
-use crate::netlink::{NlSocket, Request, BATCH};
+use crate::netlink::{NlSocket, Request, BATCH, BATCH_SOCKET_RCVBUF};
 use crate::plan::{KernelState, Op};
 use crate::route;
 use crate::IpFamily;
@@ -17,10 +17,9 @@ pub struct KernelNetlink {
 
 impl KernelNetlink {
     /// A data plane of `family` around the VXLAN device called `device` (looked for even by
-    /// host-gw, so that a device left from an earlier vxlan configuration is removed). The
-    /// socket gets a receive buffer for batches ([`NlSocket::open_for_batches`]).
+    /// host-gw, so that a device left from an earlier vxlan configuration is removed).
     pub fn open(device: &str, family: IpFamily) -> Result<KernelNetlink, DataplaneError> {
-        Ok(Self::around(NlSocket::open_for_batches()?, device, family))
+        Self::around(NlSocket::open()?, device, family)
     }
 
     /// The same, in the network namespace `ns` (see [`NlSocket::open_in`]).
@@ -30,20 +29,25 @@ impl KernelNetlink {
         device: &str,
         family: IpFamily,
     ) -> Result<KernelNetlink, DataplaneError> {
-        let nl = NlSocket::open_in(ns, path)?;
-        nl.set_receive_buffer(crate::netlink::BATCH_SOCKET_RCVBUF)?;
-        Ok(Self::around(nl, device, family))
+        Self::around(NlSocket::open_in(ns, path)?, device, family)
     }
 
-    fn around(nl: NlSocket, device: &str, family: IpFamily) -> KernelNetlink {
-        KernelNetlink {
+    /// The data plane on `nl`, which gets a receive buffer big enough for the answers to a
+    /// batch ([`BATCH_SOCKET_RCVBUF`]).
+    fn around(
+        nl: NlSocket,
+        device: &str,
+        family: IpFamily,
+    ) -> Result<KernelNetlink, DataplaneError> {
+        nl.set_receive_buffer(BATCH_SOCKET_RCVBUF)?;
+        Ok(KernelNetlink {
             nl,
             family,
             vxlan: VxlanKernel {
                 device: device.to_string(),
                 family,
             },
-        }
+        })
     }
 
     /// The family this data plane serves.

@@ -116,6 +116,22 @@ pub struct PeerState {
     pub tx_bytes: u64,
 }
 
+impl PeerState {
+    /// The peer with `public_key`, nothing else known yet.
+    fn new(public_key: Key) -> PeerState {
+        PeerState {
+            public_key,
+            preshared_key: None,
+            endpoint: None,
+            persistent_keepalive: 0,
+            allowed_ips: Vec::new(),
+            last_handshake_sec: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
+}
+
 /// Why an answer is not a success.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UapiError {
@@ -156,57 +172,24 @@ pub fn parse_get_answer(text: &str) -> Result<DeviceState, UapiError> {
         let (key, value) = line
             .split_once('=')
             .ok_or_else(|| UapiError::Malformed(format!("line {line:?} has no '='")))?;
-        let key_of =
-            |v: &str| Key::from_hex(v).map_err(|e| UapiError::Malformed(format!("{key}: {e}")));
-        let peer = dev.peers.last_mut();
-        match (key, peer) {
-            ("errno", _) => errno = Some(parse_num::<i32>(key, value)?),
-            ("private_key", _) => {
-                dev.public_key = Some(PrivateKey::from_bytes(key_of(value)?.0).public_key())
+        match key {
+            "errno" => errno = Some(parse_num::<i32>(key, value)?),
+            "private_key" => {
+                dev.public_key = Some(PrivateKey::from_bytes(hex_key(key, value)?.0).public_key())
             }
-            ("listen_port", _) => dev.listen_port = parse_num(key, value)?,
-            ("public_key", _) => dev.peers.push(PeerState {
-                public_key: key_of(value)?,
-                preshared_key: None,
-                endpoint: None,
-                persistent_keepalive: 0,
-                allowed_ips: Vec::new(),
-                last_handshake_sec: None,
-                rx_bytes: 0,
-                tx_bytes: 0,
-            }),
-            ("preshared_key", Some(p)) => {
-                let k = key_of(value)?;
-                p.preshared_key = (!k.is_zero()).then_some(k);
-            }
-            ("endpoint", Some(p)) => {
-                p.endpoint = Some(value.parse().map_err(|_| {
-                    UapiError::Malformed(format!("endpoint {value:?} is not an address:port"))
-                })?)
-            }
-            ("persistent_keepalive_interval", Some(p)) => {
-                p.persistent_keepalive = parse_num(key, value)?
-            }
-            ("allowed_ip", Some(p)) => p.allowed_ips.push(value.parse().map_err(|_| {
-                UapiError::Malformed(format!("allowed_ip {value:?} is not a network"))
-            })?),
-            ("last_handshake_time_sec", Some(p)) => {
-                let s: u64 = parse_num(key, value)?;
-                p.last_handshake_sec = (s != 0).then_some(s);
-            }
-            ("rx_bytes", Some(p)) => p.rx_bytes = parse_num(key, value)?,
-            ("tx_bytes", Some(p)) => p.tx_bytes = parse_num(key, value)?,
-            (
-                "preshared_key"
-                | "endpoint"
-                | "persistent_keepalive_interval"
-                | "allowed_ip"
-                | "last_handshake_time_sec"
-                | "rx_bytes"
-                | "tx_bytes",
-                None,
-            ) => return Err(UapiError::Malformed(format!("{key} before any public_key"))),
-            _ => {}
+            "listen_port" => dev.listen_port = parse_num(key, value)?,
+            "public_key" => dev.peers.push(PeerState::new(hex_key(key, value)?)),
+            _ => match dev.peers.last_mut() {
+                Some(p) => {
+                    peer_field(p, key, value)?;
+                }
+                // A peer's setting before any peer: known keys are an error, others skipped.
+                None => {
+                    if peer_field(&mut PeerState::new(Key([0; 32])), key, value)? {
+                        return Err(UapiError::Malformed(format!("{key} before any public_key")));
+                    }
+                }
+            },
         }
     }
     match errno {
@@ -214,6 +197,39 @@ pub fn parse_get_answer(text: &str) -> Result<DeviceState, UapiError> {
         Some(n) => Err(UapiError::Errno(n)),
         None => Err(UapiError::Malformed("no errno in the answer".into())),
     }
+}
+
+/// Take one of a peer's `key=value` lines; false for a key this parser does not know.
+fn peer_field(p: &mut PeerState, key: &str, value: &str) -> Result<bool, UapiError> {
+    match key {
+        "preshared_key" => {
+            let k = hex_key(key, value)?;
+            p.preshared_key = (!k.is_zero()).then_some(k);
+        }
+        "endpoint" => {
+            p.endpoint = Some(value.parse().map_err(|_| {
+                UapiError::Malformed(format!("endpoint {value:?} is not an address:port"))
+            })?)
+        }
+        "persistent_keepalive_interval" => p.persistent_keepalive = parse_num(key, value)?,
+        "allowed_ip" => {
+            p.allowed_ips.push(value.parse().map_err(|_| {
+                UapiError::Malformed(format!("allowed_ip {value:?} is not a network"))
+            })?)
+        }
+        "last_handshake_time_sec" => {
+            let s: u64 = parse_num(key, value)?;
+            p.last_handshake_sec = (s != 0).then_some(s);
+        }
+        "rx_bytes" => p.rx_bytes = parse_num(key, value)?,
+        "tx_bytes" => p.tx_bytes = parse_num(key, value)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn hex_key(key: &str, value: &str) -> Result<Key, UapiError> {
+    Key::from_hex(value).map_err(|e| UapiError::Malformed(format!("{key}: {e}")))
 }
 
 fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, UapiError> {
