@@ -7,12 +7,14 @@
 # container-runtime end-to-end test (podman, runc and nftables also serve the image test,
 # which builds deploy/image with podman build); kubectl (Debian's kubernetes-client, for its
 # built-in kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest
-# tests; wireguard-go (a userspace WireGuard) for the WireGuard configuration-protocol test.
+# tests; wireguard-go (a userspace WireGuard) and wireguard-tools (`wg`) for the lab's
+# wireguard backend and its tests, tcpdump for the capture that shows only encrypted packets
+# on the underlay, iperf3 for the throughput benchmark.
 #
 #   bash tests/install-deps.sh          # everything (tests/run.sh, CI)
 #   bash tests/install-deps.sh --lab    # only what tests/lab.sh needs: the build (protoc) and
 #                                       # the lab's tools (etcd, etcdctl, ip, nft, ping, curl,
-#                                       # sysctl)
+#                                       # sysctl, wireguard-go, wg)
 set -euo pipefail
 
 case "${1:-}" in
@@ -37,6 +39,9 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v sysctl >/dev/null 2>&1 || need+=(procps)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+# The lab's --backend wireguard: a userspace WireGuard, and `wg` to look at its peers.
+command -v wireguard-go >/dev/null 2>&1 || need+=(wireguard-go)
+command -v wg >/dev/null 2>&1 || need+=(wireguard-tools)
 # What only the test suite needs.
 if ! $lab_only; then
   command -v openssl >/dev/null 2>&1 || need+=(openssl)
@@ -48,7 +53,8 @@ if ! $lab_only; then
   [ -x /bin/busybox ] || need+=(busybox-static)
   command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
-  command -v wireguard-go >/dev/null 2>&1 || need+=(wireguard-go)
+  command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
+  command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

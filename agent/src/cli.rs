@@ -93,6 +93,18 @@ pub struct WeftdCli {
     /// Port for /healthz, /readyz and /metrics (0 disables the server).
     #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = DEFAULT_HEALTHZ_PORT)]
     pub healthz_port: u16,
+    /// The wireguard backend's private key file: made once (mode 0600) and reused, so the
+    /// node keeps its public key across restarts and reboots.
+    #[arg(long, env = "WEFTD_WIREGUARD_KEY_FILE", default_value = DEFAULT_WIREGUARD_KEY_FILE)]
+    pub wireguard_key_file: PathBuf,
+    /// A userspace WireGuard program (such as /usr/bin/wireguard-go), used when the kernel
+    /// has no WireGuard or --wireguard-implementation is userspace.
+    #[arg(long, env = "WEFTD_WIREGUARD_USERSPACE")]
+    pub wireguard_userspace: Option<PathBuf>,
+    /// Which WireGuard the wireguard backend uses: the kernel's when it has one (auto), or
+    /// always one of the two.
+    #[arg(long, env = "WEFTD_WIREGUARD_IMPLEMENTATION", value_enum, default_value_t = WireguardChoice::Auto)]
+    pub wireguard_implementation: WireguardChoice,
     /// Lease TTL, e.g. "24h" or "90s"; renewed when half has passed.
     #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value = "24h")]
     pub subnet_lease_ttl: String,
@@ -123,6 +135,19 @@ pub struct WeftdCli {
 }
 
 pub const DEFAULT_CNI_BIN_DIR: &str = "/opt/cni/bin";
+pub const DEFAULT_WIREGUARD_KEY_FILE: &str = "/var/lib/weft/wireguard.key";
+
+/// `--wireguard-implementation`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WireguardChoice {
+    /// The kernel's WireGuard when the kernel has it, else --wireguard-userspace.
+    #[default]
+    Auto,
+    /// Only the kernel's.
+    Kernel,
+    /// Only --wireguard-userspace.
+    Userspace,
+}
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 
 #[derive(Subcommand, Clone, Debug)]

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::dataplane::wireguard::{self, WireguardError, WireguardNode};
 use futures::FutureExt;
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
+use weft_backends::backend::wireguard::kernel::WireguardKernel;
+use weft_backends::backend::wireguard::Key;
 use weft_backends::backend::Settings;
 use weft_backends::dataplane::KernelNetlink;
 use weft_backends::plan::{LinkNames, Underlay};
@@ -27,7 +30,7 @@ use crate::lease::watch::{run_peer_watch, WatchReport, WatchSettings};
 use crate::lease::{LeaseRules, SubnetKey};
 use crate::node::{
     backend_settings, chosen_underlay, device_name, families, own_attrs, own_subnet, pod_mtu,
-    vtep_mac,
+    route_device_name, vtep_mac, OwnData,
 };
 use crate::settings::{AgentSettings, PublicIpFlagError};
 use crate::store::{EtcdStore, LeaseStore, Snapshot, StoreError};
@@ -70,6 +73,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Task(#[from] FatalTask),
+    #[error(transparent)]
+    Wireguard(#[from] WireguardError),
 }
 
 impl AgentError {
@@ -78,6 +83,7 @@ impl AgentError {
         matches!(
             self,
             AgentError::Iface(_)
+                | AgentError::Wireguard(_)
                 | AgentError::Store(StoreError::Config(_))
                 | AgentError::ConfigFile { .. }
                 | AgentError::BadConfigFile { .. }
@@ -123,6 +129,12 @@ pub async fn run(
             fatal = sup.watch() => return Err(fatal.into()),
         };
         let Some(net) = net else { return Ok(()) };
+        if let Some(w) = &net.wireguard {
+            metrics
+                .wireguard_implementation
+                .get_or_create(&[("implementation", w.implementation.label())])
+                .set(1);
+        }
         let lease = start_lease(&mut sup, &store, &settings, &net, &metrics, &shutdown);
         let planes = start_dataplanes(&mut sup, &settings, &net, &lease.feed, &metrics, &shutdown)?;
         let masq = start_firewalls(&mut sup, &settings, &net, &metrics, &shutdown);
@@ -155,6 +167,14 @@ struct Network {
     chosen: ChosenIface,
     /// The pod MTU for the chosen interface's MTU.
     mtu: u32,
+    /// The wireguard backend's key and implementation (only with that backend).
+    wireguard: Option<WireguardNode>,
+}
+
+impl Network {
+    fn wireguard_key(&self) -> Option<Key> {
+        self.wireguard.as_ref().map(|w| w.public_key)
+    }
 }
 
 /// The health server, on its own port (bound here, so a port clash is reported at start);
@@ -215,6 +235,10 @@ async fn load_network<S: LeaseStore>(
         "using interface {} because {}", chosen.name, chosen.reason
     );
     let mtu = pod_mtu(&cfg, chosen.mtu);
+    let wireguard = match cfg.backend.kind {
+        BackendKind::Wireguard => Some(wireguard::prepare(&settings.wireguard)?),
+        _ => None,
+    };
     info!(
         network = %show(cfg.v4_network().map(|n| n.to_string())),
         ipv6_network = %show(cfg.v6_network().map(|n| n.to_string())),
@@ -228,6 +252,7 @@ async fn load_network<S: LeaseStore>(
         snapshot,
         chosen,
         mtu,
+        wireguard,
     }))
 }
 
@@ -328,7 +353,7 @@ fn start_lease(
                 public_ip: chosen.public_ip,
                 public_ip_v6: chosen.public_ip_v6,
             },
-            attrs: own_attrs(&net.cfg, &settings.node_name, chosen),
+            attrs: own_attrs(&net.cfg, &settings.node_name, chosen, net.wireguard_key()),
             ttl: settings.lease_ttl,
             previous: previous_subnets(settings, &net.cfg),
         },
@@ -427,9 +452,23 @@ fn start_dataplanes(
     let chosen = &net.chosen;
     let mut planes = Vec::new();
     for family in families(&net.cfg) {
-        let backend = dataplane_settings(&net.cfg, &settings.node_name, chosen, chosen.mtu, family);
-        let device = device_name(net.cfg.backend.vni, family);
-        let mut first = Some(open_dataplane(&device, family)?);
+        let backend = dataplane_settings(
+            &net.cfg,
+            &settings.node_name,
+            net.wireguard_key(),
+            chosen,
+            chosen.mtu,
+            family,
+        );
+        let vxlan_device = device_name(net.cfg.backend.vni, family);
+        let device = route_device_name(&net.cfg, family);
+        let kernel = KernelSide {
+            vxlan_device,
+            device: device.clone(),
+            family,
+            wireguard: net.wireguard.clone(),
+        };
+        let mut first = Some(kernel.open()?);
         let (own, _) = watch::channel(None::<IpNetwork>);
         let (settings_tx, _) = watch::channel(backend);
         let names = LinkNames::new(device.clone()).with_link(chosen.index, chosen.name.clone());
@@ -437,7 +476,7 @@ fn start_dataplanes(
         let name = dataplane_task(family);
         let unit = DataplaneUnit {
             name,
-            device: device.clone(),
+            kernel,
             family,
             own: own.clone(),
             settings: settings_tx.clone(),
@@ -499,17 +538,37 @@ type Opened = (
     std::thread::JoinHandle<()>,
 );
 
-fn open_dataplane(device: &str, family: IpFamily) -> Result<Opened, AgentError> {
-    let nl = KernelNetlink::open(device, family)?;
-    let (kick_tx, kicks) = mpsc::channel(1);
-    let monitor = reconciler::spawn_monitor(device.to_string(), family, kick_tx)?;
-    Ok((nl, kicks, monitor))
+/// What a data plane of one family opens in the kernel.
+struct KernelSide {
+    /// Looked for by every backend (a leftover one is removed).
+    vxlan_device: String,
+    /// The device overlay routes go through (the notification listener watches it).
+    device: String,
+    family: IpFamily,
+    wireguard: Option<WireguardNode>,
+}
+
+impl KernelSide {
+    fn open(&self) -> Result<Opened, AgentError> {
+        let mut nl = KernelNetlink::open(&self.vxlan_device, self.family)?;
+        if let Some(w) = &self.wireguard {
+            nl = nl.with_wireguard(WireguardKernel::configured(
+                self.device.clone(),
+                self.family,
+                w.private_key.clone(),
+                w.implementation.clone(),
+            ));
+        }
+        let (kick_tx, kicks) = mpsc::channel(1);
+        let monitor = reconciler::spawn_monitor(self.device.clone(), self.family, kick_tx)?;
+        Ok((nl, kicks, monitor))
+    }
 }
 
 /// What one family's reconciler task needs to (re)start.
 struct DataplaneUnit {
     name: TaskName,
-    device: String,
+    kernel: KernelSide,
     family: IpFamily,
     own: watch::Sender<Option<IpNetwork>>,
     settings: watch::Sender<Settings>,
@@ -526,7 +585,7 @@ impl DataplaneUnit {
     async fn run(&self, opened: Option<Opened>) -> Result<(), crate::supervisor::TaskError> {
         let (nl, kicks, monitor) = match opened {
             Some(o) => o,
-            None => open_dataplane(&self.device, self.family)?,
+            None => self.kernel.open()?,
         };
         let inputs = reconciler::Inputs {
             own: self.own.subscribe(),
@@ -538,7 +597,7 @@ impl DataplaneUnit {
         let backend = self.settings.borrow().clone();
         let reconciler = Reconciler::new(nl, backend, self.names.clone(), self.metrics.clone())
             .with_progress(self.progress.clone());
-        let span = info_span!("dataplane", device = %self.device, family = %self.family);
+        let span = info_span!("dataplane", device = %self.kernel.device, family = %self.family);
         tokio::select! {
             _ = reconciler.run(inputs, self.shutdown.clone()).instrument(span) => Ok(()),
             ended = thread_ended(monitor, "kernel notification listener") => Err(ended.into()),
@@ -643,7 +702,7 @@ impl Follower<'_> {
                         let new = *mtu_rx.borrow_and_update();
                         if new == underlay_mtu { continue; }
                         let change = MtuChange { iface: &self.net.chosen.name, old: underlay_mtu, new };
-                        mtu = apply_underlay_mtu(&self.net.cfg, &self.settings.node_name, &self.net.chosen, change, &self.planes.planes);
+                        mtu = apply_underlay_mtu(self.net, &self.settings.node_name, change, &self.planes.planes);
                         underlay_mtu = new;
                         if let LeaseStatus::Held(h) = &now {
                             self.env_writer().write(&h.key, mtu);
@@ -764,6 +823,7 @@ impl EnvWriter<'_> {
 fn dataplane_settings(
     cfg: &NetConfig,
     node_name: &str,
+    wireguard_key: Option<Key>,
     chosen: &ChosenIface,
     underlay_mtu: u32,
     family: IpFamily,
@@ -773,7 +833,11 @@ fn dataplane_settings(
         mtu: underlay_mtu,
         ..underlay
     };
-    backend_settings(cfg, family, vtep_mac(node_name, family), underlay)
+    let own = OwnData {
+        vtep_mac: vtep_mac(node_name, family),
+        wireguard_key,
+    };
+    backend_settings(cfg, family, own, underlay)
 }
 
 /// The underlay's MTU went from `old` to `new`.
@@ -788,16 +852,23 @@ struct MtuChange<'a> {
 /// is changed in place), and the returned pod MTU goes into subnet.env for new pods. Running
 /// pods keep the MTU they were created with; the warning says so.
 fn apply_underlay_mtu(
-    cfg: &NetConfig,
+    net: &Network,
     node_name: &str,
-    chosen: &ChosenIface,
     change: MtuChange<'_>,
     dataplanes: &[Dataplane],
 ) -> u32 {
     let MtuChange { iface, old, new } = change;
+    let cfg = &net.cfg;
     let (before, after) = (pod_mtu(cfg, old), pod_mtu(cfg, new));
     for plane in dataplanes {
-        let settings = dataplane_settings(cfg, node_name, chosen, new, plane.family);
+        let settings = dataplane_settings(
+            cfg,
+            node_name,
+            net.wireguard_key(),
+            &net.chosen,
+            new,
+            plane.family,
+        );
         plane.settings.send_replace(settings);
     }
     if before == after {
@@ -813,6 +884,8 @@ fn apply_underlay_mtu(
             (BackendKind::HostGw, _) => "",
             (BackendKind::Vxlan, 1) => " and the VXLAN device follows",
             (BackendKind::Vxlan, _) => " and the VXLAN devices follow",
+            (BackendKind::Wireguard, 1) => " and the WireGuard device follows",
+            (BackendKind::Wireguard, _) => " and the WireGuard devices follow",
         };
         warn!(
             iface = %iface,

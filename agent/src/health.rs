@@ -61,6 +61,9 @@ pub struct Metrics {
     pub etcd_up: Gauge<i64, AtomicI64>,
     pub etcd_last_success_seconds: Gauge<i64, AtomicI64>,
     pub etcd_request_errors: Family<crate::store::ReasonLabel, Counter<u64, AtomicU64>>,
+    /// 1, labelled `implementation="kernel"|"userspace"`, on a node running the wireguard
+    /// backend: which WireGuard implementation carries its traffic.
+    pub wireguard_implementation: Family<[(&'static str, &'static str); 1], Gauge<i64, AtomicI64>>,
     registry: Arc<Registry>,
 }
 
@@ -90,6 +93,7 @@ impl Default for Metrics {
             etcd_up: Gauge::default(),
             etcd_last_success_seconds: Gauge::default(),
             etcd_request_errors: Family::default(),
+            wireguard_implementation: Family::default(),
             registry: Arc::new(Registry::default()),
         };
         m.build_info.get_or_create(&[("version", VERSION)]).set(1);
@@ -168,12 +172,12 @@ impl Metrics {
         );
         r.register(
             "dataplane_peers_unreachable",
-            "Peers the backend cannot serve (host-gw peer off the local segment, lease without a VTEP MAC)",
+            "Peers the backend cannot serve (host-gw peer off the local segment, lease without a VTEP MAC or WireGuard key)",
             self.peers_unreachable.clone(),
         );
         r.register(
             "dataplane_peers_refused",
-            "Peers refused because their route would shadow this node's underlay or pod subnet",
+            "Peers refused because their route would shadow this node's underlay or pod subnet, or their WireGuard key is this node's or another peer's",
             self.peers_refused.clone(),
         );
         r.register(
@@ -195,6 +199,11 @@ impl Metrics {
             "firewall_repairs",
             "Times weft's nftables table was found missing or changed and restored",
             self.firewall_repairs.clone(),
+        );
+        r.register(
+            "wireguard_implementation",
+            "1 on a wireguard node; the implementation label says which WireGuard carries its traffic (kernel or userspace)",
+            self.wireguard_implementation.clone(),
         );
         r.register(
             "task_restarts",

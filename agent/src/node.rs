@@ -5,6 +5,7 @@
 
 use ipnetwork::IpNetwork;
 use weft_backends::backend::vxlan::{self, VxlanSettings};
+use weft_backends::backend::wireguard::{self, Key, WireguardSettings};
 use weft_backends::backend::{BackendData, HostGwSettings, Settings};
 use weft_backends::plan::Underlay;
 use weft_backends::{BackendKind, IpFamily, MacAddr};
@@ -14,8 +15,8 @@ use crate::host::iface::ChosenIface;
 use crate::lease::{Endpoint, LeaseAttrs, SubnetKey};
 
 /// The MTU pods get: an explicit Backend.MTU, else the underlay's minus encapsulation
-/// (50 bytes over IPv4, 70 over IPv6; the smaller when both families are on, since a pod
-/// has one MTU for both).
+/// (vxlan: 50 bytes over IPv4, 70 over IPv6; wireguard: 60 and 80; the smaller when both
+/// families are on, since a pod has one MTU for both).
 pub fn pod_mtu(cfg: &NetConfig, underlay_mtu: u32) -> u32 {
     if let Some(m) = cfg.backend.mtu {
         return m;
@@ -23,6 +24,10 @@ pub fn pod_mtu(cfg: &NetConfig, underlay_mtu: u32) -> u32 {
     match cfg.backend.kind {
         BackendKind::Vxlan => families(cfg)
             .map(|f| VxlanSettings::mtu_for(underlay_mtu, None, f))
+            .min()
+            .unwrap_or(underlay_mtu),
+        BackendKind::Wireguard => families(cfg)
+            .map(|f| WireguardSettings::mtu_for(underlay_mtu, None, f))
             .min()
             .unwrap_or(underlay_mtu),
         BackendKind::HostGw => underlay_mtu,
@@ -38,21 +43,42 @@ pub fn families(cfg: &NetConfig) -> impl Iterator<Item = IpFamily> {
         .chain(cfg.ipv6.as_ref().map(|_| IpFamily::V6))
 }
 
-/// The name of weft's VXLAN device for a VNI and family (`weft.1`, `weft-v6.1`).
+/// The name of weft's VXLAN device for a VNI and family (`weft.1`, `weft-v6.1`): looked for
+/// by every backend, so that one left by an earlier vxlan configuration is removed.
 pub fn device_name(vni: u32, family: IpFamily) -> String {
     vxlan::device_name(family, vni)
 }
 
+/// The device overlay routes of `family` go through, as operator text names it: the
+/// WireGuard device for wireguard, else the VXLAN device.
+pub fn route_device_name(cfg: &NetConfig, family: IpFamily) -> String {
+    match cfg.backend.kind {
+        BackendKind::Wireguard => {
+            wireguard::device_name(cfg.backend.wireguard.mode, family).to_string()
+        }
+        BackendKind::Vxlan | BackendKind::HostGw => device_name(cfg.backend.vni, family),
+    }
+}
+
 pub use vxlan::vtep_mac;
 
-/// The backend settings for one family, for a node with VTEP MAC `mac` over `underlay`
-/// (weftd and `netctl check` plan with the same ones).
+/// What this node publishes about itself that its own data plane needs: the VTEP MAC of
+/// its VXLAN device of the family, its WireGuard public key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnData {
+    pub vtep_mac: MacAddr,
+    pub wireguard_key: Option<Key>,
+}
+
+/// The backend settings for one family, for a node with `own` data over `underlay` (weftd
+/// and `netctl check` plan with the same ones).
 pub fn backend_settings(
     cfg: &NetConfig,
     family: IpFamily,
-    mac: MacAddr,
+    own: OwnData,
     underlay: Underlay,
 ) -> Settings {
+    let mac = own.vtep_mac;
     match cfg.backend.kind {
         BackendKind::Vxlan => Settings::Vxlan(VxlanSettings {
             device: device_name(cfg.backend.vni, family),
@@ -64,6 +90,24 @@ pub fn backend_settings(
             direct_routing: cfg.backend.direct_routing,
         }),
         BackendKind::HostGw => Settings::HostGw(HostGwSettings { underlay }),
+        BackendKind::Wireguard => {
+            let wg = &cfg.backend.wireguard;
+            let network = match family {
+                IpFamily::V4 => cfg.v4_network().map(IpNetwork::V4),
+                IpFamily::V6 => cfg.v6_network().map(IpNetwork::V6),
+            }
+            .expect("only enabled families are planned");
+            Settings::Wireguard(WireguardSettings {
+                device: route_device_name(cfg, family),
+                listen_port: wg.port_of(family),
+                public_key: own.wireguard_key.unwrap_or(Key([0; 32])),
+                preshared_key: wg.psk,
+                keepalive: wg.keepalive,
+                mtu: WireguardSettings::mtu_for(underlay.mtu, cfg.backend.mtu, family),
+                network,
+                underlay,
+            })
+        }
     }
 }
 
@@ -93,14 +137,23 @@ pub fn chosen_underlay(chosen: &ChosenIface, family: IpFamily) -> Option<Underla
     underlay_of(chosen.index, chosen.mtu, &[addr])
 }
 
-/// The lease value this node publishes.
-pub fn own_attrs(cfg: &NetConfig, node_name: &str, chosen: &ChosenIface) -> LeaseAttrs {
+/// The lease value this node publishes (`wireguard_key`: its WireGuard public key, for the
+/// wireguard backend).
+pub fn own_attrs(
+    cfg: &NetConfig,
+    node_name: &str,
+    chosen: &ChosenIface,
+    wireguard_key: Option<Key>,
+) -> LeaseAttrs {
     let data = |family| match cfg.backend.kind {
         BackendKind::Vxlan => Some(BackendData::vxlan(
             cfg.backend.vni,
             vtep_mac(node_name, family),
         )),
         BackendKind::HostGw => None,
+        BackendKind::Wireguard => {
+            wireguard_key.map(|k| BackendData::wireguard(k, cfg.backend.wireguard.port_of(family)))
+        }
     };
     let v4 = cfg.ipv4.as_ref().and(chosen.public_ip).map(|ip| Endpoint {
         public_ip: ip,

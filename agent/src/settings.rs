@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
-use crate::cli::{EtcdArgs, WeftdCli};
+use crate::cli::{EtcdArgs, WeftdCli, WireguardChoice};
 use crate::config::NetConfig;
 use crate::host::iface::IfaceRequest;
 use crate::lease::{check_public_ip, PublicIpProblem};
@@ -97,6 +97,15 @@ pub struct AgentSettings {
     /// `None` disables the health server.
     pub healthz: Option<SocketAddr>,
     pub lease_ttl: Duration,
+    pub wireguard: WireguardOptions,
+}
+
+/// The wireguard backend's flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireguardOptions {
+    pub key_file: PathBuf,
+    pub userspace: Option<PathBuf>,
+    pub choice: WireguardChoice,
 }
 
 /// Minimum lease TTL: etcd refuses shorter ones, and renewals at TTL/2 must stay sane.
@@ -186,6 +195,11 @@ impl AgentSettings {
             healthz: (cli.healthz_port != 0)
                 .then(|| SocketAddr::new(cli.healthz_ip, cli.healthz_port)),
             lease_ttl: ttl,
+            wireguard: WireguardOptions {
+                key_file: cli.wireguard_key_file.clone(),
+                userspace: cli.wireguard_userspace.clone(),
+                choice: cli.wireguard_implementation,
+            },
         })
     }
 }

@@ -13,7 +13,7 @@ use ipnetwork::IpNetwork;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -450,9 +450,86 @@ pub fn link_attr<T>(link: &LinkMessage, pick: impl Fn(&LinkAttribute) -> Option<
     link.attributes.iter().find_map(pick)
 }
 
+/// The addresses of `family` on link `index`, sorted, without IPv6 link-local ones.
+pub(crate) fn link_addresses(
+    nl: &mut NlSocket,
+    index: u32,
+    family: IpFamily,
+) -> Result<Vec<IpNetwork>, NlError> {
+    let mut q = AddressMessage::default();
+    q.header.family = address_family(family);
+    let mut out: Vec<IpNetwork> = nl
+        .dump("list addresses", RouteNetlinkMessage::GetAddress(q))?
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a)
+                if a.header.index == index && a.header.family == address_family(family) =>
+            {
+                address_of(&a).filter(|n| IpFamily::of(n.ip()) == family && !is_link_local(n.ip()))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Make `want` the addresses of `family` on link `index` (called `name` in errors). New ones
+/// are added before old ones go: when the last IPv4 address leaves a device, the kernel
+/// drops every route through it.
+pub(crate) fn set_addresses(
+    nl: &mut NlSocket,
+    index: u32,
+    name: &str,
+    family: IpFamily,
+    want: &[IpNetwork],
+) -> Result<(), NlError> {
+    let have = link_addresses(nl, index, family)?;
+    for a in want.iter().filter(|a| !have.contains(a)) {
+        nl.ack(
+            &format!("add address {a} to {name}"),
+            RouteNetlinkMessage::NewAddress(address_message(index, *a)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+    }
+    for a in have.iter().filter(|a| !want.contains(a)) {
+        nl.ack(
+            &format!("remove address {a} from {name}"),
+            RouteNetlinkMessage::DelAddress(address_message(index, *a)),
+            0,
+        )?;
+    }
+    Ok(())
+}
+
+/// The message that adds (or deletes) address `a` on link `index`.
+fn address_message(index: u32, a: IpNetwork) -> AddressMessage {
+    let mut msg = AddressMessage::default();
+    msg.header.family = address_family(IpFamily::of_network(a));
+    msg.header.prefix_len = a.prefix();
+    msg.header.index = index;
+    if a.is_ipv6() {
+        // No duplicate address detection: the address is usable at once (a /128 on weft's
+        // own device cannot collide), instead of "tentative" for a second or two.
+        msg.header.flags = AddressHeaderFlags::Nodad;
+    }
+    msg.attributes.push(AddressAttribute::Local(a.ip()));
+    msg.attributes.push(AddressAttribute::Address(a.ip()));
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_v6_device_address_skips_duplicate_address_detection() {
+        let a = address_message(9, "fc00:0:0:1::/128".parse().unwrap());
+        assert_eq!(a.header.family, AddressFamily::Inet6);
+        assert!(a.header.flags.contains(AddressHeaderFlags::Nodad));
+        let a = address_message(9, "10.244.1.0/32".parse().unwrap());
+        assert!(!a.header.flags.contains(AddressHeaderFlags::Nodad));
+    }
 
     #[test]
     fn loopback_is_found_and_a_missing_link_is_none() {

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::backend::vxlan::{self, VxlanOp, VxlanState};
+use crate::backend::wireguard::{self, WireguardOp, WireguardState};
 use crate::backend::BackendData;
 use crate::route::{Route, Via};
 use crate::{BackendKind, IpFamily, Peer};
@@ -69,6 +70,8 @@ pub struct KernelState {
     pub routes: BTreeSet<Route>,
     /// The vxlan backend's device and the entries on it.
     pub vxlan: VxlanState,
+    /// The wireguard backend's device and its peers.
+    pub wireguard: WireguardState,
 }
 
 /// One change to the kernel: a route, or an operation on a backend's own objects. Adds use
@@ -78,6 +81,7 @@ pub enum Op {
     SetRoute(Route),
     DeleteRoute(Route),
     Vxlan(VxlanOp),
+    Wireguard(WireguardOp),
 }
 
 impl Op {
@@ -86,6 +90,7 @@ impl Op {
         match self {
             Op::SetRoute(r) | Op::DeleteRoute(r) => r.is_of(family),
             Op::Vxlan(op) => op.is_of(family),
+            Op::Wireguard(op) => op.is_of(family),
         }
     }
 
@@ -95,6 +100,7 @@ impl Op {
             Op::DeleteRoute(_) => true,
             Op::SetRoute(_) => false,
             Op::Vxlan(op) => op.is_deletion(),
+            Op::Wireguard(op) => op.is_deletion(),
         }
     }
 }
@@ -109,7 +115,8 @@ pub enum Unreachable {
     #[error("its lease has no {field}")]
     NoPublicIp { field: &'static str },
     /// The lease has no backend data of the plan's family (`what` is what is missing, e.g.
-    /// `VtepMAC` or `IPv6 VtepMAC`).
+    /// `VtepMAC` or `IPv6 VtepMAC`). For wireguard this means no WireGuard peer: its traffic
+    /// is never sent unencrypted.
     #[error("its lease has no {what}")]
     NoBackendData { what: &'static str },
     #[error(
@@ -146,6 +153,11 @@ pub enum Refused {
     /// Only ever this node's own subnet: the settings cannot serve its family.
     #[error("{0}")]
     UnderlayFamily(UnderlayFamily),
+    #[error("it publishes this node's own WireGuard public key")]
+    OwnKey,
+    /// Another peer (by its subnet) publishes the same WireGuard public key.
+    #[error("it publishes the WireGuard public key of the peer with subnet {0}")]
+    KeyInUse(IpNetwork),
 }
 
 impl Refused {
@@ -154,6 +166,8 @@ impl Refused {
             Refused::OverlapsUnderlay(_) => "overlaps-underlay",
             Refused::OverlapsOwnSubnet(_) => "overlaps-own-subnet",
             Refused::UnderlayFamily(_) => "underlay-family",
+            Refused::OwnKey => "own-key",
+            Refused::KeyInUse(_) => "key-in-use",
         }
     }
 }
@@ -236,7 +250,10 @@ pub(crate) struct BackendDiff {
 /// replaced in place, except an IPv6 route moving from the underlay to the overlay, which is
 /// deleted first.
 pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
-    let mut backends = [vxlan::diff(&observed.vxlan, &desired.vxlan)];
+    let mut backends = [
+        vxlan::diff(&observed.vxlan, &desired.vxlan),
+        wireguard::diff(&observed.wireguard, &desired.wireguard),
+    ];
     let device_gone = backends.iter().any(|b| b.device_gone);
     let mut ops: Vec<Op> = backends
         .iter_mut()
@@ -249,7 +266,7 @@ pub fn diff(observed: &KernelState, desired: &KernelState) -> Vec<Op> {
         kept = observed
             .routes
             .iter()
-            .filter(|r| matches!(r.via, Via::Direct { .. }))
+            .filter(|r| !r.via.through_device())
             .copied()
             .collect::<BTreeSet<Route>>();
         &kept
@@ -347,6 +364,7 @@ pub fn findings(
                     Finding::extra("route", format!("{} (no lease explains it)", names.show(r)))
                 }
                 Op::Vxlan(v) => vx.explain(v, &desired.vxlan, names, backend),
+                Op::Wireguard(w) => wireguard::explain(w, &observed.wireguard, names, backend),
             };
             (op, finding)
         })
@@ -359,7 +377,20 @@ pub fn concerns(op: &Op, peer: &Peer, family: IpFamily) -> bool {
     match op {
         Op::SetRoute(r) | Op::DeleteRoute(r) => peer.subnet_of(family) == Some(r.dst),
         Op::Vxlan(v) => vxlan::concerns(v, peer, family),
+        Op::Wireguard(w) => wireguard::concerns(w, peer, family),
     }
+}
+
+/// `10.244.1.0/32, fc00::/128`, or `none`.
+pub(crate) fn addresses_text(addrs: &[IpNetwork]) -> String {
+    if addrs.is_empty() {
+        return "none".into();
+    }
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The names operator text gives the links the data plane refers to by index: the
@@ -439,6 +470,7 @@ impl fmt::Display for Named<'_, Route> {
             Via::Direct { gateway, index } => {
                 write!(f, "{} via {gateway} dev {}", r.dst, self.names.link(index))
             }
+            Via::Device => write!(f, "{} dev {} scope link", r.dst, self.names.device),
         }
     }
 }
@@ -451,6 +483,7 @@ impl fmt::Display for Named<'_, Op> {
             Op::SetRoute(r) => write!(f, "set route {}", n.show(r)),
             Op::DeleteRoute(r) => write!(f, "delete route {}", n.show(r)),
             Op::Vxlan(op) => n.show(op).fmt(f),
+            Op::Wireguard(op) => n.show(op).fmt(f),
         }
     }
 }

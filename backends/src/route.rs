@@ -26,13 +26,23 @@ pub enum Via {
     Overlay { gateway: IpAddr },
     /// `via <peer public IP> dev <underlay>` (DirectRouting and host-gw).
     Direct { gateway: IpAddr, index: u32 },
+    /// `dev <the backend's device> scope link`, no gateway: the device takes every packet
+    /// for the destination (wireguard's route for the whole cluster network).
+    Device,
 }
 
 impl Via {
-    pub fn gateway(&self) -> IpAddr {
+    /// The next hop, for the routes that have one.
+    pub fn gateway(&self) -> Option<IpAddr> {
         match *self {
-            Via::Overlay { gateway } | Via::Direct { gateway, .. } => gateway,
+            Via::Overlay { gateway } | Via::Direct { gateway, .. } => Some(gateway),
+            Via::Device => None,
         }
+    }
+
+    /// Whether the route goes through the backend's device (and so needs it).
+    pub fn through_device(&self) -> bool {
+        matches!(self, Via::Overlay { .. } | Via::Device)
     }
 }
 
@@ -46,7 +56,8 @@ pub struct Route {
 impl Route {
     /// Whether the route and its gateway are of `family`.
     pub fn is_of(&self, family: IpFamily) -> bool {
-        IpFamily::of(self.dst.ip()) == family && IpFamily::of(self.via.gateway()) == family
+        IpFamily::of(self.dst.ip()) == family
+            && self.via.gateway().is_none_or(|g| IpFamily::of(g) == family)
     }
 }
 
@@ -91,12 +102,18 @@ pub(crate) fn route_message(r: &Route, device_index: Option<u32>) -> Option<Rout
             // RTNH_F_ONLINK: the gateway is on the device even though no address of the
             // device covers it (both families).
             msg.header.flags = RouteFlags::Onlink;
-            (gateway, device_index?)
+            (Some(gateway), device_index?)
         }
-        Via::Direct { gateway, index } => (gateway, index),
+        Via::Direct { gateway, index } => (Some(gateway), index),
+        Via::Device => {
+            msg.header.scope = RouteScope::Link;
+            (None, device_index?)
+        }
     };
-    msg.attributes
-        .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+    if let Some(gateway) = gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gateway)));
+    }
     msg.attributes.push(RouteAttribute::Oif(oif));
     Some(msg)
 }
@@ -161,17 +178,18 @@ pub(crate) fn parse_route(
         return None;
     }
     let dst = IpNetwork::new(dst, r.header.destination_prefix_length).ok()?;
-    // A route of ours without a gateway or device is not one weft makes; report it with an
-    // unspecified gateway so that the diff replaces or removes it.
-    let gateway = gateway.unwrap_or(family.unspecified());
+    // A route of ours without a device, or without a gateway off the backend's device, is
+    // not one weft makes; report it with an unspecified gateway so that the diff replaces or
+    // removes it.
     let oif = oif.unwrap_or(0);
-    let via = if Some(oif) == device_index {
-        Via::Overlay { gateway }
-    } else {
-        Via::Direct {
-            gateway,
+    let on_device = device_index.is_some() && Some(oif) == device_index;
+    let via = match (gateway, on_device) {
+        (None, true) => Via::Device,
+        (Some(gateway), true) => Via::Overlay { gateway },
+        (gateway, false) => Via::Direct {
+            gateway: gateway.unwrap_or(family.unspecified()),
             index: oif,
-        }
+        },
     };
     Some(Route { dst, via })
 }
@@ -215,5 +233,31 @@ mod tests {
         let mut boot = m;
         boot.header.protocol = RouteProtocol::Boot;
         assert_eq!(parse_route(&boot, V6, Some(9)), None, "someone else's");
+    }
+
+    #[test]
+    fn a_route_through_the_device_has_no_gateway_and_link_scope() {
+        let r = Route {
+            dst: "10.244.0.0/16".parse().unwrap(),
+            via: Via::Device,
+        };
+        assert_eq!(route_message(&r, None), None, "it needs the device");
+        let m = route_message(&r, Some(4)).unwrap();
+        assert_eq!(m.header.scope, RouteScope::Link);
+        assert!(!m.header.flags.contains(RouteFlags::Onlink));
+        assert!(!m
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Gateway(_))));
+        assert!(m.attributes.contains(&RouteAttribute::Oif(4)));
+        assert_eq!(parse_route(&m, V4, Some(4)), Some(r));
+        // The same route out of another link is not through the device: replaced by the diff.
+        assert_eq!(
+            parse_route(&m, V4, Some(5)).map(|r| r.via),
+            Some(Via::Direct {
+                gateway: "0.0.0.0".parse().unwrap(),
+                index: 4
+            })
+        );
     }
 }

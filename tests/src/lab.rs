@@ -551,6 +551,7 @@ impl Lab {
         let endpoint = self.etcd_endpoint();
         let weftd = self.bins.weftd.clone();
         let (ip_masq, keep) = (self.opts.ip_masq, self.opts.keep);
+        let wireguard = self.opts.backend == LabBackend::Wireguard;
         let h = self.host_mut(i);
         if let Some(p) = &mut h.weftd {
             assert!(
@@ -560,16 +561,20 @@ impl Lab {
             );
         }
         h.starts += 1;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &h.netns.name])
-            .arg(&weftd)
-            .args(["--node-name", &h.name, "--iface", "eth0"])
+        let mut cmd = host_command(&h.netns.name, &h.dir, wireguard, &weftd);
+        cmd.args(["--node-name", &h.name, "--iface", "eth0"])
             .args(["--etcd-endpoints", &endpoint])
             .arg("--subnet-file")
             .arg(h.subnet_file())
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()]);
         if ip_masq {
             cmd.arg("--ip-masq");
+        }
+        if wireguard {
+            cmd.arg("--wireguard-userspace")
+                .arg(wireguard_go())
+                .arg("--wireguard-key-file")
+                .arg(h.dir.join("wireguard.key"));
         }
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -963,8 +968,8 @@ impl Lab {
         let file = self.subnet_file(i).display().to_string();
         let conf_dir = self.host(i).cni_conf_dir().display().to_string();
         let endpoint = self.etcd_endpoint();
-        self.exec_in(
-            self.host_name(i),
+        self.host_exec(
+            i,
             &netctl,
             &[
                 "--etcd-endpoints",
@@ -978,6 +983,35 @@ impl Lab {
                 &conf_dir,
             ],
         )
+    }
+
+    /// `program args` on host `i` as its weftd sees the host: inside its namespace and, on a
+    /// wireguard lab, with the host's own WireGuard socket directory (see [`host_command`]).
+    /// Bounded to 60 s: (exit code, stdout, stderr).
+    pub fn host_exec(&self, i: usize, program: &str, args: &[&str]) -> (i32, String, String) {
+        let h = self.host(i);
+        let wireguard = self.opts.backend == LabBackend::Wireguard;
+        let mut cmd = host_command(&h.netns.name, &h.dir, wireguard, Path::new(program));
+        cmd.args(args);
+        run_bounded(cmd, Duration::from_secs(60))
+    }
+
+    /// Host `i`'s WireGuard peers as `wg show <device> dump` prints them, one line per peer
+    /// (public key, preshared key, endpoint, allowed IPs, …), the device's own line dropped.
+    pub fn wg_peers(&self, i: usize, device: &str) -> Vec<String> {
+        let (code, out, err) = self.host_exec(i, "wg", &["show", device, "dump"]);
+        assert_eq!(
+            code,
+            0,
+            "wg show {device} dump on {}: {err}",
+            self.host_name(i)
+        );
+        out.lines().skip(1).map(str::to_string).collect()
+    }
+
+    /// The directory that is `/run/wireguard` for host `i`'s processes on a wireguard lab.
+    pub fn wireguard_dir(&self, i: usize) -> PathBuf {
+        self.host(i).dir.join("wireguard")
     }
 
     /// `netctl <args>` inside the switch against the lab's etcd: (exit code, stdout, stderr).
@@ -1083,6 +1117,9 @@ impl Lab {
             if let Some(mut p) = h.weftd.take() {
                 p.stop(WEFTD_STOP_GRACE);
             }
+            for problem in end_userspace_wireguard(&h.dir, &h.netns.name) {
+                tracing::warn!("{problem}");
+            }
         }
         tracing::debug!("weftd stopped ({:.1?})", started.elapsed());
         for pod in std::mem::take(&mut self.pods) {
@@ -1151,6 +1188,90 @@ impl Drop for Lab {
             self.tear_down();
         }
     }
+}
+
+/// Where `wireguard-go` lives (Debian's package).
+pub fn wireguard_go() -> PathBuf {
+    ["/usr/bin/wireguard-go", "/usr/sbin/wireguard-go"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/wireguard-go"))
+}
+
+/// The command that runs `program` inside host namespace `netns`. On a wireguard lab it
+/// first binds the host's own directory `<host dir>/wireguard` over `/run/wireguard`, in the
+/// private mount namespace `ip netns exec` gives each command: `wireguard-go`'s sockets are
+/// files there, so hosts sharing one file system would otherwise collide. A bind of a fixed
+/// directory also survives a restart of weftd, and `netctl` and `wg` see the same sockets.
+fn host_command(netns: &str, host_dir: &Path, wireguard: bool, program: &Path) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns]);
+    if wireguard {
+        let dir = host_dir.join("wireguard");
+        std::fs::create_dir_all(&dir).expect("the host's WireGuard directory");
+        // The mount point in the machine's file system: an empty directory.
+        std::fs::create_dir_all("/run/wireguard").expect("/run/wireguard");
+        cmd.args([
+            "sh",
+            "-ec",
+            r#"mount --bind "$0" /run/wireguard; exec "$@""#,
+        ])
+        .arg(dir);
+    }
+    cmd.arg(program);
+    cmd
+}
+
+/// End the userspace WireGuard processes weftd started on a host, by the pids weftd keeps
+/// beside their sockets (`<host dir>/wireguard/<device>.pid`), when each is still
+/// `wireguard-go` in the host's namespace. Problems, if any.
+fn end_userspace_wireguard(host_dir: &Path, netns: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Ok(entries) = std::fs::read_dir(host_dir.join("wireguard")) else {
+        return problems;
+    };
+    let ns_inode = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let host_ns = ns_inode(&Path::new("/run/netns").join(netns));
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("pid") {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ours = || {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            comm.trim() == "wireguard-go"
+                && host_ns.is_some()
+                && ns_inode(Path::new(&format!("/proc/{pid}/ns/net"))) == host_ns
+        };
+        if !ours() {
+            continue;
+        }
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ours() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ours() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(100));
+            if ours() {
+                problems.push(format!(
+                    "wireguard-go (pid {pid}) still running after SIGKILL"
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Host `i`'s IPv6 underlay address.
@@ -1618,6 +1739,9 @@ pub fn teardown_from_state(path: &Path) -> Result<String, LabError> {
         if let Err(e) = end_lab_process(&p.name, p.pid, &state.dir) {
             problems.push(e);
         }
+    }
+    for h in &state.hosts {
+        problems.extend(end_userspace_wireguard(&state.dir.join(&h.name), &h.netns));
     }
     for ns in &state.namespaces {
         if !Path::new("/run/netns").join(ns).exists() {

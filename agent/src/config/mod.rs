@@ -21,7 +21,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
-use weft_backends::{BackendKind, UnknownBackend};
+use weft_backends::backend::wireguard::{self, Key, Mode, PresharedKey};
+use weft_backends::{BackendKind, IpFamily, UnknownBackend};
 
 use crate::config::pool::SubnetPool;
 
@@ -221,6 +222,43 @@ pub struct BackendConfig {
     pub direct_routing: bool,
     /// An explicit MTU for pod traffic; `None` derives it from the underlay.
     pub mtu: Option<u32>,
+    /// The wireguard backend's keys (read for every backend, used by wireguard).
+    pub wireguard: WireguardConfig,
+}
+
+/// The wireguard backend's settings: `ListenPort`, `ListenPortV6`, `PSK`,
+/// `PersistentKeepaliveInterval` and `Mode`, with flannel's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireguardConfig {
+    pub listen_port: u16,
+    pub listen_port_v6: u16,
+    pub psk: Option<PresharedKey>,
+    /// Seconds; 0 sends no keepalives.
+    pub keepalive: u16,
+    pub mode: Mode,
+}
+
+impl Default for WireguardConfig {
+    fn default() -> Self {
+        WireguardConfig {
+            listen_port: wireguard::DEFAULT_LISTEN_PORT,
+            listen_port_v6: wireguard::DEFAULT_LISTEN_PORT_V6,
+            psk: None,
+            keepalive: 0,
+            mode: Mode::Separate,
+        }
+    }
+}
+
+impl WireguardConfig {
+    /// The listen port of the device that serves `family`: `ListenPortV6` for the IPv6
+    /// device in `separate` mode, else `ListenPort`.
+    pub fn port_of(&self, family: IpFamily) -> u16 {
+        match (self.mode, family) {
+            (Mode::Separate, IpFamily::V6) => self.listen_port_v6,
+            _ => self.listen_port,
+        }
+    }
 }
 
 impl Default for BackendConfig {
@@ -231,6 +269,7 @@ impl Default for BackendConfig {
             port: DEFAULT_VXLAN_PORT,
             direct_routing: false,
             mtu: None,
+            wireguard: WireguardConfig::default(),
         }
     }
 }
@@ -298,6 +337,14 @@ const BACKEND: Level = Level {
         setting("Port", "Backend.Port"),
         setting("DirectRouting", "Backend.DirectRouting"),
         setting("MTU", "Backend.MTU"),
+        setting("ListenPort", "Backend.ListenPort"),
+        setting("ListenPortV6", "Backend.ListenPortV6"),
+        setting("PSK", "Backend.PSK"),
+        setting(
+            "PersistentKeepaliveInterval",
+            "Backend.PersistentKeepaliveInterval",
+        ),
+        setting("Mode", "Backend.Mode"),
     ],
     flannel_only: &[
         (
@@ -584,6 +631,7 @@ impl NetConfig {
             }
         };
 
+        check_wireguard_mode(&backend, ipv4.is_some(), ipv6.is_some())?;
         Ok(NetConfig {
             ipv4,
             ipv6,
@@ -618,6 +666,17 @@ impl NetConfig {
         if let Some(mtu) = self.backend.mtu {
             backend.insert("MTU".into(), Value::from(mtu));
         }
+        let wg = &self.backend.wireguard;
+        backend.insert("ListenPort".into(), Value::from(wg.listen_port));
+        backend.insert("ListenPortV6".into(), Value::from(wg.listen_port_v6));
+        if let Some(psk) = &wg.psk {
+            backend.insert("PSK".into(), Value::from(psk.0.to_base64()));
+        }
+        backend.insert(
+            "PersistentKeepaliveInterval".into(),
+            Value::from(wg.keepalive),
+        );
+        backend.insert("Mode".into(), Value::from(wg.mode.as_str()));
         let mut out = Map::new();
         if let Some(p) = &self.ipv4 {
             out.insert("Network".into(), Value::from(p.network.to_string()));
@@ -861,7 +920,93 @@ fn parse_backend(
         }
         cfg.mtu = Some(mtu as u32);
     }
+    let wg = &mut cfg.wireguard;
+    for (key, path, port) in [
+        ("ListenPort", "Backend.ListenPort", &mut wg.listen_port),
+        (
+            "ListenPortV6",
+            "Backend.ListenPortV6",
+            &mut wg.listen_port_v6,
+        ),
+    ] {
+        if let Some(p) = opt_u64(b.get(key), path)? {
+            *port = match p {
+                1..=65535 => p as u16,
+                _ => return Err(invalid(path, format!("{p} is not a UDP port (1..=65535)"))),
+            };
+        }
+    }
+    match b.get("PSK") {
+        None => {}
+        Some(Raw::Other(Value::String(text))) if text.is_empty() => {}
+        Some(Raw::Other(Value::String(text))) => {
+            let key = Key::from_base64(text).map_err(|e| {
+                invalid("Backend.PSK", format!("is {e}: make one with `wg genpsk`"))
+            })?;
+            wg.psk = Some(PresharedKey(key));
+        }
+        Some(other) => {
+            return Err(invalid(
+                "Backend.PSK",
+                format!("expected a base64 key (from `wg genpsk`), got {other}"),
+            ))
+        }
+    }
+    if let Some(k) = opt_u64(
+        b.get("PersistentKeepaliveInterval"),
+        "Backend.PersistentKeepaliveInterval",
+    )? {
+        wg.keepalive = u16::try_from(k).map_err(|_| {
+            invalid(
+                "Backend.PersistentKeepaliveInterval",
+                format!("{k} is more than 65535 seconds"),
+            )
+        })?;
+    }
+    match b.get("Mode") {
+        None => {}
+        Some(Raw::Other(Value::String(m))) => {
+            wg.mode = m
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|e: wireguard::UnknownMode| invalid("Backend.Mode", e.to_string()))?;
+        }
+        Some(other) => {
+            return Err(invalid(
+                "Backend.Mode",
+                format!("expected a string such as \"separate\", got {other}"),
+            ))
+        }
+    }
     Ok(cfg)
+}
+
+/// The combinations of families and `Backend.Mode` weft can serve: one WireGuard device per
+/// family, so a dual-stack cluster needs `separate`, and a single-family mode needs its
+/// family enabled.
+fn check_wireguard_mode(
+    backend: &BackendConfig,
+    ipv4: bool,
+    ipv6: bool,
+) -> Result<(), ConfigError> {
+    if backend.kind != BackendKind::Wireguard {
+        return Ok(());
+    }
+    let mode = backend.wireguard.mode;
+    let problem = match (mode, ipv4, ipv6) {
+        (Mode::Separate, _, _) => return Ok(()),
+        (_, true, true) => format!(
+            "\"{mode}\" puts both families on one device, which weft does not do: use \"separate\" on a dual-stack cluster (each family gets its own device and port)"
+        ),
+        (Mode::Ipv4, false, _) => {
+            "\"ipv4\" sends over IPv4, but EnableIPv4 is false: use \"separate\" or \"ipv6\"".to_string()
+        }
+        (Mode::Ipv6, _, false) => {
+            "\"ipv6\" sends over IPv6, but IPv6 is not enabled: use \"separate\" or \"ipv4\"".to_string()
+        }
+        _ => return Ok(()),
+    };
+    Err(invalid("Backend.Mode", problem))
 }
 
 fn opt_u64(v: Option<&Raw>, key: &'static str) -> Result<Option<u64>, ConfigError> {
@@ -989,6 +1134,101 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_backend_fields_with_flannels_defaults() {
+        let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"wireguard"}}"#).unwrap();
+        assert_eq!(c.backend.kind, BackendKind::Wireguard);
+        assert_eq!(c.backend.wireguard, WireguardConfig::default());
+        assert_eq!(
+            (
+                c.backend.wireguard.listen_port,
+                c.backend.wireguard.listen_port_v6
+            ),
+            (51820, 51821)
+        );
+        let psk = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+        let text = format!(
+            r#"{{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard","ListenPort":5000,"ListenPortV6":5001,"PSK":"{psk}","PersistentKeepaliveInterval":25,"Mode":"separate","MTU":1380}}}}"#
+        );
+        let c = parse(&text).unwrap();
+        let wg = &c.backend.wireguard;
+        assert_eq!(
+            (wg.listen_port, wg.listen_port_v6, wg.keepalive),
+            (5000, 5001, 25)
+        );
+        assert_eq!(wg.psk.map(|k| k.0.to_base64()).as_deref(), Some(psk));
+        assert_eq!(
+            (wg.port_of(IpFamily::V4), wg.port_of(IpFamily::V6)),
+            (5000, 5001)
+        );
+        assert_eq!(c.backend.mtu, Some(1380));
+        // Written back, it reads the same.
+        assert_eq!(parse(&c.to_json().to_string()).unwrap(), c);
+        // Single-device modes: one port for both.
+        let c = parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard","Mode":"auto"}}"#).unwrap();
+        assert_eq!(c.backend.wireguard.port_of(IpFamily::V6), 51820);
+    }
+
+    #[test]
+    fn bad_wireguard_values_name_the_key_and_the_fix() {
+        for (text, key, fix) in [
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","ListenPort":0}}"#,
+                "Backend.ListenPort",
+                "1..=65535",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","ListenPortV6":70000}}"#,
+                "Backend.ListenPortV6",
+                "not a UDP port",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PSK":"short"}}"#,
+                "Backend.PSK",
+                "wg genpsk",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PSK":7}}"#,
+                "Backend.PSK",
+                "base64",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PersistentKeepaliveInterval":-1}}"#,
+                "Backend.PersistentKeepaliveInterval",
+                "non-negative",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","PersistentKeepaliveInterval":70000}}"#,
+                "Backend.PersistentKeepaliveInterval",
+                "65535",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","Mode":"both"}}"#,
+                "Backend.Mode",
+                "\"separate\"",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard","Mode":"auto"}}"#,
+                "Backend.Mode",
+                "use \"separate\" on a dual-stack cluster",
+            ),
+            (
+                r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","Mode":"ipv6"}}"#,
+                "Backend.Mode",
+                "IPv6 is not enabled",
+            ),
+            (
+                r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard","Mode":"ipv4"}}"#,
+                "Backend.Mode",
+                "EnableIPv4 is false",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("\"{key}\"")), "{text}: {e}");
+            assert!(e.contains(fix), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn vxlan_backend_fields() {
         let c = parse(
             r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":42,"Port":4789,"DirectRouting":true,"MTU":9000}}"#,
@@ -1001,7 +1241,8 @@ mod tests {
                 vni: 42,
                 port: 4789,
                 direct_routing: true,
-                mtu: Some(9000)
+                mtu: Some(9000),
+                ..BackendConfig::default()
             }
         );
         let c = parse(r#"{"Network":"10.5.0.0/16","Backend":{"Port":0}}"#).unwrap();
@@ -1230,7 +1471,8 @@ mod tests {
                 vni: 42,
                 port: 4789,
                 direct_routing: true,
-                mtu: Some(1400)
+                mtu: Some(1400),
+                ..BackendConfig::default()
             }
         );
         assert_eq!(c.notices.len(), 13, "{:#?}", c.notices);

@@ -3,3 +3,4 @@
 
 pub mod feed;
 pub mod reconciler;
+pub mod wireguard;

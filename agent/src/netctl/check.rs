@@ -28,8 +28,15 @@ use crate::netctl::host_facts::{
     DEFAULT_BRIDGE,
 };
 use crate::netctl::{render_table, CommandOutput};
-use crate::node::{backend_settings, device_name, families, own_subnet, pod_mtu, underlay_of};
+use crate::node::{
+    backend_settings, device_name, families, own_subnet, pod_mtu, route_device_name, underlay_of,
+    OwnData,
+};
 use crate::store::{LeaseStore, StoreError, StoredEntry};
+use weft_backends::backend::vxlan::vtep_mac_in;
+use weft_backends::backend::wireguard::kernel::{Implementation, WireguardKernel};
+use weft_backends::backend::wireguard::wireguard_data_in;
+use weft_backends::backend::{BackendData, DataRules};
 
 /// One way this host differs from what the leases say it should be.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -328,18 +335,20 @@ fn family_differences(
     observed: &KernelState,
     out: &mut Vec<Difference>,
 ) {
-    let (addrs, vxlan) = match family {
+    let (addrs, field, raw) = match family {
         IpFamily::V4 => (
             underlay
                 .v4
                 .iter()
                 .map(|n| IpNetwork::V4(*n))
                 .collect::<Vec<_>>(),
-            own_attrs.vxlan_data(),
+            "BackendData",
+            own_attrs.backend_data.as_ref(),
         ),
         IpFamily::V6 => (
             underlay.v6.iter().map(|n| IpNetwork::V6(*n)).collect(),
-            own_attrs.vxlan_v6_data(),
+            "BackendV6Data",
+            own_attrs.backend_v6_data.as_ref(),
         ),
     };
     let Some(own_subnet) = own_subnet(own_key, family) else {
@@ -360,21 +369,31 @@ fn family_differences(
         ));
         return;
     };
-    let device = device_name(cfg.backend.vni, family);
+    let device = route_device_name(cfg, family);
     let names = LinkNames::new(device.clone()).with_link(underlay.index, underlay.name.clone());
-    let mac = match (cfg.backend.kind, vxlan) {
-        (BackendKind::HostGw, _) => MacAddr([0; 6]), // unused by host-gw
-        (BackendKind::Vxlan, Ok(v)) => v.vtep_mac,
-        (BackendKind::Vxlan, Err(e)) => {
+    let rules = DataRules {
+        vni: cfg.backend.vni,
+    };
+    let own = match BackendData::decode(cfg.backend.kind, field, raw, rules) {
+        Ok(data) => OwnData {
+            // host-gw uses neither.
+            vtep_mac: data.and_then(vtep_mac_in).unwrap_or(MacAddr([0; 6])),
+            wireguard_key: data.and_then(wireguard_data_in).map(|w| w.public_key),
+        },
+        Err(e) => {
+            let what = match cfg.backend.kind {
+                BackendKind::Wireguard => "WireGuard PublicKey",
+                _ => "VtepMAC",
+            };
             out.push(d(
                 "problem",
                 "lease",
-                format!("this host's lease has no usable {family} VtepMAC: {e}"),
+                format!("this host's lease has no usable {family} {what}: {e}"),
             ));
             return;
         }
     };
-    let settings = backend_settings(cfg, family, mac, base);
+    let settings = backend_settings(cfg, family, own, base);
     let plan = settings.plan(own_subnet, peers);
     let peer_at = |subnet: IpNetwork| {
         peers
@@ -499,15 +518,34 @@ fn load_config(net_config: Option<&Path>, in_etcd: Option<&[u8]>) -> Result<NetC
     }
 }
 
-/// What the kernel holds for each family's data plane (device name per family).
+/// The WireGuard implementation whose device `netctl check` reads: the kernel's when the
+/// kernel has WireGuard, else a userspace one's socket where `wireguard-go` serves it.
+fn observed_implementation() -> Implementation {
+    if crate::dataplane::wireguard::kernel_has_wireguard() {
+        Implementation::Kernel
+    } else {
+        Implementation::userspace("wireguard-go")
+    }
+}
+
+/// What the kernel holds for each family's data plane (the VXLAN device name per family,
+/// and the WireGuard device's with that backend).
 async fn observe_data_planes(
-    wanted: Vec<(IpFamily, String)>,
+    wanted: Vec<(IpFamily, String, Option<String>)>,
 ) -> Result<Vec<(IpFamily, KernelState)>, CheckError> {
     tokio::task::spawn_blocking(move || {
         wanted
             .into_iter()
-            .map(|(family, device)| {
+            .map(|(family, device, wireguard)| {
                 KernelNetlink::open(&device, family)
+                    .map(|nl| match wireguard {
+                        Some(wg) => nl.with_wireguard(WireguardKernel::reader(
+                            wg,
+                            family,
+                            observed_implementation(),
+                        )),
+                        None => nl,
+                    })
                     .and_then(|mut nl| nl.observe())
                     .map(|state| (family, state))
             })
@@ -562,8 +600,12 @@ pub async fn run<S: LeaseStore>(
             "--iface {name}: no such interface"
         )));
     }
-    let wanted: Vec<(IpFamily, String)> = families(&cfg)
-        .map(|f| (f, device_name(cfg.backend.vni, f)))
+    let wanted: Vec<(IpFamily, String, Option<String>)> = families(&cfg)
+        .map(|f| {
+            let wireguard =
+                (cfg.backend.kind == BackendKind::Wireguard).then(|| route_device_name(&cfg, f));
+            (f, device_name(cfg.backend.vni, f), wireguard)
+        })
         .collect();
     let cni = read_cni_facts(cni_conf_dir).map_err(|e| {
         CheckError::Other(format!(

@@ -1,6 +1,6 @@
 //! The backends, and the one place they are registered.
 //!
-//! A backend is a module: [`vxlan`] and [`host_gw`]. Each owns its settings, the
+//! A backend is a module: [`vxlan`], [`host_gw`] and [`wireguard`]. Each owns its settings, the
 //! `BackendData` it publishes and accepts in a lease, its plan, the kernel objects it keeps
 //! (its part of [`KernelState`](crate::plan::KernelState) and of [`Op`](crate::plan::Op)),
 //! and how those are read back and applied. The rest of weft reaches a backend only through
@@ -24,23 +24,30 @@ use crate::{IpFamily, MacAddr, Peer};
 pub use host_gw::HostGwSettings;
 pub use vxlan::lease::{VxlanData, VxlanDataError};
 pub use vxlan::VxlanSettings;
+pub use wireguard::{WireguardDataError, WireguardPeer, WireguardSettings};
 
 /// The backend a config names (`Backend.Type`) and a lease advertises (`BackendType`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BackendKind {
     Vxlan,
     HostGw,
+    Wireguard,
 }
 
 impl BackendKind {
     /// Every backend weft has, in the order operator text lists them.
-    pub const ALL: [BackendKind; 2] = [BackendKind::Vxlan, BackendKind::HostGw];
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Vxlan,
+        BackendKind::HostGw,
+        BackendKind::Wireguard,
+    ];
 
     /// The name in configs and leases (flannel's).
     pub fn as_str(&self) -> &'static str {
         match self {
             BackendKind::Vxlan => "vxlan",
             BackendKind::HostGw => "host-gw",
+            BackendKind::Wireguard => "wireguard",
         }
     }
 }
@@ -81,6 +88,8 @@ impl FromStr for BackendKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BackendData {
     Vxlan(VxlanData),
+    /// A wireguard node's public key and listen port (0: the same as ours).
+    Wireguard(WireguardPeer),
 }
 
 /// What a peer's `BackendData` must fit in this cluster.
@@ -103,9 +112,17 @@ pub enum BackendDataError {
     },
     #[error(transparent)]
     Vxlan(#[from] VxlanDataError),
+    #[error(transparent)]
+    Wireguard(#[from] WireguardDataError),
 }
 
 impl BackendData {
+    /// A wireguard node's data: its public key and the listen port of its device of the
+    /// family.
+    pub fn wireguard(public_key: wireguard::Key, port: u16) -> BackendData {
+        BackendData::Wireguard(WireguardPeer { public_key, port })
+    }
+
     /// A vxlan node's data: its VXLAN ID and the VTEP MAC of its device of the family.
     pub fn vxlan(vni: u32, vtep_mac: MacAddr) -> BackendData {
         BackendData::Vxlan(VxlanData { vni, vtep_mac })
@@ -116,6 +133,7 @@ impl BackendData {
     pub fn describe(&self) -> (&'static str, String) {
         match self {
             BackendData::Vxlan(d) => ("VTEP MAC", d.vtep_mac.to_string()),
+            BackendData::Wireguard(w) => ("WireGuard public key", w.public_key.to_base64()),
         }
     }
 
@@ -123,6 +141,10 @@ impl BackendData {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             BackendData::Vxlan(d) => serde_json::to_value(d).expect("plain struct"),
+            BackendData::Wireguard(w) => {
+                serde_json::to_value(wireguard::WireguardData::ours(w.public_key, w.port))
+                    .expect("plain struct")
+            }
         }
     }
 
@@ -148,6 +170,17 @@ impl BackendData {
                 })?;
                 data.check(rules.vni)?;
                 Ok(Some(BackendData::Vxlan(data)))
+            }
+            BackendKind::Wireguard => {
+                let value = value.ok_or(BackendDataError::Missing(field))?;
+                let data: wireguard::WireguardData = serde_json::from_value(value.clone())
+                    .map_err(|e| BackendDataError::Malformed {
+                        field,
+                        backend: kind,
+                        problem: e.to_string(),
+                    })?;
+                // A published port of 0 stays 0 here: the plan reads it as "our own".
+                Ok(Some(BackendData::Wireguard(data.check(0)?)))
             }
         }
     }
@@ -179,6 +212,7 @@ pub trait Backend {
 pub enum Settings {
     Vxlan(VxlanSettings),
     HostGw(HostGwSettings),
+    Wireguard(WireguardSettings),
 }
 
 impl Backend for Settings {
@@ -186,6 +220,7 @@ impl Backend for Settings {
         match self {
             Settings::Vxlan(v) => v.kind(),
             Settings::HostGw(h) => h.kind(),
+            Settings::Wireguard(w) => w.kind(),
         }
     }
 
@@ -193,6 +228,7 @@ impl Backend for Settings {
         match self {
             Settings::Vxlan(v) => v.family(),
             Settings::HostGw(h) => h.family(),
+            Settings::Wireguard(w) => w.family(),
         }
     }
 
@@ -200,6 +236,7 @@ impl Backend for Settings {
         match self {
             Settings::Vxlan(v) => v.plan(own_subnet, peers),
             Settings::HostGw(h) => h.plan(own_subnet, peers),
+            Settings::Wireguard(w) => w.plan(own_subnet, peers),
         }
     }
 }

@@ -4,6 +4,7 @@ use netlink_packet_route::link::{InfoKind, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::backend::vxlan::is_weft_device_name;
+use crate::backend::wireguard;
 use crate::dataplane::DataplaneError;
 use crate::netlink::{link_kind, link_name, NlSocket, Request};
 use crate::route::{delete_request, dump_routes};
@@ -33,7 +34,13 @@ pub fn remove_weft_state() -> Result<Removed, DataplaneError> {
             continue;
         };
         if let Some(name) = link_name(&l) {
-            if is_weft_device_name(&name) && link_kind(&l) == Some(InfoKind::Vxlan) {
+            let kind = link_kind(&l);
+            let vxlan = is_weft_device_name(&name) && kind == Some(InfoKind::Vxlan);
+            // A userspace implementation's device is a TUN device; deleting it ends the
+            // program serving it.
+            let wireguard = wireguard::is_weft_device_name(&name)
+                && matches!(kind, Some(InfoKind::Wireguard) | Some(InfoKind::Tun));
+            if vxlan || wireguard {
                 devices.push(name);
             }
         }

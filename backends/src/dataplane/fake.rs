@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use crate::backend::vxlan::VxlanOp;
+use crate::backend::wireguard::WireguardOp;
 use crate::dataplane::{wrong_family, ApplyFailure, ApplyReport, DataplaneError, Netlink};
 use crate::plan::{KernelState, Op};
 use crate::route::Via;
@@ -44,16 +45,26 @@ impl FakeNetlink {
         IpFamily::of(ip) == self.family && !is_link_local(ip) && !ip.is_multicast()
     }
 
-    /// Routes that survive the device's deletion: direct ones, and the other family's (their
-    /// overlay routes go through the other family's device).
+    /// Routes that survive the VXLAN device's deletion: direct ones, routes through the
+    /// WireGuard device, and the other family's (their overlay routes go through the other
+    /// family's device).
     fn drop_device(&mut self) {
         let family = self.family;
         let s = &mut self.state;
         s.vxlan.neighbours.clear();
         s.vxlan.fdb.clear();
         s.routes.retain(|r| {
-            matches!(r.via, Via::Direct { .. }) || IpFamily::of_network(r.dst) != family
+            !matches!(r.via, Via::Overlay { .. }) || IpFamily::of_network(r.dst) != family
         });
+    }
+
+    /// The same for the WireGuard device: its peers and the routes through it go.
+    fn drop_wireguard_device(&mut self) {
+        let family = self.family;
+        let s = &mut self.state;
+        s.wireguard.peers.clear();
+        s.routes
+            .retain(|r| r.via != Via::Device || IpFamily::of_network(r.dst) != family);
     }
 }
 
@@ -82,6 +93,11 @@ impl Netlink for FakeNetlink {
             .copied()
             .collect();
         out.vxlan.fdb = s.vxlan.fdb.clone();
+        out.wireguard.device = s.wireguard.device.clone().map(|mut d| {
+            d.addresses.retain(|a| self.visible(a.ip()));
+            d
+        });
+        out.wireguard.peers = s.wireguard.peers.clone();
         Ok(out)
     }
 
@@ -99,7 +115,12 @@ impl Netlink for FakeNetlink {
             let refused: Option<ApplyFailure> = match op {
                 Op::SetRoute(r) => {
                     let s = &mut self.state;
-                    if matches!(r.via, Via::Overlay { .. }) && s.vxlan.device.is_none() {
+                    let no_device = match r.via {
+                        Via::Overlay { .. } => s.vxlan.device.is_none(),
+                        Via::Device => s.wireguard.device.is_none(),
+                        Via::Direct { .. } => false,
+                    };
+                    if no_device {
                         Some(ApplyFailure::NoDevice)
                     } else {
                         s.routes.retain(|o| o.dst != r.dst);
@@ -112,6 +133,7 @@ impl Netlink for FakeNetlink {
                     None
                 }
                 Op::Vxlan(v) => self.apply_vxlan(v),
+                Op::Wireguard(w) => self.apply_wireguard(w),
             };
             if let Some(why) = refused {
                 report.failures.push((op.clone(), why));
@@ -125,6 +147,40 @@ impl Netlink for FakeNetlink {
 }
 
 impl FakeNetlink {
+    /// One wireguard operation; the reason when it is refused.
+    fn apply_wireguard(&mut self, op: &WireguardOp) -> Option<ApplyFailure> {
+        match op {
+            WireguardOp::SetDevice(d) => {
+                let mut want = (**d).clone();
+                if let Some(old) = &self.state.wireguard.device {
+                    want.addresses.extend(
+                        old.addresses
+                            .iter()
+                            .filter(|a| !self.visible(a.ip()))
+                            .copied(),
+                    );
+                    want.addresses.sort();
+                }
+                self.state.wireguard.device = Some(want);
+            }
+            WireguardOp::DeleteDevice(_) => {
+                self.state.wireguard.device = None;
+                self.drop_wireguard_device();
+            }
+            WireguardOp::SetPeer(p) => {
+                let s = &mut self.state.wireguard;
+                if s.device.is_none() {
+                    return Some(ApplyFailure::NoDevice);
+                }
+                s.peers.insert(p.public_key, (**p).clone());
+            }
+            WireguardOp::DeletePeer(k) => {
+                self.state.wireguard.peers.remove(k);
+            }
+        }
+        None
+    }
+
     /// One vxlan operation; the reason when it is refused.
     fn apply_vxlan(&mut self, op: &VxlanOp) -> Option<ApplyFailure> {
         match op {

@@ -1,6 +1,8 @@
 //! [`KernelNetlink`]: the data plane on the kernel of the namespace its socket was opened in.
 
 use crate::backend::vxlan::kernel::{EntryRequest, VxlanKernel};
+use crate::backend::wireguard::kernel::WireguardKernel;
+use crate::backend::wireguard::{self, Mode, WireguardOp};
 use crate::dataplane::{wrong_family, ApplyFailure, ApplyReport, DataplaneError, Netlink};
 use crate::netlink::{NlSocket, Request, BATCH, BATCH_SOCKET_RCVBUF};
 use crate::plan::{KernelState, Op};
@@ -13,11 +15,14 @@ pub struct KernelNetlink {
     nl: NlSocket,
     family: IpFamily,
     vxlan: VxlanKernel,
+    wireguard: WireguardKernel,
 }
 
 impl KernelNetlink {
     /// A data plane of `family` around the VXLAN device called `device` (looked for even by
-    /// host-gw, so that a device left from an earlier vxlan configuration is removed).
+    /// host-gw and wireguard, so that a device left from an earlier vxlan configuration is
+    /// removed; likewise a WireGuard device of the family's `separate`-mode name, unless
+    /// [`KernelNetlink::with_wireguard`] configures one).
     pub fn open(device: &str, family: IpFamily) -> Result<KernelNetlink, DataplaneError> {
         Self::around(NlSocket::open()?, device, family)
     }
@@ -47,7 +52,18 @@ impl KernelNetlink {
                 device: device.to_string(),
                 family,
             },
+            wireguard: WireguardKernel::leftover(
+                wireguard::device_name(Mode::Separate, family),
+                family,
+            ),
         })
+    }
+
+    /// The same data plane with the wireguard backend configured: overlay routes go through
+    /// its device, and its peers are read back and changed.
+    pub fn with_wireguard(mut self, wireguard: WireguardKernel) -> KernelNetlink {
+        self.wireguard = wireguard;
+        self
     }
 
     /// The family this data plane serves.
@@ -55,9 +71,14 @@ impl KernelNetlink {
         self.family
     }
 
-    /// The index of the device overlay routes go through, if it exists.
+    /// The index of the device overlay routes go through, if it exists: the WireGuard
+    /// device when that backend is configured, else the VXLAN device.
     pub fn device_index(&mut self) -> Result<Option<u32>, DataplaneError> {
-        self.vxlan.device_index(&mut self.nl)
+        if self.wireguard.is_configured() {
+            self.wireguard.device_index(&mut self.nl)
+        } else {
+            self.vxlan.device_index(&mut self.nl)
+        }
     }
 
     /// The receive buffer of the data plane's socket, in bytes.
@@ -68,9 +89,19 @@ impl KernelNetlink {
 
 impl Netlink for KernelNetlink {
     fn observe(&mut self) -> Result<KernelState, DataplaneError> {
-        let (index, vxlan) = self.vxlan.observe(&mut self.nl)?;
+        let (vxlan_index, vxlan) = self.vxlan.observe(&mut self.nl)?;
+        let (wireguard_index, wireguard) = self.wireguard.observe(&mut self.nl)?;
+        let index = if self.wireguard.is_configured() {
+            wireguard_index
+        } else {
+            vxlan_index
+        };
         let routes = route::dump_routes(&mut self.nl, self.family, index)?;
-        Ok(KernelState { routes, vxlan })
+        Ok(KernelState {
+            routes,
+            vxlan,
+            wireguard,
+        })
     }
 
     fn apply(&mut self, ops: &[Op]) -> ApplyReport {
@@ -83,13 +114,20 @@ impl Netlink for KernelNetlink {
                 continue;
             }
             let done = match op {
-                Op::Vxlan(v) => self.vxlan.apply_device_op(&mut self.nl, v),
+                Op::Vxlan(v) => self
+                    .vxlan
+                    .apply_device_op(&mut self.nl, v)
+                    .map(|r| r.map_err(ApplyFailure::from)),
+                Op::Wireguard(w) => self
+                    .wireguard
+                    .apply_device_op(&mut self.nl, w)
+                    .map(|r| r.map_err(ApplyFailure::from)),
                 Op::SetRoute(_) | Op::DeleteRoute(_) => None,
             };
             match done {
                 None => rest.push(op),
                 Some(Ok(())) => report.applied += 1,
-                Some(Err(e)) => report.failures.push((op.clone(), e.into())),
+                Some(Err(e)) => report.failures.push((op.clone(), e)),
             }
         }
         if rest.is_empty() {
@@ -112,6 +150,7 @@ impl Netlink for KernelNetlink {
         for chunk in rest.chunks(BATCH) {
             let mut reqs: Vec<Request> = Vec::with_capacity(chunk.len());
             let mut sent = Vec::with_capacity(chunk.len());
+            let mut peer_ops: Vec<(&Op, &WireguardOp)> = Vec::new();
             for &op in chunk {
                 let req = match op {
                     Op::SetRoute(r) => match route::set_request(r, index) {
@@ -122,6 +161,15 @@ impl Netlink for KernelNetlink {
                         }
                     },
                     Op::DeleteRoute(r) => route::delete_request(r),
+                    Op::Wireguard(w) => {
+                        match (index, w.is_deletion()) {
+                            (Some(_), _) => peer_ops.push((op, w)),
+                            // A peer of a device that does not exist is gone already.
+                            (None, true) => report.applied += 1,
+                            (None, false) => report.failures.push(no_device(op)),
+                        }
+                        continue;
+                    }
                     Op::Vxlan(v) => match VxlanKernel::entry_request(v, index) {
                         EntryRequest::Send(req) => req,
                         EntryRequest::Done => {
@@ -142,6 +190,15 @@ impl Netlink for KernelNetlink {
                     Ok(()) => report.applied += 1,
                     Err(e) if op.is_deletion() && e.is_gone() => report.applied += 1,
                     Err(e) => report.failures.push((op.clone(), e.into())),
+                }
+            }
+            if !peer_ops.is_empty() {
+                let ws: Vec<&WireguardOp> = peer_ops.iter().map(|(_, w)| *w).collect();
+                for ((op, _), result) in peer_ops.iter().zip(self.wireguard.apply_peers(&ws)) {
+                    match result {
+                        Ok(()) => report.applied += 1,
+                        Err(e) => report.failures.push(((*op).clone(), e.into())),
+                    }
                 }
             }
         }

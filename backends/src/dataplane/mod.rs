@@ -34,6 +34,8 @@ pub enum DataplaneError {
     Netlink(#[from] NlError),
     #[error("a link named {name} exists but is not a VXLAN device ({kind}); weft will not touch it: rename or remove it, or pick another device name")]
     NotVxlan { name: String, kind: String },
+    #[error("a link named {name} exists but is neither a WireGuard nor a TUN device ({kind}); weft will not touch it: rename or remove it")]
+    NotWireguard { name: String, kind: String },
     #[error("{op}: {reason}")]
     Refused { op: String, reason: String },
 }
@@ -46,7 +48,7 @@ pub enum ApplyFailure {
     #[error("it has {} addresses but this data plane serves {serves}", serves.other())]
     WrongFamily { serves: IpFamily },
     /// It needs the backend's device, which is not there.
-    #[error("the VXLAN device does not exist (it will be re-created on the next pass)")]
+    #[error("the backend's device does not exist (it will be re-created on the next pass)")]
     NoDevice,
     /// The kernel (or reading it back) refused it; the text says what was asked and why.
     #[error("{0}")]

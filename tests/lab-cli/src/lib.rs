@@ -81,6 +81,8 @@ impl From<LabName> for String {
 pub enum LabBackend {
     Vxlan,
     HostGw,
+    /// WireGuard through the userspace `wireguard-go` (this machine's kernel may have none).
+    Wireguard,
 }
 
 impl LabBackend {
@@ -89,6 +91,7 @@ impl LabBackend {
         match self {
             LabBackend::Vxlan => "vxlan",
             LabBackend::HostGw => "host-gw",
+            LabBackend::Wireguard => "wireguard",
         }
     }
 }

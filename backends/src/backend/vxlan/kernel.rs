@@ -4,8 +4,6 @@
 
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -18,10 +16,10 @@ use rtnetlink::LinkVxlan;
 use super::{FdbEntry, Neighbour, VxlanDevice, VxlanOp, VxlanState};
 use crate::dataplane::DataplaneError;
 use crate::netlink::{
-    address_family, address_of, kernels_own_neighbour, link_kind, neighbour_ip, neighbour_mac,
-    NlError, NlSocket, Request, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+    address_family, kernels_own_neighbour, link_addresses, link_kind, neighbour_ip, neighbour_mac,
+    set_addresses, NlError, NlSocket, Request, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
 };
-use crate::{is_link_local, IpFamily, MacAddr};
+use crate::{IpFamily, MacAddr};
 
 /// The vxlan backend's objects of one family, around the device called `device`.
 #[derive(Debug, Clone)]
@@ -63,28 +61,6 @@ impl VxlanKernel {
         Ok(self.device_link(nl)?.map(|l| l.header.index))
     }
 
-    /// The addresses of this family on link `index`, sorted, without IPv6 link-local ones.
-    fn addresses(&self, nl: &mut NlSocket, index: u32) -> Result<Vec<IpNetwork>, NlError> {
-        let mut q = AddressMessage::default();
-        q.header.family = address_family(self.family);
-        let family = self.family;
-        let mut out: Vec<IpNetwork> = nl
-            .dump("list addresses", RouteNetlinkMessage::GetAddress(q))?
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a)
-                    if a.header.index == index && a.header.family == address_family(family) =>
-                {
-                    address_of(&a)
-                        .filter(|n| IpFamily::of(n.ip()) == family && !is_link_local(n.ip()))
-                }
-                _ => None,
-            })
-            .collect();
-        out.sort();
-        Ok(out)
-    }
-
     fn observe_device(
         &self,
         nl: &mut NlSocket,
@@ -104,7 +80,7 @@ impl VxlanKernel {
             // The kernel's default; a dump that omits the attribute means "on".
             learning: true,
             up: link.header.flags.contains(LinkFlags::Up),
-            addresses: self.addresses(nl, index)?,
+            addresses: link_addresses(nl, index, self.family)?,
         };
         for a in &link.attributes {
             match a {
@@ -280,23 +256,7 @@ impl VxlanKernel {
             }
             None => create_device(nl, want)?,
         };
-        // Add before removing: when the last IPv4 address leaves a device, the kernel drops
-        // every route through it.
-        let have = self.addresses(nl, index)?;
-        for a in want.addresses.iter().filter(|a| !have.contains(a)) {
-            nl.ack(
-                &format!("add address {a} to {}", want.name),
-                RouteNetlinkMessage::NewAddress(address_message(index, *a)),
-                NLM_F_CREATE | NLM_F_REPLACE,
-            )?;
-        }
-        for a in have.iter().filter(|a| !want.addresses.contains(a)) {
-            nl.ack(
-                &format!("remove address {a} from {}", want.name),
-                RouteNetlinkMessage::DelAddress(address_message(index, *a)),
-                0,
-            )?;
-        }
+        set_addresses(nl, index, &want.name, self.family, &want.addresses)?;
         Ok(())
     }
 }
@@ -351,22 +311,6 @@ fn new_device_message(want: &VxlanDevice) -> LinkMessage {
     .build()
 }
 
-fn address_message(index: u32, a: IpNetwork) -> AddressMessage {
-    let mut msg = AddressMessage::default();
-    msg.header.family = address_family(IpFamily::of_network(a));
-    msg.header.prefix_len = a.prefix();
-    msg.header.index = index;
-    if a.is_ipv6() {
-        // No duplicate address detection: the address is usable at once (a /128 on weft's
-        // own device cannot collide), instead of "tentative" for a second or two.
-        msg.header.flags = AddressHeaderFlags::Nodad;
-    }
-    use netlink_packet_route::address::AddressAttribute;
-    msg.attributes.push(AddressAttribute::Local(a.ip()));
-    msg.attributes.push(AddressAttribute::Address(a.ip()));
-    msg
-}
-
 fn neighbour_message(index: u32, n: &Neighbour) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = address_family(IpFamily::of(n.ip));
@@ -395,18 +339,4 @@ fn fdb_message(index: u32, f: &FdbEntry) -> NeighbourMessage {
             f.dst,
         )));
     msg
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_v6_device_address_skips_duplicate_address_detection() {
-        let a = address_message(9, "fc00:0:0:1::/128".parse().unwrap());
-        assert_eq!(a.header.family, AddressFamily::Inet6);
-        assert!(a.header.flags.contains(AddressHeaderFlags::Nodad));
-        let a = address_message(9, "10.244.1.0/32".parse().unwrap());
-        assert!(!a.header.flags.contains(AddressHeaderFlags::Nodad));
-    }
 }

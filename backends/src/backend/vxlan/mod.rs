@@ -20,8 +20,8 @@ use ipnetwork::IpNetwork;
 
 use crate::backend::{Backend, BackendData, BackendKind};
 use crate::plan::{
-    subnet_zero, view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Refused, Underlay,
-    UnderlayFamily, Unreachable,
+    addresses_text, subnet_zero, view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Refused,
+    Underlay, UnderlayFamily, Unreachable,
 };
 use crate::route::{Route, Via};
 use crate::{IpFamily, MacAddr, Peer};
@@ -72,6 +72,7 @@ pub fn vtep_mac(node_name: &str, family: IpFamily) -> MacAddr {
 pub fn vtep_mac_in(data: BackendData) -> Option<MacAddr> {
     match data {
         BackendData::Vxlan(d) => Some(d.vtep_mac),
+        BackendData::Wireguard(_) => None,
     }
 }
 
@@ -451,18 +452,6 @@ pub(crate) fn concerns(op: &VxlanOp, peer: &Peer, family: IpFamily) -> bool {
         }
         VxlanOp::SetDevice(_) | VxlanOp::DeleteDevice(_) => false,
     }
-}
-
-/// `10.244.1.0/32, fc00::/128`, or `none`.
-fn addresses_text(addrs: &[IpNetwork]) -> String {
-    if addrs.is_empty() {
-        return "none".into();
-    }
-    addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl fmt::Display for Named<'_, Neighbour> {

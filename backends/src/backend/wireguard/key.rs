@@ -14,6 +14,17 @@ use base64::Engine;
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key(pub [u8; 32]);
 
+/// The cluster's preshared key (`Backend.PSK`), mixed into every peer's handshake. A secret:
+/// its `Debug` says only that it is one, and it has no `Display`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PresharedKey(pub Key);
+
+impl fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PresharedKey(…)")
+    }
+}
+
 /// A private key. Never shown: its `Debug` says only that it is one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey([u8; 32]);

@@ -18,7 +18,7 @@ pub struct WireguardData {
 }
 
 /// A peer's checked WireGuard data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WireguardPeer {
     pub public_key: Key,
     /// The port to send to: the published one, or ours when it published 0.

@@ -1,0 +1,590 @@
+//! The wireguard backend in the kernel: its device (a route netlink link of kind
+//! `wireguard`, or the TUN device a userspace implementation makes), the device's address,
+//! MTU and state, and its WireGuard configuration (key, port, peers) — read back into a
+//! [`WireguardState`] and changed by [`WireguardOp`]s.
+//!
+//! Two implementations configure the device, chosen once per data plane
+//! ([`Implementation`]): the kernel's, over generic netlink ([`super::genl`]), and a
+//! userspace one such as `wireguard-go`, over its UAPI socket ([`super::uapi`]). weftd starts
+//! the userspace program itself when the device is missing, in its own process group, so
+//! that it outlives weftd: a restarted weftd finds the device and its peers as they were.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::LinkWireguard;
+
+use super::key::{Key, PresharedKey, PrivateKey};
+use super::uapi::{self, DeviceChange, DeviceState, PeerChange};
+use super::{WireguardDevice, WireguardOp, WireguardPeerEntry, WireguardState};
+use crate::dataplane::DataplaneError;
+use crate::netlink::{
+    link_addresses, link_kind, set_addresses, NlError, NlSocket, NLM_F_CREATE, NLM_F_EXCL,
+};
+use crate::IpFamily;
+
+/// Where userspace implementations put their UAPI sockets (`<dir>/<device>.sock`); fixed by
+/// `wireguard-go`.
+pub const USERSPACE_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// How long a started userspace implementation may take to make its device and socket.
+const USERSPACE_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one UAPI exchange may take.
+const UAPI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The WireGuard implementation that configures the device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    /// The kernel's: a link of kind `wireguard`, configured over generic netlink.
+    Kernel,
+    /// A userspace program (`wireguard-go`) started as `<binary> -f <device>`: it makes a
+    /// TUN device and serves `<socket_dir>/<device>.sock`.
+    Userspace {
+        binary: PathBuf,
+        socket_dir: PathBuf,
+    },
+}
+
+impl Implementation {
+    /// A userspace implementation from `binary`, with its sockets where `wireguard-go` puts
+    /// them.
+    pub fn userspace(binary: impl Into<PathBuf>) -> Implementation {
+        Implementation::Userspace {
+            binary: binary.into(),
+            socket_dir: PathBuf::from(USERSPACE_SOCKET_DIR),
+        }
+    }
+
+    /// `kernel` or `userspace`, in logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Implementation::Kernel => "kernel",
+            Implementation::Userspace { .. } => "userspace",
+        }
+    }
+}
+
+/// The files a userspace implementation of `device` has in `socket_dir`: its socket, and the
+/// pid and log weftd keeps beside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserspaceFiles {
+    pub socket: PathBuf,
+    pub pid: PathBuf,
+    pub log: PathBuf,
+}
+
+impl UserspaceFiles {
+    pub fn of(socket_dir: &Path, device: &str) -> UserspaceFiles {
+        UserspaceFiles {
+            socket: socket_dir.join(format!("{device}.sock")),
+            pid: socket_dir.join(format!("{device}.pid")),
+            log: socket_dir.join(format!("{device}.log")),
+        }
+    }
+}
+
+/// The backend's objects of one family, around the device called `device`. Without
+/// [`WireguardKernel::configured`] it only looks for the device (so that a device left by an
+/// earlier wireguard configuration is removed) and reads no peers.
+#[derive(Debug)]
+pub struct WireguardKernel {
+    pub device: String,
+    pub family: IpFamily,
+    configured: Option<Configured>,
+}
+
+#[derive(Debug)]
+struct Configured {
+    /// None for a reader (`netctl check`), which changes nothing.
+    private_key: Option<PrivateKey>,
+    implementation: Implementation,
+}
+
+impl WireguardKernel {
+    /// A kernel side that only finds a device called `device` (to delete it).
+    pub fn leftover(device: impl Into<String>, family: IpFamily) -> WireguardKernel {
+        WireguardKernel {
+            device: device.into(),
+            family,
+            configured: None,
+        }
+    }
+
+    /// The kernel side of the configured backend: the device `device` with `private_key`,
+    /// configured through `implementation`.
+    pub fn configured(
+        device: impl Into<String>,
+        family: IpFamily,
+        private_key: PrivateKey,
+        implementation: Implementation,
+    ) -> WireguardKernel {
+        WireguardKernel {
+            device: device.into(),
+            family,
+            configured: Some(Configured {
+                private_key: Some(private_key),
+                implementation,
+            }),
+        }
+    }
+
+    /// A kernel side that reads the configured backend's device and peers without its
+    /// private key (`netctl check`): it cannot set up the device.
+    pub fn reader(
+        device: impl Into<String>,
+        family: IpFamily,
+        implementation: Implementation,
+    ) -> WireguardKernel {
+        WireguardKernel {
+            device: device.into(),
+            family,
+            configured: Some(Configured {
+                private_key: None,
+                implementation,
+            }),
+        }
+    }
+
+    /// Whether this is the configured backend's (not only a look for a leftover device).
+    pub fn is_configured(&self) -> bool {
+        self.configured.is_some()
+    }
+
+    /// The implementation in use, when configured.
+    pub fn implementation(&self) -> Option<&Implementation> {
+        self.configured.as_ref().map(|c| &c.implementation)
+    }
+
+    /// The device's link message, if it exists; an error if the name is taken by a link
+    /// that is neither a WireGuard device nor a TUN device.
+    fn device_link(&self, nl: &mut NlSocket) -> Result<Option<LinkMessage>, DataplaneError> {
+        let Some(link) = nl.link_by_name(&self.device)? else {
+            return Ok(None);
+        };
+        match link_kind(&link) {
+            Some(InfoKind::Wireguard) | Some(InfoKind::Tun) => Ok(Some(link)),
+            other => Err(DataplaneError::NotWireguard {
+                name: self.device.clone(),
+                kind: other.map_or(
+                    "a link without a kind, such as a physical NIC".into(),
+                    |k| format!("kind {k}"),
+                ),
+            }),
+        }
+    }
+
+    /// The device's index, if it exists.
+    pub fn device_index(&self, nl: &mut NlSocket) -> Result<Option<u32>, DataplaneError> {
+        Ok(self.device_link(nl)?.map(|l| l.header.index))
+    }
+
+    /// The device (if present) with its addresses of this family, its key, port and peers;
+    /// and its index.
+    pub fn observe(
+        &self,
+        nl: &mut NlSocket,
+    ) -> Result<(Option<u32>, WireguardState), DataplaneError> {
+        let mut state = WireguardState::default();
+        let Some(link) = self.device_link(nl)? else {
+            return Ok((None, state));
+        };
+        let index = link.header.index;
+        let mut device = WireguardDevice {
+            name: self.device.clone(),
+            listen_port: 0,
+            public_key: None,
+            mtu: 0,
+            up: link.header.flags.contains(LinkFlags::Up),
+            addresses: link_addresses(nl, index, self.family)?,
+        };
+        for a in &link.attributes {
+            if let LinkAttribute::Mtu(m) = a {
+                device.mtu = *m;
+            }
+        }
+        if let Some(c) = &self.configured {
+            let st = get(&c.implementation, &self.device)?;
+            device.listen_port = st.listen_port;
+            device.public_key = st.public_key;
+            for p in st.peers {
+                let mut allowed_ips = p.allowed_ips;
+                allowed_ips.sort();
+                allowed_ips.dedup();
+                state.peers.insert(
+                    p.public_key,
+                    WireguardPeerEntry {
+                        public_key: p.public_key,
+                        endpoint: p.endpoint,
+                        allowed_ips,
+                        preshared_key: p.preshared_key.filter(|k| !k.is_zero()).map(PresharedKey),
+                        keepalive: p.persistent_keepalive,
+                    },
+                );
+            }
+        }
+        state.device = Some(device);
+        Ok((Some(index), state))
+    }
+
+    /// Apply a device operation at once (peers need the device); None for a peer operation,
+    /// which goes in a batch ([`WireguardKernel::apply_peers`]).
+    pub(crate) fn apply_device_op(
+        &self,
+        nl: &mut NlSocket,
+        op: &WireguardOp,
+    ) -> Option<Result<(), DataplaneError>> {
+        match op {
+            WireguardOp::SetDevice(d) => Some(self.set_device(nl, d)),
+            WireguardOp::DeleteDevice(name) => Some(
+                nl.delete_link_by_name(name)
+                    .map(drop)
+                    .map_err(DataplaneError::from),
+            ),
+            WireguardOp::SetPeer(_) | WireguardOp::DeletePeer(_) => None,
+        }
+    }
+
+    /// Apply peer operations as one configuration change; when the implementation refuses
+    /// it, one at a time, so that each failure is told apart. One result per operation.
+    pub(crate) fn apply_peers(&self, ops: &[&WireguardOp]) -> Vec<Result<(), DataplaneError>> {
+        let Some(c) = &self.configured else {
+            // Not the configured backend: only its device is ever deleted, never its peers.
+            return ops
+                .iter()
+                .map(|_| {
+                    Err(DataplaneError::Refused {
+                        op: "change WireGuard peers".into(),
+                        reason: "the wireguard backend is not configured".into(),
+                    })
+                })
+                .collect();
+        };
+        let change = |ops: &[&WireguardOp]| DeviceChange {
+            peers: ops.iter().filter_map(|op| peer_change(op)).collect(),
+            ..DeviceChange::default()
+        };
+        match set(&c.implementation, &self.device, &change(ops)) {
+            Ok(()) => ops.iter().map(|_| Ok(())).collect(),
+            Err(e) if ops.len() == 1 => vec![Err(e)],
+            Err(_) => ops
+                .iter()
+                .map(|op| set(&c.implementation, &self.device, &change(&[op])))
+                .collect(),
+        }
+    }
+
+    fn set_device(&self, nl: &mut NlSocket, want: &WireguardDevice) -> Result<(), DataplaneError> {
+        let (Some(c), Some(private_key)) = (
+            &self.configured,
+            self.configured
+                .as_ref()
+                .and_then(|c| c.private_key.as_ref()),
+        ) else {
+            return Err(DataplaneError::Refused {
+                op: format!("set WireGuard device {}", want.name),
+                reason: "this data plane has no WireGuard private key".into(),
+            });
+        };
+        let index = match self.device_index(nl)? {
+            Some(index) => index,
+            None => create_device(nl, want, &c.implementation)?,
+        };
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::Mtu(want.mtu));
+        nl.ack(
+            &format!("set MTU {} and bring up {}", want.mtu, want.name),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )?;
+        set_addresses(nl, index, &want.name, self.family, &want.addresses)?;
+        set(
+            &c.implementation,
+            &want.name,
+            &DeviceChange {
+                private_key: Some(private_key.clone()),
+                listen_port: Some(want.listen_port),
+                ..DeviceChange::default()
+            },
+        )
+    }
+}
+
+/// The configuration change for a peer operation (None for a device operation).
+fn peer_change(op: &WireguardOp) -> Option<PeerChange> {
+    match op {
+        WireguardOp::DeletePeer(k) => Some(PeerChange::remove(*k)),
+        WireguardOp::SetPeer(p) => Some(PeerChange {
+            public_key: p.public_key,
+            remove: false,
+            // The all-zero key removes one that is there.
+            preshared_key: Some(p.preshared_key.map_or(Key([0; 32]), |k| k.0)),
+            endpoint: p.endpoint,
+            persistent_keepalive: Some(p.keepalive),
+            replace_allowed_ips: true,
+            allowed_ips: p.allowed_ips.clone(),
+        }),
+        WireguardOp::SetDevice(_) | WireguardOp::DeleteDevice(_) => None,
+    }
+}
+
+/// Create the device through `implementation`; its index.
+fn create_device(
+    nl: &mut NlSocket,
+    want: &WireguardDevice,
+    implementation: &Implementation,
+) -> Result<u32, DataplaneError> {
+    let op = format!("create WireGuard device {}", want.name);
+    match implementation {
+        Implementation::Kernel => {
+            let msg = LinkWireguard::new(&want.name).mtu(want.mtu).up().build();
+            nl.ack(&op, RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+                .map_err(|e| {
+                    if e.is(nix::errno::Errno::EOPNOTSUPP) {
+                        DataplaneError::Refused {
+                            op: op.clone(),
+                            reason: "the kernel has no WireGuard: load the module (modprobe wireguard), or run weftd with --wireguard-userspace PATH".into(),
+                        }
+                    } else {
+                        e.into()
+                    }
+                })?;
+            nl.link_by_name(&want.name)?
+                .map(|l| l.header.index)
+                .ok_or_else(|| {
+                    NlError::Decode {
+                        op,
+                        problem: "the device is missing right after creation".into(),
+                    }
+                    .into()
+                })
+        }
+        Implementation::Userspace { binary, socket_dir } => {
+            start_userspace(nl, binary, socket_dir, &want.name)
+        }
+    }
+}
+
+/// Start `binary -f <device>` in its own process group (so that it outlives weftd and no
+/// terminal signal meant for weftd reaches it), with its output in the log beside its
+/// socket and its pid in the pid file; wait until its device exists and its socket answers.
+fn start_userspace(
+    nl: &mut NlSocket,
+    binary: &Path,
+    socket_dir: &Path,
+    device: &str,
+) -> Result<u32, DataplaneError> {
+    let op = format!("start {} for WireGuard device {device}", binary.display());
+    let fail = |reason: String| DataplaneError::Refused {
+        op: op.clone(),
+        reason,
+    };
+    let files = UserspaceFiles::of(socket_dir, device);
+    std::fs::create_dir_all(socket_dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", socket_dir.display())))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&files.log)
+        .map_err(|e| fail(format!("cannot open {}: {e}", files.log.display())))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| fail(format!("cannot open {}: {e}", files.log.display())))?;
+    let mut child = Command::new(binary)
+        .arg("-f")
+        .arg(device)
+        .env("LOG_LEVEL", "error")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| {
+            fail(format!(
+                "{e}: install it (Debian: apt-get install wireguard-go) or fix --wireguard-userspace"
+            ))
+        })?;
+    let pid = child.id();
+    std::fs::write(&files.pid, format!("{pid}\n"))
+        .map_err(|e| fail(format!("cannot write {}: {e}", files.pid.display())))?;
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(fail(format!(
+                "it exited ({status}) before its device was up; its log {} ends with: {}",
+                files.log.display(),
+                log_tail(&files.log)
+            )));
+        }
+        if let Some(link) = nl.link_by_name(device)? {
+            if uapi_exchange(&files.socket, uapi::GET_REQUEST).is_ok() {
+                // Reap it when it ends, so that it leaves no zombie while weftd runs.
+                std::thread::Builder::new()
+                    .name("wireguard-go".into())
+                    .spawn(move || {
+                        let _ = child.wait();
+                    })
+                    .map_err(|e| fail(format!("cannot start a thread: {e}")))?;
+                return Ok(link.header.index);
+            }
+        }
+        if started.elapsed() > USERSPACE_START_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "its device and socket {} were not up after {USERSPACE_START_TIMEOUT:?} (stopped it); its log {} ends with: {}",
+                files.socket.display(),
+                files.log.display(),
+                log_tail(&files.log)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last line of a log, for error text.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(nothing)")
+        .to_string()
+}
+
+/// The device's configuration, through `implementation`.
+fn get(implementation: &Implementation, device: &str) -> Result<DeviceState, DataplaneError> {
+    let op = format!("read WireGuard device {device}");
+    match implementation {
+        Implementation::Kernel => {
+            kernel_control::get(device).map_err(|reason| DataplaneError::Refused { op, reason })
+        }
+        Implementation::Userspace { socket_dir, .. } => {
+            let files = UserspaceFiles::of(socket_dir, device);
+            let answer = uapi_exchange(&files.socket, uapi::GET_REQUEST).map_err(|reason| {
+                DataplaneError::Refused {
+                    op: op.clone(),
+                    reason,
+                }
+            })?;
+            uapi::parse_get_answer(&answer).map_err(|e| DataplaneError::Refused {
+                op,
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Apply `change` to the device, through `implementation`.
+fn set(
+    implementation: &Implementation,
+    device: &str,
+    change: &DeviceChange,
+) -> Result<(), DataplaneError> {
+    let op = format!("configure WireGuard device {device}");
+    match implementation {
+        Implementation::Kernel => kernel_control::set(device, change)
+            .map_err(|reason| DataplaneError::Refused { op, reason }),
+        Implementation::Userspace { socket_dir, .. } => {
+            let files = UserspaceFiles::of(socket_dir, device);
+            let answer =
+                uapi_exchange(&files.socket, &uapi::set_request(change)).map_err(|reason| {
+                    DataplaneError::Refused {
+                        op: op.clone(),
+                        reason,
+                    }
+                })?;
+            uapi::parse_set_answer(&answer).map_err(|e| DataplaneError::Refused {
+                op,
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// One request on a UAPI socket and its answer (up to the empty line that ends it).
+fn uapi_exchange(socket: &Path, request: &str) -> Result<String, String> {
+    let what = |e: std::io::Error| {
+        format!(
+            "{}: {e} (the userspace WireGuard process serves it; weftd starts it again when its device is gone)",
+            socket.display()
+        )
+    };
+    let mut s = UnixStream::connect(socket).map_err(what)?;
+    s.set_read_timeout(Some(UAPI_TIMEOUT)).map_err(what)?;
+    s.set_write_timeout(Some(UAPI_TIMEOUT)).map_err(what)?;
+    s.write_all(request.as_bytes()).map_err(what)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        let n = s.read(&mut buf).map_err(what)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.ends_with(b"\n\n") {
+            break;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{}: the answer is not text", socket.display()))
+}
+
+/// The kernel implementation's configuration channel.
+mod kernel_control {
+    use super::{DeviceChange, DeviceState};
+
+    pub(super) fn get(_device: &str) -> Result<DeviceState, String> {
+        Err("this weft build cannot configure kernel WireGuard devices".into())
+    }
+
+    pub(super) fn set(_device: &str, _change: &DeviceChange) -> Result<(), String> {
+        Err("this weft build cannot configure kernel WireGuard devices".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::wireguard::Key;
+
+    #[test]
+    fn a_peer_without_a_preshared_key_clears_one_and_replaces_its_allowed_ips() {
+        let p = WireguardPeerEntry {
+            public_key: Key([7; 32]),
+            endpoint: Some("192.0.2.12:51820".parse().unwrap()),
+            allowed_ips: vec!["10.244.2.0/24".parse().unwrap()],
+            preshared_key: None,
+            keepalive: 0,
+        };
+        let c = peer_change(&WireguardOp::SetPeer(Box::new(p.clone()))).unwrap();
+        assert_eq!(c.preshared_key, Some(Key([0; 32])));
+        assert!(c.replace_allowed_ips && !c.remove);
+        assert_eq!(c.persistent_keepalive, Some(0));
+        let with = WireguardPeerEntry {
+            preshared_key: Some(PresharedKey(Key([9; 32]))),
+            keepalive: 25,
+            ..p
+        };
+        let c = peer_change(&WireguardOp::SetPeer(Box::new(with))).unwrap();
+        assert_eq!(c.preshared_key, Some(Key([9; 32])));
+        assert_eq!(c.persistent_keepalive, Some(25));
+        assert!(
+            peer_change(&WireguardOp::DeletePeer(Key([7; 32])))
+                .unwrap()
+                .remove
+        );
+        assert_eq!(
+            UserspaceFiles::of(Path::new("/var/run/wireguard"), "weft-wg").socket,
+            PathBuf::from("/var/run/wireguard/weft-wg.sock")
+        );
+    }
+}
