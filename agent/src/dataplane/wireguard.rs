@@ -34,10 +34,7 @@ pub enum WireguardError {
     NotExecutable(PathBuf),
 }
 
-/// Whether the kernel has WireGuard (built in, or its module loaded).
-pub fn kernel_has_wireguard() -> bool {
-    std::path::Path::new("/sys/module/wireguard").exists()
-}
+pub use weft_backends::backend::wireguard::kernel::kernel_has_wireguard;
 
 /// The implementation `opts` ask for, given whether the kernel has WireGuard.
 pub fn choose(opts: &WireguardOptions, kernel: bool) -> Result<Implementation, WireguardError> {

@@ -538,17 +538,32 @@ fn uapi_exchange(socket: &Path, request: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| format!("{}: the answer is not text", socket.display()))
 }
 
-/// The kernel implementation's configuration channel.
+/// The kernel implementation's configuration channel: generic netlink, a socket per
+/// exchange (opened in the calling thread's namespace, as the data plane's own socket is).
 mod kernel_control {
+    use super::super::genl::GenlWireguard;
     use super::{DeviceChange, DeviceState};
 
-    pub(super) fn get(_device: &str) -> Result<DeviceState, String> {
-        Err("this weft build cannot configure kernel WireGuard devices".into())
+    fn open() -> Result<GenlWireguard, String> {
+        GenlWireguard::open()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the kernel has no WireGuard (module wireguard not loaded): load it (modprobe wireguard), or run weftd with --wireguard-userspace PATH".to_string())
     }
 
-    pub(super) fn set(_device: &str, _change: &DeviceChange) -> Result<(), String> {
-        Err("this weft build cannot configure kernel WireGuard devices".into())
+    pub(super) fn get(device: &str) -> Result<DeviceState, String> {
+        open()?.get(device).map_err(|e| e.to_string())
     }
+
+    pub(super) fn set(device: &str, change: &DeviceChange) -> Result<(), String> {
+        open()?.set(device, change).map_err(|e| e.to_string())
+    }
+}
+
+/// Whether the kernel has WireGuard: its module is loaded (or built in), or its generic
+/// netlink family answers (asking may load the module, as `wg` does).
+pub fn kernel_has_wireguard() -> bool {
+    Path::new("/sys/module/wireguard").exists()
+        || matches!(super::genl::GenlWireguard::open(), Ok(Some(_)))
 }
 
 #[cfg(test)]

@@ -111,6 +111,11 @@ impl PrivateKey {
         STANDARD.encode(self.0)
     }
 
+    /// The raw bytes, for the kernel's generic netlink configuration messages.
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Hex, for the userspace configuration socket.
     pub fn to_hex(&self) -> String {
         Key(self.0).to_hex()

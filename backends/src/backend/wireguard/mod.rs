@@ -16,6 +16,7 @@
 //! generic netlink, [`genl`]) or a userspace one such as `wireguard-go` (configured over its
 //! UAPI socket, [`uapi`]).
 
+pub mod genl;
 pub mod kernel;
 pub mod key;
 pub mod lease;

@@ -118,7 +118,7 @@ pub struct PeerState {
 
 impl PeerState {
     /// The peer with `public_key`, nothing else known yet.
-    fn new(public_key: Key) -> PeerState {
+    pub(super) fn new(public_key: Key) -> PeerState {
         PeerState {
             public_key,
             preshared_key: None,
