@@ -1081,6 +1081,7 @@ impl Lab {
             ipv4: self.opts.ipv4,
             ipv6: self.opts.ipv6(),
             ip_masq: self.opts.ip_masq,
+            wireguard: self.opts.backend == LabBackend::Wireguard,
             namespaces: self.namespaces(),
             processes,
             hosts,
@@ -1308,6 +1309,11 @@ pub struct LabState {
     pub ipv4: bool,
     pub ipv6: bool,
     pub ip_masq: bool,
+    /// The overlay is WireGuard. Without `ip_masq` a pod's ping to another host is not
+    /// probed: the host answers from its own address, which WireGuard accepts from a peer
+    /// only inside that peer's subnet, so the answer is dropped (by design, as flannel's).
+    #[serde(default)]
+    pub wireguard: bool,
     /// Every namespace, in teardown order (pods, hosts, internet, switch).
     pub namespaces: Vec<String>,
     pub processes: Vec<ProcessRecord>,
@@ -1394,6 +1400,11 @@ impl LabState {
         }
     }
 
+    /// Whether pods' pings to other hosts are probed (see [`LabState::wireguard`]).
+    pub fn probes_other_hosts(&self) -> bool {
+        !self.wireguard || self.ip_masq
+    }
+
     /// The probes [`LabState::connectivity`] sends (not sent yet, `ok` false), each with the
     /// namespace it is sent from: from every pod, for every address family of the lab, to
     /// every other pod, to every other host's underlay address and, with `ip_masq`, to the
@@ -1425,7 +1436,7 @@ impl LabState {
                 }
             }
             for (n, h) in self.hosts.iter().enumerate() {
-                if n + 1 == a.host {
+                if n + 1 == a.host || !self.probes_other_hosts() {
                     continue;
                 }
                 if self.ipv4 {
@@ -1818,6 +1829,7 @@ pub(crate) mod tests {
             ipv4,
             ipv6,
             ip_masq: false,
+            wireguard: false,
             namespaces,
             processes: vec![ProcessRecord {
                 name: "etcd".into(),

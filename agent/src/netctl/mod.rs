@@ -18,6 +18,7 @@ use crate::config::NetConfig;
 use crate::lease::pick::Occupancy;
 use crate::lease::{validate, LeaseAttrs, LeaseRules, SubnetKey};
 use crate::store::{LeaseStore, StoreError, StoredEntry, TtlLeaseId};
+use weft_backends::backend::wireguard::WireguardData;
 
 /// One row of `netctl leases`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -33,6 +34,11 @@ pub struct LeaseRow {
     pub backend: Option<String>,
     pub vtep_mac: Option<String>,
     pub vtep_mac_v6: Option<String>,
+    /// The WireGuard public key (base64) and listen port the lease publishes, per family.
+    pub wireguard_key: Option<String>,
+    pub wireguard_port: Option<u16>,
+    pub wireguard_key_v6: Option<String>,
+    pub wireguard_port_v6: Option<u16>,
     /// Seconds left; `None` for a reservation or an unknown TTL.
     pub ttl_seconds: Option<u64>,
     pub reserved: bool,
@@ -104,6 +110,16 @@ pub fn lease_rows(
                 .as_ref()
                 .and_then(|a| a.vxlan_v6_data().ok())
                 .map(|d| d.vtep_mac.to_string());
+            let wg = |v: Option<&serde_json::Value>| {
+                v.and_then(|v| serde_json::from_value::<WireguardData>(v.clone()).ok())
+            };
+            let is_wg = attrs
+                .as_ref()
+                .is_some_and(|a| a.backend_type == "wireguard");
+            let (wg4, wg6) = match (&attrs, is_wg) {
+                (Some(a), true) => (wg(a.backend_data.as_ref()), wg(a.backend_v6_data.as_ref())),
+                _ => (None, None),
+            };
             let row = LeaseRow {
                 key: e.name.clone(),
                 subnet: match key {
@@ -124,8 +140,12 @@ pub fn lease_rows(
                     .and_then(|a| a.public_ip_v6)
                     .map(|ip| ip.to_string()),
                 backend: attrs.as_ref().map(|a| a.backend_type.clone()),
-                vtep_mac: vtep,
-                vtep_mac_v6: vtep6,
+                vtep_mac: vtep.filter(|_| !is_wg),
+                vtep_mac_v6: vtep6.filter(|_| !is_wg),
+                wireguard_key: wg4.as_ref().map(|d| d.public_key.clone()),
+                wireguard_port: wg4.as_ref().map(|d| d.port),
+                wireguard_key_v6: wg6.as_ref().map(|d| d.public_key.clone()),
+                wireguard_port_v6: wg6.as_ref().map(|d| d.port),
                 ttl_seconds: ttl.map(|d| d.as_secs()),
                 reserved: e.ttl_lease.is_none(),
                 expires: ttl.map(|d| humantime::format_rfc3339_seconds(now + d).to_string()),
@@ -260,13 +280,25 @@ pub fn render_leases(rows: &[LeaseRow], output: Output) -> String {
         header.push("PUBLIC-IPV6");
     }
     header.push("BACKEND");
-    if has_v4 {
+    // A cluster of WireGuard leases only shows keys and ports, not (absent) VTEP MACs.
+    let has_wg = rows
+        .iter()
+        .any(|r| r.wireguard_key.is_some() || r.wireguard_key_v6.is_some());
+    let has_mac = !has_wg
+        || rows
+            .iter()
+            .any(|r| r.vtep_mac.is_some() || r.vtep_mac_v6.is_some());
+    let v4_mac = has_v4 && has_mac;
+    if v4_mac {
         header.push("VTEP-MAC");
     }
     // Dual-stack tables keep the IPv6 MAC for wide; an IPv6-only one has no other.
-    let v6_mac = has_v6 && (wide || !has_v4);
+    let v6_mac = has_mac && has_v6 && (wide || !has_v4);
     if v6_mac {
         header.push("VTEP-MAC-V6");
+    }
+    if has_wg {
+        header.extend(["WG-KEY", "WG-PORT"]);
     }
     header.push("TTL");
     if wide {
@@ -299,11 +331,15 @@ pub fn render_leases(rows: &[LeaseRow], output: Output) -> String {
                 c.push(dash(&r.public_ip_v6));
             }
             c.push(dash(&r.backend));
-            if has_v4 {
+            if v4_mac {
                 c.push(dash(&r.vtep_mac));
             }
             if v6_mac {
                 c.push(dash(&r.vtep_mac_v6));
+            }
+            if has_wg {
+                c.push(wireguard_key_cell(r, wide));
+                c.push(wireguard_port_cell(r));
             }
             c.push(ttl_cell(r));
             if wide {
@@ -318,6 +354,37 @@ pub fn render_leases(rows: &[LeaseRow], output: Output) -> String {
         })
         .collect();
     render_table(&header, &cells)
+}
+
+/// The key a lease publishes (both families share one): shortened to its first 8
+/// characters, as `wg` does, unless `wide`; both when the families' keys differ.
+fn wireguard_key_cell(r: &LeaseRow, wide: bool) -> String {
+    let show = |k: &String| {
+        if wide || k.len() <= 8 {
+            k.clone()
+        } else {
+            format!("{}…", &k[..8])
+        }
+    };
+    match (&r.wireguard_key, &r.wireguard_key_v6) {
+        (Some(a), Some(b)) if a != b => format!("{}/{}", show(a), show(b)),
+        (Some(k), _) | (None, Some(k)) => show(k),
+        (None, None) => "-".into(),
+    }
+}
+
+/// The listen port(s) a lease publishes: `51820`, or `51820/51821` with an IPv6 device of
+/// its own (0 is shown as "own": a peer uses its own port for it).
+fn wireguard_port_cell(r: &LeaseRow) -> String {
+    let show = |p: u16| match p {
+        0 => "own".to_string(),
+        p => p.to_string(),
+    };
+    match (r.wireguard_port, r.wireguard_port_v6) {
+        (Some(a), Some(b)) if a != b => format!("{}/{}", show(a), show(b)),
+        (Some(p), _) | (None, Some(p)) => show(p),
+        (None, None) => "-".into(),
+    }
 }
 
 /// Where `netctl config` read the network config.
@@ -391,6 +458,26 @@ pub fn render_config(
         rows.push(vec!["VNI".into(), b.vni.to_string()]);
         rows.push(vec!["Port".into(), b.port.to_string()]);
         rows.push(vec!["DirectRouting".into(), b.direct_routing.to_string()]);
+    }
+    if b.kind == weft_backends::BackendKind::Wireguard {
+        let wg = &b.wireguard;
+        rows.push(vec!["Mode".into(), wg.mode.to_string()]);
+        rows.push(vec!["ListenPort".into(), wg.listen_port.to_string()]);
+        if wg.mode == weft_backends::backend::wireguard::Mode::Separate {
+            rows.push(vec!["ListenPortV6".into(), wg.listen_port_v6.to_string()]);
+        }
+        // The key itself is a secret: only whether there is one.
+        rows.push(vec![
+            "PSK".into(),
+            if wg.psk.is_some() { "set" } else { "none" }.into(),
+        ]);
+        rows.push(vec![
+            "PersistentKeepaliveInterval".into(),
+            match wg.keepalive {
+                0 => "off".to_string(),
+                s => format!("{s}s"),
+            },
+        ]);
     }
     rows.push(vec![
         "MTU".into(),

@@ -169,6 +169,13 @@ fn matrix(state: &LabState, family: IpFamily, probes: &[&Probe]) -> String {
         let good = of_kind.iter().filter(|p| p.ok).count();
         let _ = writeln!(out, "{label:<28} {good}/{} ok", of_kind.len());
     }
+    if !state.probes_other_hosts() {
+        let _ = writeln!(
+            out,
+            "{:<28} not probed: over WireGuard a host answers from its own address, which its peers accept only with --ip-masq",
+            "pod -> other host"
+        );
+    }
     out
 }
 
