@@ -18,6 +18,7 @@ use crate::backoff::Backoff;
 use crate::lease::keeper::{sleep_or_shutdown, OwnKeyNotice};
 use crate::lease::{validate, LeaseRules, SubnetKey};
 use crate::store::{LeaseStore, Revision, Snapshot, StoredEntry, WatchEvent};
+use weft_backends::backend::wireguard::{wireguard_data_in, Key};
 
 /// One entry as the watch knows it.
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ struct Known {
 enum Claim {
     Subnet(IpNetwork),
     PublicIp(IpAddr),
+    /// A WireGuard public key: one node's alone, whichever family's device it is on.
+    WireguardKey(Key),
 }
 
 impl std::fmt::Display for Claim {
@@ -40,6 +43,7 @@ impl std::fmt::Display for Claim {
         match self {
             Claim::Subnet(n) => write!(f, "subnet {n}"),
             Claim::PublicIp(a) => write!(f, "public IP {a}"),
+            Claim::WireguardKey(k) => write!(f, "WireGuard public key {k}"),
         }
     }
 }
@@ -56,6 +60,14 @@ fn claims(p: &Peer) -> Vec<Claim> {
     if let Some(ip6) = p.public_ip_v6 {
         out.push(Claim::PublicIp(IpAddr::V6(ip6)));
     }
+    // Both families' devices of a node carry its one key: claimed once.
+    let keys: BTreeSet<Key> = [p.data, p.data_v6]
+        .into_iter()
+        .flatten()
+        .filter_map(wireguard_data_in)
+        .map(|w| w.public_key)
+        .collect();
+    out.extend(keys.into_iter().map(Claim::WireguardKey));
     out
 }
 
@@ -790,6 +802,39 @@ mod tests {
                 PeerEvent::Updated { new, .. } => format!("~{}", new.id()),
             })
             .collect()
+    }
+
+    fn wg_entry(key: &str, ip: &str, public_key: &str, rev: i64) -> StoredEntry {
+        StoredEntry {
+            name: key.into(),
+            value: format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"wireguard","BackendData":{{"PublicKey":"{public_key}","Port":51820}}}}"#
+            )
+            .into_bytes(),
+            create_revision: Revision(rev),
+            mod_revision: Revision(rev),
+            ttl_lease: None,
+        }
+    }
+
+    #[test]
+    fn a_lease_copying_an_older_leases_wireguard_key_is_refused_until_the_first_goes() {
+        let k1 = Key([1; 32]).to_base64();
+        let k2 = Key([2; 32]).to_base64();
+        let mut set = PeerSet::new(rules(), None);
+        // The newer lease sorts first by subnet: age decides, not order.
+        let copy = wg_entry("10.244.1.0-24", "192.0.2.20", &k2, 9);
+        let a = wg_entry("10.244.2.0-24", "192.0.2.10", &k2, 5);
+        let b = wg_entry("10.244.3.0-24", "192.0.2.11", &k1, 6);
+        let ev = set.reset(&[copy.clone(), a.clone(), b]);
+        assert_eq!(subnets(&ev), ["+10.244.2.0/24", "+10.244.3.0/24"]);
+        assert_eq!(set.invalid_count(), 1);
+        let ev = set.apply(&[WatchEvent::Delete {
+            name: a.name.clone(),
+            revision: Revision(10),
+        }]);
+        assert_eq!(subnets(&ev), ["+10.244.1.0/24", "-10.244.2.0/24"]);
+        assert_eq!(set.invalid_count(), 0);
     }
 
     #[test]

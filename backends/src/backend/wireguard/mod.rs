@@ -20,6 +20,8 @@ pub mod genl;
 pub mod kernel;
 pub mod key;
 pub mod lease;
+#[cfg(test)]
+mod tests;
 pub mod uapi;
 
 use std::collections::{BTreeMap, BTreeSet};
