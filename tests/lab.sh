@@ -7,7 +7,7 @@
 # (after a failure it keeps the logs and says where). All addresses live only inside the
 # lab's namespaces; the machine's own network is not touched.
 #
-#   sudo bash tests/lab.sh [--hosts N] [--backend vxlan|host-gw] [--direct-routing]
+#   sudo bash tests/lab.sh [--hosts N] [--backend vxlan|host-gw|wireguard] [--direct-routing]
 #                          [--ip-masq] [--pods-per-host N] [--keep] [--name NAME]
 #                          [--ipv6-network CIDR [--ipv6-only]]   # dual-stack / IPv6-only
 #   sudo bash tests/lab.sh --probe [NAME]      # ping a lab left running by --keep again
@@ -17,7 +17,7 @@
 # The arguments are checked first by weft-lab-args (tests/lab-cli: the same flags as
 # weft-lab, in a crate that builds without protoc), so --help and a mistyped flag install and
 # build nothing. Then, as root: `tests/install-deps.sh --lab` (etcd, protoc for the build,
-# iproute2, nftables, ping, curl, sysctl), the workspace binaries, weft-lab.
+# iproute2, nftables, ping, curl, sysctl, wireguard-go and wg), the workspace binaries, weft-lab.
 #
 # Exit status: 0 when every probe answered, 1 when one did not, 2 for usage errors.
 # Set WEFT_LAB_LOG=debug for more progress detail.

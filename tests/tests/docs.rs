@@ -16,11 +16,16 @@ fn help_flags(program: &str, args: &[&str]) -> BTreeMap<String, Option<String>> 
     let (code, out, err) = run_bounded(cmd, Duration::from_secs(10));
     assert_eq!(code, 0, "{program} {args:?} --help: {err}");
     // A flag's description (with its `[env: …]`) is on its line or on the lines after it.
+    // A flag line starts with `--name` or `-x`; the `- value: …` lines clap writes under
+    // "Possible values" belong to the flag above them.
     let mut flags = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in out.lines() {
         let t = line.trim_start();
-        if t.starts_with('-') {
+        let flag_line = t
+            .strip_prefix('-')
+            .is_some_and(|rest| rest.starts_with(|c: char| c == '-' || c.is_ascii_alphanumeric()));
+        if flag_line {
             current = t
                 .split([',', ' '])
                 .map(str::trim)

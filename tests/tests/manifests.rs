@@ -515,6 +515,8 @@ fn host_directories_are_mounted_where_weft_expects_them() {
         ("/etc/cni/net.d", "/etc/cni/net.d", false),
         ("/opt/cni/bin", "/opt/cni/bin", false),
         ("/var/lib/cni", "/var/lib/cni", true),
+        // The wireguard backend's key file: it must outlive the pod.
+        ("/var/lib/weft", "/var/lib/weft", false),
     ] {
         assert_eq!(
             host_path_at(pod, weftd, path),
@@ -534,7 +536,11 @@ fn host_directories_are_mounted_where_weft_expects_them() {
             assert_eq!(hp["type"], "DirectoryOrCreate", "{v}");
         }
     }
-    // Every hostPath volume is one of the four above: nothing else of the host is reachable.
+    assert!(
+        !mounts(init).iter().any(|(p, _, _)| p == "/var/lib/weft"),
+        "install-cni has no business with the WireGuard key"
+    );
+    // Every hostPath volume is one of the five above: nothing else of the host is reachable.
     let host_paths: BTreeSet<&str> = pod["volumes"]
         .as_array()
         .unwrap()
@@ -547,7 +553,8 @@ fn host_directories_are_mounted_where_weft_expects_them() {
             "/etc/cni/net.d",
             "/opt/cni/bin",
             "/run/weft",
-            "/var/lib/cni"
+            "/var/lib/cni",
+            "/var/lib/weft"
         ])
     );
     // The ConfigMap is at /etc/weft, read-only, in both containers.
