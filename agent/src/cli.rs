@@ -111,8 +111,9 @@ pub struct WeftdCli {
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Remove weft's nftables table, its VXLAN devices, its routes (protocol 87) and the CNI
-    /// conflist it installed from this host, then exit; the lease in etcd is left to expire.
+    /// Remove weft's nftables table, its VXLAN and WireGuard devices, its routes (protocol
+    /// 87) and the CNI conflist it installed from this host, then exit; the lease in etcd is
+    /// left to expire.
     #[arg(long, env = "WEFTD_CLEANUP")]
     pub cleanup: bool,
     /// At start, install the CNI plugin and conflist (as `weftd install-cni` does).

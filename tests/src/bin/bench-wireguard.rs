@@ -120,7 +120,9 @@ fn inside_weft(n: usize, index: u32) {
 /// Inside a namespace: `wireguard-go` started by hand and `wg setconf` with the same peers.
 fn inside_wg(n: usize) {
     let t = Instant::now();
-    // In the foreground, output to nowhere: nothing of it holds the caller's pipe open.
+    // In the foreground, output to nowhere: nothing of it holds the caller's pipe open. It
+    // outlives this process (as weft's does) and is ended by the caller, in its namespace.
+    #[allow(clippy::zombie_processes)]
     let _child = Command::new(wireguard_go())
         .args(["-f", "weft-wg"])
         .env("LOG_LEVEL", "error")
