@@ -94,8 +94,11 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // The handlers are in place before anything else runs: a SIGTERM during start-up
+        // stops weftd as one later does, instead of killing it.
+        let signals = Signals::install();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.wait().await;
             tracing::info!("signal received; stopping");
             stop_tx.send_replace(true);
         });
@@ -209,13 +212,26 @@ fn drop_privileges(mode: Mode) -> Result<(), ExitCode> {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// The signals that stop weftd.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        }
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
