@@ -277,9 +277,8 @@ fn pod_traffic_between_hosts_is_only_wireguard_udp_on_the_wire() {
         pods_per_host: 1,
         ..LabOptions::default()
     });
-    let (pod1, _) = pod_on(&lab, 1);
+    let (pod1, ip1) = pod_on(&lab, 1);
     let (pod2, ip2) = pod_on(&lab, 2);
-    let ip1 = pod_on(&lab, 1).1;
     ping_until(&lab, &pod1, ip2, Duration::from_secs(10));
 
     // tcpdump on h1's switch port (the bridge itself sees only frames to the switch).
