@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use weft_backends::backend::wireguard::Key;
 use weft_backends::backend::BackendData;
 use weft_backends::{IpFamily, Peer, PeerEvent};
 
@@ -18,7 +19,6 @@ use crate::backoff::Backoff;
 use crate::lease::keeper::{sleep_or_shutdown, OwnKeyNotice};
 use crate::lease::{validate, LeaseRules, SubnetKey};
 use crate::store::{LeaseStore, Revision, Snapshot, StoredEntry, WatchEvent};
-use weft_backends::backend::wireguard::{wireguard_data_in, Key};
 
 /// One entry as the watch knows it.
 #[derive(Clone, Debug)]
@@ -28,14 +28,15 @@ struct Known {
     peer: Option<Peer>,
 }
 
-/// Something a lease claims for its node alone: a subnet (of either family) or a public
-/// address. Two live leases never share one.
+/// Something a lease claims for its node alone: a subnet (of either family), a public
+/// address or a WireGuard public key. Two live leases never share one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Claim {
     Subnet(IpNetwork),
     PublicIp(IpAddr),
-    /// A WireGuard public key: one node's alone, whichever family's device it is on.
-    WireguardKey(Key),
+    /// A WireGuard key names one peer: a copy in a younger lease must not take the peer
+    /// over, whichever subnet it claims.
+    WireguardKey(IpFamily, Key),
 }
 
 impl std::fmt::Display for Claim {
@@ -43,7 +44,7 @@ impl std::fmt::Display for Claim {
         match self {
             Claim::Subnet(n) => write!(f, "subnet {n}"),
             Claim::PublicIp(a) => write!(f, "public IP {a}"),
-            Claim::WireguardKey(k) => write!(f, "WireGuard public key {k}"),
+            Claim::WireguardKey(family, key) => write!(f, "{family} WireGuard public key {key}"),
         }
     }
 }
@@ -60,14 +61,11 @@ fn claims(p: &Peer) -> Vec<Claim> {
     if let Some(ip6) = p.public_ip_v6 {
         out.push(Claim::PublicIp(IpAddr::V6(ip6)));
     }
-    // Both families' devices of a node carry its one key: claimed once.
-    let keys: BTreeSet<Key> = [p.data, p.data_v6]
-        .into_iter()
-        .flatten()
-        .filter_map(wireguard_data_in)
-        .map(|w| w.public_key)
-        .collect();
-    out.extend(keys.into_iter().map(Claim::WireguardKey));
+    for (family, data) in [(IpFamily::V4, &p.data), (IpFamily::V6, &p.data_v6)] {
+        if let Some(BackendData::Wireguard(w)) = data {
+            out.push(Claim::WireguardKey(family, w.public_key));
+        }
+    }
     out
 }
 
@@ -75,8 +73,9 @@ fn claims(p: &Peer) -> Vec<Claim> {
 ///
 /// Peers are identified by their IPv4 subnet (their IPv6 subnet on an IPv6-only cluster).
 /// Two keys naming one such subnet: the older wins. A lease whose other claims (its IPv6
-/// subnet on a dual-stack cluster, its public addresses) are already held by an older lease
-/// for another subnet is refused, as is any lease claiming one of this node's subnets.
+/// subnet on a dual-stack cluster, its public addresses, its WireGuard keys) are already
+/// held by an older lease for another subnet is refused, as is any lease claiming one of
+/// this node's subnets.
 #[derive(Debug)]
 pub struct PeerSet {
     rules: LeaseRules,
@@ -804,39 +803,6 @@ mod tests {
             .collect()
     }
 
-    fn wg_entry(key: &str, ip: &str, public_key: &str, rev: i64) -> StoredEntry {
-        StoredEntry {
-            name: key.into(),
-            value: format!(
-                r#"{{"PublicIP":"{ip}","BackendType":"wireguard","BackendData":{{"PublicKey":"{public_key}","Port":51820}}}}"#
-            )
-            .into_bytes(),
-            create_revision: Revision(rev),
-            mod_revision: Revision(rev),
-            ttl_lease: None,
-        }
-    }
-
-    #[test]
-    fn a_lease_copying_an_older_leases_wireguard_key_is_refused_until_the_first_goes() {
-        let k1 = Key([1; 32]).to_base64();
-        let k2 = Key([2; 32]).to_base64();
-        let mut set = PeerSet::new(rules(), None);
-        // The newer lease sorts first by subnet: age decides, not order.
-        let copy = wg_entry("10.244.1.0-24", "192.0.2.20", &k2, 9);
-        let a = wg_entry("10.244.2.0-24", "192.0.2.10", &k2, 5);
-        let b = wg_entry("10.244.3.0-24", "192.0.2.11", &k1, 6);
-        let ev = set.reset(&[copy.clone(), a.clone(), b]);
-        assert_eq!(subnets(&ev), ["+10.244.2.0/24", "+10.244.3.0/24"]);
-        assert_eq!(set.invalid_count(), 1);
-        let ev = set.apply(&[WatchEvent::Delete {
-            name: a.name.clone(),
-            revision: Revision(10),
-        }]);
-        assert_eq!(subnets(&ev), ["+10.244.1.0/24", "-10.244.2.0/24"]);
-        assert_eq!(set.invalid_count(), 0);
-    }
-
     #[test]
     fn a_second_lease_with_a_taken_public_ip_is_refused_until_the_first_goes() {
         let mut set = PeerSet::new(rules(), None);
@@ -857,6 +823,38 @@ mod tests {
         let d = entry("10.244.4.0-24", "192.0.2.11", 10);
         assert!(set.apply(&[WatchEvent::Put(d)]).is_empty());
         assert_eq!(set.invalid_count(), 1);
+    }
+
+    fn wireguard_entry(key: &str, ip: &str, public_key: &str, rev: i64) -> StoredEntry {
+        StoredEntry {
+            name: key.into(),
+            value: format!(
+                r#"{{"PublicIP":"{ip}","BackendType":"wireguard","BackendData":{{"PublicKey":"{public_key}","Port":51820}}}}"#
+            )
+            .into_bytes(),
+            create_revision: Revision(rev),
+            mod_revision: Revision(rev),
+            ttl_lease: None,
+        }
+    }
+
+    #[test]
+    fn a_copied_wireguard_key_stays_with_the_oldest_lease_whatever_its_subnet() {
+        const KEY: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+        let mut set = PeerSet::new(rules(), None);
+        let real = wireguard_entry("10.244.5.0-24", "192.0.2.10", KEY, 5);
+        // Younger, and in a subnet that sorts first.
+        let copy = wireguard_entry("10.244.2.0-24", "192.0.2.66", KEY, 7);
+        let ev = set.reset(&[real.clone(), copy.clone()]);
+        assert_eq!(subnets(&ev), ["+10.244.5.0/24"]);
+        assert_eq!(set.invalid_count(), 1, "the copy is counted");
+        // The holder leaves: the other claimant is used from now on.
+        let ev = set.apply(&[WatchEvent::Delete {
+            name: real.name.clone(),
+            revision: Revision(9),
+        }]);
+        assert_eq!(subnets(&ev), ["+10.244.2.0/24", "-10.244.5.0/24"]);
+        assert_eq!(set.invalid_count(), 0);
     }
 
     #[test]
