@@ -45,7 +45,7 @@ fn peers(n: usize) -> Vec<Peer> {
     (0..n)
         .map(|i| Peer {
             subnet: Ipv4Network::new(
-                Ipv4Addr::new(10, (i / 256) as u8 + 1, (i % 256) as u8, 0),
+                Ipv4Addr::new(10, (i / 256) as u8 + 20, (i % 256) as u8, 0),
                 24,
             )
             .unwrap(),
