@@ -34,7 +34,9 @@ use crate::node::{
 };
 use crate::store::{LeaseStore, StoreError, StoredEntry};
 use weft_backends::backend::vxlan::vtep_mac_in;
-use weft_backends::backend::wireguard::kernel::{Implementation, WireguardKernel};
+use weft_backends::backend::wireguard::kernel::{
+    Implementation, UserspaceFiles, WireguardKernel, USERSPACE_SOCKET_DIR,
+};
 use weft_backends::backend::wireguard::wireguard_data_in;
 use weft_backends::backend::{BackendData, DataRules};
 
@@ -518,10 +520,13 @@ fn load_config(net_config: Option<&Path>, in_etcd: Option<&[u8]>) -> Result<NetC
     }
 }
 
-/// The WireGuard implementation whose device `netctl check` reads: the kernel's when the
-/// kernel has WireGuard, else a userspace one's socket where `wireguard-go` serves it.
-fn observed_implementation() -> Implementation {
-    if crate::dataplane::wireguard::kernel_has_wireguard() {
+/// The WireGuard implementation whose device `netctl check` reads: a userspace one when its
+/// socket for `device` is there (weftd may use one even where the kernel has WireGuard),
+/// else the kernel's when the kernel has WireGuard.
+fn observed_implementation(device: &str) -> Implementation {
+    let socket_dir = std::path::Path::new(USERSPACE_SOCKET_DIR);
+    let userspace = UserspaceFiles::of(socket_dir, device).socket.exists();
+    if !userspace && crate::dataplane::wireguard::kernel_has_wireguard() {
         Implementation::Kernel
     } else {
         Implementation::userspace("wireguard-go")
@@ -539,11 +544,10 @@ async fn observe_data_planes(
             .map(|(family, device, wireguard)| {
                 KernelNetlink::open(&device, family)
                     .map(|nl| match wireguard {
-                        Some(wg) => nl.with_wireguard(WireguardKernel::reader(
-                            wg,
-                            family,
-                            observed_implementation(),
-                        )),
+                        Some(wg) => {
+                            let implementation = observed_implementation(&wg);
+                            nl.with_wireguard(WireguardKernel::reader(wg, family, implementation))
+                        }
                         None => nl,
                     })
                     .and_then(|mut nl| nl.observe())
