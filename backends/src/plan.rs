@@ -204,6 +204,43 @@ pub fn subnet_zero(s: IpNetwork) -> IpAddr {
     s.network()
 }
 
+/// `<network address>/32` (or `/128`): the address a node's overlay device holds.
+pub(crate) fn device_address(own_subnet: IpNetwork) -> IpNetwork {
+    let family = IpFamily::of_network(own_subnet);
+    IpNetwork::new(own_subnet.network(), family.host_prefix()).expect("a host prefix is valid")
+}
+
+/// Why a backend (named `backend` in the text) cannot plan `own_subnet` over `underlay`:
+/// the underlay address is of the other family. None when the families match.
+pub(crate) fn underlay_family_mismatch(
+    backend: &'static str,
+    underlay: &Underlay,
+    own_subnet: IpNetwork,
+) -> Option<UnderlayFamily> {
+    let overlay = IpFamily::of_network(own_subnet);
+    (underlay.family() != overlay).then_some(UnderlayFamily {
+        backend,
+        underlay: underlay.ip,
+        overlay,
+    })
+}
+
+/// The plan for such a mismatch: this node's subnet refused and every peer unreachable,
+/// each with the reason.
+pub(crate) fn refused_for_family<'a>(
+    why: UnderlayFamily,
+    own_subnet: IpNetwork,
+    peers: impl IntoIterator<Item = &'a Peer>,
+) -> Plan {
+    let mut p = Plan::default();
+    p.refused.push((own_subnet, Refused::UnderlayFamily(why)));
+    for peer in peers {
+        let key = peer.subnet_of(why.overlay).unwrap_or(peer.subnet.into());
+        p.unreachable.push((key, Unreachable::UnderlayFamily(why)));
+    }
+    p
+}
+
 /// A peer as a data plane of one family sees it.
 pub(crate) struct PeerView {
     pub subnet: IpNetwork,

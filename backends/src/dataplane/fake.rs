@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 use crate::backend::vxlan::VxlanOp;
 use crate::backend::wireguard::WireguardOp;
 use crate::dataplane::{wrong_family, ApplyFailure, ApplyReport, DataplaneError, Netlink};
@@ -56,6 +58,20 @@ impl FakeNetlink {
         s.routes.retain(|r| {
             !matches!(r.via, Via::Overlay { .. }) || IpFamily::of_network(r.dst) != family
         });
+    }
+
+    /// A device's addresses after setting `want`: those, and the old ones observe does not
+    /// show (the other family's, link-local ones), which stay as in the kernel. Sorted.
+    fn kept_addresses(&self, want: &[IpNetwork], old: Option<&Vec<IpNetwork>>) -> Vec<IpNetwork> {
+        let mut out = want.to_vec();
+        out.extend(
+            old.into_iter()
+                .flatten()
+                .filter(|a| !self.visible(a.ip()))
+                .copied(),
+        );
+        out.sort();
+        out
     }
 
     /// The same for the WireGuard device: its peers and the routes through it go.
@@ -152,15 +168,8 @@ impl FakeNetlink {
         match op {
             WireguardOp::SetDevice(d) => {
                 let mut want = (**d).clone();
-                if let Some(old) = &self.state.wireguard.device {
-                    want.addresses.extend(
-                        old.addresses
-                            .iter()
-                            .filter(|a| !self.visible(a.ip()))
-                            .copied(),
-                    );
-                    want.addresses.sort();
-                }
+                let old = self.state.wireguard.device.as_ref().map(|o| &o.addresses);
+                want.addresses = self.kept_addresses(&want.addresses, old);
                 self.state.wireguard.device = Some(want);
             }
             WireguardOp::DeleteDevice(_) => {
@@ -196,15 +205,8 @@ impl FakeNetlink {
                 }
                 // Addresses observe does not show stay, as in the kernel.
                 let mut want = (**d).clone();
-                if let Some(old) = &self.state.vxlan.device {
-                    want.addresses.extend(
-                        old.addresses
-                            .iter()
-                            .filter(|a| !self.visible(a.ip()))
-                            .copied(),
-                    );
-                    want.addresses.sort();
-                }
+                let old = self.state.vxlan.device.as_ref().map(|o| &o.addresses);
+                want.addresses = self.kept_addresses(&want.addresses, old);
                 self.state.vxlan.device = Some(want);
             }
             VxlanOp::DeleteDevice(_) => {

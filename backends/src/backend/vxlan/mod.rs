@@ -20,8 +20,8 @@ use ipnetwork::IpNetwork;
 
 use crate::backend::{Backend, BackendData, BackendKind};
 use crate::plan::{
-    addresses_text, subnet_zero, view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Refused,
-    Underlay, UnderlayFamily, Unreachable,
+    addresses_text, device_address, refused_for_family, subnet_zero, underlay_family_mismatch,
+    view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Underlay, Unreachable,
 };
 use crate::route::{Route, Via};
 use crate::{IpFamily, MacAddr, Peer};
@@ -204,12 +204,6 @@ impl From<VxlanOp> for Op {
     }
 }
 
-/// `<network address>/32` (or `/128`): the address a node's VXLAN device holds.
-fn device_address(own_subnet: IpNetwork) -> IpNetwork {
-    let family = IpFamily::of_network(own_subnet);
-    IpNetwork::new(own_subnet.network(), family.host_prefix()).expect("a host prefix is valid")
-}
-
 impl Backend for VxlanSettings {
     fn kind(&self) -> BackendKind {
         BackendKind::Vxlan
@@ -223,18 +217,8 @@ impl Backend for VxlanSettings {
         let v = self;
         let family = IpFamily::of_network(own_subnet);
         let mut p = Plan::default();
-        if v.underlay.family() != family {
-            let why = UnderlayFamily {
-                backend: "VXLAN",
-                underlay: v.underlay.ip,
-                overlay: family,
-            };
-            p.refused.push((own_subnet, Refused::UnderlayFamily(why)));
-            for peer in peers {
-                let key = peer.subnet_of(family).unwrap_or(peer.subnet.into());
-                p.unreachable.push((key, Unreachable::UnderlayFamily(why)));
-            }
-            return p;
+        if let Some(why) = underlay_family_mismatch("VXLAN", &v.underlay, own_subnet) {
+            return refused_for_family(why, own_subnet, peers);
         }
         let vx = &mut p.state.vxlan;
         vx.device = Some(VxlanDevice {

@@ -41,10 +41,8 @@
 //! in the port id).
 
 use std::fmt::Debug;
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, SocketAddr, SocketAddrV6};
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -624,27 +622,6 @@ impl GenlWireguard {
         wg.family_id = parse_family_answer(first)
             .map_err(|error| GenlWireguardError::Message { op, error })?;
         Ok(Some(wg))
-    }
-
-    /// [`GenlWireguard::open`] in the network namespace `ns` (an open nsfs file such as
-    /// `/run/netns/<name>`, named `path` in errors). Only a scoped helper thread enters the
-    /// namespace, as in [`crate::netlink::NlSocket::open_in`].
-    pub fn open_in(ns: &File, path: &str) -> Result<Option<GenlWireguard>, GenlWireguardError> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |e| NlError::Namespace {
-                        path: path.to_string(),
-                        error: e.into(),
-                    },
-                )?;
-                GenlWireguard::open()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(NlError::Socket(io::Error::other("namespace helper thread panicked")).into())
-            })
-        })
     }
 
     /// The id the kernel gave the `wireguard` family.

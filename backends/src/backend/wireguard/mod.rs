@@ -24,7 +24,7 @@ pub mod lease;
 mod tests;
 pub mod uapi;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -33,8 +33,8 @@ use ipnetwork::IpNetwork;
 
 use crate::backend::{Backend, BackendData, BackendKind};
 use crate::plan::{
-    view, BackendDiff, Finding, LinkNames, Named, Op, Plan, Refused, Underlay, UnderlayFamily,
-    Unreachable,
+    device_address, refused_for_family, underlay_family_mismatch, view, BackendDiff, Finding,
+    LinkNames, Named, Op, Plan, Refused, Underlay, Unreachable,
 };
 use crate::route::{Route, Via};
 use crate::{IpFamily, Peer};
@@ -248,12 +248,6 @@ impl From<WireguardOp> for Op {
     }
 }
 
-/// `<network address>/32` (or `/128`): the address a node's WireGuard device holds.
-fn device_address(own_subnet: IpNetwork) -> IpNetwork {
-    let family = IpFamily::of_network(own_subnet);
-    IpNetwork::new(own_subnet.network(), family.host_prefix()).expect("a host prefix is valid")
-}
-
 impl Backend for WireguardSettings {
     fn kind(&self) -> BackendKind {
         BackendKind::Wireguard
@@ -267,18 +261,8 @@ impl Backend for WireguardSettings {
         let w = self;
         let family = IpFamily::of_network(own_subnet);
         let mut p = Plan::default();
-        if w.underlay.family() != family {
-            let why = UnderlayFamily {
-                backend: "WireGuard",
-                underlay: w.underlay.ip,
-                overlay: family,
-            };
-            p.refused.push((own_subnet, Refused::UnderlayFamily(why)));
-            for peer in peers {
-                let key = peer.subnet_of(family).unwrap_or(peer.subnet.into());
-                p.unreachable.push((key, Unreachable::UnderlayFamily(why)));
-            }
-            return p;
+        if let Some(why) = underlay_family_mismatch("WireGuard", &w.underlay, own_subnet) {
+            return refused_for_family(why, own_subnet, peers);
         }
         p.state.wireguard.device = Some(WireguardDevice {
             name: w.device.clone(),
@@ -565,9 +549,4 @@ impl fmt::Display for Named<'_, WireguardOp> {
             WireguardOp::DeletePeer(k) => write!(f, "delete peer {k} dev {}", n.device()),
         }
     }
-}
-
-/// The keys of the peers in `state`, for tests and summaries.
-pub fn peer_keys(state: &WireguardState) -> BTreeSet<Key> {
-    state.peers.keys().copied().collect()
 }

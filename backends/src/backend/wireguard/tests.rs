@@ -59,6 +59,10 @@ fn entry(k: u8, endpoint: &str, subnet: &str) -> WireguardPeerEntry {
     }
 }
 
+fn peer_keys(state: &WireguardState) -> std::collections::BTreeSet<Key> {
+    state.peers.keys().copied().collect()
+}
+
 #[test]
 fn one_route_for_the_network_and_a_peer_per_lease_with_a_key() {
     let peers = [
