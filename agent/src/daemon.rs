@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
-use weft_backends::backend::wireguard::kernel::WireguardKernel;
+use weft_backends::backend::wireguard::kernel::{SharedDevice, WireguardKernel};
 use weft_backends::backend::wireguard::Key;
 use weft_backends::backend::Settings;
 use weft_backends::dataplane::KernelNetlink;
@@ -29,8 +29,8 @@ use crate::lease::pick::{Identity, Previous};
 use crate::lease::watch::{run_peer_watch, WatchReport, WatchSettings};
 use crate::lease::{LeaseRules, SubnetKey};
 use crate::node::{
-    backend_settings, chosen_underlay, device_name, families, own_attrs, own_subnet, pod_mtu,
-    route_device_name, vtep_mac, OwnData,
+    backend_settings, chosen_underlay, device_name, dual_stack, families, own_attrs, own_subnet,
+    pod_mtu, route_device_name, vtep_mac, OwnData,
 };
 use crate::settings::{AgentSettings, PublicIpFlagError};
 use crate::store::{EtcdStore, LeaseStore, Snapshot, StoreError};
@@ -451,6 +451,15 @@ fn start_dataplanes(
 ) -> Result<Dataplanes, AgentError> {
     let chosen = &net.chosen;
     let mut planes = Vec::new();
+    // In a single-device WireGuard mode on a dual-stack cluster both planes share a device.
+    let shared = (net.cfg.backend.kind == BackendKind::Wireguard
+        && net
+            .cfg
+            .backend
+            .wireguard
+            .mode
+            .shares_device(dual_stack(&net.cfg)))
+    .then(SharedDevice::default);
     for family in families(&net.cfg) {
         let backend = dataplane_settings(
             &net.cfg,
@@ -467,6 +476,7 @@ fn start_dataplanes(
             device: device.clone(),
             family,
             wireguard: net.wireguard.clone(),
+            shared: shared.clone(),
         };
         let mut first = Some(kernel.open()?);
         let (own, _) = watch::channel(None::<IpNetwork>);
@@ -546,18 +556,24 @@ struct KernelSide {
     device: String,
     family: IpFamily,
     wireguard: Option<WireguardNode>,
+    /// The WireGuard device the other family's plane also works on, when it is shared.
+    shared: Option<SharedDevice>,
 }
 
 impl KernelSide {
     fn open(&self) -> Result<Opened, AgentError> {
         let mut nl = KernelNetlink::open(&self.vxlan_device, self.family)?;
         if let Some(w) = &self.wireguard {
-            nl = nl.with_wireguard(WireguardKernel::configured(
+            let mut wg = WireguardKernel::configured(
                 self.device.clone(),
                 self.family,
                 w.private_key.clone(),
                 w.implementation.clone(),
-            ));
+            );
+            if let Some(shared) = &self.shared {
+                wg = wg.sharing(shared.clone());
+            }
+            nl = nl.with_wireguard(wg);
         }
         let (kick_tx, kicks) = mpsc::channel(1);
         let monitor = reconciler::spawn_monitor(self.device.clone(), self.family, kick_tx)?;
@@ -836,6 +852,7 @@ fn dataplane_settings(
     let own = OwnData {
         vtep_mac: vtep_mac(node_name, family),
         wireguard_key,
+        public_ip_v6: chosen.public_ip_v6,
     };
     backend_settings(cfg, family, own, underlay)
 }

@@ -3,6 +3,8 @@
 //! MACs derived from the node name, the underlay an interface gives, and the lease value the
 //! node publishes.
 
+use std::net::{IpAddr, Ipv6Addr};
+
 use ipnetwork::IpNetwork;
 use weft_backends::backend::vxlan::{self, VxlanSettings};
 use weft_backends::backend::wireguard::{self, Key, WireguardSettings};
@@ -27,7 +29,14 @@ pub fn pod_mtu(cfg: &NetConfig, underlay_mtu: u32) -> u32 {
             .min()
             .unwrap_or(underlay_mtu),
         BackendKind::Wireguard => families(cfg)
-            .map(|f| WireguardSettings::mtu_for(underlay_mtu, None, f))
+            .map(|f| {
+                let over = cfg
+                    .backend
+                    .wireguard
+                    .mode
+                    .overhead_family(f, dual_stack(cfg));
+                WireguardSettings::mtu_for(underlay_mtu, None, over)
+            })
             .min()
             .unwrap_or(underlay_mtu),
         BackendKind::HostGw => underlay_mtu,
@@ -41,6 +50,11 @@ pub fn families(cfg: &NetConfig) -> impl Iterator<Item = IpFamily> {
         .map(|_| IpFamily::V4)
         .into_iter()
         .chain(cfg.ipv6.as_ref().map(|_| IpFamily::V6))
+}
+
+/// Both families are on.
+pub fn dual_stack(cfg: &NetConfig) -> bool {
+    cfg.ipv4.is_some() && cfg.ipv6.is_some()
 }
 
 /// The name of weft's VXLAN device for a VNI and family (`weft.1`, `weft-v6.1`): looked for
@@ -63,11 +77,13 @@ pub fn route_device_name(cfg: &NetConfig, family: IpFamily) -> String {
 pub use vxlan::vtep_mac;
 
 /// What this node publishes about itself that its own data plane needs: the VTEP MAC of
-/// its VXLAN device of the family, its WireGuard public key.
+/// its VXLAN device of the family, its WireGuard public key, and its public IPv6 address
+/// (which WireGuard's `auto` mode looks at to choose endpoints).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnData {
     pub vtep_mac: MacAddr,
     pub wireguard_key: Option<Key>,
+    pub public_ip_v6: Option<Ipv6Addr>,
 }
 
 /// The backend settings for one family, for a node with `own` data over `underlay` (weftd
@@ -97,15 +113,23 @@ pub fn backend_settings(
                 IpFamily::V6 => cfg.v6_network().map(IpNetwork::V6),
             }
             .expect("only enabled families are planned");
+            let dual = dual_stack(cfg);
             Settings::Wireguard(WireguardSettings {
                 device: route_device_name(cfg, family),
                 listen_port: wg.port_of(family),
                 public_key: own.wireguard_key.unwrap_or(Key([0; 32])),
                 preshared_key: wg.psk,
                 keepalive: wg.keepalive,
-                mtu: WireguardSettings::mtu_for(underlay.mtu, cfg.backend.mtu, family),
+                mtu: WireguardSettings::mtu_for(
+                    underlay.mtu,
+                    cfg.backend.mtu,
+                    wg.mode.overhead_family(family, dual),
+                ),
                 network,
                 underlay,
+                endpoints: wg
+                    .mode
+                    .endpoints(family, dual, own.public_ip_v6.map(IpAddr::V6)),
             })
         }
     }

@@ -42,7 +42,9 @@ use crate::procs::{bin, run_bounded, Proc};
 
 pub mod report;
 
-pub use weft_lab_cli::{LabBackend, LabName, LabOptions, OptionsError, DEFAULT_NAME, MAX_HOSTS};
+pub use weft_lab_cli::{
+    LabBackend, LabName, LabOptions, LabWireguardMode, OptionsError, DEFAULT_NAME, MAX_HOSTS,
+};
 
 /// etcd prefix of the lab's network config and leases (weft's default).
 pub const ETCD_PREFIX: &str = "/coreos.com/network";

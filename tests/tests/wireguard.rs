@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_tests::lab::{Lab, LabBackend, LabOptions, Probe, ETCD_PREFIX};
+use weft_tests::lab::{Lab, LabBackend, LabOptions, LabWireguardMode, Probe, ETCD_PREFIX};
 
 const READY: Duration = Duration::from_secs(60);
 /// The bound for lease changes to reach every host's WireGuard device.
@@ -99,12 +99,21 @@ fn leases(lab: &Lab) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
+/// Host `h`'s lease (its key names the IPv4 subnet, followed by `&<IPv6 subnet>` on a
+/// dual-stack cluster).
+fn lease_of(lab: &Lab, h: usize) -> serde_json::Value {
+    let key = lease_key(lab, h);
+    let dual = format!("{key}&");
+    leases(lab)
+        .into_iter()
+        .find(|(k, _)| *k == key || k.starts_with(&dual))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no lease {key} for h{h}"))
+}
+
 /// The public key host `h`'s lease publishes (`BackendData.PublicKey`).
 fn published_key(lab: &Lab, h: usize) -> String {
-    let key = lease_key(lab, h);
-    let lease = leases(lab)
-        .remove(&key)
-        .unwrap_or_else(|| panic!("no lease {key} for h{h}"));
+    let lease = lease_of(lab, h);
     assert_eq!(lease["BackendType"], "wireguard", "h{h}'s lease: {lease}");
     assert_eq!(lease["BackendData"]["Port"], PORT, "h{h}'s lease: {lease}");
     lease["BackendData"]["PublicKey"]
@@ -620,6 +629,132 @@ fn dual_stack_runs_one_device_per_family() {
         assert_eq!(v6[0].allowed_ips, s6.to_string());
         let (code, out, err) = lab.netctl_check(h);
         assert_eq!(code, 0, "netctl check on h{h}:\n{out}{err}");
+    }
+}
+
+/// Host `h`'s proto-87 routes (`ip -<family> route show proto 87`), one per line.
+fn weft_routes(lab: &Lab, h: usize, family: &str) -> Vec<String> {
+    let (code, out, err) = lab.host_exec(h, "ip", &[family, "route", "show", "proto", "87"]);
+    assert_eq!(code, 0, "ip {family} route on h{h}: {err}");
+    out.lines().map(|l| l.trim().to_string()).collect()
+}
+
+#[test]
+fn dual_stack_single_device_modes_carry_both_families_on_one_device() {
+    // ipv6: IPv4 pods over IPv6 endpoints; auto on this underlay (private IPv4, unique-local
+    // IPv6): IPv4 endpoints, as flannel chooses.
+    for (mode, v6_endpoints) in [
+        (LabWireguardMode::Ipv6, true),
+        (LabWireguardMode::Auto, false),
+    ] {
+        let mut lab = up(LabOptions {
+            hosts: 2,
+            ip_masq: true,
+            ipv6_network: Some("fc00::/48".into()),
+            wireguard_mode: Some(mode),
+            ..LabOptions::default()
+        });
+        let probes = lab.connectivity_within(Duration::from_secs(20));
+        assert!(
+            probes.iter().any(|p| p.dst.is_ipv6()) && probes.iter().any(|p| p.dst.is_ipv4()),
+            "{mode:?}: both families probed"
+        );
+        assert!(
+            failed(&probes).is_empty(),
+            "{mode:?}: probes failed: {:#?}",
+            failed(&probes)
+        );
+        // Allowed IPs in any order.
+        let sorted = |ips: &str| {
+            let mut v: Vec<String> = ips.split(',').map(str::to_string).collect();
+            v.sort();
+            v
+        };
+        let both = |lab: &Lab, other: usize| {
+            let s6 = lab.subnet6(other).expect("IPv6 subnet");
+            let s6 = ipnetwork::Ipv6Network::new(s6.network(), s6.prefix()).unwrap();
+            sorted(&format!("{},{s6}", subnet(lab, other)))
+        };
+        for h in 1..=2 {
+            let other = 3 - h;
+            let peers = wg_peers(&lab, h, DEVICE);
+            assert_eq!(peers.len(), 1, "{mode:?} h{h}: {peers:?}");
+            let endpoint = if v6_endpoints {
+                format!("[{}]:{PORT}", lab.host_ip6(other))
+            } else {
+                format!("{}:{PORT}", lab.host_ip(other))
+            };
+            assert_eq!(peers[0].endpoint, endpoint, "{mode:?} h{h}");
+            assert_eq!(
+                sorted(&peers[0].allowed_ips),
+                both(&lab, other),
+                "{mode:?} h{h}"
+            );
+            let (code, _, _) = lab.host_exec(h, "ip", &["link", "show", DEVICE_V6]);
+            assert_ne!(
+                code, 0,
+                "{mode:?} h{h}: no {DEVICE_V6} in a single-device mode"
+            );
+            assert_eq!(
+                weft_routes(&lab, h, "-4"),
+                ["10.244.0.0/16 dev weft-wg scope link"],
+                "{mode:?} h{h}"
+            );
+            let r6 = weft_routes(&lab, h, "-6");
+            assert!(
+                r6.len() == 1 && r6[0].starts_with("fc00::/48 dev weft-wg "),
+                "{mode:?} h{h}: {r6:?}"
+            );
+            let (code, out, err) = lab.netctl_check(h);
+            assert_eq!(code, 0, "{mode:?}: netctl check on h{h}:\n{out}{err}");
+            // One key and one port in both halves of the lease.
+            let lease = &lease_of(&lab, h);
+            assert_eq!(
+                lease["BackendData"], lease["BackendV6Data"],
+                "{mode:?} h{h}'s lease: {lease}"
+            );
+            assert_eq!(
+                lease["BackendV6Data"]["Port"], PORT,
+                "{mode:?} h{h}: {lease}"
+            );
+        }
+        // Each family owns its part of the shared peer: the IPv6 half removed by hand is
+        // missing for netctl check (the IPv4 half is intact), and put back at restart
+        // beside the IPv4 half.
+        let k2 = published_key(&lab, 2);
+        let (code, _, err) = lab.host_exec(
+            1,
+            "wg",
+            &[
+                "set",
+                DEVICE,
+                "peer",
+                &k2,
+                "allowed-ips",
+                &subnet(&lab, 2).to_string(),
+            ],
+        );
+        assert_eq!(code, 0, "wg set: {err}");
+        let (code, out, err) = lab.netctl_check(1);
+        assert_eq!(code, 1, "{mode:?}: netctl check on h1:\n{out}{err}");
+        let missing: Vec<&str> = out
+            .lines()
+            .filter(|l| l.split_whitespace().take(2).eq(["MISSING", "peer"]))
+            .collect();
+        assert!(
+            missing.len() == 1 && missing[0].contains("fc00:"),
+            "{mode:?}: netctl check names the IPv6 half as missing, only it:\n{out}"
+        );
+        lab.restart(1);
+        lab.wait_ready(1, READY).unwrap();
+        within(&lab, Duration::from_secs(5), "both halves are back", || {
+            wg_peers(&lab, 1, DEVICE)
+                .first()
+                .map(|p| sorted(&p.allowed_ips))
+                == Some(both(&lab, 2))
+        });
+        let (code, out, err) = lab.netctl_check(1);
+        assert_eq!(code, 0, "{mode:?}: netctl check on h1:\n{out}{err}");
     }
 }
 

@@ -981,9 +981,8 @@ fn parse_backend(
     Ok(cfg)
 }
 
-/// The combinations of families and `Backend.Mode` weft can serve: one WireGuard device per
-/// family, so a dual-stack cluster needs `separate`, and a single-family mode needs its
-/// family enabled.
+/// The combinations of families and `Backend.Mode` that can work: a single-family mode
+/// needs its family enabled (it sends over that family's public IPs).
 fn check_wireguard_mode(
     backend: &BackendConfig,
     ipv4: bool,
@@ -992,17 +991,12 @@ fn check_wireguard_mode(
     if backend.kind != BackendKind::Wireguard {
         return Ok(());
     }
-    let mode = backend.wireguard.mode;
-    let problem = match (mode, ipv4, ipv6) {
-        (Mode::Separate, _, _) => return Ok(()),
-        (_, true, true) => format!(
-            "\"{mode}\" puts both families on one device, which weft does not do: use \"separate\" on a dual-stack cluster (each family gets its own device and port)"
-        ),
+    let problem = match (backend.wireguard.mode, ipv4, ipv6) {
         (Mode::Ipv4, false, _) => {
-            "\"ipv4\" sends over IPv4, but EnableIPv4 is false: use \"separate\" or \"ipv6\"".to_string()
+            "\"ipv4\" sends over IPv4, but EnableIPv4 is false: use \"ipv6\" or \"auto\"".to_string()
         }
         (Mode::Ipv6, _, false) => {
-            "\"ipv6\" sends over IPv6, but IPv6 is not enabled: use \"separate\" or \"ipv4\"".to_string()
+            "\"ipv6\" sends over IPv6, but IPv6 is not enabled: use \"ipv4\" or \"auto\", or enable IPv6 (EnableIPv6 and IPv6Network)".to_string()
         }
         _ => return Ok(()),
     };
@@ -1207,11 +1201,6 @@ mod tests {
                 "\"separate\"",
             ),
             (
-                r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"wireguard","Mode":"auto"}}"#,
-                "Backend.Mode",
-                "use \"separate\" on a dual-stack cluster",
-            ),
-            (
                 r#"{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","Mode":"ipv6"}}"#,
                 "Backend.Mode",
                 "IPv6 is not enabled",
@@ -1225,6 +1214,24 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(&format!("\"{key}\"")), "{text}: {e}");
             assert!(e.contains(fix), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn single_device_modes_on_dual_stack_use_one_port() {
+        for mode in ["auto", "ipv4", "ipv6"] {
+            let c = parse(&format!(
+                r#"{{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{{"Type":"wireguard","Mode":"{mode}","ListenPort":5000,"ListenPortV6":5001}}}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let wg = &c.backend.wireguard;
+            assert_eq!(wg.mode.as_str(), mode);
+            assert!(wg.mode.shares_device(true), "{mode}");
+            assert_eq!(
+                (wg.port_of(IpFamily::V4), wg.port_of(IpFamily::V6)),
+                (5000, 5000),
+                "{mode}: the one device listens on ListenPort"
+            );
         }
     }
 

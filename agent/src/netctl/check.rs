@@ -29,13 +29,13 @@ use crate::netctl::host_facts::{
 };
 use crate::netctl::{render_table, CommandOutput};
 use crate::node::{
-    backend_settings, device_name, families, own_subnet, pod_mtu, route_device_name, underlay_of,
-    OwnData,
+    backend_settings, device_name, dual_stack, families, own_subnet, pod_mtu, route_device_name,
+    underlay_of, OwnData,
 };
 use crate::store::{LeaseStore, StoreError, StoredEntry};
 use weft_backends::backend::vxlan::vtep_mac_in;
 use weft_backends::backend::wireguard::kernel::{
-    Implementation, UserspaceFiles, WireguardKernel, USERSPACE_SOCKET_DIR,
+    Implementation, SharedDevice, UserspaceFiles, WireguardKernel, USERSPACE_SOCKET_DIR,
 };
 use weft_backends::backend::wireguard::wireguard_data_in;
 use weft_backends::backend::{BackendData, DataRules};
@@ -381,6 +381,7 @@ fn family_differences(
             // host-gw uses neither.
             vtep_mac: data.and_then(vtep_mac_in).unwrap_or(MacAddr([0; 6])),
             wireguard_key: data.and_then(wireguard_data_in).map(|w| w.public_key),
+            public_ip_v6: own_attrs.public_ip_v6,
         },
         Err(e) => {
             let what = match cfg.backend.kind {
@@ -533,10 +534,18 @@ fn observed_implementation(device: &str) -> Implementation {
     }
 }
 
+/// The WireGuard device of a family's data plane, as `netctl check` reads it.
+struct WireguardDeviceOf {
+    name: String,
+    /// It serves both families (a single-device mode on a dual-stack cluster): each family
+    /// is checked against its part of it.
+    shared: bool,
+}
+
 /// What the kernel holds for each family's data plane (the VXLAN device name per family,
 /// and the WireGuard device's with that backend).
 async fn observe_data_planes(
-    wanted: Vec<(IpFamily, String, Option<String>)>,
+    wanted: Vec<(IpFamily, String, Option<WireguardDeviceOf>)>,
 ) -> Result<Vec<(IpFamily, KernelState)>, CheckError> {
     tokio::task::spawn_blocking(move || {
         wanted
@@ -545,8 +554,12 @@ async fn observe_data_planes(
                 KernelNetlink::open(&device, family)
                     .map(|nl| match wireguard {
                         Some(wg) => {
-                            let implementation = observed_implementation(&wg);
-                            nl.with_wireguard(WireguardKernel::reader(wg, family, implementation))
+                            let implementation = observed_implementation(&wg.name);
+                            let reader = WireguardKernel::reader(wg.name, family, implementation);
+                            nl.with_wireguard(match wg.shared {
+                                true => reader.sharing(SharedDevice::default()),
+                                false => reader,
+                            })
                         }
                         None => nl,
                     })
@@ -604,10 +617,14 @@ pub async fn run<S: LeaseStore>(
             "--iface {name}: no such interface"
         )));
     }
-    let wanted: Vec<(IpFamily, String, Option<String>)> = families(&cfg)
+    let shared = cfg.backend.wireguard.mode.shares_device(dual_stack(&cfg));
+    let wanted: Vec<(IpFamily, String, Option<WireguardDeviceOf>)> = families(&cfg)
         .map(|f| {
             let wireguard =
-                (cfg.backend.kind == BackendKind::Wireguard).then(|| route_device_name(&cfg, f));
+                (cfg.backend.kind == BackendKind::Wireguard).then(|| WireguardDeviceOf {
+                    name: route_device_name(&cfg, f),
+                    shared,
+                });
             (f, device_name(cfg.backend.vni, f), wireguard)
         })
         .collect();

@@ -96,6 +96,30 @@ impl LabBackend {
     }
 }
 
+/// The wireguard backend's `Backend.Mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LabWireguardMode {
+    /// One device per family (the default).
+    Separate,
+    /// One device for both families; endpoints chosen per peer.
+    Auto,
+    /// One device; endpoints over IPv4.
+    Ipv4,
+    /// One device; endpoints over IPv6.
+    Ipv6,
+}
+
+impl LabWireguardMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LabWireguardMode::Separate => "separate",
+            LabWireguardMode::Auto => "auto",
+            LabWireguardMode::Ipv4 => "ipv4",
+            LabWireguardMode::Ipv6 => "ipv6",
+        }
+    }
+}
+
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct LabOptions {
@@ -106,6 +130,8 @@ pub struct LabOptions {
     pub backend: LabBackend,
     /// `"DirectRouting": true` in the vxlan backend config.
     pub direct_routing: bool,
+    /// `"Mode"` in the wireguard backend config (unset: flannel's default, separate).
+    pub wireguard_mode: Option<LabWireguardMode>,
     /// Start weftd with `--ip-masq`; the connectivity check then also probes an address
     /// outside the cluster.
     pub ip_masq: bool,
@@ -132,6 +158,7 @@ impl Default for LabOptions {
             hosts: 3,
             backend: LabBackend::Vxlan,
             direct_routing: false,
+            wireguard_mode: None,
             ip_masq: false,
             pods_per_host: 2,
             network: "10.244.0.0/16".into(),
@@ -151,6 +178,8 @@ pub enum OptionsError {
     Hosts(usize),
     #[error("--direct-routing is an option of the vxlan backend; drop it or use --backend vxlan")]
     DirectRoutingNeedsVxlan,
+    #[error("--wireguard-mode is an option of the wireguard backend; drop it or use --backend wireguard")]
+    ModeNeedsWireguard,
     #[error("an IPv6-only lab needs an IPv6 network: add --ipv6-network CIDR, e.g. fc00::/48")]
     Ipv6OnlyNeedsNetwork,
     #[error("--ipv6-network {value}: {problem}")]
@@ -180,6 +209,9 @@ impl LabOptions {
         }
         if self.direct_routing && self.backend != LabBackend::Vxlan {
             return Err(OptionsError::DirectRoutingNeedsVxlan);
+        }
+        if self.wireguard_mode.is_some() && self.backend != LabBackend::Wireguard {
+            return Err(OptionsError::ModeNeedsWireguard);
         }
         if let Some(n6) = &self.ipv6_network {
             let bad = |problem: String| OptionsError::Ipv6Network {
@@ -251,6 +283,12 @@ impl LabOptions {
                 r#"{{"Type":"{}","DirectRouting":true}}"#,
                 self.backend.as_str()
             )
+        } else if let Some(mode) = self.wireguard_mode {
+            format!(
+                r#"{{"Type":"{}","Mode":"{}"}}"#,
+                self.backend.as_str(),
+                mode.as_str()
+            )
         } else {
             format!(r#"{{"Type":"{}"}}"#, self.backend.as_str())
         };
@@ -278,10 +316,11 @@ impl LabOptions {
 }
 
 /// The flags that describe a lab to build (the ones --probe and --teardown refuse).
-const BUILD_ARGS: [&str; 9] = [
+const BUILD_ARGS: [&str; 10] = [
     "hosts",
     "backend",
     "direct_routing",
+    "wireguard_mode",
     "ip_masq",
     "pods_per_host",
     "keep",
@@ -315,6 +354,10 @@ pub struct Cli {
     /// vxlan with DirectRouting (peers on the same underlay subnet get direct routes).
     #[arg(long)]
     pub direct_routing: bool,
+    /// The wireguard backend's Mode: one device per family (separate), or one device for
+    /// both families with endpoints of one family (ipv4, ipv6) or chosen per peer (auto).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub wireguard_mode: Option<LabWireguardMode>,
     /// Run weftd with --ip-masq and also check that pods reach an address outside the cluster.
     #[arg(long)]
     pub ip_masq: bool,
@@ -381,6 +424,7 @@ impl Cli {
             hosts: self.hosts,
             backend: self.backend,
             direct_routing: self.direct_routing,
+            wireguard_mode: self.wireguard_mode,
             ip_masq: self.ip_masq,
             pods_per_host: self.pods_per_host,
             keep: self.keep,
@@ -424,6 +468,14 @@ mod tests {
         assert!(gw
             .net_config()
             .ends_with(r#""Backend":{"Type":"host-gw"}}"#));
+        let wg = LabOptions {
+            backend: LabBackend::Wireguard,
+            wireguard_mode: Some(LabWireguardMode::Auto),
+            ..LabOptions::default()
+        };
+        assert!(wg
+            .net_config()
+            .ends_with(r#""Backend":{"Type":"wireguard","Mode":"auto"}}"#));
         let v6 = LabOptions {
             ipv4: false,
             ipv6_network: Some("fc00::/48".into()),
@@ -451,6 +503,10 @@ mod tests {
             LabOptions {
                 backend: LabBackend::HostGw,
                 direct_routing: true,
+                ..ok.clone()
+            },
+            LabOptions {
+                wireguard_mode: Some(LabWireguardMode::Auto),
                 ..ok.clone()
             },
             LabOptions {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use weft_backends::backend::wireguard::kernel::{Implementation, WireguardKernel};
-use weft_backends::backend::wireguard::{Key, PrivateKey, WireguardSettings};
+use weft_backends::backend::wireguard::{Endpoints, Key, PrivateKey, WireguardSettings};
 use weft_backends::backend::{Backend, BackendData};
 use weft_backends::dataplane::{KernelNetlink, Netlink};
 use weft_backends::plan::{diff, Underlay};
@@ -80,6 +80,7 @@ fn settings(index: u32) -> WireguardSettings {
             mtu: 1500,
             connected: vec!["10.9.0.0/24".parse().unwrap()],
         },
+        endpoints: Endpoints::Family(IpFamily::V4),
     }
 }
 

@@ -8,12 +8,19 @@
 //! userspace one such as `wireguard-go`, over its UAPI socket ([`super::uapi`]). weftd starts
 //! the userspace program itself when the device is missing, in its own process group, so
 //! that it outlives weftd: a restarted weftd finds the device and its peers as they were.
+//!
+//! In the single-device modes on a dual-stack cluster both families' data planes work on one
+//! device ([`SharedDevice`]): each reads back and changes only its family's part of it, its
+//! address and its allowed IPs on each peer, and both hold one lock around every change, so
+//! that one family's change never drops the other's allowed IPs.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkMessage};
@@ -28,6 +35,7 @@ use crate::netlink::{
     link_addresses, link_kind, set_addresses, NlError, NlSocket, NLM_F_CREATE, NLM_F_EXCL,
 };
 use crate::IpFamily;
+use ipnetwork::IpNetwork;
 
 /// Where userspace implementations put their UAPI sockets (`<dir>/<device>.sock`); fixed by
 /// `wireguard-go`.
@@ -98,6 +106,24 @@ pub struct WireguardKernel {
     pub device: String,
     pub family: IpFamily,
     configured: Option<Configured>,
+    /// Set when the device also carries the other family's pod traffic.
+    shared: Option<SharedDevice>,
+}
+
+/// One WireGuard device serving both families (a single-device mode on a dual-stack
+/// cluster): the lock both families' data planes hold around each change of it. Clones share
+/// the lock.
+#[derive(Clone, Debug, Default)]
+pub struct SharedDevice(Arc<Mutex<()>>);
+
+impl SharedDevice {
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // A panic elsewhere while holding it leaves nothing half-done that the lock guards:
+        // the next change reads the device back first.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[derive(Debug)]
@@ -114,6 +140,7 @@ impl WireguardKernel {
             device: device.into(),
             family,
             configured: None,
+            shared: None,
         }
     }
 
@@ -132,6 +159,7 @@ impl WireguardKernel {
                 private_key: Some(private_key),
                 implementation,
             }),
+            shared: None,
         }
     }
 
@@ -149,7 +177,24 @@ impl WireguardKernel {
                 private_key: None,
                 implementation,
             }),
+            shared: None,
         }
+    }
+
+    /// The device also carries the other family's pod traffic: this side reads back and
+    /// changes only its family's allowed IPs on each peer, under `shared`'s lock.
+    pub fn sharing(mut self, shared: SharedDevice) -> WireguardKernel {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// Whether the device also carries the other family's pod traffic.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    fn hold(&self) -> Option<MutexGuard<'_, ()>> {
+        self.shared.as_ref().map(SharedDevice::lock)
     }
 
     /// Whether this is the configured backend's (not only a look for a leftover device).
@@ -214,7 +259,18 @@ impl WireguardKernel {
             device.listen_port = st.listen_port;
             device.public_key = st.public_key;
             for p in st.peers {
-                let mut allowed_ips = p.allowed_ips;
+                let (mut allowed_ips, other): (Vec<IpNetwork>, Vec<IpNetwork>) = p
+                    .allowed_ips
+                    .into_iter()
+                    .partition(|a| IpFamily::of_network(*a) == self.family);
+                if self.shared.is_some() && allowed_ips.is_empty() && !other.is_empty() {
+                    // Only the other family's data plane's business.
+                    continue;
+                }
+                if self.shared.is_none() {
+                    // A device of its own: every allowed IP is this side's to judge.
+                    allowed_ips.extend(other);
+                }
                 allowed_ips.sort();
                 allowed_ips.dedup();
                 state.peers.insert(
@@ -241,12 +297,18 @@ impl WireguardKernel {
         op: &WireguardOp,
     ) -> Option<Result<(), DataplaneError>> {
         match op {
-            WireguardOp::SetDevice(d) => Some(self.set_device(nl, d)),
-            WireguardOp::DeleteDevice(name) => Some(
-                nl.delete_link_by_name(name)
-                    .map(drop)
-                    .map_err(DataplaneError::from),
-            ),
+            WireguardOp::SetDevice(d) => {
+                let _held = self.hold();
+                Some(self.set_device(nl, d))
+            }
+            WireguardOp::DeleteDevice(name) => {
+                let _held = self.hold();
+                Some(
+                    nl.delete_link_by_name(name)
+                        .map(drop)
+                        .map_err(DataplaneError::from),
+                )
+            }
             WireguardOp::SetPeer(_) | WireguardOp::DeletePeer(_) => None,
         }
     }
@@ -266,8 +328,31 @@ impl WireguardKernel {
                 })
                 .collect();
         };
+        let _held = self.hold();
+        // On a shared device, what the other family has on each peer (read under the lock).
+        let others = match &self.shared {
+            None => BTreeMap::new(),
+            Some(_) => match get(&c.implementation, &self.device) {
+                Ok(st) => other_family_allowed_ips(st, self.family),
+                Err(e) => {
+                    let e = e.to_string();
+                    return ops
+                        .iter()
+                        .map(|_| {
+                            Err(DataplaneError::Refused {
+                                op: format!("change WireGuard peers on {}", self.device),
+                                reason: format!("cannot read the device back first: {e}"),
+                            })
+                        })
+                        .collect();
+                }
+            },
+        };
         let change = |ops: &[&WireguardOp]| DeviceChange {
-            peers: ops.iter().filter_map(|op| peer_change(op)).collect(),
+            peers: ops
+                .iter()
+                .filter_map(|op| peer_change(op, &others))
+                .collect(),
             ..DeviceChange::default()
         };
         match set(&c.implementation, &self.device, &change(ops)) {
@@ -319,19 +404,47 @@ impl WireguardKernel {
     }
 }
 
-/// The configuration change for a peer operation (None for a device operation).
-fn peer_change(op: &WireguardOp) -> Option<PeerChange> {
+/// The allowed IPs of the family other than `family` on each peer that has some.
+fn other_family_allowed_ips(st: DeviceState, family: IpFamily) -> BTreeMap<Key, Vec<IpNetwork>> {
+    st.peers
+        .into_iter()
+        .filter_map(|p| {
+            let other: Vec<IpNetwork> = p
+                .allowed_ips
+                .into_iter()
+                .filter(|a| IpFamily::of_network(*a) != family)
+                .collect();
+            (!other.is_empty()).then_some((p.public_key, other))
+        })
+        .collect()
+}
+
+/// The configuration change for a peer operation (None for a device operation). `others`:
+/// on a shared device, the other family's allowed IPs on each peer, which stay: a peer that
+/// keeps some loses only this family's, and a set peer keeps them beside the new ones.
+fn peer_change(op: &WireguardOp, others: &BTreeMap<Key, Vec<IpNetwork>>) -> Option<PeerChange> {
     match op {
-        WireguardOp::DeletePeer(k) => Some(PeerChange::remove(*k)),
+        WireguardOp::DeletePeer(k) => Some(match others.get(k) {
+            None => PeerChange::remove(*k),
+            Some(kept) => PeerChange {
+                replace_allowed_ips: true,
+                allowed_ips: kept.clone(),
+                ..PeerChange::keep(*k)
+            },
+        }),
         WireguardOp::SetPeer(p) => Some(PeerChange {
-            public_key: p.public_key,
-            remove: false,
             // The all-zero key removes one that is there.
             preshared_key: Some(p.preshared_key.map_or(Key([0; 32]), |k| k.0)),
             endpoint: p.endpoint,
             persistent_keepalive: Some(p.keepalive),
             replace_allowed_ips: true,
-            allowed_ips: p.allowed_ips.clone(),
+            allowed_ips: p
+                .allowed_ips
+                .iter()
+                .chain(others.get(&p.public_key).into_iter().flatten())
+                .copied()
+                .collect(),
+            ..PeerChange::keep(p.public_key)
         }),
         WireguardOp::SetDevice(_) | WireguardOp::DeleteDevice(_) => None,
     }
@@ -580,7 +693,7 @@ mod tests {
             preshared_key: None,
             keepalive: 0,
         };
-        let c = peer_change(&WireguardOp::SetPeer(Box::new(p.clone()))).unwrap();
+        let c = peer_change(&WireguardOp::SetPeer(Box::new(p.clone())), &BTreeMap::new()).unwrap();
         assert_eq!(c.preshared_key, Some(Key([0; 32])));
         assert!(c.replace_allowed_ips && !c.remove);
         assert_eq!(c.persistent_keepalive, Some(0));
@@ -589,17 +702,71 @@ mod tests {
             keepalive: 25,
             ..p
         };
-        let c = peer_change(&WireguardOp::SetPeer(Box::new(with))).unwrap();
+        let c = peer_change(&WireguardOp::SetPeer(Box::new(with)), &BTreeMap::new()).unwrap();
         assert_eq!(c.preshared_key, Some(Key([9; 32])));
         assert_eq!(c.persistent_keepalive, Some(25));
         assert!(
-            peer_change(&WireguardOp::DeletePeer(Key([7; 32])))
+            peer_change(&WireguardOp::DeletePeer(Key([7; 32])), &BTreeMap::new())
                 .unwrap()
                 .remove
         );
         assert_eq!(
             UserspaceFiles::of(Path::new("/var/run/wireguard"), "weft-wg").socket,
             PathBuf::from("/var/run/wireguard/weft-wg.sock")
+        );
+    }
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn on_a_shared_device_a_change_keeps_the_other_familys_allowed_ips() {
+        let (a, b) = (Key([1; 32]), Key([2; 32]));
+        let device = DeviceState {
+            peers: vec![
+                uapi::PeerState {
+                    allowed_ips: vec![net("10.244.2.0/24"), net("fc00:0:0:2::/64")],
+                    ..uapi::PeerState::new(a)
+                },
+                uapi::PeerState {
+                    allowed_ips: vec![net("10.244.3.0/24")],
+                    ..uapi::PeerState::new(b)
+                },
+            ],
+            ..DeviceState::default()
+        };
+        // The IPv4 data plane's view of the IPv6 parts.
+        let others = other_family_allowed_ips(device, IpFamily::V4);
+        assert_eq!(others.len(), 1, "{others:?}");
+        assert_eq!(others[&a], vec![net("fc00:0:0:2::/64")]);
+        // Setting a's IPv4 part sends both families' allowed IPs.
+        let set = WireguardPeerEntry {
+            public_key: a,
+            endpoint: Some("192.0.2.12:51820".parse().unwrap()),
+            allowed_ips: vec![net("10.244.9.0/24")],
+            preshared_key: None,
+            keepalive: 0,
+        };
+        let c = peer_change(&WireguardOp::SetPeer(Box::new(set)), &others).unwrap();
+        assert!(c.replace_allowed_ips && !c.remove);
+        assert_eq!(
+            c.allowed_ips,
+            vec![net("10.244.9.0/24"), net("fc00:0:0:2::/64")]
+        );
+        // Deleting a's IPv4 part leaves the peer with its IPv6 allowed IPs and nothing else
+        // changed; deleting b (no IPv6 part) removes it.
+        let c = peer_change(&WireguardOp::DeletePeer(a), &others).unwrap();
+        assert!(!c.remove && c.replace_allowed_ips);
+        assert_eq!(c.allowed_ips, vec![net("fc00:0:0:2::/64")]);
+        assert_eq!(
+            (c.endpoint, c.preshared_key, c.persistent_keepalive),
+            (None, None, None)
+        );
+        assert!(
+            peer_change(&WireguardOp::DeletePeer(b), &others)
+                .unwrap()
+                .remove
         );
     }
 }

@@ -33,8 +33,8 @@ use ipnetwork::IpNetwork;
 
 use crate::backend::{Backend, BackendData, BackendKind};
 use crate::plan::{
-    device_address, refused_for_family, underlay_family_mismatch, view, BackendDiff, Finding,
-    LinkNames, Named, Op, Plan, Refused, Underlay, Unreachable,
+    device_address, refused_for_family, underlay_family_mismatch, BackendDiff, Finding, LinkNames,
+    Named, Op, PeerView, Plan, Refused, Underlay, Unreachable,
 };
 use crate::route::{Route, Via};
 use crate::{IpFamily, Peer};
@@ -97,6 +97,83 @@ impl Mode {
             Mode::Separate | Mode::Auto => None,
         }
     }
+
+    /// Whether both families' pod traffic goes through one device: a single-device mode on
+    /// a dual-stack cluster. Each family's data plane then owns its family's part of that
+    /// device (its address, its route, its allowed IPs on every peer).
+    pub fn shares_device(&self, dual_stack: bool) -> bool {
+        dual_stack && *self != Mode::Separate
+    }
+
+    /// How the device serving pod traffic of `family` picks a peer's endpoint (`own_v6`:
+    /// this node's IPv6 underlay address, which `auto` looks at).
+    pub fn endpoints(
+        &self,
+        family: IpFamily,
+        dual_stack: bool,
+        own_v6: Option<IpAddr>,
+    ) -> Endpoints {
+        match (self, dual_stack) {
+            (Mode::Ipv4, _) => Endpoints::Family(IpFamily::V4),
+            (Mode::Ipv6, _) => Endpoints::Family(IpFamily::V6),
+            (Mode::Auto, true) => Endpoints::Auto {
+                own_global_v6: matches!(own_v6, Some(IpAddr::V6(ip)) if is_global_v6(ip)),
+            },
+            (Mode::Separate, _) | (Mode::Auto, false) => Endpoints::Family(family),
+        }
+    }
+
+    /// The underlay family whose overhead the device serving `family` pays: the family its
+    /// endpoints are of, and IPv6's (the larger) when `auto` may use either.
+    pub fn overhead_family(&self, family: IpFamily, dual_stack: bool) -> IpFamily {
+        match self.endpoints(family, dual_stack, None) {
+            Endpoints::Family(f) => f,
+            Endpoints::Auto { .. } => IpFamily::V6,
+        }
+    }
+}
+
+/// Which of a peer's public IPs its WireGuard endpoint is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// The peer's public IP of this family.
+    Family(IpFamily),
+    /// `auto` on a dual-stack cluster, as flannel chooses: the peer's IPv4 public IP, unless
+    /// that is a private one (RFC 1918) while both its IPv6 public IP and this node's are
+    /// global (neither unique-local nor link-local): then its IPv6 public IP.
+    Auto { own_global_v6: bool },
+}
+
+impl Endpoints {
+    /// The address of `peer` to send to, if its lease has one.
+    pub fn address_of(&self, peer: &Peer) -> Result<IpAddr, Unreachable> {
+        let of = |family: IpFamily| {
+            peer.public_ip_of(family).ok_or(Unreachable::NoPublicIp {
+                field: match family {
+                    IpFamily::V4 => "PublicIP",
+                    IpFamily::V6 => "PublicIPv6",
+                },
+            })
+        };
+        match self {
+            Endpoints::Family(f) => of(*f),
+            Endpoints::Auto { own_global_v6 } => match peer.public_ip_v6 {
+                Some(v6) if peer.public_ip.is_private() && *own_global_v6 && is_global_v6(v6) => {
+                    Ok(IpAddr::V6(v6))
+                }
+                _ => Ok(IpAddr::V4(peer.public_ip)),
+            },
+        }
+    }
+}
+
+/// Neither unique-local (fc00::/7) nor link-local (fe80::/10) nor unspecified or loopback.
+fn is_global_v6(ip: std::net::Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || first & 0xfe00 == 0xfc00
+        || first & 0xffc0 == 0xfe80)
 }
 
 impl fmt::Display for Mode {
@@ -161,8 +238,10 @@ pub struct WireguardSettings {
     pub mtu: u32,
     /// The cluster network of the family: routed through the device as a whole.
     pub network: IpNetwork,
-    /// The endpoints of peers are of its family.
+    /// The underlay of the device's family (what pod subnets must not shadow).
     pub underlay: Underlay,
+    /// Which of a peer's public IPs is its endpoint.
+    pub endpoints: Endpoints,
 }
 
 impl WireguardSettings {
@@ -228,9 +307,8 @@ impl WireguardOp {
         match self {
             WireguardOp::SetDevice(d) => d.addresses.iter().all(|a| of(a.ip())),
             WireguardOp::DeleteDevice(_) | WireguardOp::DeletePeer(_) => true,
-            WireguardOp::SetPeer(p) => {
-                p.endpoint.is_none_or(|e| of(e.ip())) && p.allowed_ips.iter().all(|a| of(a.ip()))
-            }
+            // The endpoint may be of the other family (the single-device modes).
+            WireguardOp::SetPeer(p) => p.allowed_ips.iter().all(|a| of(a.ip())),
         }
     }
 
@@ -279,12 +357,22 @@ impl Backend for WireguardSettings {
         // Which subnet holds each key so far: a key names one peer only.
         let mut holders: BTreeMap<Key, IpNetwork> = BTreeMap::new();
         for peer in peers {
-            let peer = match view(peer, family) {
-                Ok(view) => view,
-                Err(unreachable) => {
-                    p.unreachable.push(unreachable);
+            let Some(subnet) = peer.subnet_of(family) else {
+                p.unreachable
+                    .push((peer.subnet.into(), Unreachable::NoSubnet(family)));
+                continue;
+            };
+            let public_ip = match w.endpoints.address_of(peer) {
+                Ok(ip) => ip,
+                Err(why) => {
+                    p.unreachable.push((subnet, why));
                     continue;
                 }
+            };
+            let peer = PeerView {
+                subnet,
+                public_ip,
+                data: peer.data_of(family).copied(),
             };
             if let Some(why) = w.underlay.shadows(own_subnet, peer.subnet) {
                 p.refused.push((peer.subnet, why));

@@ -46,6 +46,7 @@ fn settings(psk: Option<PresharedKey>, keepalive: u16) -> Settings {
             mtu: 1500,
             connected: vec![net("192.168.1.0/24")],
         },
+        endpoints: Endpoints::Family(IpFamily::V4),
     })
 }
 
@@ -274,6 +275,7 @@ fn an_ipv6_plan_uses_the_ipv6_halves_and_an_ipv4_underlay_refuses_it() {
             mtu: 1500,
             connected: vec![net("fd99::/64")],
         },
+        endpoints: Endpoints::Family(IpFamily::V6),
     });
     let p = plan(net("fc00:0:0:1::/64"), std::slice::from_ref(&p6), &s6);
     let d = p.state.wireguard.device.clone().unwrap();
@@ -330,4 +332,139 @@ fn device_names_per_mode_and_family() {
     assert!(is_weft_device_name("weft-wg-v6") && !is_weft_device_name("flannel-wg"));
     assert_eq!("ipv6".parse::<Mode>().unwrap(), Mode::Ipv6);
     assert!("both".parse::<Mode>().is_err());
+}
+
+/// A dual-stack peer with one key for both families (as every node publishes it).
+fn dual_peer(n: u8, public: &str, public6: &str) -> Peer {
+    let mut p = peer(&format!("10.244.{n}.0/24"), public, Some(n), 51820);
+    p.subnet_v6 = Some(format!("fc00:0:0:{n}::/64").parse().unwrap());
+    p.public_ip_v6 = Some(public6.parse().unwrap());
+    p.data_v6 = Some(BackendData::wireguard(key(n), 51820));
+    p
+}
+
+/// The plan of `family` on the one device of a single-device mode on a dual-stack cluster.
+fn shared_plan(mode: Mode, family: IpFamily, own_v6: &str, peers: &[Peer]) -> Plan {
+    let (own, network, underlay) = match family {
+        IpFamily::V4 => (
+            "10.244.1.0/24",
+            "10.244.0.0/16",
+            ("192.168.1.10", "192.168.1.0/24"),
+        ),
+        IpFamily::V6 => ("fc00:0:0:1::/64", "fc00::/48", (own_v6, "fd99::/64")),
+    };
+    let s = Settings::Wireguard(WireguardSettings {
+        device: device_name(mode, family).into(),
+        listen_port: 51820,
+        public_key: key(1),
+        preshared_key: None,
+        keepalive: 0,
+        mtu: WireguardSettings::mtu_for(1500, None, mode.overhead_family(family, true)),
+        network: net(network),
+        underlay: Underlay {
+            index: 2,
+            ip: underlay.0.parse().unwrap(),
+            mtu: 1500,
+            connected: vec![net(underlay.1)],
+        },
+        endpoints: mode.endpoints(family, true, own_v6.parse().ok()),
+    });
+    plan(net(own), peers, &s)
+}
+
+#[test]
+fn single_device_modes_put_each_familys_half_on_the_one_device() {
+    let peers = [dual_peer(2, "192.168.1.11", "fd99::12")];
+    for (mode, endpoint, mtu) in [
+        (Mode::Ipv4, "192.168.1.11:51820", 1440),
+        (Mode::Ipv6, "[fd99::12]:51820", 1420),
+        // Both addresses private: auto keeps IPv4, and pays IPv6's overhead (it may use
+        // either).
+        (Mode::Auto, "192.168.1.11:51820", 1420),
+    ] {
+        let v4 = shared_plan(mode, IpFamily::V4, "fd99::11", &peers);
+        let v6 = shared_plan(mode, IpFamily::V6, "fd99::11", &peers);
+        for (p, subnet, own, route) in [
+            (&v4, "10.244.2.0/24", "10.244.1.0/32", "10.244.0.0/16"),
+            (&v6, "fc00:0:0:2::/64", "fc00:0:0:1::/128", "fc00::/48"),
+        ] {
+            let d = p.state.wireguard.device.clone().unwrap();
+            assert_eq!(
+                (d.name.as_str(), d.listen_port, d.mtu, d.addresses.clone()),
+                ("weft-wg", 51820, mtu, vec![net(own)]),
+                "{mode}"
+            );
+            assert_eq!(
+                p.state.wireguard.peers.values().collect::<Vec<_>>(),
+                vec![&entry(2, endpoint, subnet)],
+                "{mode}: one peer, its endpoint by the mode, this family's subnet"
+            );
+            assert_eq!(
+                p.state.routes.iter().map(|r| r.dst).collect::<Vec<_>>(),
+                vec![net(route)]
+            );
+            assert!(p.unreachable.is_empty() && p.refused.is_empty(), "{p:?}");
+        }
+        // Both halves want the same device and the same peer but for the allowed IPs.
+        let (d4, d6) = (
+            v4.state.wireguard.device.unwrap(),
+            v6.state.wireguard.device.unwrap(),
+        );
+        assert_eq!(
+            (d4.listen_port, d4.mtu, d4.public_key),
+            (d6.listen_port, d6.mtu, d6.public_key)
+        );
+    }
+}
+
+#[test]
+fn auto_prefers_ipv4_unless_it_is_private_and_both_ipv6_addresses_are_global() {
+    let public = dual_peer(2, "198.51.100.12", "2001:db8::12");
+    let private_v4 = dual_peer(3, "10.0.0.13", "2001:db8::13");
+    let private_both = dual_peer(4, "10.0.0.14", "fd99::14");
+    let endpoints = |own_v6: &str| {
+        let p = shared_plan(
+            Mode::Auto,
+            IpFamily::V4,
+            own_v6,
+            &[public.clone(), private_v4.clone(), private_both.clone()],
+        );
+        p.state
+            .wireguard
+            .peers
+            .values()
+            .map(|e| e.endpoint.unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        endpoints("2001:db8::11"),
+        [
+            "198.51.100.12:51820",
+            "[2001:db8::13]:51820",
+            "10.0.0.14:51820"
+        ]
+    );
+    // This node's own IPv6 is unique-local: IPv4 everywhere.
+    assert_eq!(
+        endpoints("fd99::11"),
+        ["198.51.100.12:51820", "10.0.0.13:51820", "10.0.0.14:51820"]
+    );
+}
+
+#[test]
+fn a_peer_without_the_endpoint_family_is_unreachable_not_sent_elsewhere() {
+    // ipv6 mode, a peer that published no IPv6 public IP: no peer for its IPv4 half.
+    let mut p = dual_peer(2, "192.168.1.11", "fd99::12");
+    p.public_ip_v6 = None;
+    let v4 = shared_plan(Mode::Ipv6, IpFamily::V4, "fd99::11", &[p]);
+    assert!(v4.state.wireguard.peers.is_empty());
+    assert_eq!(
+        v4.unreachable,
+        vec![(
+            net("10.244.2.0/24"),
+            Unreachable::NoPublicIp {
+                field: "PublicIPv6"
+            }
+        )]
+    );
 }

@@ -41,8 +41,17 @@ impl PeerChange {
     /// A change that removes the peer with `public_key`.
     pub fn remove(public_key: Key) -> PeerChange {
         PeerChange {
-            public_key,
             remove: true,
+            ..PeerChange::keep(public_key)
+        }
+    }
+
+    /// A change of the peer with `public_key` that changes nothing yet (it adds the peer
+    /// when there is none).
+    pub fn keep(public_key: Key) -> PeerChange {
+        PeerChange {
+            public_key,
+            remove: false,
             preshared_key: None,
             endpoint: None,
             persistent_keepalive: None,
