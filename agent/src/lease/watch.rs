@@ -88,8 +88,9 @@ pub struct PeerSet {
     by_claim: BTreeMap<Claim, BTreeSet<String>>,
     /// Subnets whose winner may have changed because a claim's claimants changed.
     claim_touched: BTreeSet<IpNetwork>,
-    /// Entries refused because an older lease holds their subnet or another claim.
-    conflicts: BTreeSet<String>,
+    /// Entries refused because an older lease holds their subnet or another claim (or they
+    /// claim this node's subnet), with why.
+    conflicts: BTreeMap<String, String>,
     /// What has been emitted: subnet → peer.
     emitted: BTreeMap<IpNetwork, Peer>,
     warned: HashSet<(String, i64)>,
@@ -106,7 +107,7 @@ impl PeerSet {
             by_subnet: BTreeMap::new(),
             by_claim: BTreeMap::new(),
             claim_touched: BTreeSet::new(),
-            conflicts: BTreeSet::new(),
+            conflicts: BTreeMap::new(),
             emitted: BTreeMap::new(),
             warned: HashSet::new(),
             invalid: 0,
@@ -129,6 +130,14 @@ impl PeerSet {
     /// their subnet or public IP.
     pub fn invalid_count(&self) -> usize {
         self.invalid + self.conflicts.len()
+    }
+
+    /// The valid entries not used because of another lease, by key, with why (what
+    /// `netctl check` reports next to the plan weftd makes from the same leases).
+    pub fn refused(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.conflicts
+            .iter()
+            .map(|(n, why)| (n.as_str(), why.as_str()))
     }
 
     /// The identifying subnet of every valid entry making `claim`.
@@ -316,7 +325,8 @@ impl PeerSet {
                     if self.warned.insert((format!("own:{n}"), rev)) {
                         warn!(key = %n.escape_debug(), subnet = %subnet, "refusing a lease that claims this node's own subnet");
                     }
-                    self.conflicts.insert(n);
+                    self.conflicts
+                        .insert(n, format!("it claims this node's own subnet {subnet}"));
                 }
                 None
             } else {
@@ -371,7 +381,13 @@ impl PeerSet {
         let peer = known.peer.clone()?;
         let created = known.create_revision;
         for n in names.iter().filter(|n| **n != name) {
-            self.conflicts.insert(n.clone());
+            self.conflicts.insert(
+                n.clone(),
+                format!(
+                    "the older lease {} holds its subnet {subnet}",
+                    name.escape_debug()
+                ),
+            );
         }
         self.conflicts.remove(&name);
         // Another claim (an IPv6 subnet, a public address) held by an older lease for
@@ -394,7 +410,16 @@ impl PeerSet {
                 (false, Some(h)) => h,
                 (false, None) => continue,
             };
-            self.conflicts.insert(name.clone());
+            self.conflicts.insert(
+                name.clone(),
+                match own {
+                    true => format!("it claims this node's own {claim}"),
+                    false => format!(
+                        "the older lease {} already holds its {claim}",
+                        holder.escape_debug()
+                    ),
+                },
+            );
             let key = (format!("claim:{name}"), known.mod_revision.0);
             if self.warned.insert(key) {
                 warn!(key = %name.escape_debug(), claim = %claim, held_by = %holder.escape_debug(), "refusing a lease whose {claim} an older lease already holds");

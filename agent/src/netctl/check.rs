@@ -22,6 +22,7 @@ use crate::cli::Output;
 use crate::config::NetConfig;
 use crate::host::iface::ObservedIface;
 use crate::host::install_cni::{runtime_choice, shadowed_message, RuntimeChoice, CONFLIST_NAME};
+use crate::lease::watch::PeerSet;
 use crate::lease::{validate, LeaseAttrs, LeaseRules, SubnetKey};
 use crate::netctl::host_facts::{
     observe_bridge, probe_weftd, read_cni_facts, CniFacts, ObservedBridge, WeftdHealth,
@@ -260,7 +261,13 @@ pub fn differences(
         own_attrs.public_ip.filter(|ip| !ip.is_unspecified()),
         own_attrs.public_ip_v6,
     );
-    let peers = valid_peers(&rules, entries, &own_name, &mut out);
+    let peers = usable_peers(
+        &rules,
+        entries,
+        own_key,
+        own_attrs.node_name.clone(),
+        &mut out,
+    );
     for (family, observed) in observed {
         family_differences(
             cfg, *family, &own_key, &own_attrs, underlay, &peers, observed, &mut out,
@@ -298,18 +305,27 @@ fn network_differences(cfg: &NetConfig, env: &SubnetEnv) -> Vec<Difference> {
     .collect()
 }
 
-/// The peers' leases that pass validation; each one that does not is reported.
-fn valid_peers(
+/// The peers weftd programs from these leases: those that pass validation, with the oldest
+/// lease keeping a subnet, public IP or WireGuard key that several claim (weftd's own
+/// [`PeerSet`]). Each lease that is not used is reported, with why.
+fn usable_peers(
     rules: &LeaseRules,
     entries: &[StoredEntry],
-    own_name: &str,
+    own_key: SubnetKey,
+    own_node: Option<String>,
     out: &mut Vec<Difference>,
 ) -> Vec<Peer> {
-    let mut peers: Vec<Peer> = Vec::new();
+    let own_name = own_key.to_string();
+    let node_of = |name: &str| {
+        entries
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| LeaseAttrs::decode(&e.value).ok())
+            .and_then(|a| a.node_name)
+    };
     for e in entries.iter().filter(|e| e.name != own_name) {
-        match validate(rules, &e.name, &e.value) {
-            Ok(p) => peers.push(p),
-            Err(err) => out.push(
+        if let Err(err) = validate(rules, &e.name, &e.value) {
+            out.push(
                 d(
                     "problem",
                     "lease",
@@ -318,11 +334,27 @@ fn valid_peers(
                         e.name.escape_debug()
                     ),
                 )
-                .with_peer(LeaseAttrs::decode(&e.value).ok().and_then(|a| a.node_name)),
-            ),
+                .with_peer(node_of(&e.name)),
+            );
         }
     }
-    peers
+    let mut set = PeerSet::new(rules.clone(), own_node);
+    set.set_own(Some(own_key));
+    set.reset(entries);
+    for (name, why) in set.refused() {
+        out.push(
+            d(
+                "problem",
+                "lease",
+                format!(
+                    "lease key {} is ignored, as weftd ignores it: {why}",
+                    name.escape_debug()
+                ),
+            )
+            .with_peer(node_of(name)),
+        );
+    }
+    set.peers().cloned().collect()
 }
 
 /// The differences of one family's data plane.
@@ -803,6 +835,24 @@ mod tests {
         assert_eq!(differences(&cfg(), &entries(), &host(), &v4(state)), vec![]);
         let out = render(&Checked::default(), &[], Output::Table);
         assert_eq!(out.code, 0);
+    }
+
+    #[test]
+    fn a_younger_lease_copying_a_claim_is_reported_and_not_expected_in_the_kernel() {
+        let state = programmed(&cfg(), &entries());
+        // h2's public IP again, in a lease created later: weftd ignores it.
+        let mut copy = entry("10.244.7.0/24", "h7", "10.99.0.12", 7);
+        copy.create_revision = Revision(5);
+        let mut all = entries();
+        all.push(copy);
+        let diffs = differences(&cfg(), &all, &host(), &v4(state));
+        assert_eq!(diffs.len(), 1, "{diffs:#?}");
+        assert_eq!((diffs[0].kind, diffs[0].object), ("problem", "lease"));
+        assert_eq!(diffs[0].peer.as_deref(), Some("h7"));
+        assert_eq!(
+            diffs[0].detail,
+            "lease key 10.244.7.0-24 is ignored, as weftd ignores it: the older lease 10.244.2.0-24 already holds its public IP 10.99.0.12"
+        );
     }
 
     #[test]
