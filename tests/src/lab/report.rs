@@ -245,15 +245,30 @@ pub fn commands(state: &LabState, lab_command: &str) -> String {
         ));
     }
     if let Some(h) = state.hosts.first() {
+        // On a WireGuard lab the host's /run/wireguard (where wireguard-go's sockets are) is
+        // a directory of its own, bind-mounted inside the namespace's mount namespace.
+        let in_host = match (state.wireguard, h.subnet_file.parent()) {
+            (true, Some(dir)) => format!(
+                "ip netns exec {} sh -ec 'mount --bind {} /run/wireguard; exec \"$@\"' -",
+                h.netns,
+                dir.join("wireguard").display()
+            ),
+            _ => format!("ip netns exec {}", h.netns),
+        };
         lines.push((
             format!(
-                "ip netns exec {} {netctl} check --subnet-file {} --cni-conf-dir {}",
-                h.netns,
+                "{in_host} {netctl} check --subnet-file {} --cni-conf-dir {}",
                 h.subnet_file.display(),
                 h.cni_conf_dir.display()
             ),
             format!("{}'s kernel state against the leases", h.name),
         ));
+        if state.wireguard {
+            lines.push((
+                format!("{in_host} wg show"),
+                format!("{}'s WireGuard devices and peers", h.name),
+            ));
+        }
         lines.push((
             format!(
                 "ip netns exec {} curl -s http://127.0.0.1:{HEALTHZ_PORT}/metrics",
@@ -413,6 +428,25 @@ mod tests {
         assert!(
             v6.contains("  ip netns exec lab1-h1p1 ping -c1 fc00:0:0:2::2\n"),
             "{v6}"
+        );
+        // On a WireGuard lab, netctl and wg on a host see its own /run/wireguard.
+        let wg = LabState {
+            wireguard: true,
+            ..sample(true, false, 2)
+        };
+        let text = commands(&wg, "lab");
+        let in_h1 = "ip netns exec lab1-h1 sh -ec 'mount --bind /tmp/lab1-abc123/h1/wireguard /run/wireguard; exec \"$@\"' -";
+        assert!(
+            text.contains(&format!(
+                "  {in_h1} /bin/netctl --etcd-endpoints http://10.99.0.1:2379 check "
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "  # h1's WireGuard devices and peers\n  {in_h1} wg show\n"
+            )),
+            "{text}"
         );
     }
 }
