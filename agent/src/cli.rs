@@ -11,6 +11,7 @@ pub const DEFAULT_ENDPOINTS: &str = "http://127.0.0.1:2379";
 pub const DEFAULT_SUBNET_FILE: &str = "/run/weft/subnet.env";
 pub const DEFAULT_HEALTHZ_IP: &str = "0.0.0.0";
 pub const DEFAULT_HEALTHZ_PORT: u16 = 8471;
+pub const DEFAULT_HEALTH_PROBE_PORT: u16 = 8473;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum LogFormat {
@@ -93,6 +94,18 @@ pub struct WeftdCli {
     /// Port for /healthz, /readyz and /metrics (0 disables the server).
     #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = DEFAULT_HEALTHZ_PORT)]
     pub healthz_port: u16,
+    /// UDP port of the peer health probes: weftd answers probes on it (on its overlay
+    /// address and its public IP) and sends its own to the same port of every peer; 0
+    /// turns the probes off.
+    #[arg(long, env = "WEFTD_HEALTH_PROBE_PORT", default_value_t = DEFAULT_HEALTH_PROBE_PORT)]
+    pub health_probe_port: u16,
+    /// Time between two rounds of probes of one peer, e.g. "10s"; stretched when the peers
+    /// do not fit in it at --health-probe-rate.
+    #[arg(long, env = "WEFTD_HEALTH_PROBE_INTERVAL", default_value = "10s")]
+    pub health_probe_interval: String,
+    /// At most this many probes sent per second, spread evenly.
+    #[arg(long, env = "WEFTD_HEALTH_PROBE_RATE", default_value_t = 50)]
+    pub health_probe_rate: u32,
     /// The wireguard backend's private key file: made once (mode 0600) and reused, so the
     /// node keeps its public key across restarts and reboots.
     #[arg(long, env = "WEFTD_WIREGUARD_KEY_FILE", default_value = DEFAULT_WIREGUARD_KEY_FILE)]

@@ -1,6 +1,7 @@
 //! weftd's top level: the start-up steps, the tasks (each owned by the [`Supervisor`]), and
 //! the loop that follows the lease, writes subnet.env and owns readiness.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +24,8 @@ use crate::dataplane::feed::PeerFeed;
 use crate::dataplane::reconciler::{self, Reconciler, RESYNC_INTERVAL};
 use crate::firewall::{run_firewall, MasqRules, NftFirewall};
 use crate::health::{self, HealthState, Metrics, Readiness};
+use crate::mesh::prober::{FamilySide, Inputs as ProberInputs, OwnSide, Prober, ThisNode};
+use crate::mesh::{self, MeshSettings, MeshView};
 use crate::host::iface::{self, ChosenIface, Families, IfaceError, IfaceFacts};
 use crate::lease::keeper::{sleep_or_shutdown, KeeperSettings, LeaseKeeper, LeaseStatus};
 use crate::lease::pick::{Identity, Previous};
@@ -65,6 +68,13 @@ pub enum AgentError {
     Dataplane(#[from] weft_backends::dataplane::DataplaneError),
     #[error("kernel notification listener")]
     Monitor(#[from] weft_backends::netlink::NlError),
+    #[error("peer health probe port {port}/udp ({family}): {source}; free the port or choose another with --health-probe-port (0 turns the probes off)")]
+    ProbePort {
+        port: u16,
+        family: IpFamily,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("health server on {addr}")]
     Health {
         addr: std::net::SocketAddr,
@@ -88,6 +98,7 @@ impl AgentError {
                 | AgentError::ConfigFile { .. }
                 | AgentError::BadConfigFile { .. }
                 | AgentError::PublicIp(_)
+                | AgentError::ProbePort { .. }
         )
     }
 }
@@ -117,10 +128,12 @@ pub async fn run(
         ready_rx.clone(),
         shutdown.clone(),
     );
+    let mesh = MeshView::default();
     let health = HealthState {
         ready: ready_rx,
         metrics: metrics.clone(),
         tasks: board,
+        mesh: mesh.clone(),
     };
     let result = async {
         start_health(&mut sup, &settings, health, &shutdown).await?;
@@ -138,6 +151,13 @@ pub async fn run(
         let lease = start_lease(&mut sup, &store, &settings, &net, &metrics, &shutdown);
         let planes = start_dataplanes(&mut sup, &settings, &net, &lease.feed, &metrics, &shutdown)?;
         let masq = start_firewalls(&mut sup, &settings, &net, &metrics, &shutdown);
+        let mesh_own = match &settings.health_probes {
+            Some(probes) => {
+                let m = MeshStart { settings: probes, net: &net, node: &settings.node_name, view: &mesh };
+                Some(start_mesh(&mut sup, m, &lease.feed, &metrics, &shutdown)?)
+            }
+            None => None,
+        };
         let mut follower = Follower {
             net: &net,
             settings: &settings,
@@ -146,6 +166,7 @@ pub async fn run(
             own: lease.own,
             planes,
             masq,
+            mesh_own,
         };
         follower.run(lease.status, &mut sup, shutdown.clone()).await
     }
@@ -689,6 +710,8 @@ struct Follower<'a> {
     own: watch::Sender<Option<SubnetKey>>,
     planes: Dataplanes,
     masq: Vec<(IpFamily, watch::Sender<Option<MasqRules>>)>,
+    /// What the peer health prober probes from (None with the probes off).
+    mesh_own: Option<watch::Sender<OwnSide>>,
 }
 
 impl Follower<'_> {
@@ -722,6 +745,7 @@ impl Follower<'_> {
                         underlay_mtu = new;
                         if let LeaseStatus::Held(h) = &now {
                             self.env_writer().write(&h.key, mtu);
+                            self.tell_mesh(&h.key, mtu);
                         }
                     }
                     changed = shutdown.changed() => {
@@ -740,6 +764,13 @@ impl Follower<'_> {
             ip_masq: self.settings.ip_masq,
             metrics: self.metrics,
             ready: self.ready,
+        }
+    }
+
+    /// The prober probes from this node's subnets with its pod MTU.
+    fn tell_mesh(&self, key: &SubnetKey, pod_mtu: u32) {
+        if let Some(tx) = &self.mesh_own {
+            tx.send_replace(mesh_own_side(&self.net.cfg, key, pod_mtu));
         }
     }
 
@@ -762,6 +793,7 @@ impl Follower<'_> {
                         .and_then(|(network, own)| MasqRules::new(network, own).ok());
                     tx.send_replace(rules);
                 }
+                self.tell_mesh(&h.key, mtu);
                 self.metrics.lease_held.set(1);
                 self.metrics.lease_changes.inc();
                 let expiry = h.expires_at.map(|e| {
@@ -785,6 +817,123 @@ impl Follower<'_> {
             }
         }
     }
+}
+
+/// What the mesh needs to start.
+struct MeshStart<'a> {
+    settings: &'a MeshSettings,
+    net: &'a Network,
+    node: &'a str,
+    view: &'a MeshView,
+}
+
+/// What carries overlay packets between nodes and through which device, per family, for
+/// the mesh's texts.
+fn overlay_words(cfg: &NetConfig, family: IpFamily) -> (String, String) {
+    let device = route_device_name(cfg, family);
+    let carrier = match cfg.backend.kind {
+        BackendKind::Vxlan => format!("UDP {} (VXLAN)", cfg.backend.port),
+        BackendKind::Wireguard => {
+            format!("UDP {} (WireGuard)", cfg.backend.wireguard.port_of(family))
+        }
+        BackendKind::HostGw => "routing on the underlay".to_string(),
+    };
+    (carrier, device)
+}
+
+/// This node's side of the probes for a held lease.
+fn mesh_own_side(cfg: &NetConfig, key: &SubnetKey, pod_mtu: u32) -> OwnSide {
+    let overlay = cfg.backend.kind != BackendKind::HostGw;
+    let side = |family| {
+        own_subnet(key, family).map(|subnet| FamilySide {
+            subnet,
+            overlay: overlay.then(|| subnet.network()),
+            pod_mtu,
+        })
+    };
+    OwnSide {
+        v4: side(IpFamily::V4),
+        v6: side(IpFamily::V6),
+    }
+}
+
+/// The peer health mesh: a responder per family on the probe port (bound here, so that a
+/// port in use is reported at start) and the prober, each restarted when it fails. Returns
+/// the sender of this node's side of the probes.
+fn start_mesh(
+    sup: &mut Supervisor,
+    m: MeshStart<'_>,
+    feed: &PeerFeed,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<watch::Sender<OwnSide>, AgentError> {
+    let port = m.settings.port;
+    let fams: Vec<IpFamily> = families(&m.net.cfg).collect();
+    for &family in &fams {
+        let bind = move || {
+            mesh::responder::bind(family, port)
+                .map_err(|source| AgentError::ProbePort { port, family, source })
+        };
+        let mut first = Some(bind()?);
+        let counts = metrics.mesh.clone();
+        let name: TaskName = match family {
+            IpFamily::V4 => "health-responder-ipv4",
+            IpFamily::V6 => "health-responder-ipv6",
+        };
+        let stop = shutdown.clone();
+        sup.spawn(Task::restart(name, move || {
+            let sock = first.take().map(Ok).unwrap_or_else(bind);
+            let (counts, mut stop) = (counts.clone(), stop.clone());
+            async move {
+                let sock = sock.map_err(|e| crate::supervisor::TaskError::from(e.to_string()))?;
+                tokio::select! {
+                    served = mesh::responder::serve(sock, &counts) => {
+                        served.map_err(|e| crate::supervisor::TaskError::from(format!("probe responder: {e}")))
+                    }
+                    _ = async { while !*stop.borrow() { if stop.changed().await.is_err() { break } } } => Ok(()),
+                }
+            }
+        }));
+    }
+    let cfg = &m.net.cfg;
+    let words = [overlay_words(cfg, IpFamily::V4), overlay_words(cfg, IpFamily::V6)];
+    let identity = ThisNode {
+        node: m.node.to_string(),
+        backend: cfg.backend.kind,
+        public_ips: [
+            m.net.chosen.public_ip.map(IpAddr::V4),
+            m.net.chosen.public_ip_v6.map(IpAddr::V6),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        encapsulation: [words[0].0.clone(), words[1].0.clone()],
+        device: [words[0].1.clone(), words[1].1.clone()],
+    };
+    let (own_tx, _) = watch::channel(OwnSide::default());
+    let (settings, view, feed) = (m.settings.clone(), m.view.clone(), feed.clone());
+    let (tx, metrics, stop) = (own_tx.clone(), metrics.mesh.clone(), shutdown.clone());
+    sup.spawn(Task::restart("health-prober", move || {
+        let prober = Prober {
+            settings: settings.clone(),
+            identity: identity.clone(),
+            families: fams.clone(),
+            view: view.clone(),
+            metrics: metrics.clone(),
+        };
+        let (feed, own, stop) = (feed.clone(), tx.subscribe(), stop.clone());
+        async move {
+            let inputs = ProberInputs {
+                peers: feed.subscribe("health-prober").await,
+                own,
+            };
+            prober
+                .run(inputs, stop)
+                .await
+                .map_err(crate::supervisor::TaskError::from)
+        }
+    }));
+    Ok(own_tx)
 }
 
 /// The peer gauges follow every report; only a re-established watch counts as a restart.

@@ -64,6 +64,8 @@ pub struct Metrics {
     /// 1, labelled `implementation="kernel"|"userspace"`, on a node running the wireguard
     /// backend: which WireGuard implementation carries its traffic.
     pub wireguard_implementation: Family<[(&'static str, &'static str); 1], Gauge<i64, AtomicI64>>,
+    /// The peer health mesh's.
+    pub mesh: crate::mesh::MeshMetrics,
     registry: Arc<Registry>,
 }
 
@@ -94,6 +96,7 @@ impl Default for Metrics {
             etcd_last_success_seconds: Gauge::default(),
             etcd_request_errors: Family::default(),
             wireguard_implementation: Family::default(),
+            mesh: crate::mesh::MeshMetrics::default(),
             registry: Arc::new(Registry::default()),
         };
         m.build_info.get_or_create(&[("version", VERSION)]).set(1);
@@ -105,6 +108,7 @@ impl Default for Metrics {
 impl Metrics {
     fn build_registry(&self) -> Registry {
         let mut r = Registry::with_prefix("weft");
+        self.mesh.register(&mut r);
         r.register(
             "build_info",
             "Always 1; the version label is the version of weftd running",
@@ -302,6 +306,8 @@ pub struct HealthState {
     pub metrics: Metrics,
     /// The supervised tasks, for `/healthz`.
     pub tasks: crate::supervisor::TaskBoard,
+    /// The peers' probe states, for `/health/peers`.
+    pub mesh: crate::mesh::MeshView,
 }
 
 /// Serve health and metrics on `listener` until `shutdown` turns true.
@@ -310,11 +316,12 @@ pub async fn serve(
     state: HealthState,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /metrics");
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /metrics /health/peers");
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
+        .route(crate::mesh::report::PEERS_PATH, get(peers_handler))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -325,6 +332,24 @@ pub async fn serve(
             }
         })
         .await
+}
+
+/// The peers' probe states as JSON; 503 while the probes have not started (no network
+/// config yet, or --health-probe-port 0).
+async fn peers_handler(State(s): State<HealthState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match s.mesh.report() {
+        Some(r) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&r).unwrap_or_default(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "peer health probes are not running on this node (not started yet, or --health-probe-port 0)\n",
+        )
+            .into_response(),
+    }
 }
 
 /// 200 while every task that must be alive is, and has made progress in time; else 503
@@ -377,6 +402,7 @@ mod tests {
             ready: rx,
             metrics: Metrics::default(),
             tasks: Default::default(),
+            mesh: Default::default(),
         };
         let text = scrape(&state).await;
         assert!(

@@ -14,7 +14,8 @@
 //! | [`firewall`] | the nftables masquerade tables |
 //! | [`supervisor`] | the owner of weftd's long-lived tasks: restarts, fatal failures, the task board `/healthz` reads |
 //! | [`fault`] | the test-only fault hook (feature `fault-injection`) |
-//! | [`health`] | `/healthz`, `/readyz`, `/metrics` |
+//! | [`health`] | `/healthz`, `/readyz`, `/metrics`, `/health/peers` |
+//! | [`mesh`] | the peer health mesh: probe responder, prober, peer states and their report |
 //! | [`host`] | the node itself: interface choice, privileges, PID 1, install-cni, cleanup |
 //! | [`netctl`] | the operator commands: leases, config, check |
 
@@ -28,6 +29,7 @@ pub mod firewall;
 pub mod health;
 pub mod host;
 pub mod lease;
+pub mod mesh;
 pub mod logging;
 pub mod netctl;
 pub mod node;

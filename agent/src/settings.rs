@@ -98,6 +98,8 @@ pub struct AgentSettings {
     pub healthz: Option<SocketAddr>,
     pub lease_ttl: Duration,
     pub wireguard: WireguardOptions,
+    /// `None` turns the peer health probes off.
+    pub health_probes: Option<crate::mesh::MeshSettings>,
 }
 
 /// The wireguard backend's flags.
@@ -185,6 +187,30 @@ impl AgentSettings {
             public_ip_v6: cli.public_ipv6,
         };
         check_public_ip_flags(&iface, None, None)?;
+        let interval = parse_duration(
+            "--health-probe-interval",
+            &cli.health_probe_interval,
+            "10s",
+        )?;
+        if interval < Duration::from_millis(200) {
+            return Err(SettingsError::TooShort {
+                flag: "--health-probe-interval",
+                value: cli.health_probe_interval.clone(),
+                minimum: "at least 200ms",
+            });
+        }
+        if cli.health_probe_rate == 0 {
+            return Err(SettingsError::TooShort {
+                flag: "--health-probe-rate",
+                value: "0".into(),
+                minimum: "at least 1 probe per second (turn the probes off with --health-probe-port 0)",
+            });
+        }
+        let health_probes = (cli.health_probe_port != 0).then(|| crate::mesh::MeshSettings {
+            port: cli.health_probe_port,
+            interval,
+            rate: cli.health_probe_rate,
+        });
         Ok(AgentSettings {
             etcd: etcd_options(&cli.etcd)?,
             iface,
@@ -200,6 +226,7 @@ impl AgentSettings {
                 userspace: cli.wireguard_userspace.clone(),
                 choice: cli.wireguard_implementation,
             },
+            health_probes,
         })
     }
 }
