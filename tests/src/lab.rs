@@ -553,6 +553,7 @@ impl Lab {
         let endpoint = self.etcd_endpoint();
         let weftd = self.bins.weftd.clone();
         let (ip_masq, keep) = (self.opts.ip_masq, self.opts.keep);
+        let probe_interval = self.opts.health_probe_interval.clone();
         let wireguard = self.opts.backend == LabBackend::Wireguard;
         let h = self.host_mut(i);
         if let Some(p) = &mut h.weftd {
@@ -571,6 +572,9 @@ impl Lab {
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()]);
         if ip_masq {
             cmd.arg("--ip-masq");
+        }
+        if let Some(interval) = &probe_interval {
+            cmd.args(["--health-probe-interval", interval]);
         }
         if wireguard {
             cmd.arg("--wireguard-userspace")
@@ -618,6 +622,25 @@ impl Lab {
             &["-s", "--max-time", "5", "http://127.0.0.1:8471/metrics"],
         );
         body
+    }
+
+    /// Host `i`'s weftd's view of its peers (`GET /health/peers`); None while it does not
+    /// answer one (not started, or the probes not running yet).
+    pub fn health_report(&self, i: usize) -> Option<weft_agent::mesh::report::HealthReport> {
+        let (code, body, _) = self.exec_in(
+            self.host_name(i),
+            "curl",
+            &[
+                "-sf",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:8471/health/peers",
+            ],
+        );
+        if code != 0 {
+            return None;
+        }
+        serde_json::from_str(&body).ok()
     }
 
     /// Stop the lab's etcd (SIGTERM by pid); its data stays for [`Lab::start_etcd_again`].

@@ -367,7 +367,11 @@ impl Prober {
                         t.record = old.record;
                         t.generation = old.generation;
                     }
-                    _ => {
+                    replaced => {
+                        if let Some(old) = replaced {
+                            let labels = problem_labels(&old, key.1);
+                            self.metrics.state_left(key.1, old.record.state, &labels);
+                        }
                         t.record.set_pod_mtu(pod_mtu);
                         t.generation = generation;
                         self.metrics.state_entered(key.1, PeerState::Unknown);
@@ -376,7 +380,8 @@ impl Prober {
                 v.targets.insert(key, t);
             }
             for ((_, family), t) in kept {
-                self.metrics.state_left(family, t.record.state, &problem_labels(&t, family));
+                self.metrics
+                    .state_left(family, t.record.state, &problem_labels(&t, family));
             }
         }
     }
@@ -385,7 +390,11 @@ impl Prober {
         let mut v = self.view.lock();
         let own = v.own.of(f.key.1);
         let identity = &self.identity;
-        let Some(t) = v.targets.get_mut(&f.key).filter(|t| t.generation == f.generation) else {
+        let Some(t) = v
+            .targets
+            .get_mut(&f.key)
+            .filter(|t| t.generation == f.generation)
+        else {
             return;
         };
         self.metrics.probes(&f.round, f.sent);
@@ -427,9 +436,17 @@ impl Prober {
 
     fn log_summary(&self) {
         let v = self.view.lock();
-        let ok = v.targets.values().filter(|t| t.record.state.is_ok()).count();
+        let ok = v
+            .targets
+            .values()
+            .filter(|t| t.record.state.is_ok())
+            .count();
         let total = v.targets.len();
-        info!(ok, not_ok = total - ok, "every peer probed once: {ok} of {total} ok");
+        info!(
+            ok,
+            not_ok = total - ok,
+            "every peer probed once: {ok} of {total} ok"
+        );
     }
 }
 
@@ -462,6 +479,149 @@ mod tests {
             interval: Duration::from_millis(interval_ms),
             rate,
         }
+    }
+
+    fn peer(n: u8, ip: u8, v6: bool) -> Peer {
+        Peer {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: std::net::Ipv4Addr::new(192, 0, 2, ip),
+            subnet_v6: v6.then(|| format!("fc00:0:0:{n}::/64").parse().unwrap()),
+            public_ip_v6: v6.then(|| format!("2001:db8::{ip}").parse().unwrap()),
+            backend: BackendKind::Vxlan,
+            data: None,
+            data_v6: None,
+            node_name: Some(format!("h{n}")),
+        }
+    }
+
+    fn prober(families: Vec<IpFamily>) -> Prober {
+        let p = Prober {
+            settings: s(1000, 50),
+            identity: ThisNode {
+                node: "h1".into(),
+                backend: BackendKind::Vxlan,
+                public_ips: vec![],
+                encapsulation: ["UDP 8472 (VXLAN)".into(), "UDP 8472 (VXLAN)".into()],
+                device: ["weft.1".into(), "weft-v6.1".into()],
+            },
+            families,
+            view: MeshView::default(),
+            metrics: MeshMetrics::default(),
+        };
+        p.metrics.reset();
+        {
+            let mut v = p.view.lock();
+            v.identity = Some(p.identity.clone());
+            v.settings = Some(p.settings.clone());
+        }
+        p
+    }
+
+    fn gauge(p: &Prober, family: &'static str, state: PeerState) -> i64 {
+        p.metrics
+            .peers
+            .get_or_create(&[("family", family), ("state", state.as_str())])
+            .get()
+    }
+
+    #[test]
+    fn peers_become_one_target_per_family_and_keep_their_record_while_their_addresses_do() {
+        let p = prober(vec![IpFamily::V4, IpFamily::V6]);
+        p.take_peers(
+            vec![
+                PeerEvent::Added(peer(2, 12, true)),
+                PeerEvent::Added(peer(3, 13, false)),
+            ],
+            true,
+            1,
+        );
+        let r = p.view.report().unwrap();
+        let rows: Vec<(Option<&str>, FamilyName, &str)> = r
+            .peers
+            .iter()
+            .map(|h| (h.node.as_deref(), h.family, h.subnet.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (Some("h2"), FamilyName::Ipv4, "10.244.2.0/24"),
+                (Some("h2"), FamilyName::Ipv6, "fc00:0:0:2::/64"),
+                (Some("h3"), FamilyName::Ipv4, "10.244.3.0/24"),
+            ]
+        );
+        assert_eq!(r.peers[0].overlay_ip, Some("10.244.2.0".parse().unwrap()));
+        assert_eq!(
+            (
+                gauge(&p, "ipv4", PeerState::Unknown),
+                gauge(&p, "ipv6", PeerState::Unknown)
+            ),
+            (2, 1)
+        );
+        // A round makes h2 over IPv4 broken.
+        let key = (peer(2, 12, true).id(), IpFamily::V4);
+        let generation = p.view.lock().targets[&key].generation;
+        p.take_round(Finished {
+            key,
+            generation,
+            round: Round {
+                overlay: Some(super::super::verdict::Outcome::Lost),
+                underlay: super::super::verdict::Outcome::Answered(Duration::from_millis(1)),
+                mtu: None,
+            },
+            sent: 2,
+        });
+        assert_eq!(gauge(&p, "ipv4", PeerState::OverlayBroken), 1);
+        assert_eq!(gauge(&p, "ipv4", PeerState::Unknown), 1);
+        assert_eq!(
+            p.metrics
+                .problems
+                .get_or_create(&ProblemLabels {
+                    node: "h2".into(),
+                    subnet: "10.244.2.0/24".into(),
+                    family: "ipv4".into(),
+                    state: "overlay-broken".into(),
+                })
+                .get(),
+            1
+        );
+        // The same addresses again (a renewed lease): the state stays.
+        let (old, new) = (peer(2, 12, true), peer(2, 12, true));
+        p.take_peers(vec![PeerEvent::Updated { old, new }], true, 2);
+        assert_eq!(
+            p.view.lock().targets[&key].record.state,
+            PeerState::OverlayBroken
+        );
+        // A new public IP: a new peer as far as probing goes.
+        p.take_peers(
+            vec![PeerEvent::Updated {
+                old: peer(2, 12, true),
+                new: peer(2, 99, true),
+            }],
+            true,
+            3,
+        );
+        assert_eq!(p.view.lock().targets[&key].record.state, PeerState::Unknown);
+        assert_eq!(gauge(&p, "ipv4", PeerState::OverlayBroken), 0);
+        // Gone: every gauge back to zero, no per-peer series left.
+        p.take_peers(
+            vec![
+                PeerEvent::Removed(peer(2, 99, true)),
+                PeerEvent::Removed(peer(3, 13, false)),
+            ],
+            true,
+            4,
+        );
+        assert!(p.view.report().unwrap().peers.is_empty());
+        for f in ["ipv4", "ipv6"] {
+            for st in PeerState::ALL {
+                assert_eq!(gauge(&p, f, st), 0, "{f} {st}");
+            }
+        }
+        let mut text = String::new();
+        let mut reg = prometheus_client::registry::Registry::default();
+        p.metrics.register(&mut reg);
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        assert!(!text.contains("health_peer_problem{"), "{text}");
     }
 
     #[test]

@@ -149,6 +149,8 @@ pub struct LabOptions {
     pub ipv6_subnet_len: u8,
     /// Leave everything running when the lab is dropped.
     pub keep: bool,
+    /// weftd's `--health-probe-interval` (unset: weftd's default).
+    pub health_probe_interval: Option<String>,
 }
 
 impl Default for LabOptions {
@@ -167,6 +169,7 @@ impl Default for LabOptions {
             ipv6_network: None,
             ipv6_subnet_len: 64,
             keep: false,
+            health_probe_interval: None,
         }
     }
 }
