@@ -5,8 +5,10 @@
 #      statically linked with cni-plugin/build-static.sh (the node runs it with its own libc);
 #   2. checks that the plugin is statically linked (it refuses to ship one that is not), and
 #      prepares a build context in a temp dir: the binaries (debug info stripped from the
-#      copies), /usr/sbin/nft, and every shared library `ldd` lists for weftd, netctl and nft
-#      (the dynamic loader included) copied from this machine at the path ldd reports;
+#      copies), /usr/sbin/nft, /usr/bin/wireguard-go (the userspace WireGuard weftd starts with
+#      --wireguard-implementation userspace), and every shared library `ldd` lists for weftd,
+#      netctl, nft and wireguard-go (the dynamic loader included) copied from this machine at
+#      the path ldd reports;
 #   3. runs `podman build --pull=never` on it, prints the image's size, and with --save writes
 #      it to an OCI archive for `podman load` / `ctr images import` on the nodes.
 #
@@ -72,6 +74,9 @@ tag=${tag:-localhost/weft:$version}
 command -v "$podman" >/dev/null 2>&1 || { echo "build.sh: $podman not found (apt-get install podman)" >&2; exit 1; }
 nft=/usr/sbin/nft
 [ -x "$nft" ] || { echo "build.sh: $nft not found (apt-get install nftables)" >&2; exit 1; }
+# Shipped as it is, at the same path: the deploy/overlays/wireguard-userspace overlay starts it.
+wireguard_go=/usr/bin/wireguard-go
+[ -f "$wireguard_go" ] && [ -x "$wireguard_go" ] || { echo "build.sh: $wireguard_go not found: the image ships it for --wireguard-implementation userspace (apt-get install wireguard-go)" >&2; exit 1; }
 
 static_build="$repo/cni-plugin/build-static.sh"
 if [ "$build" = 1 ]; then
@@ -125,12 +130,14 @@ else
 fi
 mkdir -p "$ctx/weft/etc/weft" "$ctx/weft/run/weft"
 
-# runtime/: nft and every library weftd, netctl and nft load (the plugin loads none), at the
-# paths ldd reports (on a merged-/usr Debian, /lib/x86_64-linux-gnu/… and
+# runtime/: nft, wireguard-go (both Debian's binaries, unchanged) and every library weftd,
+# netctl, nft and wireguard-go load (the plugin loads none; wireguard-go, a Go program, loads
+# only libc, and none at all when it is built static), at the paths ldd reports (on a merged-/usr Debian, /lib/x86_64-linux-gnu/… and
 # /lib64/ld-linux-x86-64.so.2, the loader path written in each binary), symlinks resolved to
 # the files they name.
 install -D -m 0755 "$nft" "$ctx/runtime$nft"
-libs=$(for b in "$ctx/weft/usr/local/bin/weftd" "$ctx/weft/usr/local/bin/netctl" "$nft"; do
+install -D -m 0755 "$wireguard_go" "$ctx/runtime$wireguard_go"
+libs=$(for b in "$ctx/weft/usr/local/bin/weftd" "$ctx/weft/usr/local/bin/netctl" "$nft" "$wireguard_go"; do
   shared_libs "$b" || exit 1
 done | sort -u)
 for lib in $libs; do

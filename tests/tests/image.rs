@@ -1,12 +1,16 @@
 //! weft's container image (deploy/image): `deploy/image/build.sh --bin-dir <cargo's binaries>
 //! --cni-plugin <the static plugin>` builds it into a temporary podman storage, and the test
 //! checks what is in it — exactly weftd, netctl, the weft CNI plugin (statically linked: the
-//! node runs it with its own libc), nft and the shared libraries `ldd` lists for weftd, netctl
-//! and nft, the two empty directories, the entrypoint and labels — and that each binary runs
-//! inside it (`podman run --network none`): weftd and netctl print the workspace version, the
-//! plugin its version and the CNI VERSION answer, nft prints its version and applies weft's
-//! masquerade ruleset in the container's own network namespace. build.sh refuses to ship a
-//! dynamically linked plugin.
+//! node runs it with its own libc), nft, wireguard-go and the shared libraries `ldd` lists for
+//! weftd, netctl, nft and wireguard-go, the two empty directories, the entrypoint and labels —
+//! and that each binary runs inside it (`podman run --network none`): weftd and netctl print the
+//! workspace version, the plugin its version and the CNI VERSION answer, nft prints its version
+//! and applies weft's masquerade ruleset in the container's own network namespace, and
+//! wireguard-go prints the host's version and, in a container with the DaemonSet's privileges
+//! (root, NET_ADMIN alone, no_new_privs, read-only root file system) and the host's
+//! /dev/net/tun, makes its TUN device there and answers on its configuration socket in a
+//! mounted directory; without NET_ADMIN it cannot. build.sh refuses to ship a dynamically
+//! linked plugin, and refuses to build without wireguard-go.
 //!
 //! podman runs in the environment of `weft_tests::podman` (storage, runc state, /var/lib and
 //! /var/tmp in a temp dir, a test network namespace as its host); the Drop guard removes the
@@ -20,13 +24,16 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use serde_json::Value;
 use weft_agent::firewall::{render, MasqRules};
-use weft_tests::podman::{require_program, Podman};
+use weft_tests::podman::{eventually, require_program, Podman};
 use weft_tests::procs::{bin, run_input};
 use weft_tests::shipped::{linkage, static_plugin, this_machine, Profile};
 
 /// The workspace version (weft-tests inherits it).
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const NFT: &str = "/usr/sbin/nft";
+/// Debian's userspace WireGuard, shipped at the same path (deploy/overlays/wireguard-userspace
+/// has weftd start it).
+const WIREGUARD_GO: &str = "/usr/bin/wireguard-go";
 /// weft's dynamically linked binaries in the image, with their names in the cargo target
 /// directory (the image carries the libraries they load).
 const DYNAMIC_BINARIES: [(&str, &str); 2] = [
@@ -45,13 +52,13 @@ const DEFAULT_PODMAN_PATHS: [&str; 5] = [
     "/var/lib/cni",
 ];
 /// Upper bound for everything in the image except weft's own binaries: glibc's loader,
-/// libc, libm, libgcc_s (weftd, netctl) and nft with its eight libraries come to ≈ 5.6 MB on
-/// Debian 12. The
-/// bound catches a copied directory or an extra runtime, not a library update.
+/// libc, libm, libgcc_s (weftd, netctl), nft with its eight libraries and wireguard-go (2.6 MB,
+/// libc only) come to ≈ 8.1 MB on Debian 12. The bound catches a copied directory or an extra
+/// runtime, not a library update.
 const RUNTIME_MAX_BYTES: u64 = 16_000_000;
 /// Sanity bound for the whole image. Built from `cargo build` (debug) binaries with their
-/// debug info stripped it is ≈ 68 MB, from release binaries ≈ 29 MB; the debug weftd alone is
-/// ≈ 157 MB with its debug info, so a build that forgot to strip fails here.
+/// debug info stripped it is ≈ 80 MB, from release binaries ≈ 34 MB; the debug weftd alone is
+/// ≈ 174 MB with its debug info, so a build that forgot to strip fails here.
 const IMAGE_MAX_BYTES: u64 = 100_000_000;
 
 fn repo_root() -> PathBuf {
@@ -153,6 +160,11 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         Path::new(NFT).is_file(),
         "{NFT} not found: run `sudo bash tests/install-deps.sh` (it installs nftables)"
     );
+    assert!(
+        Path::new(WIREGUARD_GO).is_file(),
+        "{WIREGUARD_GO} not found: run `sudo bash tests/install-deps.sh` (it installs wireguard-go)"
+    );
+    require_program("ip");
     let bin_dir = bin("weftd").parent().unwrap().to_path_buf();
     let plugin = static_plugin(Profile::Debug);
     let image = format!("localhost/weft:{VERSION}");
@@ -182,6 +194,37 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         p.podman(&["image", "exists", &image]).0,
         0,
         "an image was built"
+    );
+
+    // Without wireguard-go on the build host (hidden here by /dev/null bound over it, in a
+    // mount namespace of this call alone) the script names the package and builds nothing.
+    let (code, out, err) = run_input(
+        p.command("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg("mount -n --bind /dev/null \"$1\" && shift && exec bash \"$@\"")
+            .arg("sh")
+            .arg(WIREGUARD_GO)
+            .arg(&script)
+            .arg("--bin-dir")
+            .arg(&bin_dir)
+            .arg("--cni-plugin")
+            .arg(&plugin),
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        code, 1,
+        "build.sh built without wireguard-go:\n{err}\n{out}"
+    );
+    assert!(
+        err.contains(&format!("{WIREGUARD_GO} not found"))
+            && err.contains("apt-get install wireguard-go"),
+        "{err}"
+    );
+    assert_ne!(
+        p.podman(&["image", "exists", &image]).0,
+        0,
+        "an image was built without wireguard-go"
     );
 
     // Build: the script copies the binaries cargo already built, no cargo run, no pull.
@@ -241,16 +284,23 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         info["RootFS"]
     );
 
-    // Contents: exactly the four programs, the libraries ldd lists for the three dynamic ones,
-    // two empty directories, and the directories leading to them. No shell, nothing else.
+    // Contents: exactly the five programs, the libraries ldd lists for the dynamic ones
+    // (weftd, netctl, nft and wireguard-go, which loads libc alone; a static wireguard-go would
+    // add none), two empty directories, and the directories leading to them. No shell,
+    // nothing else.
     let mut libs = shared_libs(Path::new(NFT));
+    libs.extend(shared_libs(Path::new(WIREGUARD_GO)));
     for (_, name) in DYNAMIC_BINARIES {
         libs.extend(shared_libs(&bin_dir.join(name)));
     }
     let programs: BTreeSet<String> = DYNAMIC_BINARIES
         .iter()
         .map(|(path, _)| path.to_string())
-        .chain([PLUGIN.to_string(), NFT.to_string()])
+        .chain([
+            PLUGIN.to_string(),
+            NFT.to_string(),
+            WIREGUARD_GO.to_string(),
+        ])
         .collect();
     let want_files: BTreeSet<String> = programs.iter().chain(&libs).cloned().collect();
     let want_dirs: BTreeSet<String> = want_files
@@ -320,11 +370,12 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
     let weft = size_of(&|p| p == PLUGIN || DYNAMIC_BINARIES.iter().any(|(w, _)| *w == p));
     let image_size = info["Size"].as_u64().expect("image size");
     eprintln!(
-        "image {image}: {} (files {}: weft binaries {}, loader + libraries + nft {})",
+        "image {image}: {} (files {}: weft binaries {}, loader + libraries + nft + wireguard-go {}, of which wireguard-go {})",
         mb(image_size),
         mb(content),
         mb(weft),
-        mb(content - weft)
+        mb(content - weft),
+        mb(size_of(&|p| p == WIREGUARD_GO))
     );
     assert!(
         content - weft < RUNTIME_MAX_BYTES,
@@ -447,6 +498,22 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         "nft in the image did not apply weft's rules:\n{echoed}"
     );
 
+    // wireguard-go: the host's version, and its device in a container as the DaemonSet runs it.
+    let (code, host_wg, err) = run_input(
+        Command::new(WIREGUARD_GO).arg("--version"),
+        None,
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 0, "wireguard-go --version on the host: {err}");
+    let wg_version = run_in_image(&["--entrypoint", WIREGUARD_GO], &["--version"], None);
+    let first_line = |s: &str| s.lines().next().unwrap_or_default().trim().to_string();
+    assert!(
+        first_line(&wg_version).starts_with("wireguard-go v"),
+        "{wg_version}"
+    );
+    assert_eq!(first_line(&wg_version), first_line(&host_wg));
+    wireguard_go_makes_its_device_with_net_admin_alone(&p, &image);
+
     // Cleanup: the guard removes containers, cgroups and the temp dir with the storage.
     let cgroups = p.cgroup_dirs();
     let left = p.ok(&["ps", "--all", "--quiet"]);
@@ -461,5 +528,165 @@ fn image_holds_exactly_the_binaries_and_their_libraries_and_each_runs() {
         podman_state_paths(),
         state_before,
         "podman's default state paths on this machine changed"
+    );
+}
+
+/// The TUN device the test's wireguard-go makes (in the container's network namespace only).
+const WG_DEVICE: &str = "wgimage0";
+
+/// One UAPI request to the socket at `path` (`get=1` or `set=1` with its lines, ended by an
+/// empty line); the answer up to the empty line that ends it.
+fn uapi(path: &Path, request: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .unwrap_or_else(|e| panic!("connect {}: {e}", path.display()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("read {}: {e} after {answer:?}", path.display()));
+        if n == 0 || line == "\n" {
+            return answer;
+        }
+        answer.push_str(&line);
+    }
+}
+
+/// wireguard-go in the image, run as the wireguard-userspace overlay runs weftd (uid 0, every
+/// capability dropped but NET_ADMIN, no_new_privs, read-only root file system with nothing
+/// mounted over /run, its socket directory from the host), makes its TUN device in the
+/// container's network namespace and is configured over its socket. The host's /dev/net/tun
+/// is given both ways: as a device (`--device`, which also allows it in the device cgroup) and
+/// as a plain bind mount, which is what a hostPath volume is (there the device cgroup rule
+/// comes from the runtime's defaults: runc allows 10:200 to every container). Without
+/// NET_ADMIN, wireguard-go cannot make the device.
+fn wireguard_go_makes_its_device_with_net_admin_alone(p: &Podman, image: &str) {
+    let privileges = [
+        "--user",
+        "0:0",
+        "--cap-drop",
+        "all",
+        "--security-opt",
+        "no-new-privileges",
+        "--read-only",
+        "--read-only-tmpfs=false",
+    ];
+    let base = |name: &str, socket_dir: &Path| -> Vec<String> {
+        [
+            "run",
+            "--pull=never",
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &p.cgroup_parent,
+            "--name",
+            name,
+        ]
+        .iter()
+        .chain(&privileges)
+        .map(|s| s.to_string())
+        .chain([
+            "--volume".to_string(),
+            format!("{}:/var/run/wireguard", socket_dir.display()),
+        ])
+        .collect()
+    };
+    let command = ["--entrypoint", WIREGUARD_GO, image, "-f", WG_DEVICE];
+    for (name, tun) in [
+        ("wg-device", ["--device", "/dev/net/tun"]),
+        ("wg-bind", ["--volume", "/dev/net/tun:/dev/net/tun"]),
+    ] {
+        let socket_dir = p.path(name);
+        std::fs::create_dir_all(&socket_dir).unwrap();
+        let socket = socket_dir.join(format!("{WG_DEVICE}.sock"));
+        let mut args = base(name, &socket_dir);
+        args.extend(["--detach", "--cap-add", "NET_ADMIN"].map(String::from));
+        args.extend(tun.map(String::from));
+        args.extend(command.map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        p.ok(&args);
+        let up = eventually(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
+        let logs = || {
+            let (_, out, err) = p.podman(&["logs", name]);
+            format!("{out}{err}")
+        };
+        assert!(
+            up,
+            "{name}: no socket {} after 10 s:\n{}",
+            socket.display(),
+            logs()
+        );
+        let pid = p.ok(&["inspect", "--format", "{{.State.Pid}}", name]);
+        let pid = pid.trim();
+        let (code, link, err) = run_input(
+            Command::new("nsenter")
+                .arg(format!("--net=/proc/{pid}/ns/net"))
+                .args(["ip", "-d", "link", "show", WG_DEVICE]),
+            None,
+            Duration::from_secs(10),
+        );
+        assert_eq!(
+            code,
+            0,
+            "{name}: no {WG_DEVICE} in the container: {err}\n{}",
+            logs()
+        );
+        assert!(
+            link.contains(" tun "),
+            "{name}: {WG_DEVICE} is not a TUN device: {link}"
+        );
+        // Configured over the socket: a key and a port (a UDP bind, which needs no capability).
+        // A private key as WireGuard stores it (clamped: it would rewrite other bits).
+        let key = format!("{}68", "a8".repeat(31));
+        let set = uapi(
+            &socket,
+            &format!("set=1\nprivate_key={key}\nlisten_port=51820\n\n"),
+        );
+        assert_eq!(set.trim(), "errno=0", "{name}: set over the socket");
+        let get = uapi(&socket, "get=1\n\n");
+        assert!(
+            get.contains(&format!("private_key={key}\n"))
+                && get.contains("listen_port=51820\n")
+                && get.contains("errno=0"),
+            "{name}: get over the socket: {get}"
+        );
+        // The device is the container's: neither this test's namespace nor podman's host has it.
+        let (code, _, _) = run_input(
+            Command::new("ip").args(["link", "show", WG_DEVICE]),
+            None,
+            Duration::from_secs(10),
+        );
+        assert_ne!(
+            code, 0,
+            "{WG_DEVICE} appeared in the test's network namespace"
+        );
+        assert_ne!(
+            p.host.exec("ip", &["link", "show", WG_DEVICE]).0,
+            0,
+            "{WG_DEVICE} appeared in podman's host namespace"
+        );
+        p.ok(&["rm", "--force", "--time", "0", name]);
+    }
+
+    // Without NET_ADMIN: the device node opens, but making the device is refused.
+    let socket_dir = p.path("wg-no-net-admin");
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    let mut args = base("wg-no-net-admin", &socket_dir);
+    args.extend(["--rm", "--device", "/dev/net/tun"].map(String::from));
+    args.extend(command.map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = p.podman(&args);
+    assert_ne!(code, 0, "wireguard-go ran without NET_ADMIN:\n{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("Failed to create TUN device: operation not permitted"),
+        "wireguard-go without NET_ADMIN: {out}{err}"
     );
 }

@@ -1,5 +1,5 @@
-//! The cluster manifests in `deploy/`: the kustomize base and the etcd-tls overlay render with
-//! `kubectl kustomize`, every rendered document validates against the Kubernetes OpenAPI
+//! The cluster manifests in `deploy/`: the kustomize base and the etcd-tls and
+//! wireguard-userspace overlays render with `kubectl kustomize`, every rendered document validates against the Kubernetes OpenAPI
 //! schemas offline (`kubernetes-validate`, strict: unknown fields are errors), and the
 //! settings that decide what weftd may do on a node are the ones deploy/README.md promises.
 //!
@@ -26,6 +26,16 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 const NAMESPACE: &str = "kube-weft";
 const SECRET_DIR: &str = "/etc/weft/etcd-tls";
+/// Where the image ships wireguard-go (deploy/image/build.sh), which the wireguard-userspace
+/// overlay has weftd start.
+const WIREGUARD_GO: &str = "/usr/bin/wireguard-go";
+/// The flags the wireguard-userspace overlay appends to the base's weftd args.
+const WIREGUARD_USERSPACE_ARGS: [&str; 2] = [
+    "--wireguard-implementation=userspace",
+    "--wireguard-userspace=/usr/bin/wireguard-go",
+];
+/// Where wireguard-go and weftd keep the UAPI socket, pid and log in the container.
+const WIREGUARD_SOCKET_DIR: &str = "/var/run/wireguard";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -63,6 +73,11 @@ fn rendered_base() -> &'static str {
 fn rendered_overlay() -> &'static str {
     static OVERLAY: OnceLock<String> = OnceLock::new();
     OVERLAY.get_or_init(|| render_uncached("overlays/etcd-tls"))
+}
+
+fn rendered_wireguard_userspace() -> &'static str {
+    static OVERLAY: OnceLock<String> = OnceLock::new();
+    OVERLAY.get_or_init(|| render_uncached("overlays/wireguard-userspace"))
 }
 
 /// Every document of a YAML stream, as JSON values.
@@ -243,6 +258,19 @@ fn etcd_tls_overlay_renders_and_passes_schema_validation() {
     );
     if let Err(e) = validate(yaml) {
         panic!("deploy/overlays/etcd-tls does not validate:\n{e}");
+    }
+}
+
+#[test]
+fn wireguard_userspace_overlay_renders_and_passes_schema_validation() {
+    let yaml = rendered_wireguard_userspace();
+    assert_eq!(
+        kinds(&documents(yaml)),
+        kinds(&documents(rendered_base())),
+        "the overlay adds or drops no resource"
+    );
+    if let Err(e) = validate(yaml) {
+        panic!("deploy/overlays/wireguard-userspace does not validate:\n{e}");
     }
 }
 
@@ -703,6 +731,126 @@ fn etcd_tls_overlay_changes_nothing_else() {
     };
     assert_eq!(
         strip(documents(rendered_overlay())),
+        strip(documents(rendered_base()))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the wireguard-userspace overlay promises
+
+/// The volume behind the mount at `path` in container `c`: its hostPath (path, type) and
+/// whether the mount is read-only.
+fn host_path_type_at(pod: &Value, c: &Value, path: &str) -> (String, String, bool) {
+    let (_, vol, ro) = mounts(c)
+        .into_iter()
+        .find(|(p, _, _)| p == path)
+        .unwrap_or_else(|| panic!("container {} mounts nothing at {path}", c["name"]));
+    let hp = &volume(pod, &vol)["hostPath"];
+    (
+        hp["path"].as_str().unwrap_or_default().to_string(),
+        hp["type"].as_str().unwrap_or_default().to_string(),
+        ro,
+    )
+}
+
+#[test]
+fn wireguard_userspace_overlay_starts_wireguard_go_with_the_tun_device_and_socket_directory() {
+    let docs = documents(rendered_wireguard_userspace());
+    let pod = pod_spec(&docs);
+    let weftd = container(pod, "containers", "weftd");
+    // The base's args, then the two flags.
+    let base_docs = documents(rendered_base());
+    let base_weftd = container(pod_spec(&base_docs), "containers", "weftd");
+    let mut want = string_list(&base_weftd["args"]);
+    want.extend(WIREGUARD_USERSPACE_ARGS);
+    assert_eq!(string_list(&weftd["args"]), want);
+    // weftd itself reads them as the userspace implementation with the image's wireguard-go.
+    let mut argv = string_list(&weftd["command"]);
+    argv.extend(string_list(&weftd["args"]));
+    let cli = <weft_agent::cli::WeftdCli as clap::Parser>::try_parse_from(&argv)
+        .unwrap_or_else(|e| panic!("weftd rejects the overlay's command line {argv:?}: {e}"));
+    assert_eq!(
+        cli.wireguard_implementation,
+        weft_agent::cli::WireguardChoice::Userspace
+    );
+    assert_eq!(
+        cli.wireguard_userspace.as_deref(),
+        Some(Path::new(WIREGUARD_GO))
+    );
+
+    // The host's TUN device node and socket directory, read-write.
+    assert_eq!(
+        host_path_type_at(pod, weftd, "/dev/net/tun"),
+        ("/dev/net/tun".to_string(), "CharDevice".to_string(), false)
+    );
+    assert_eq!(
+        host_path_type_at(pod, weftd, WIREGUARD_SOCKET_DIR),
+        (
+            "/run/wireguard".to_string(),
+            "DirectoryOrCreate".to_string(),
+            false
+        )
+    );
+    let init = container(pod, "initContainers", "install-cni");
+    for path in ["/dev/net/tun", WIREGUARD_SOCKET_DIR] {
+        assert!(
+            !mounts(init).iter().any(|(p, _, _)| p == path),
+            "install-cni has no business with {path}"
+        );
+    }
+
+    // And no more privilege than the base: not privileged, NET_ADMIN alone.
+    let sc = &weftd["securityContext"];
+    assert_eq!(
+        sc, &base_weftd["securityContext"],
+        "weftd's securityContext"
+    );
+    assert!(
+        sc["privileged"] == false || sc.get("privileged").is_none(),
+        "{sc}"
+    );
+    assert_eq!(string_list(&sc["capabilities"]["add"]), ["NET_ADMIN"]);
+    assert_eq!(string_list(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        pod["securityContext"],
+        pod_spec(&base_docs)["securityContext"]
+    );
+    assert!(pod.get("hostPID").is_none() && pod.get("hostIPC").is_none());
+}
+
+/// Apart from the two flags and the two mounts, the overlay renders the base unchanged.
+#[test]
+fn wireguard_userspace_overlay_changes_nothing_else() {
+    let strip = |mut docs: Vec<Value>| -> Vec<Value> {
+        for d in &mut docs {
+            if d["kind"] == "DaemonSet" {
+                let pod = &mut d["spec"]["template"]["spec"];
+                if let Some(vols) = pod["volumes"].as_array_mut() {
+                    vols.retain(|v| {
+                        !matches!(v["name"].as_str(), Some("dev-net-tun" | "run-wireguard"))
+                    });
+                }
+                for c in pod["containers"].as_array_mut().unwrap() {
+                    if let Some(args) = c["args"].as_array_mut() {
+                        args.retain(|a| {
+                            !a.as_str()
+                                .is_some_and(|a| WIREGUARD_USERSPACE_ARGS.contains(&a))
+                        });
+                    }
+                    if let Some(m) = c["volumeMounts"].as_array_mut() {
+                        m.retain(|m| {
+                            !matches!(m["name"].as_str(), Some("dev-net-tun" | "run-wireguard"))
+                        });
+                    }
+                }
+            }
+        }
+        docs
+    };
+    assert_eq!(
+        strip(documents(rendered_wireguard_userspace())),
         strip(documents(rendered_base()))
     );
 }

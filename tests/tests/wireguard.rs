@@ -482,6 +482,120 @@ fn weftd_killed_and_restarted_under_pings_loses_no_reply_and_keeps_the_tunnel() 
     assert_eq!(wg_peers(&lab, 1, DEVICE), peers, "h1's peers unchanged");
 }
 
+/// The replies of a finished `ping -n` (not `-q`) from its output: (sent, received, the
+/// longest run of consecutive sequence numbers with no reply).
+fn ping_replies(text: &str) -> (u32, u32, u32) {
+    let replied: std::collections::BTreeSet<u32> = text
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in: {text}"));
+    let nums: Vec<u32> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let sent = nums[0];
+    let (mut longest, mut run) = (0, 0);
+    for seq in 1..=sent {
+        if replied.contains(&seq) {
+            run = 0;
+        } else {
+            run += 1;
+            longest = longest.max(run);
+        }
+    }
+    (sent, nums[1], longest)
+}
+
+/// What a restart of the weftd container does on Kubernetes with the userspace
+/// implementation: the runtime ends weftd and the wireguard-go it started together, the TUN
+/// device goes with wireguard-go, and only the next weftd brings the tunnel back, with a new
+/// wireguard-go and the same key. Here weftd and wireguard-go on h1 are killed (SIGKILL, by
+/// pid: weftd's, and wireguard-go's from the pid file beside its socket), weftd is started
+/// again at once, and h2's pod pings h1's pod every 10 ms throughout. The longest run of
+/// unanswered pings is the outage (docs/benchmarks.md, "WireGuard userspace: restart gap").
+#[test]
+fn weftd_and_wireguard_go_killed_together_drop_the_tunnel_until_the_new_weftd_restores_it() {
+    let mut lab = up(LabOptions {
+        hosts: 2,
+        pods_per_host: 1,
+        ..LabOptions::default()
+    });
+    let (pod2, _) = pod_on(&lab, 2);
+    let (_, ip1) = pod_on(&lab, 1);
+    ping_until(&lab, &pod2, ip1, Duration::from_secs(10));
+    let tunnel = wireguard_go_pid(&lab, 1);
+    let peers = wg_peers(&lab, 1, DEVICE);
+    let key = device_key(&lab, 1);
+    // 30 s of pings: room for WireGuard's own retry timers after the tunnel is back. One
+    // line per reply is more than a pipe holds: into a file.
+    let ping_log = lab.dir().join("ping-restart.log");
+    let ping = Command::new("ip")
+        .args(["netns", "exec", lab.ns_of(&pod2), "ping", "-n"])
+        .args(["-i", "0.01", "-W", "1", "-c", "3000"])
+        .arg(ip1.to_string())
+        .stdout(std::fs::File::create(&ping_log).expect("ping log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ping");
+    std::thread::sleep(Duration::from_millis(500));
+    lab.kill_weftd(1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tunnel as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill wireguard-go");
+    let gone = within(&lab, Duration::from_secs(5), "h1's device is gone", || {
+        lab.host_exec(1, "ip", &["link", "show", DEVICE]).0 != 0
+    });
+    let started = Instant::now();
+    lab.start_weftd(1);
+    lab.wait_ready(1, READY).unwrap();
+    let ready = started.elapsed();
+    let out = {
+        let mut child = ping;
+        let start = Instant::now();
+        while child.try_wait().expect("wait ping").is_none() {
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ping did not finish within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::fs::read_to_string(&ping_log).expect("read the ping log")
+    };
+    let (sent, got, outage) = ping_replies(&out);
+    eprintln!(
+        "h2p1 -> h1p1 every 10 ms: {sent} sent, {got} answered, {} lost; longest run without \
+         a reply {outage} pings ({:.2} s); h1's device gone {gone:?} after the kill, h1's new \
+         weftd ready {ready:?} after its start",
+        sent - got,
+        f64::from(outage) * 0.01
+    );
+    assert!(outage > 0, "no reply was lost: the tunnel did not go");
+    let summary: Vec<&str> = out.lines().rev().take(3).collect();
+    assert!(
+        out.lines()
+            .rev()
+            .find_map(|l| l.split("icmp_seq=").nth(1))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            .is_some_and(|last| last + 100 > sent),
+        "the pings were not answered again at the end: {summary:?}"
+    );
+    let new_tunnel = wireguard_go_pid(&lab, 1);
+    assert_ne!(
+        new_tunnel, tunnel,
+        "the new weftd started a new wireguard-go"
+    );
+    assert_eq!(device_key(&lab, 1), key, "h1 kept its key");
+    assert_eq!(wg_peers(&lab, 1, DEVICE), peers, "h1's peers set up again");
+}
+
 fn put_lease(lab: &Lab, subnet: &str, public_ip: &str, key: &str) {
     let value = format!(
         r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":{PORT}}},"NodeName":"intruder"}}"#
