@@ -166,6 +166,14 @@ fn is_local(src: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(src, 0)).is_ok()
 }
 
+impl RoundPlan {
+    /// Whether this node's overlay address, the overlay probes' source, is on its device
+    /// (it is not at start, until the data plane has set it); true without an overlay.
+    pub fn source_ready(&self) -> bool {
+        self.overlay.is_none_or(|(src, _)| is_local(src))
+    }
+}
+
 /// One round: the overlay and the underlay at once, then, when asked and the path the pod
 /// traffic takes answered, the MTU probe (and, when it fails, the search for the largest
 /// size that passes). Also the number of probes sent, for the rate bound. None, with

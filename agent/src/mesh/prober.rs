@@ -21,6 +21,9 @@ use super::MeshMetrics;
 /// failed): probes at the pod MTU are large, and the path MTU seldom changes.
 pub const MTU_EVERY: u64 = 10;
 
+/// How soon a round is tried again while this node's overlay address is not there yet.
+const NOT_READY_RETRY: Duration = Duration::from_millis(100);
+
 /// How the prober runs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeshSettings {
@@ -285,7 +288,15 @@ impl Prober {
                 }
                 _ = tokio::time::sleep_until(next), if targets > 0 => {
                     next = tokio::time::Instant::now() + spacing;
-                    if let Some(plan) = self.plan_next(&mut cursor) {
+                    let plan = self.plan_next(&mut cursor);
+                    if plan.as_ref().is_some_and(|(_, _, p)| !p.source_ready()) {
+                        // This node's overlay address is not on its device yet (at start):
+                        // try again shortly rather than a whole spacing later, so that the
+                        // first probes (which also start WireGuard handshakes) go out as
+                        // soon as the data plane is there.
+                        cursor = cursor.saturating_sub(1);
+                        next = tokio::time::Instant::now() + spacing.min(NOT_READY_RETRY);
+                    } else if let Some(plan) = plan {
                         let tx = done_tx.clone();
                         tokio::spawn(async move {
                             let (key, generation, plan) = plan;
