@@ -110,7 +110,7 @@ fn all_ok(lab: &Lab, families: &[FamilyName], overlay: bool) {
 }
 
 #[test]
-fn every_peer_is_ok_on_healthy_vxlan_host_gw_and_dual_stack_labs() {
+fn every_peer_is_ok_on_healthy_vxlan_host_gw_dual_stack_and_wireguard_labs() {
     let v4 = [FamilyName::Ipv4];
     let vxlan = up(fast(LabOptions::default()));
     all_ok(&vxlan, &v4, true);
@@ -129,6 +129,15 @@ fn every_peer_is_ok_on_healthy_vxlan_host_gw_and_dual_stack_labs() {
         ..LabOptions::default()
     }));
     all_ok(&dual, &[FamilyName::Ipv4, FamilyName::Ipv6], true);
+    drop(dual);
+    // WireGuard (userspace here): the overlay probes go from this node's address on weft-wg
+    // to the peer's, inside the peer's allowed IPs.
+    let wg = up(fast(LabOptions {
+        hosts: 2,
+        backend: LabBackend::Wireguard,
+        ..LabOptions::default()
+    }));
+    all_ok(&wg, &[FamilyName::Ipv4], true);
 }
 
 #[test]
