@@ -21,6 +21,13 @@ use super::MeshMetrics;
 /// failed): probes at the pod MTU are large, and the path MTU seldom changes.
 pub const MTU_EVERY: u64 = 10;
 
+/// Whether a round of the target at position `position` gets an MTU probe by the schedule:
+/// every MTU_EVERY-th of its rounds, the targets staggered by their position so that the
+/// large probes are spread over the passes instead of all coming in one.
+fn mtu_due(r: &PeerRecord, position: u64) -> bool {
+    (r.rounds + position) % MTU_EVERY == 0
+}
+
 /// How soon a round is tried again while this node's overlay address is not there yet.
 const NOT_READY_RETRY: Duration = Duration::from_millis(100);
 
@@ -335,7 +342,7 @@ impl Prober {
         let r = &t.record;
         // Every MTU_EVERY rounds; and each round while the last one failed or none passed
         // at this pod MTU yet.
-        let mtu_due = r.rounds % MTU_EVERY == 0 || r.pod_mtu_ok != Some(true);
+        let mtu_due = mtu_due(r, *cursor as u64) || r.pod_mtu_ok != Some(true);
         Some((
             *key,
             t.generation,
