@@ -553,6 +553,7 @@ impl Lab {
         let endpoint = self.etcd_endpoint();
         let weftd = self.bins.weftd.clone();
         let (ip_masq, keep) = (self.opts.ip_masq, self.opts.keep);
+        let probe_interval = self.opts.health_probe_interval.clone();
         let wireguard = self.opts.backend == LabBackend::Wireguard;
         let h = self.host_mut(i);
         if let Some(p) = &mut h.weftd {
@@ -571,6 +572,9 @@ impl Lab {
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()]);
         if ip_masq {
             cmd.arg("--ip-masq");
+        }
+        if let Some(interval) = &probe_interval {
+            cmd.args(["--health-probe-interval", interval]);
         }
         if wireguard {
             cmd.arg("--wireguard-userspace")
