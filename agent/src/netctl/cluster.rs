@@ -167,6 +167,8 @@ pub struct Matrix {
     pub details: BTreeMap<(usize, usize), Vec<PairDetail>>,
     /// Overlay RTTs of ok pairs (ms; NaN unknown), kept up to [`RTT_LIMIT`] nodes.
     rtts: Vec<f32>,
+    /// Each node's subnets, to match report entries to nodes.
+    by_subnet: HashMap<String, usize>,
 }
 
 impl Matrix {
@@ -177,7 +179,13 @@ impl Matrix {
         for i in 0..n {
             cells[i * n + i] = Cell::SelfPair;
         }
+        let by_subnet = nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, node)| node.subnets.iter().map(move |s| (s.clone(), i)))
+            .collect();
         Matrix {
+            by_subnet,
             nodes,
             cells,
             details: BTreeMap::new(),
@@ -214,12 +222,6 @@ impl Matrix {
     /// [`Cell::NotInReport`].
     pub fn add_report(&mut self, o: usize, report: &HealthReport) {
         let n = self.len();
-        let by_subnet: HashMap<&str, usize> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(i, node)| node.subnets.iter().map(move |s| (s.as_str(), i)))
-            .collect();
         for t in 0..n {
             if t != o {
                 self.cells[o * n + t] = Cell::NotInReport;
@@ -229,7 +231,7 @@ impl Matrix {
         let mut worst: Vec<Option<PeerState>> = vec![None; n];
         for p in &report.peers {
             // By subnet; by name for an entry whose subnet no lease has.
-            let Some(t) = by_subnet.get(p.subnet.as_str()).copied().or_else(|| {
+            let Some(t) = self.by_subnet.get(p.subnet.as_str()).copied().or_else(|| {
                 let name = p.node.as_ref()?;
                 self.nodes.iter().position(|x| &x.name == name)
             }) else {
