@@ -9,7 +9,8 @@
 # built-in kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest
 # tests; wireguard-go (a userspace WireGuard) and wireguard-tools (`wg`) for the lab's
 # wireguard backend and its tests, tcpdump for the capture that shows only encrypted packets
-# on the underlay, iperf3 for the throughput benchmark.
+# on the underlay, iperf3 for the throughput benchmark, and headless Chromium to render the
+# HTML of `netctl health --cluster -o html` in its test.
 #
 #   bash tests/install-deps.sh          # everything (tests/run.sh, CI)
 #   bash tests/install-deps.sh --lab    # only what tests/lab.sh needs: the build (protoc) and
@@ -55,6 +56,7 @@ if ! $lab_only; then
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
   command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
   command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

@@ -199,6 +199,18 @@ pub enum ConfigOutput {
     Json,
 }
 
+/// `netctl health` output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum HealthOutput {
+    /// A table (one node), or the matrix and the summary (--cluster).
+    #[default]
+    Table,
+    /// The report as weftd serves it (one node), or the matrix and the summary (--cluster).
+    Json,
+    /// A self-contained HTML heat-map of the matrix (--cluster only).
+    Html,
+}
+
 /// netctl: inspect weft's leases and network config.
 #[derive(Parser, Clone, Debug)]
 #[command(
@@ -258,6 +270,34 @@ pub enum NetctlCommand {
         healthz_port: u16,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// How this node's weftd reaches every peer (its /health/peers): one row per peer and
+    /// family, the reasons of those not ok; exit 1 when any is not ok (unknown too). With
+    /// --cluster: every node's weftd asked, a node x node matrix and the likely cause.
+    Health {
+        /// Ask every node's weftd (the nodes of the leases in etcd, through their public
+        /// IP and --healthz-port) and show the matrix.
+        #[arg(long)]
+        cluster: bool,
+        /// Address of the local weftd's health server (as weftd's flag; 0.0.0.0 and :: mean
+        /// loopback).
+        #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = DEFAULT_HEALTHZ_IP)]
+        healthz_ip: IpAddr,
+        /// Port of weftd's health server (as weftd's flag), on this node or, with
+        /// --cluster, on every node.
+        #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = DEFAULT_HEALTHZ_PORT)]
+        healthz_port: u16,
+        /// Bound on asking one weftd, e.g. "3s".
+        #[arg(long, default_value = "3s")]
+        timeout: String,
+        /// With --cluster: at most this many nodes asked at once.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        #[arg(short = 'o', long, value_enum, default_value_t = HealthOutput::Table)]
+        output: HealthOutput,
+        /// Write the output to this file (replaced whole) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
     },
 }
 

@@ -144,7 +144,7 @@ fn every_netctl_flag_is_documented_and_every_documented_flag_exists() {
                 .collect()
         })
         .collect();
-    for sub in ["leases", "config", "check"] {
+    for sub in ["leases", "config", "check", "health"] {
         let mut help = help_flags("netctl", &[sub]);
         // Global flags are shown again under each subcommand; they are documented above.
         help.retain(|f, _| !top.contains_key(f));

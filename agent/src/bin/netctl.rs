@@ -92,6 +92,45 @@ fn main() -> ExitCode {
             )
             .await
             .map_err(|e| e.to_string()),
+            NetctlCommand::Health {
+                cluster,
+                healthz_ip,
+                healthz_port,
+                timeout,
+                parallel,
+                output,
+                file,
+            } => {
+                let timeout = humantime::parse_duration(&timeout).map_err(|e| {
+                    format!("--timeout {timeout:?}: {e}; give a duration such as 3s")
+                })?;
+                let mut out = if cluster {
+                    let opts = netctl::cluster::ClusterOptions {
+                        port: healthz_port,
+                        timeout,
+                        parallel,
+                        output,
+                    };
+                    netctl::cluster::run(&connect().await?, &opts)
+                        .await
+                        .map_err(|e| e.to_string())?
+                } else {
+                    netctl::health::run(
+                        netctl::host_facts::healthz_target(healthz_ip, healthz_port),
+                        timeout,
+                        output,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                };
+                if let Some(path) = file {
+                    write_replacing(&path, &out.stdout)
+                        .map_err(|e| format!("write {}: {e}", path.display()))?;
+                    out.stderr.push_str(&format!("wrote {}\n", path.display()));
+                    out.stdout.clear();
+                }
+                Ok(out)
+            }
         }
     });
     match result {
@@ -106,6 +145,21 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Write `text` to `path` through a temporary file beside it and a rename, so a reader never
+/// sees half a page.
+fn write_replacing(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// This host's lease key, from the subnet file weftd writes (none when the file is absent;

@@ -4,13 +4,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use weft_backends::netlink::{link_attr, NlError, NlSocket};
 
 use crate::host::install_cni::CONFLIST_NAME;
+use crate::netctl::weftd_http::{get, url, GetLimits};
 
 /// The CNI config directory.
 #[derive(Clone, Debug, Default)]
@@ -90,74 +90,36 @@ pub fn healthz_target(ip: IpAddr, port: u16) -> Option<SocketAddr> {
     (port != 0).then_some(SocketAddr::new(ip, port))
 }
 
-/// GET `path` from weftd's health server: the status and the body's first line.
-async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut reply = Vec::new();
-        s.take(64 * 1024).read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(3), exchange)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 3 s"))??;
-    let text = String::from_utf8_lossy(&reply);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, "the answer is not HTTP")
-        })?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.lines().next().unwrap_or_default().trim().to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// Ask the local weftd whether it is alive (/healthz) and ready (/readyz).
 pub async fn probe_weftd(addr: Option<SocketAddr>) -> WeftdHealth {
     let Some(addr) = addr else {
         return WeftdHealth::NotChecked;
     };
-    let url = |path: &str| format!("http://{addr}{path}");
-    match http_get(addr, "/healthz").await {
-        Ok((200, _)) => {}
-        Ok((status, body)) => {
+    match get(addr, "/healthz", GetLimits::PROBE).await {
+        Ok(r) if r.status == 200 => {}
+        Ok(r) => {
             return WeftdHealth::NotAnswering {
-                url: url("/healthz"),
-                error: format!("status {status}: {body}"),
+                url: url(addr, "/healthz"),
+                error: format!("status {}: {}", r.status, r.first_line()),
             }
         }
         Err(e) => {
             return WeftdHealth::NotAnswering {
-                url: url("/healthz"),
-                error: io_cause(&e),
+                url: url(addr, "/healthz"),
+                error: e.to_string(),
             }
         }
     }
-    match http_get(addr, "/readyz").await {
-        Ok((200, _)) => WeftdHealth::Ready,
-        Ok((_, body)) => WeftdHealth::NotReady {
-            url: url("/readyz"),
-            why: body,
+    match get(addr, "/readyz", GetLimits::PROBE).await {
+        Ok(r) if r.status == 200 => WeftdHealth::Ready,
+        Ok(r) => WeftdHealth::NotReady {
+            url: url(addr, "/readyz"),
+            why: r.first_line(),
         },
         Err(e) => WeftdHealth::NotReady {
-            url: url("/readyz"),
-            why: io_cause(&e),
+            url: url(addr, "/readyz"),
+            why: e.to_string(),
         },
-    }
-}
-
-/// An I/O error in plain words: "connection refused", not "Connection refused (os error 111)".
-fn io_cause(e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(_) => e.kind().to_string(),
-        None => e.to_string(),
     }
 }
 

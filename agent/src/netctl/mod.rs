@@ -2,7 +2,11 @@
 //! known leases; the commands only fetch and print.
 
 pub mod check;
+pub mod cluster;
+pub mod health;
+pub mod health_html;
 pub mod host_facts;
+pub mod weftd_http;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -532,23 +536,25 @@ fn is_of_node(r: &LeaseRow, node: &str) -> bool {
         .any(|p| p.parse::<IpAddr>().is_ok_and(|p| p == ip))
 }
 
-/// `netctl leases`.
-pub async fn leases<S: LeaseStore>(
+/// Every lease in etcd as rows (address order), checked against the network config, with
+/// their TTLs; and warnings for stderr (no or an invalid config). `netctl leases` shows them,
+/// `netctl health --cluster` asks the nodes they name.
+pub async fn read_lease_rows<S: LeaseStore>(
     store: &S,
-    query: &LeasesQuery,
-) -> Result<CommandOutput, StoreError> {
+    own: Option<&SubnetKey>,
+) -> Result<(Vec<LeaseRow>, String), StoreError> {
     let snap = store.snapshot(true).await?;
-    let mut out = CommandOutput::default();
+    let mut warnings = String::new();
     let rules = match snap.config.as_deref().map(NetConfig::parse) {
         Some(Ok(cfg)) => Some(LeaseRules::from_config(&cfg)),
         Some(Err(e)) => {
-            out.stderr.push_str(&format!(
+            warnings.push_str(&format!(
                 "warning: {e}; leases are shown without checking them against it\n"
             ));
             None
         }
         None => {
-            out.stderr.push_str("warning: no network config in etcd; leases are shown without checking them against it\n");
+            warnings.push_str("warning: no network config in etcd; leases are shown without checking them against it\n");
             None
         }
     };
@@ -567,13 +573,20 @@ pub async fn leases<S: LeaseStore>(
         .into_iter()
         .map(|(id, r)| r.map(|ttl| (id, ttl)))
         .collect::<Result<_, _>>()?;
-    let mut rows = lease_rows(
-        &snap.entries,
-        rules.as_ref(),
-        &ttls,
-        query.own.as_ref(),
-        SystemTime::now(),
-    );
+    let rows = lease_rows(&snap.entries, rules.as_ref(), &ttls, own, SystemTime::now());
+    Ok((rows, warnings))
+}
+
+/// `netctl leases`.
+pub async fn leases<S: LeaseStore>(
+    store: &S,
+    query: &LeasesQuery,
+) -> Result<CommandOutput, StoreError> {
+    let (mut rows, warnings) = read_lease_rows(store, query.own.as_ref()).await?;
+    let mut out = CommandOutput {
+        stderr: warnings,
+        ..Default::default()
+    };
     if let Some(node) = &query.node {
         rows.retain(|r| is_of_node(r, node));
         if rows.is_empty() {

@@ -149,7 +149,8 @@ pub struct LabOptions {
     pub ipv6_subnet_len: u8,
     /// Leave everything running when the lab is dropped.
     pub keep: bool,
-    /// weftd's `--health-probe-interval` (unset: weftd's default).
+    /// weftd's `--health-probe-interval` (unset: weftd's default, 10s); tests that wait for
+    /// a peer state make it short.
     pub health_probe_interval: Option<String>,
 }
 
@@ -183,6 +184,8 @@ pub enum OptionsError {
     DirectRoutingNeedsVxlan,
     #[error("--wireguard-mode is an option of the wireguard backend; drop it or use --backend wireguard")]
     ModeNeedsWireguard,
+    #[error("--health-probe-interval {0}: not a duration; give one such as 1s or 500ms")]
+    ProbeInterval(String),
     #[error("an IPv6-only lab needs an IPv6 network: add --ipv6-network CIDR, e.g. fc00::/48")]
     Ipv6OnlyNeedsNetwork,
     #[error("--ipv6-network {value}: {problem}")]
@@ -215,6 +218,11 @@ impl LabOptions {
         }
         if self.wireguard_mode.is_some() && self.backend != LabBackend::Wireguard {
             return Err(OptionsError::ModeNeedsWireguard);
+        }
+        if let Some(d) = &self.health_probe_interval {
+            if humantime::parse_duration(d).is_err() {
+                return Err(OptionsError::ProbeInterval(d.clone()));
+            }
         }
         if let Some(n6) = &self.ipv6_network {
             let bad = |problem: String| OptionsError::Ipv6Network {
@@ -319,7 +327,8 @@ impl LabOptions {
 }
 
 /// The flags that describe a lab to build (the ones --probe and --teardown refuse).
-const BUILD_ARGS: [&str; 10] = [
+const BUILD_ARGS: [&str; 11] = [
+    "health_probe_interval",
     "hosts",
     "backend",
     "direct_routing",
@@ -377,6 +386,9 @@ pub struct Cli {
     /// IPv6 only (`EnableIPv4: false`); needs --ipv6-network.
     #[arg(long, requires = "ipv6_network")]
     pub ipv6_only: bool,
+    /// weftd's --health-probe-interval on every host, e.g. 1s (default: weftd's, 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub health_probe_interval: Option<String>,
     /// The lab's name: the prefix of its namespaces (NAME-sw, NAME-h1, NAME-h1p1, …). Labs
     /// with different names run side by side.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_NAME)]
@@ -433,6 +445,7 @@ impl Cli {
             keep: self.keep,
             ipv4: !self.ipv6_only,
             ipv6_network: self.ipv6_network,
+            health_probe_interval: self.health_probe_interval,
             ..LabOptions::default()
         };
         opts.validate()?;
@@ -494,6 +507,14 @@ mod tests {
     fn options_are_checked() {
         let ok = LabOptions::default();
         assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            LabOptions {
+                health_probe_interval: Some("soon".into()),
+                ..ok.clone()
+            }
+            .validate(),
+            Err(OptionsError::ProbeInterval("soon".into()))
+        );
         let cases = [
             LabOptions {
                 hosts: 0,
