@@ -1504,6 +1504,24 @@ impl LabState {
         plan.into_iter().map(|(p, _)| p).collect()
     }
 
+    /// `netctl <args>` inside the switch against the lab's etcd: (exit code, stdout,
+    /// stderr).
+    pub fn netctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new("ip");
+        let sw = self
+            .namespaces
+            .iter()
+            .find(|n| n.ends_with("-sw"))
+            .cloned()
+            .unwrap_or_default();
+        cmd.args(["netns", "exec", &sw])
+            .arg(&self.netctl)
+            .args(["--etcd-endpoints", &self.etcd_endpoint])
+            .args(["--etcd-prefix", ETCD_PREFIX])
+            .args(args);
+        run_bounded(cmd, Duration::from_secs(60))
+    }
+
     /// [`LabState::connectivity`] again every half second until every probe answers or
     /// `timeout` has passed; the last round's result.
     pub fn connectivity_within(&self, timeout: Duration) -> Vec<Probe> {

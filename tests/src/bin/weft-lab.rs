@@ -161,7 +161,51 @@ fn check(lab: &mut Lab, started: Instant) -> bool {
     if code != 0 {
         println!("(netctl exit {code}: {})", err.trim());
     }
+    print_health(|args| lab.netctl(args));
     ok
+}
+
+/// How long the lab waits for every weftd to have probed every peer before it prints
+/// `netctl health --cluster` (its first probes go out within one probe interval of start).
+const HEALTH_SETTLE: Duration = Duration::from_secs(25);
+
+/// Whether a `netctl health --cluster -o json` answer still has a pair no probe has
+/// finished for (`?` in its rows), or a node not asked yet (`~`).
+fn still_settling(json: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return true;
+    };
+    v["rows"].as_array().is_none_or(|rows| {
+        rows.iter()
+            .filter_map(|r| r.as_str())
+            .any(|r| r.contains('?') || r.contains('~'))
+    })
+}
+
+/// `netctl health --cluster` beside the ping matrix: what weft's own probes see. Right
+/// after start a pair may still be unknown: asked again while one is, up to
+/// [`HEALTH_SETTLE`]; a real fault is printed at once.
+fn print_health(netctl: impl Fn(&[&str]) -> (i32, String, String)) {
+    let start = Instant::now();
+    while start.elapsed() < HEALTH_SETTLE {
+        let (_, json, _) = netctl(&["health", "--cluster", "-o", "json"]);
+        if !still_settling(&json) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let (code, out, err) = netctl(&["health", "--cluster"]);
+    println!("\n$ netctl health --cluster");
+    print!("{out}");
+    if code != 0 {
+        println!(
+            "(netctl exit {code}{})",
+            match err.trim() {
+                "" => String::new(),
+                e => format!(": {e}"),
+            }
+        );
+    }
 }
 
 /// Ping every pod pair of a running lab again and print the matrices.
@@ -196,6 +240,7 @@ fn probe(name: Option<&LabName>, again: &LabCommand) -> ExitCode {
     let ok = probes.iter().all(|p| p.ok);
     println!();
     print!("{}", report::results(&state, &probes));
+    print_health(|args| state.netctl(args));
     if !ok {
         println!();
         print!("{}", report::logs_of(&state));

@@ -243,6 +243,10 @@ pub fn commands(state: &LabState, lab_command: &str) -> String {
             format!("ip netns exec {sw} {netctl} leases"),
             "the leases in etcd".into(),
         ));
+        lines.push((
+            format!("ip netns exec {sw} {netctl} health --cluster"),
+            "which node reaches which, by weft's own probes".into(),
+        ));
     }
     if let Some(h) = state.hosts.first() {
         // On a WireGuard lab the host's /run/wireguard (where wireguard-go's sockets are) is
@@ -402,27 +406,31 @@ mod tests {
         );
         assert_eq!(
             cmd(2),
+            "ip netns exec lab1-sw /bin/netctl --etcd-endpoints http://10.99.0.1:2379 health --cluster"
+        );
+        assert_eq!(
+            cmd(3),
             "ip netns exec lab1-h1 /bin/netctl --etcd-endpoints http://10.99.0.1:2379 check \
              --subnet-file /tmp/lab1-abc123/h1/subnet.env --cni-conf-dir /tmp/lab1-abc123/h1/net.d"
         );
         assert_eq!(
-            cmd(3),
+            cmd(4),
             "ip netns exec lab1-h1 curl -s http://127.0.0.1:8471/metrics"
         );
-        assert_eq!(cmd(4), "ip netns exec lab1-h1p1 ping -c1 10.244.2.2");
-        assert_eq!(lines[7], "  # h1p1 -> h2p1");
+        assert_eq!(cmd(5), "ip netns exec lab1-h1p1 ping -c1 10.244.2.2");
+        assert_eq!(lines[9], "  # h1p1 -> h2p1");
         assert_eq!(
-            cmd(5),
+            cmd(6),
             "tail -n 20 /tmp/lab1-abc123/h1/weftd.1.log /tmp/lab1-abc123/h1/cni.log \
              /tmp/lab1-abc123/etcd.log"
         );
-        assert_eq!(cmd(6), "bash /src/tests/lab.sh --probe lab1");
-        assert_eq!(cmd(7), "bash /src/tests/lab.sh --teardown lab1");
+        assert_eq!(cmd(7), "bash /src/tests/lab.sh --probe lab1");
+        assert_eq!(cmd(8), "bash /src/tests/lab.sh --teardown lab1");
         assert_eq!(
-            lines[15],
+            lines[17],
             "For h2, use the host's namespace (lab1-h<i>) and files (h<i>/ in /tmp/lab1-abc123)."
         );
-        assert_eq!(lines.len(), 16, "{text}");
+        assert_eq!(lines.len(), 18, "{text}");
         // An IPv6-only lab pings over IPv6.
         let v6 = commands(&sample(false, true, 2), "lab");
         assert!(
