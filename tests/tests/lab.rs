@@ -737,7 +737,7 @@ fn a_kept_lab_is_probed_and_torn_down_by_name_with_the_commands_it_prints() {
 
     // Every printed command works when pasted; the teardown one is kept for last.
     let commands = pasteable_commands(&out, &lab.name);
-    assert_eq!(commands.len(), 7, "{out}");
+    assert_eq!(commands.len(), 8, "{out}");
     let teardown = commands
         .iter()
         .find(|(c, _)| c.ends_with(&format!("--teardown {}", lab.name)))
@@ -760,6 +760,14 @@ fn a_kept_lab_is_probed_and_torn_down_by_name_with_the_commands_it_prints() {
         "check: {all}"
     );
     assert!(all.contains("\nweft_lease_held 1\n"), "metrics: {all}");
+    assert!(
+        all.contains("ok: every node reaches every other"),
+        "health: {all}"
+    );
+    assert!(
+        out.contains("\n$ netctl health --cluster\n"),
+        "the run prints the health matrix: {out}"
+    );
     assert!(all.contains("1 received"), "ping: {all}");
     for log in [
         &state.hosts[0].weftd_log,
