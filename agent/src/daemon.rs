@@ -24,13 +24,13 @@ use crate::dataplane::feed::PeerFeed;
 use crate::dataplane::reconciler::{self, Reconciler, RESYNC_INTERVAL};
 use crate::firewall::{run_firewall, MasqRules, NftFirewall};
 use crate::health::{self, HealthState, Metrics, Readiness};
-use crate::mesh::prober::{FamilySide, Inputs as ProberInputs, OwnSide, Prober, ThisNode};
-use crate::mesh::{self, MeshSettings, MeshView};
 use crate::host::iface::{self, ChosenIface, Families, IfaceError, IfaceFacts};
 use crate::lease::keeper::{sleep_or_shutdown, KeeperSettings, LeaseKeeper, LeaseStatus};
 use crate::lease::pick::{Identity, Previous};
 use crate::lease::watch::{run_peer_watch, WatchReport, WatchSettings};
 use crate::lease::{LeaseRules, SubnetKey};
+use crate::mesh::prober::{FamilySide, Inputs as ProberInputs, OwnSide, Prober, ThisNode};
+use crate::mesh::{self, MeshSettings, MeshView};
 use crate::node::{
     backend_settings, chosen_underlay, device_name, dual_stack, families, own_attrs, own_subnet,
     pod_mtu, route_device_name, vtep_mac, OwnData,
@@ -871,8 +871,11 @@ fn start_mesh(
     let fams: Vec<IpFamily> = families(&m.net.cfg).collect();
     for &family in &fams {
         let bind = move || {
-            mesh::responder::bind(family, port)
-                .map_err(|source| AgentError::ProbePort { port, family, source })
+            mesh::responder::bind(family, port).map_err(|source| AgentError::ProbePort {
+                port,
+                family,
+                source,
+            })
         };
         let mut first = Some(bind()?);
         let counts = metrics.mesh.clone();
@@ -896,7 +899,10 @@ fn start_mesh(
         }));
     }
     let cfg = &m.net.cfg;
-    let words = [overlay_words(cfg, IpFamily::V4), overlay_words(cfg, IpFamily::V6)];
+    let words = [
+        overlay_words(cfg, IpFamily::V4),
+        overlay_words(cfg, IpFamily::V6),
+    ];
     let identity = ThisNode {
         node: m.node.to_string(),
         backend: cfg.backend.kind,

@@ -187,11 +187,8 @@ impl AgentSettings {
             public_ip_v6: cli.public_ipv6,
         };
         check_public_ip_flags(&iface, None, None)?;
-        let interval = parse_duration(
-            "--health-probe-interval",
-            &cli.health_probe_interval,
-            "10s",
-        )?;
+        let interval =
+            parse_duration("--health-probe-interval", &cli.health_probe_interval, "10s")?;
         if interval < Duration::from_millis(200) {
             return Err(SettingsError::TooShort {
                 flag: "--health-probe-interval",
@@ -203,10 +200,11 @@ impl AgentSettings {
             return Err(SettingsError::TooShort {
                 flag: "--health-probe-rate",
                 value: "0".into(),
-                minimum: "at least 1 probe per second (turn the probes off with --health-probe-port 0)",
+                minimum:
+                    "at least 1 probe per second (turn the probes off with --health-probe-port 0)",
             });
         }
-        let health_probes = (cli.health_probe_port != 0).then(|| crate::mesh::MeshSettings {
+        let health_probes = (cli.health_probe_port != 0).then_some(crate::mesh::MeshSettings {
             port: cli.health_probe_port,
             interval,
             rate: cli.health_probe_rate,

@@ -52,7 +52,11 @@ fn set_dont_fragment(s: &socket2::Socket, family: IpFamily) -> std::io::Result<(
     use nix::libc;
     use std::os::fd::AsRawFd;
     let (level, name, value) = match family {
-        IpFamily::V4 => (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, libc::IP_PMTUDISC_DO),
+        IpFamily::V4 => (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DO,
+        ),
         IpFamily::V6 => (
             libc::IPPROTO_IPV6,
             libc::IPV6_MTU_DISCOVER,
@@ -112,7 +116,9 @@ fn outcome_of(e: &std::io::Error) -> Outcome {
 /// a retry.
 pub async fn once(src: Option<IpAddr>, dst: SocketAddr, size: usize, timeout: Duration) -> Outcome {
     let family = IpFamily::of(dst.ip());
-    let payload = size.saturating_sub(wire::ip_udp_overhead(family)).max(SMALL);
+    let payload = size
+        .saturating_sub(wire::ip_udp_overhead(family))
+        .max(SMALL);
     let sock = match connected(src, dst) {
         Ok(s) => s,
         Err(e) => return Outcome::Unsent(e.to_string()),
@@ -186,7 +192,11 @@ pub async fn round(plan: &RoundPlan) -> Option<(Round, u32)> {
     let mut sent = 1 + u32::from(overlay.is_some());
     let (src, path_dst, path_ok) = match (plan.overlay, &overlay) {
         (Some((src, dst)), Some(o)) => (Some(src), dst, matches!(o, Outcome::Answered(_))),
-        _ => (None, plan.public_ip, matches!(underlay, Outcome::Answered(_))),
+        _ => (
+            None,
+            plan.public_ip,
+            matches!(underlay, Outcome::Answered(_)),
+        ),
     };
     let mtu = match (plan.mtu, path_ok) {
         (Some(pod_mtu), true) => {
@@ -252,5 +262,10 @@ async fn mtu_round(
             break;
         }
     }
-    (MtuRound::Failed { largest_ok: Some(lo) }, sent)
+    (
+        MtuRound::Failed {
+            largest_ok: Some(lo),
+        },
+        sent,
+    )
 }

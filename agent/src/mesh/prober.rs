@@ -376,7 +376,8 @@ impl Prober {
                 v.targets.insert(key, t);
             }
             for ((_, family), t) in kept {
-                self.metrics.state_left(family, t.record.state, &problem_labels(&t, family));
+                self.metrics
+                    .state_left(family, t.record.state, &problem_labels(&t, family));
             }
         }
     }
@@ -385,7 +386,11 @@ impl Prober {
         let mut v = self.view.lock();
         let own = v.own.of(f.key.1);
         let identity = &self.identity;
-        let Some(t) = v.targets.get_mut(&f.key).filter(|t| t.generation == f.generation) else {
+        let Some(t) = v
+            .targets
+            .get_mut(&f.key)
+            .filter(|t| t.generation == f.generation)
+        else {
             return;
         };
         self.metrics.probes(&f.round, f.sent);
@@ -427,9 +432,17 @@ impl Prober {
 
     fn log_summary(&self) {
         let v = self.view.lock();
-        let ok = v.targets.values().filter(|t| t.record.state.is_ok()).count();
+        let ok = v
+            .targets
+            .values()
+            .filter(|t| t.record.state.is_ok())
+            .count();
         let total = v.targets.len();
-        info!(ok, not_ok = total - ok, "every peer probed once: {ok} of {total} ok");
+        info!(
+            ok,
+            not_ok = total - ok,
+            "every peer probed once: {ok} of {total} ok"
+        );
     }
 }
 

@@ -133,10 +133,18 @@ pub struct PeerHealth {
     /// The state in words, naming the cause and what was seen.
     pub reason: String,
     /// The last overlay round trip that answered, in milliseconds.
-    #[serde(rename = "overlayRttMs", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "overlayRttMs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub overlay_rtt_ms: Option<f64>,
     /// The last underlay round trip that answered, in milliseconds.
-    #[serde(rename = "underlayRttMs", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "underlayRttMs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub underlay_rtt_ms: Option<f64>,
     pub mtu: MtuResult,
     /// Since when the peer is in this state: seconds since the Unix epoch.
@@ -147,7 +155,9 @@ pub struct PeerHealth {
 impl PeerHealth {
     /// The node name, or the public IP when the lease names none.
     pub fn name(&self) -> String {
-        self.node.clone().unwrap_or_else(|| self.public_ip.to_string())
+        self.node
+            .clone()
+            .unwrap_or_else(|| self.public_ip.to_string())
     }
 }
 

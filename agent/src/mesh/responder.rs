@@ -69,7 +69,7 @@ fn receive(fd: i32, buf: &mut [u8]) -> std::io::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!(nix::libc::in6_pktinfo);
     let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
-    .map_err(std::io::Error::from)?;
+        .map_err(std::io::Error::from)?;
     let mut to = None;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
         match c {
@@ -120,7 +120,9 @@ fn reply(fd: i32, reply: &[u8], to: SocketAddr, from: Option<IpAddr>) -> std::io
         }
         Some(IpAddr::V6(a)) => {
             v6 = nix::libc::in6_pktinfo {
-                ipi6_addr: nix::libc::in6_addr { s6_addr: a.octets() },
+                ipi6_addr: nix::libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
                 ipi6_ifindex: 0,
             };
             cmsgs.push(ControlMessage::Ipv6PacketInfo(&v6));

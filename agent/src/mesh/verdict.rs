@@ -325,7 +325,11 @@ mod tests {
             (Some(Lost), Refused, AgentNotAnswering),
             (Some(Refused), Lost, AgentNotAnswering),
             (Some(Lost), Lost, Unreachable),
-            (Some(Lost), Unsent("network unreachable".into()), Unreachable),
+            (
+                Some(Lost),
+                Unsent("network unreachable".into()),
+                Unreachable,
+            ),
             // host-gw: the underlay alone.
             (None, ok(), Ok),
             (None, Refused, AgentNotAnswering),
@@ -353,7 +357,11 @@ mod tests {
             r.reason,
             "10.99.0.12 (underlay) answers, 10.244.2.0 (overlay) does not answer: is UDP 8472 (VXLAN) blocked between the two nodes, or are packets through weft.1 lost (checksum offload)?"
         );
-        r.record(round(Some(Outcome::Refused), Outcome::Refused), &ctx(), t(2));
+        r.record(
+            round(Some(Outcome::Refused), Outcome::Refused),
+            &ctx(),
+            t(2),
+        );
         assert!(r.reason.contains("probe port 8473"), "{}", r.reason);
         r.record(round(Some(Outcome::Lost), Outcome::Lost), &ctx(), t(3));
         assert_eq!(
@@ -374,7 +382,9 @@ mod tests {
             .record(round(Some(Outcome::Lost), ok()), &ctx(), t(3))
             .unwrap();
         assert_eq!((tr.from, tr.to), (PeerState::Ok, PeerState::OverlayBroken));
-        assert!(r.record(round(Some(Outcome::Lost), ok()), &ctx(), t(4)).is_none());
+        assert!(r
+            .record(round(Some(Outcome::Lost), ok()), &ctx(), t(4))
+            .is_none());
         let tr = r.record(round(Some(ok()), ok()), &ctx(), t(5)).unwrap();
         assert_eq!((tr.to, r.since), (PeerState::Ok, t(5)));
         // The last answered round trips stay through a failed round.
@@ -408,7 +418,10 @@ mod tests {
         );
         // Rounds without an MTU probe keep what is known.
         r.record(round(Some(ok()), ok()), &ctx(), t(3));
-        assert_eq!((r.state, r.largest_ok), (PeerState::MtuBelowPodMtu, Some(1350)));
+        assert_eq!(
+            (r.state, r.largest_ok),
+            (PeerState::MtuBelowPodMtu, Some(1350))
+        );
         // A new pod MTU voids it.
         r.set_pod_mtu(1350);
         r.record(round(Some(ok()), ok()), &ctx(), t(4));
