@@ -275,6 +275,14 @@ pub struct Weftd {
     _dir: tempfile::TempDir,
 }
 
+/// Who a [`Weftd`] is: its node name, the interface it uses and the public IP it publishes.
+#[derive(Clone, Copy, Debug)]
+pub struct WeftdHost<'a> {
+    pub node: &'a str,
+    pub iface: &'a str,
+    pub public_ip: &'a str,
+}
+
 /// The 127.0.0.1 ports named in `--etcd-endpoints` values.
 fn etcd_ports(args: &[String]) -> Vec<u16> {
     let mut out = Vec::new();
@@ -318,6 +326,57 @@ impl Weftd {
         let subnet_file = dir.path().join("run/subnet.env");
         let ns = crate::netns::Netns::new("wd");
         ns.ip(&["link", "set", "lo", "up"]);
+        let (relays, port) = Self::relays(&ns, etcd_args);
+        Self::start_in(
+            dir,
+            subnet_file,
+            ns,
+            relays,
+            port,
+            prefix.iter().map(|s| s.to_string()).collect(),
+            WeftdHost {
+                node,
+                iface: "lo",
+                public_ip,
+            },
+            etcd_args,
+            extra,
+        )
+    }
+
+    /// As [`Weftd::start`], in `ns`, prepared by the caller (an underlay link, routes),
+    /// with `--iface iface`. The namespace is deleted when the handle drops.
+    pub fn start_in_namespace(
+        ns: crate::netns::Netns,
+        host: WeftdHost<'_>,
+        etcd_args: &[String],
+        extra: &[&str],
+    ) -> Weftd {
+        let dir = tempfile::Builder::new().prefix("weftd-").tempdir().unwrap();
+        let subnet_file = dir.path().join("run/subnet.env");
+        ns.ip(&["link", "set", "lo", "up"]);
+        let relays = Self::relays(&ns, etcd_args);
+        let port = relays.1;
+        Self::start_in(
+            dir,
+            subnet_file,
+            ns,
+            relays.0,
+            port,
+            Vec::new(),
+            host,
+            etcd_args,
+            extra,
+        )
+    }
+
+    /// TCP relays from `ns`'s loopback to etcd's ports on the root namespace's, and from a
+    /// free port on the root namespace's loopback to the same port in `ns` (weftd's health
+    /// port): the relays and that port.
+    fn relays(
+        ns: &crate::netns::Netns,
+        etcd_args: &[String],
+    ) -> (Vec<crate::forward::Forward>, u16) {
         let port = crate::free_port();
         let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let mut relays = Vec::new();
@@ -330,18 +389,7 @@ impl Weftd {
             crate::forward::out_of_ns(&ns.path(), local(port), local(port))
                 .expect("relay to the health port"),
         );
-        Self::start_in(
-            dir,
-            subnet_file,
-            ns,
-            relays,
-            port,
-            prefix.iter().map(|s| s.to_string()).collect(),
-            node,
-            public_ip,
-            etcd_args,
-            extra,
-        )
+        (relays, port)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -352,16 +400,20 @@ impl Weftd {
         relays: Vec<crate::forward::Forward>,
         port: u16,
         prefix: Vec<String>,
-        node: &str,
-        public_ip: &str,
+        host: WeftdHost<'_>,
         etcd_args: &[String],
         extra: &[&str],
     ) -> Weftd {
+        let WeftdHost {
+            node,
+            iface,
+            public_ip,
+        } = host;
         let mut args: Vec<String> = vec![
             "--node-name".into(),
             node.into(),
             "--iface".into(),
-            "lo".into(),
+            iface.into(),
             "--public-ip".into(),
             public_ip.into(),
             "--subnet-file".into(),
@@ -414,9 +466,9 @@ impl Weftd {
             _dir,
         } = self;
         proc.stop(Duration::from_secs(5));
-        // args: --node-name N --iface lo --public-ip IP --subnet-file F --healthz-ip I
+        // args: --node-name N --iface IF --public-ip IP --subnet-file F --healthz-ip I
         // --healthz-port P, then the etcd and extra flags.
-        let public_ip = args[5].clone();
+        let (iface, public_ip) = (args[3].clone(), args[5].clone());
         Self::start_in(
             _dir,
             subnet_file,
@@ -424,8 +476,11 @@ impl Weftd {
             _relays,
             port,
             prefix,
-            &node,
-            &public_ip,
+            WeftdHost {
+                node: &node,
+                iface: &iface,
+                public_ip: &public_ip,
+            },
             &args[12..],
             &[],
         )
