@@ -23,7 +23,7 @@ failed=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
 # regression test).
 fuzz_status=0
 if [ -z "${WEFT_NO_FUZZ:-}" ] && [ "$#" -eq 0 ]; then
-  target/debug/fuzz --seconds "${WEFT_FUZZ_SECONDS:-20}" || fuzz_status=$?
+  "${CARGO_TARGET_DIR:-target}/debug/fuzz" --seconds "${WEFT_FUZZ_SECONDS:-20}" || fuzz_status=$?
 fi
 echo
 echo "weft: $passed passed, $failed failed"
