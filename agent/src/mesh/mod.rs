@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`wire`] | the probe datagram |
 //! | [`responder`] | the UDP echo on the probe port |
-//! | [`probe`] | one probe, one round of a peer (overlay, underlay, MTU) |
+//! | [`probe`] | the probing sockets; one probe, one round of a peer (overlay, underlay, MTU) |
 //! | [`verdict`] | a peer's state and reason from its rounds (pure) |
 //! | [`prober`] | the schedule, the records, the logs of state changes |
 //! | [`report`] | the JSON `GET /health/peers` serves and `netctl health` reads |
@@ -29,7 +29,7 @@ use prometheus_client::registry::Registry;
 use weft_backends::IpFamily;
 
 pub use prober::{MeshSettings, MeshView, ProblemLabels};
-use report::{FamilyName, PeerState};
+use report::PeerState;
 use verdict::{MtuRound, Round};
 
 /// weft's default probe port (beside 8471 for health and 8472 for VXLAN).
@@ -146,34 +146,32 @@ impl MeshMetrics {
         }
     }
 
-    fn probes(&self, round: &Round, _sent: u32) {
+    /// A round's probes counted, and its answered probes' round trips observed.
+    fn round(&self, f: IpFamily, round: &Round) {
         let count = |path: &'static str, result: &'static str| {
             self.probes
                 .get_or_create(&[("path", path), ("result", result)])
                 .inc();
         };
+        let rtt = |path: &'static str, d: &Duration| {
+            self.rtt
+                .get_or_create(&[("path", path), ("family", family_str(f))])
+                .observe(d.as_secs_f64());
+        };
         if let Some(o) = &round.overlay {
             count("overlay", o.label());
+            if let verdict::Outcome::Answered(d) = o {
+                rtt("overlay", d);
+            }
         }
         count("underlay", round.underlay.label());
+        if let verdict::Outcome::Answered(d) = &round.underlay {
+            rtt("underlay", d);
+        }
         match round.mtu {
             Some(MtuRound::Passed) => count("mtu", "passed"),
             Some(MtuRound::Failed { .. }) => count("mtu", "failed"),
             None => {}
-        }
-    }
-
-    fn rtts(&self, f: IpFamily, round: &Round) {
-        let fam = family_str(f);
-        if let Some(verdict::Outcome::Answered(d)) = &round.overlay {
-            self.rtt
-                .get_or_create(&[("path", "overlay"), ("family", fam)])
-                .observe(d.as_secs_f64());
-        }
-        if let verdict::Outcome::Answered(d) = &round.underlay {
-            self.rtt
-                .get_or_create(&[("path", "underlay"), ("family", fam)])
-                .observe(d.as_secs_f64());
         }
     }
 
@@ -190,9 +188,4 @@ impl responder::ResponderCounts for MeshMetrics {
     fn dropped(&self) {
         self.dropped.inc();
     }
-}
-
-/// The family name as the report writes it.
-pub fn family_name(f: IpFamily) -> FamilyName {
-    FamilyName::from(f)
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use weft_backends::{BackendKind, IpFamily, Peer, PeerEvent};
 
-use super::probe::{self, RoundPlan};
+use super::probe::{RoundPlan, Sockets};
 use super::report::{FamilyName, HealthReport, MtuResult, PeerHealth, PeerState};
 use super::verdict::{Context, PeerRecord, Round};
 use super::MeshMetrics;
@@ -21,11 +21,22 @@ use super::MeshMetrics;
 /// failed): probes at the pod MTU are large, and the path MTU seldom changes.
 pub const MTU_EVERY: u64 = 10;
 
-/// Whether a round of the target at position `position` gets an MTU probe by the schedule:
-/// every MTU_EVERY-th of its rounds, the targets staggered by their position so that the
-/// large probes are spread over the passes instead of all coming in one.
-fn mtu_due(r: &PeerRecord, position: u64) -> bool {
-    (r.rounds + position) % MTU_EVERY == 0
+/// Whether a round of `t` gets an MTU probe by the schedule: every MTU_EVERY-th of its
+/// rounds, the targets staggered so that the large probes are spread over the passes
+/// instead of all coming in one.
+fn mtu_due(t: &Target) -> bool {
+    (t.record.rounds + t.stagger) % MTU_EVERY == 0
+}
+
+/// Where in the MTU schedule a peer's rounds fall: from its subnet, so that it stays put
+/// while the peer does, and spreads over consecutive subnets.
+fn stagger(subnet: IpNetwork) -> u64 {
+    let (n, bits) = match subnet.network() {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    };
+    let host_bits = (bits - u32::from(subnet.prefix())).min(127);
+    ((n >> host_bits) % u128::from(MTU_EVERY)) as u64
 }
 
 /// How soon a round is tried again while this node's overlay address is not there yet.
@@ -119,6 +130,8 @@ struct Target {
     /// The peer's overlay address (its subnet's network address); None for host-gw.
     overlay_ip: Option<IpAddr>,
     record: PeerRecord,
+    /// Its place in the MTU schedule ([`stagger`]).
+    stagger: u64,
     /// Changes when the target is replaced, so that a round in flight for the old one is
     /// dropped.
     generation: u64,
@@ -208,6 +221,7 @@ fn targets_of(peer: &Peer, families: &[IpFamily], overlay: bool) -> Vec<(TargetK
                     public_ip,
                     overlay_ip: overlay.then(|| subnet.network()),
                     record: PeerRecord::new(overlay, 0, SystemTime::now()),
+                    stagger: stagger(subnet),
                     generation: 0,
                 },
             ))
@@ -237,7 +251,6 @@ struct Finished {
     key: TargetKey,
     generation: u64,
     round: Round,
-    sent: u32,
 }
 
 impl Prober {
@@ -256,7 +269,9 @@ impl Prober {
         }
         self.metrics.reset();
         let (done_tx, mut done) = mpsc::channel::<Finished>(1024);
-        let mut cursor = 0usize;
+        let sockets = Arc::new(Sockets::default());
+        // The last target probed: the next round goes to the one after it.
+        let mut cursor: Option<TargetKey> = None;
         let mut generation = 0u64;
         let mut next = tokio::time::Instant::now();
         let mut first_round_left: Option<usize> = None;
@@ -295,23 +310,27 @@ impl Prober {
                 }
                 _ = tokio::time::sleep_until(next), if targets > 0 => {
                     next = tokio::time::Instant::now() + spacing;
-                    let plan = self.plan_next(&mut cursor);
-                    if plan.as_ref().is_some_and(|(_, _, p)| !p.source_ready()) {
+                    let Some((key, plan)) = self.plan_next(cursor.as_ref()) else { continue };
+                    match plan {
+                        // This node's subnet of the family is not known yet.
+                        None => cursor = Some(key),
                         // This node's overlay address is not on its device yet (at start):
-                        // try again shortly rather than a whole spacing later, so that the
-                        // first probes (which also start WireGuard handshakes) go out as
-                        // soon as the data plane is there.
-                        cursor = cursor.saturating_sub(1);
-                        next = tokio::time::Instant::now() + spacing.min(NOT_READY_RETRY);
-                    } else if let Some(plan) = plan {
-                        let tx = done_tx.clone();
-                        tokio::spawn(async move {
-                            let (key, generation, plan) = plan;
-                            // None: this node's overlay address is not on its device yet.
-                            if let Some((round, sent)) = probe::round(&plan).await {
-                                let _ = tx.send(Finished { key, generation, round, sent }).await;
-                            }
-                        });
+                        // the same target again shortly rather than a whole spacing later,
+                        // so that the first probes (which also start WireGuard handshakes)
+                        // go out as soon as the data plane is there.
+                        Some((_, plan)) if !sockets.ready(&plan) => {
+                            next = tokio::time::Instant::now() + spacing.min(NOT_READY_RETRY);
+                        }
+                        Some((generation, plan)) => {
+                            cursor = Some(key);
+                            let (tx, sockets) = (done_tx.clone(), sockets.clone());
+                            tokio::spawn(async move {
+                                // None: this node's overlay address went away meanwhile.
+                                if let Some(round) = sockets.round(&plan).await {
+                                    let _ = tx.send(Finished { key, generation, round }).await;
+                                }
+                            });
+                        }
                     }
                 }
                 changed = shutdown.changed() => {
@@ -321,40 +340,41 @@ impl Prober {
         }
     }
 
-    /// The next target's round, moving the cursor; None when it cannot be probed yet (this
-    /// node's subnet of its family is not known).
-    fn plan_next(&self, cursor: &mut usize) -> Option<(TargetKey, u64, RoundPlan)> {
+    /// The target after `after` (the first one after the last), and its round: None when
+    /// it cannot be probed yet (this node's subnet of its family is not known).
+    fn plan_next(
+        &self,
+        after: Option<&TargetKey>,
+    ) -> Option<(TargetKey, Option<(u64, RoundPlan)>)> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let v = self.view.lock();
-        let n = v.targets.len();
-        if n == 0 {
-            return None;
-        }
-        *cursor %= n;
-        let (key, t) = v.targets.iter().nth(*cursor)?;
-        *cursor += 1;
-        let own = v.own.of(key.1)?;
-        let overlay = match (own.overlay, t.overlay_ip) {
-            (Some(src), Some(dst)) => Some((src, dst)),
-            (None, None) => None,
-            // The backend has an overlay but this node's address is not known yet.
-            _ => return None,
+        let (key, t) = after
+            .and_then(|k| v.targets.range((Excluded(k), Unbounded)).next())
+            .or_else(|| v.targets.iter().next())?;
+        let plan = || {
+            let own = v.own.of(key.1)?;
+            let overlay = match (own.overlay, t.overlay_ip) {
+                (Some(src), Some(dst)) => Some((src, dst)),
+                (None, None) => None,
+                // The backend has an overlay but this node's address is not known yet.
+                _ => return None,
+            };
+            // Every MTU_EVERY rounds; and each round while the last one failed or none
+            // passed at this pod MTU yet.
+            let mtu_due = mtu_due(t) || t.record.pod_mtu_ok != Some(true);
+            Some((
+                t.generation,
+                RoundPlan {
+                    family: key.1,
+                    port: self.settings.port,
+                    overlay,
+                    public_ip: t.public_ip,
+                    mtu: mtu_due.then_some(own.pod_mtu),
+                    timeout: self.settings.timeout(),
+                },
+            ))
         };
-        let r = &t.record;
-        // Every MTU_EVERY rounds; and each round while the last one failed or none passed
-        // at this pod MTU yet.
-        let mtu_due = mtu_due(r, *cursor as u64) || r.pod_mtu_ok != Some(true);
-        Some((
-            *key,
-            t.generation,
-            RoundPlan {
-                family: key.1,
-                port: self.settings.port,
-                overlay,
-                public_ip: t.public_ip,
-                mtu: mtu_due.then_some(own.pod_mtu),
-                timeout: self.settings.timeout(),
-            },
-        ))
+        Some((*key, plan()))
     }
 
     fn take_peers(&self, batch: Vec<PeerEvent>, overlay: bool, generation: u64) {
@@ -415,8 +435,7 @@ impl Prober {
         else {
             return;
         };
-        self.metrics.probes(&f.round, f.sent);
-        self.metrics.rtts(f.key.1, &f.round);
+        self.metrics.round(f.key.1, &f.round);
         if let Some(own) = own {
             t.record.set_pod_mtu(own.pod_mtu);
         }
@@ -586,7 +605,6 @@ mod tests {
                 underlay: super::super::verdict::Outcome::Answered(Duration::from_millis(1)),
                 mtu: None,
             },
-            sent: 2,
         });
         assert_eq!(gauge(&p, "ipv4", PeerState::OverlayBroken), 1);
         assert_eq!(gauge(&p, "ipv4", PeerState::Unknown), 1);
@@ -651,5 +669,42 @@ mod tests {
         assert_eq!(sp, Duration::from_secs_f64(0.042));
         assert_eq!(s(10_000, 50).timeout(), Duration::from_secs(1));
         assert_eq!(s(200, 50).timeout(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rounds_go_round_the_targets_in_order_and_mtu_probes_are_staggered() {
+        let p = prober(vec![IpFamily::V4]);
+        p.view.lock().own.v4 = Some(FamilySide {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            overlay: Some("10.244.1.0".parse().unwrap()),
+            pod_mtu: 1450,
+        });
+        p.take_peers(
+            (2..=4)
+                .map(|n| PeerEvent::Added(peer(n, n + 10, false)))
+                .collect(),
+            true,
+            1,
+        );
+        let mut cursor = None;
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let (key, plan) = p.plan_next(cursor.as_ref()).unwrap();
+            let (_, plan) = plan.expect("this node's side is known");
+            order.push(plan.public_ip.to_string());
+            cursor = Some(key);
+        }
+        assert_eq!(
+            order,
+            ["192.0.2.12", "192.0.2.13", "192.0.2.14", "192.0.2.12"]
+        );
+        // Ten consecutive subnets take the ten places in the MTU schedule, once each.
+        for net in ["10.244.{n}.0/24", "fc00:0:0:{n}::/64"] {
+            let mut places: Vec<u64> = (30..40)
+                .map(|n| stagger(net.replace("{n}", &n.to_string()).parse().unwrap()))
+                .collect();
+            places.sort();
+            assert_eq!(places, (0..MTU_EVERY).collect::<Vec<_>>(), "{net}");
+        }
     }
 }

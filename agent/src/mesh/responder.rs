@@ -3,10 +3,9 @@
 //! plain UDP socket needs no capability.
 //!
 //! The reply leaves from the address the request was sent to (IP_PKTINFO), not from the
-//! one the route back would pick: a prober's socket is connected to the address it probed
-//! and takes replies from that address only. With DirectRouting, for instance, the route
-//! back to a peer's pod subnet leaves from the underlay address, while the probe came to
-//! the overlay one.
+//! one the route back would pick: a prober takes a reply only from the address it probed.
+//! With DirectRouting, for instance, the route back to a peer's pod subnet leaves from the
+//! underlay address, while the probe came to the overlay one.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
