@@ -39,6 +39,12 @@ fn stagger(subnet: IpNetwork) -> u64 {
     ((n >> host_bits) % u128::from(MTU_EVERY)) as u64
 }
 
+/// Rounds start in ticks at least this far apart. With many peers, rounds are due faster
+/// than this and several start in each tick: fewer wake-ups for the same probes, still
+/// spread over the interval (a few small datagrams per tick). With fewer peers each tick
+/// has one round.
+pub const MIN_TICK: Duration = Duration::from_millis(250);
+
 /// How soon a round is tried again while this node's overlay address is not there yet.
 const NOT_READY_RETRY: Duration = Duration::from_millis(100);
 
@@ -272,6 +278,8 @@ impl Prober {
         let sockets = Arc::new(Sockets::default());
         // The last target probed: the next round goes to the one after it.
         let mut cursor: Option<TargetKey> = None;
+        // Rounds due and not started yet (a fraction of one between ticks).
+        let mut owed = 0.0f64;
         let mut generation = 0u64;
         let mut next = tokio::time::Instant::now();
         let mut first_round_left: Option<usize> = None;
@@ -309,28 +317,46 @@ impl Prober {
                     }
                 }
                 _ = tokio::time::sleep_until(next), if targets > 0 => {
-                    next = tokio::time::Instant::now() + spacing;
-                    let Some((key, plan)) = self.plan_next(cursor.as_ref()) else { continue };
-                    match plan {
-                        // This node's subnet of the family is not known yet.
-                        None => cursor = Some(key),
-                        // This node's overlay address is not on its device yet (at start):
-                        // the same target again shortly rather than a whole spacing later,
-                        // so that the first probes (which also start WireGuard handshakes)
-                        // go out as soon as the data plane is there.
-                        Some((_, plan)) if !sockets.ready(&plan) => {
-                            next = tokio::time::Instant::now() + spacing.min(NOT_READY_RETRY);
+                    let tick = spacing.max(MIN_TICK);
+                    next = tokio::time::Instant::now() + tick;
+                    owed = (owed + tick.as_secs_f64() / spacing.as_secs_f64()).min(targets as f64);
+                    let mut rounds = Vec::new();
+                    while owed >= 1.0 {
+                        let Some((key, plan)) = self.plan_next(cursor.as_ref()) else { break };
+                        match plan {
+                            // This node's subnet of the family is not known yet.
+                            None => cursor = Some(key),
+                            // This node's overlay address is not on its device yet (at
+                            // start): the same target again shortly rather than a whole
+                            // tick later, so that the first probes (which also start
+                            // WireGuard handshakes) go out as soon as the data plane is
+                            // there.
+                            Some((_, plan)) if !sockets.ready(&plan) => {
+                                next = tokio::time::Instant::now() + tick.min(NOT_READY_RETRY);
+                                owed = owed.min(1.0);
+                                break;
+                            }
+                            Some((generation, plan)) => {
+                                cursor = Some(key);
+                                rounds.push((key, generation, plan));
+                            }
                         }
-                        Some((generation, plan)) => {
-                            cursor = Some(key);
-                            let (tx, sockets) = (done_tx.clone(), sockets.clone());
-                            tokio::spawn(async move {
-                                // None: this node's overlay address went away meanwhile.
-                                if let Some(round) = sockets.round(&plan).await {
-                                    let _ = tx.send(Finished { key, generation, round }).await;
+                        owed -= 1.0;
+                    }
+                    if !rounds.is_empty() {
+                        let (tx, sockets) = (done_tx.clone(), sockets.clone());
+                        tokio::spawn(async move {
+                            let rounds = rounds.into_iter().map(|(key, generation, plan)| {
+                                let (tx, sockets) = (&tx, &sockets);
+                                async move {
+                                    // None: this node's overlay address went away meanwhile.
+                                    if let Some(round) = sockets.round(&plan).await {
+                                        let _ = tx.send(Finished { key, generation, round }).await;
+                                    }
                                 }
                             });
-                        }
+                            futures::future::join_all(rounds).await;
+                        });
                     }
                 }
                 changed = shutdown.changed() => {

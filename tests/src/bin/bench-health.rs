@@ -28,10 +28,10 @@
 //! bytes of its underlay (u0) and overlay (weft.1) devices, over windows after the start-up,
 //! for three settings in turn: probes off (`--health-probe-port 0`, no load: the baseline),
 //! the defaults, and `--health-probe-rate 100`. weftd's own prober makes an MTU probe of
-//! every peer in its first pass over the peers and then in every tenth pass (the peers' round
-//! counts advance in step), so each probing run has two windows: one in the first pass (an
-//! MTU pass) and one in the second (a pass without MTU probes); the long-run figure is
-//! 1/10 of the first plus 9/10 of the second. Results go to docs/benchmarks.md.
+//! every peer in its first pass over the peers and after that in one round of ten of each
+//! peer (staggered by subnet), so each probing run has two windows: one in the first pass
+//! (every peer's MTU probed, once after a start) and one in the second (the long run).
+//! Results go to docs/benchmarks.md.
 //!
 //!   cargo build --release -p weft-agent -p weft-tests --bins
 //!   sudo target/release/bench-health [--peers 5000] [--runs 3] [--window 60] [--settle 15] [--rate 100]
@@ -645,21 +645,6 @@ impl Sample {
             answered: self.answered,
         }
     }
-
-    /// `a` weighted 1/MTU_EVERY and `b` the rest: the long run of MTU passes and others.
-    fn long_run(a: &Sample, b: &Sample) -> Sample {
-        let w = 1.0 / MTU_EVERY as f64;
-        let mix = |x: f64, y: f64| w * x + (1.0 - w) * y;
-        Sample {
-            cpu_pct: mix(a.cpu_pct, b.cpu_pct),
-            u_rx: mix(a.u_rx, b.u_rx),
-            u_tx: mix(a.u_tx, b.u_tx),
-            o_rx: mix(a.o_rx, b.o_rx),
-            o_tx: mix(a.o_tx, b.o_tx),
-            probes: [0, 1, 2].map(|k| mix(a.probes[k], b.probes[k])),
-            answered: mix(a.answered, b.answered),
-        }
-    }
 }
 
 async fn window(w: &Weftd, secs: u64) -> Sample {
@@ -941,21 +926,18 @@ async fn main() {
     };
     for (s, (first, second, facts)) in settings.iter().zip(&got) {
         raw_table.push(raw_row(
-            &format!("{}, first pass (MTU probes)", label(s)),
+            &format!("{}, first pass (every peer's MTU probed)", label(s)),
             first,
         ));
-        raw_table.push(raw_row(&format!("{}, second pass", label(s)), second));
-        let long: Vec<Sample> = first
-            .iter()
-            .zip(second)
-            .map(|(a, b)| Sample::long_run(a, b))
-            .collect();
+        raw_table.push(raw_row(&format!("{}, second pass (the long run)", label(s)), second));
+        // Past the first pass, every round of one in MTU_EVERY has an MTU probe (staggered
+        // by peer): the second pass is the long run.
         let m = Sample {
-            cpu_pct: med(&long, |s| s.cpu_pct),
-            u_rx: med(&long, |s| s.u_rx),
-            u_tx: med(&long, |s| s.u_tx),
-            o_rx: med(&long, |s| s.o_rx),
-            o_tx: med(&long, |s| s.o_tx),
+            cpu_pct: med(second, |s| s.cpu_pct),
+            u_rx: med(second, |s| s.u_rx),
+            u_tx: med(second, |s| s.u_tx),
+            o_rx: med(second, |s| s.o_rx),
+            o_tx: med(second, |s| s.o_tx),
             ..Sample::default()
         }
         .minus(&b);
@@ -979,7 +961,7 @@ async fn main() {
             verdict(m.cpu_pct, kb)
         ));
         cost_table.push(format!(
-            "| {}, during an MTU pass alone | {eff:.0} | {:.2} | {:.0} / {:.0} | {:.1} | — | {} |",
+            "| {}, during the first pass after a start | {eff:.0} | {:.2} | {:.0} / {:.0} | {:.1} | — | {} |",
             label(s),
             first_cost.cpu_pct,
             first_cost.u_tx,
@@ -1006,7 +988,7 @@ async fn main() {
     let cost_table = cost_table.join("\n");
     println!("{raw_table}\n\n{cost_table}\n\n{}", facts_text.join("\n"));
     let section = format!(
-        "<!-- bench-health:begin -->\n## Peer health probes at {peers} peers\n\nMeasured by `target/release/bench-health --peers {peers} --runs {runs} --window {window} --settle {settle} --rate {alt_rate}` (tests/src/bin/bench-health.rs) on {machine}, shared with other work (load average 1 min {l0} at the start, {l1} at the end): a real etcd 3.4 on loopback holding {peers} vxlan leases; the real release `weftd` in a namespace of its own, its underlay a veth (u0) into a second namespace that holds every peer's public IP (a local route for 172.16.0.0/12) and answers for all of them: weft's own probe responder on UDP 8473 for the underlay, and a userspace VXLAN end on UDP 8472 that answers the probes inside the node's VXLAN packets (decapsulated, answered with `wire::answer_in_place`, the inner addresses swapped, encapsulated back). A load generator in that namespace sends the node what its {peers} peers would: each peer one round per effective interval (an underlay and an overlay probe, and in one round of {MTU_EVERY}, staggered by peer, an overlay probe at the pod MTU). CPU is weftd's user + system time from /proc/<pid>/stat; bytes are the node's device counters (`ip -s link` in its namespace; the underlay's include the overlay's, encapsulated, and every Ethernet header). Each window is {window} s, after {settle} s of settling once weftd knew every peer; median of {runs} runs, the three settings interleaved in each.\n\nweftd's prober makes an MTU probe of every peer in its first pass over them and then in every {MTU_EVERY}th pass (all peers' round counts advance in step), so each probing run has a window in the first pass (an MTU pass) and one in the second (no MTU probes from weftd); the long-run cost is 1/{MTU_EVERY} of the first plus the rest of the second, minus the baseline.\n\nWhat was measured (medians):\n\n{raw_table}\n\nThe probes' cost (long run, baseline subtracted; KB = 1,000 bytes, tx + rx on the underlay, which carries everything the node sends and receives):\n\n{cost_table}\n\n{facts}\n\nWhich way the simplifications lean: the peers answer at once from one namespace on the same two CPUs (no real network delay, so no probe waits long; real losses would add retries, and more cost); the generator's peers all share one effective interval and send from one socket (the node's side, a responder that answers each request, does the same work either way); its overlay probes are sent whether or not the peer's underlay probe answered (a real peer sends its MTU probe only when the overlay answered: equal here, as all answer). The baseline has no probe load at all, so the figures are the whole cost of the mesh, both of this node's own probes and of answering its peers'.\n<!-- bench-health:end -->\n",
+        "<!-- bench-health:begin -->\n## Peer health probes at {peers} peers\n\nMeasured by `target/release/bench-health --peers {peers} --runs {runs} --window {window} --settle {settle} --rate {alt_rate}` (tests/src/bin/bench-health.rs) on {machine}, shared with other work (load average 1 min {l0} at the start, {l1} at the end): a real etcd 3.4 on loopback holding {peers} vxlan leases; the real release `weftd` in a namespace of its own, its underlay a veth (u0) into a second namespace that holds every peer's public IP (a local route for 172.16.0.0/12) and answers for all of them: weft's own probe responder on UDP 8473 for the underlay, and a userspace VXLAN end on UDP 8472 that answers the probes inside the node's VXLAN packets (decapsulated, answered with `wire::answer_in_place`, the inner addresses swapped, encapsulated back). A load generator in that namespace sends the node what its {peers} peers would: each peer one round per effective interval (an underlay and an overlay probe, and in one round of {MTU_EVERY}, staggered by peer, an overlay probe at the pod MTU). CPU is weftd's user + system time from /proc/<pid>/stat; bytes are the node's device counters (`ip -s link` in its namespace; the underlay's include the overlay's, encapsulated, and every Ethernet header). Each window is {window} s, after {settle} s of settling once weftd knew every peer; median of {runs} runs, the three settings interleaved in each.\n\nweftd's prober makes an MTU probe of every peer in its first pass over them, and after that in one of every {MTU_EVERY} rounds of each peer, the peers staggered by subnet; so each probing run has a window in the first pass (every peer's MTU probed, once after a start) and one in the second (the long run: a tenth of the rounds with an MTU probe); the long-run cost is the second window's, minus the baseline.\n\nWhat was measured (medians):\n\n{raw_table}\n\nThe probes' cost (long run, baseline subtracted; KB = 1,000 bytes, tx + rx on the underlay, which carries everything the node sends and receives):\n\n{cost_table}\n\n{facts}\n\nWhich way the simplifications lean: the peers answer at once from one namespace on the same two CPUs (no real network delay, so no probe waits long; real losses would add retries, and more cost); the generator's peers all share one effective interval and send from one socket (the node's side, a responder that answers each request, does the same work either way); its overlay probes are sent whether or not the peer's underlay probe answered (a real peer sends its MTU probe only when the overlay answered: equal here, as all answer). The baseline has no probe load at all, so the figures are the whole cost of the mesh, both of this node's own probes and of answering its peers'.\n<!-- bench-health:end -->\n",
         peers = plan.peers,
         window = plan.window,
         settle = plan.settle,
