@@ -2,7 +2,9 @@
 //! broken the way a host firewall breaks it (h3 drops UDP 8472 from h1's address), and what
 //! the operator sees: the local table on h1, the cluster matrix and its summary (exit 1),
 //! and the HTML heat-map rendered in headless Chromium, checked on the rendered page (the
-//! computed colour and place of each cell, and the screenshot's pixels there).
+//! computed colour and place of each cell, and the screenshot's pixels there). And the
+//! cluster matrix of a dual-stack lab, with a pair broken over IPv6 only. Every wait is
+//! bounded.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use weft_agent::mesh::report::{FamilyName, HealthReport, PeerState};
 use weft_tests::lab::{Lab, LabOptions};
 
 const READY: Duration = Duration::from_secs(60);
@@ -18,14 +21,14 @@ const READY: Duration = Duration::from_secs(60);
 const SEEN_WITHIN: Duration = Duration::from_secs(30);
 const CHROMIUM_BOUND: Duration = Duration::from_secs(60);
 
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// Drop VXLAN (UDP 8472) from `from`'s address at host `at`'s input hook.
-fn drop_vxlan(lab: &Lab, at: usize, from: usize) {
+/// Drop VXLAN (UDP 8472) over `family` from `from`'s address of that family at host `at`'s
+/// input hook (IPv6 VXLAN, weft-v6.1, uses the same port); [`undrop_vxlan`] removes it.
+fn drop_vxlan(lab: &Lab, at: usize, from: usize, family: FamilyName) {
     let ns = lab.host_ns(at).to_string();
-    let src = lab.host_ip(from).to_string();
+    let (match_family, src) = match family {
+        FamilyName::Ipv4 => ("ip", lab.host_ip(from).to_string()),
+        FamilyName::Ipv6 => ("ip6", lab.host_ip6(from).to_string()),
+    };
     for rule in [
         vec!["add", "table", "inet", "healthtest"],
         vec![
@@ -42,7 +45,7 @@ fn drop_vxlan(lab: &Lab, at: usize, from: usize) {
             "inet",
             "healthtest",
             "in",
-            "ip",
+            match_family,
             "saddr",
             &src,
             "udp",
@@ -58,6 +61,61 @@ fn drop_vxlan(lab: &Lab, at: usize, from: usize) {
             .unwrap();
         assert!(st.success(), "nft {rule:?} in {ns}");
     }
+}
+
+/// Remove what [`drop_vxlan`] added at host `at`.
+fn undrop_vxlan(lab: &Lab, at: usize) {
+    let (code, _, err) = lab.host_exec(at, "nft", &["delete", "table", "inet", "healthtest"]);
+    assert_eq!(code, 0, "nft delete table inet healthtest on h{at}: {err}");
+}
+
+/// `netctl health --cluster -o json` every 200 ms until `check` holds on its exit code and
+/// report: both, then; panics with `what` and the last output after [`SEEN_WITHIN`].
+fn cluster_until(
+    lab: &Lab,
+    what: &str,
+    mut check: impl FnMut(i32, &serde_json::Value) -> bool,
+) -> (i32, serde_json::Value) {
+    let start = Instant::now();
+    loop {
+        let (code, out, err) = lab.netctl(&["health", "--cluster", "-o", "json"]);
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) {
+            if check(code, &v) {
+                return (code, v);
+            }
+        }
+        assert!(
+            start.elapsed() < SEEN_WITHIN,
+            "{what}: not within {SEEN_WITHIN:?}; last exit {code}: {out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The matrix rows of a `--cluster -o json` report.
+fn rows(report: &serde_json::Value) -> Vec<String> {
+    report["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows: {report}"))
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Host `h`'s own view, as `netctl health -o json` there prints it: its exit code and each
+/// entry as (peer, family, state), sorted.
+fn local_entries(lab: &Lab, h: usize) -> (i32, Vec<(String, FamilyName, PeerState)>) {
+    let netctl = weft_tests::procs::bin("netctl").display().to_string();
+    let (code, out, err) = lab.host_exec(h, &netctl, &["health", "-o", "json"]);
+    let report: HealthReport = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("netctl health -o json on h{h} ({e}): {out}{err}"));
+    let mut entries: Vec<_> = report
+        .peers
+        .iter()
+        .map(|p| (p.name(), p.family, p.state))
+        .collect();
+    entries.sort();
+    (code, entries)
 }
 
 /// Run chromium with `args` in a process group of its own, bounded; the group (chromium and
@@ -198,42 +256,15 @@ fn one_broken_pair_shows_in_the_local_table_the_cluster_matrix_and_the_html() {
     )
     .unwrap_or_else(|e| panic!("the lab did not come up: {e}"));
     // All ok first (bounded): every cell of the matrix '.' or '-'.
-    let start = Instant::now();
-    loop {
-        let (code, out, err) = lab.netctl(&["health", "--cluster", "-o", "json"]);
-        if code == 0 {
-            assert!(json(&out)["ok"].as_bool().unwrap());
-            break;
-        }
-        assert!(
-            start.elapsed() < SEEN_WITHIN,
-            "the lab's mesh is not all ok within {SEEN_WITHIN:?}: {out}{err}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (_, report) = cluster_until(&lab, "the lab's mesh is all ok", |code, _| code == 0);
+    assert!(report["ok"].as_bool().unwrap());
 
-    drop_vxlan(&lab, 3, 1);
+    drop_vxlan(&lab, 3, 1, FamilyName::Ipv4);
     // Bounded: until the reports show the pair broken both ways.
-    let start = Instant::now();
-    let report = loop {
-        let (code, out, err) = lab.netctl(&["health", "--cluster", "-o", "json"]);
-        let v = json(&out);
-        let rows: Vec<String> = v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.as_str().unwrap().to_string())
-            .collect();
-        if rows == ["-.O..", ".-...", "O.-..", "...-.", "....-"] {
-            assert_eq!(code, 1, "a failing pair is exit 1: {err}");
-            break v;
-        }
-        assert!(
-            start.elapsed() < SEEN_WITHIN,
-            "h1 ↔ h3 not overlay-broken within {SEEN_WITHIN:?}: {rows:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (code, report) = cluster_until(&lab, "h1 ↔ h3 overlay-broken", |_, v| {
+        rows(v) == ["-.O..", ".-...", "O.-..", "...-.", "....-"]
+    });
+    assert_eq!(code, 1, "a failing pair is exit 1: {report}");
     assert_eq!(report["ok"], false);
     assert_eq!(report["summary"]["lonePairs"][0]["observer"], "h1");
     assert_eq!(report["summary"]["lonePairs"][0]["target"], "h3");
@@ -343,4 +374,219 @@ fn one_broken_pair_shows_in_the_local_table_the_cluster_matrix_and_the_html() {
     };
     assert!(at("h1", "h3").top < at("h3", "h1").top);
     assert!(at("h1", "h3").left > at("h3", "h1").left);
+}
+
+/// What host `h` of a 3-host dual-stack lab lists when all is as `state_of` says: both
+/// other hosts in both families, sorted as [`local_entries`] sorts them.
+fn expected_entries(
+    h: usize,
+    state_of: impl Fn(&str, FamilyName) -> PeerState,
+) -> Vec<(String, FamilyName, PeerState)> {
+    let mut want: Vec<_> = (1..=3)
+        .filter(|&o| o != h)
+        .flat_map(|o| [FamilyName::Ipv4, FamilyName::Ipv6].map(|f| (format!("h{o}"), f)))
+        .map(|(peer, f)| {
+            let state = state_of(&peer, f);
+            (peer, f, state)
+        })
+        .collect();
+    want.sort();
+    want
+}
+
+/// A dual-stack vxlan lab (IPv4 and IPv6): every pair ok in both families, then h1 ↔ h2
+/// broken over IPv6 only (h2 drops IPv6 VXLAN from h1). The pair's cell is the worst of its
+/// families, so it shows broken (exit 1) while its IPv4 half stays ok; and it clears once
+/// the rule is gone.
+#[test]
+fn a_pair_broken_over_ipv6_only_shows_in_the_dual_stack_cluster_matrix_and_clears() {
+    let lab = Lab::up(
+        LabOptions {
+            hosts: 3,
+            pods_per_host: 0,
+            ipv6_network: Some("fc00::/48".into()),
+            health_probe_interval: Some("1s".into()),
+            ..LabOptions::default()
+        },
+        READY,
+    )
+    .unwrap_or_else(|e| panic!("the dual-stack lab did not come up: {e}"));
+    let all_ok = |_: &str, _: FamilyName| PeerState::Ok;
+    // All ok (bounded), in both families.
+    let (code, report) = cluster_until(&lab, "the dual-stack mesh is all ok", |code, _| code == 0);
+    assert_eq!(code, 0);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(rows(&report), ["-..", ".-.", "..-"], "{report}");
+    // No family of any pair is not ok.
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    let summary = &report["summary"];
+    for (field, want) in [
+        ("nodes", 3),
+        ("asked", 3),
+        ("pairs", 6),
+        ("failingPairs", 0),
+        ("unknownPairs", 0),
+    ] {
+        assert_eq!(summary[field], want, "summary.{field}: {report}");
+    }
+    for field in ["byNode", "culprits", "lonePairs"] {
+        assert_eq!(
+            summary[field],
+            serde_json::json!([]),
+            "summary.{field}: {report}"
+        );
+    }
+    // Each node is asked through its IPv4 address and known by both its subnets.
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{report}");
+    for (i, node) in nodes.iter().enumerate() {
+        let h = i + 1;
+        assert_eq!(node["name"], format!("h{h}"), "{report}");
+        assert_eq!(node["address"], lab.host_ip(h).to_string(), "{report}");
+        let subnets = node["subnets"].as_array().expect("subnets");
+        assert_eq!(subnets.len(), 2, "h{h}: {report}");
+        // subnet.env has the host's first address in each: the subnets are their networks.
+        let v4 = lab.subnet(h).expect("IPv4 subnet");
+        let v6 = lab.subnet6(h).expect("IPv6 subnet");
+        assert_eq!(subnets[0], format!("{}/{}", v4.network(), v4.prefix()));
+        assert_eq!(subnets[1], format!("{}/{}", v6.network(), v6.prefix()));
+    }
+    // Each cell is ok for both families: each host's own report has both others in both.
+    for h in 1..=3 {
+        assert_eq!(
+            local_entries(&lab, h),
+            (0, expected_entries(h, all_ok)),
+            "h{h}"
+        );
+    }
+    let (code, text, err) = lab.netctl(&["health", "--cluster"]);
+    assert_eq!(code, 0, "{text}{err}");
+    assert!(
+        text.starts_with("3 nodes, 3 asked; 0 of 6 pairs failing\n"),
+        "{text}"
+    );
+    for line in [
+        "h1        -  .  .",
+        "h2        .  -  .",
+        "h3        .  .  -",
+    ] {
+        assert!(text.contains(&format!("\n{line}\n")), "{text}");
+    }
+    assert!(
+        text.ends_with("\nok: every node reaches every other\n"),
+        "{text}"
+    );
+
+    // The IPv6 VXLAN device's port, which the rule drops.
+    let (code, link, err) = lab.host_exec(2, "ip", &["-d", "link", "show", "weft-v6.1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(link.contains(" dstport 8472 "), "{link}");
+    drop_vxlan(&lab, 2, 1, FamilyName::Ipv6);
+    let (code, report) = cluster_until(&lab, "h1 ↔ h2 overlay-broken", |_, v| {
+        rows(v) == ["-O.", "O-.", "..-"]
+    });
+    assert_eq!(code, 1, "a failing pair is exit 1: {report}");
+    assert_eq!(report["ok"], false, "{report}");
+    // Only the IPv6 half of the pair, both ways.
+    let problems: Vec<(&str, &str, &str, &str)> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .map(|p| {
+            let field = |k: &str| p[k].as_str().unwrap_or_else(|| panic!("{k}: {p}"));
+            (
+                field("observer"),
+                field("target"),
+                field("family"),
+                field("state"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            ("h1", "h2", "ipv6", "overlay-broken"),
+            ("h2", "h1", "ipv6", "overlay-broken")
+        ],
+        "{report}"
+    );
+    for p in report["problems"].as_array().unwrap() {
+        let reason = p["reason"].as_str().unwrap();
+        assert!(reason.contains("UDP 8472 (VXLAN)"), "{reason}");
+    }
+    let summary = &report["summary"];
+    assert_eq!(summary["pairs"], 6, "{report}");
+    assert_eq!(summary["failingPairs"], 2, "{report}");
+    assert_eq!(summary["unknownPairs"], 0, "{report}");
+    assert_eq!(summary["culprits"], serde_json::json!([]), "{report}");
+    let lone = summary["lonePairs"].as_array().expect("lonePairs");
+    assert_eq!(lone.len(), 1, "{report}");
+    assert_eq!(lone[0]["observer"], "h1");
+    assert_eq!(lone[0]["target"], "h2");
+    assert_eq!(lone[0]["state"], "overlay-broken");
+    assert_eq!(lone[0]["bothWays"], true);
+    let reasons: Vec<&str> = lone[0]["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{report}");
+    assert!(reasons[0].starts_with("h1 (ipv6): "), "{reasons:?}");
+    assert!(reasons[1].starts_with("h2 (ipv6): "), "{reasons:?}");
+    // The IPv4 half stays ok: h1 and h2 each see the other broken over IPv6 alone.
+    let over_ipv6_broken = |broken: &'static str| {
+        move |peer: &str, f: FamilyName| match (peer == broken, f) {
+            (true, FamilyName::Ipv6) => PeerState::OverlayBroken,
+            _ => PeerState::Ok,
+        }
+    };
+    assert_eq!(
+        local_entries(&lab, 1),
+        (1, expected_entries(1, over_ipv6_broken("h2"))),
+        "h1"
+    );
+    assert_eq!(
+        local_entries(&lab, 2),
+        (1, expected_entries(2, over_ipv6_broken("h1"))),
+        "h2"
+    );
+    assert_eq!(
+        local_entries(&lab, 3),
+        (0, expected_entries(3, all_ok)),
+        "h3"
+    );
+    let (code, text, err) = lab.netctl(&["health", "--cluster"]);
+    assert_eq!(code, 1, "{text}{err}");
+    assert!(
+        text.starts_with("3 nodes, 3 asked; 2 of 6 pairs failing\n"),
+        "{text}"
+    );
+    for line in [
+        "h1        -  O  .",
+        "h2        O  -  .",
+        "h3        .  .  -",
+    ] {
+        assert!(text.contains(&format!("\n{line}\n")), "{text}");
+    }
+    assert!(
+        text.contains("\n  h1 ↔ h2: overlay-broken, both ways\n      h1 (ipv6): "),
+        "{text}"
+    );
+    assert!(text.contains("\n      h2 (ipv6): "), "{text}");
+
+    // The rule gone, the pair clears (bounded).
+    undrop_vxlan(&lab, 2);
+    let (_, report) = cluster_until(&lab, "h1 ↔ h2 ok again", |code, _| code == 0);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(rows(&report), ["-..", ".-.", "..-"], "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(report["summary"]["failingPairs"], 0, "{report}");
+    for h in 1..=3 {
+        assert_eq!(
+            local_entries(&lab, h),
+            (0, expected_entries(h, all_ok)),
+            "h{h}"
+        );
+    }
 }

@@ -183,17 +183,22 @@ fn ping_stream(lab: &Lab, from: &str, dst: Ipv4Addr, interval: &str, count: u32)
         .expect("spawn ping")
 }
 
-/// (transmitted, received) from a finished `ping -q`, waited for at most `bound`.
-fn ping_result(mut child: Child, bound: Duration) -> (u32, u32, String) {
+/// Wait for `ping` to end, for at most `bound`: past it, end it (by its own pid) and panic.
+fn ping_finished(ping: &mut Child, bound: Duration) {
     let start = Instant::now();
-    while child.try_wait().expect("wait ping").is_none() {
+    while ping.try_wait().expect("wait ping").is_none() {
         if start.elapsed() > bound {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = ping.kill();
+            let _ = ping.wait();
             panic!("ping did not finish within {bound:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// (transmitted, received) from a finished `ping -q`, waited for at most `bound`.
+fn ping_result(mut child: Child, bound: Duration) -> (u32, u32, String) {
+    ping_finished(&mut child, bound);
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let line = text
@@ -451,18 +456,51 @@ fn a_deleted_lease_leaves_every_other_host_within_a_second() {
     }
 }
 
+/// Where the restart tests start: a 2-host lab with a pod on each host, h2's pod reaching
+/// h1's, and h1's tunnel as it is before the restart.
+struct RestartLab {
+    lab: Lab,
+    /// h2's pod, the one that pings.
+    pod2: String,
+    /// The address of h1's pod, the one pinged.
+    ip1: Ipv4Addr,
+    /// h1's wireguard-go.
+    tunnel: u32,
+    /// h1's peers.
+    peers: Vec<WgPeer>,
+}
+
+impl RestartLab {
+    fn up() -> RestartLab {
+        let lab = up(LabOptions {
+            hosts: 2,
+            pods_per_host: 1,
+            ..LabOptions::default()
+        });
+        let (pod2, _) = pod_on(&lab, 2);
+        let (_, ip1) = pod_on(&lab, 1);
+        ping_until(&lab, &pod2, ip1, Duration::from_secs(10));
+        let tunnel = wireguard_go_pid(&lab, 1);
+        let peers = wg_peers(&lab, 1, DEVICE);
+        RestartLab {
+            lab,
+            pod2,
+            ip1,
+            tunnel,
+            peers,
+        }
+    }
+}
+
 #[test]
 fn weftd_killed_and_restarted_under_pings_loses_no_reply_and_keeps_the_tunnel() {
-    let mut lab = up(LabOptions {
-        hosts: 2,
-        pods_per_host: 1,
-        ..LabOptions::default()
-    });
-    let (pod2, _) = pod_on(&lab, 2);
-    let (_, ip1) = pod_on(&lab, 1);
-    ping_until(&lab, &pod2, ip1, Duration::from_secs(10));
-    let tunnel = wireguard_go_pid(&lab, 1);
-    let peers = wg_peers(&lab, 1, DEVICE);
+    let RestartLab {
+        mut lab,
+        pod2,
+        ip1,
+        tunnel,
+        peers,
+    } = RestartLab::up();
     let ping = ping_stream(&lab, &pod2, ip1, "0.01", 400);
     std::thread::sleep(Duration::from_millis(500));
     lab.kill_weftd(1);
@@ -520,21 +558,18 @@ fn ping_replies(text: &str) -> (u32, u32, u32) {
 /// unanswered pings is the outage (docs/benchmarks.md, "WireGuard userspace: restart gap").
 #[test]
 fn weftd_and_wireguard_go_killed_together_drop_the_tunnel_until_the_new_weftd_restores_it() {
-    let mut lab = up(LabOptions {
-        hosts: 2,
-        pods_per_host: 1,
-        ..LabOptions::default()
-    });
-    let (pod2, _) = pod_on(&lab, 2);
-    let (_, ip1) = pod_on(&lab, 1);
-    ping_until(&lab, &pod2, ip1, Duration::from_secs(10));
-    let tunnel = wireguard_go_pid(&lab, 1);
-    let peers = wg_peers(&lab, 1, DEVICE);
+    let RestartLab {
+        mut lab,
+        pod2,
+        ip1,
+        tunnel,
+        peers,
+    } = RestartLab::up();
     let key = device_key(&lab, 1);
     // 30 s of pings: room for WireGuard's own retry timers after the tunnel is back. One
     // line per reply is more than a pipe holds: into a file.
     let ping_log = lab.dir().join("ping-restart.log");
-    let ping = Command::new("ip")
+    let mut ping = Command::new("ip")
         .args(["netns", "exec", lab.ns_of(&pod2), "ping", "-n"])
         .args(["-i", "0.01", "-W", "1", "-c", "3000"])
         .arg(ip1.to_string())
@@ -556,19 +591,8 @@ fn weftd_and_wireguard_go_killed_together_drop_the_tunnel_until_the_new_weftd_re
     lab.start_weftd(1);
     lab.wait_ready(1, READY).unwrap();
     let ready = started.elapsed();
-    let out = {
-        let mut child = ping;
-        let start = Instant::now();
-        while child.try_wait().expect("wait ping").is_none() {
-            if start.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ping did not finish within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::fs::read_to_string(&ping_log).expect("read the ping log")
-    };
+    ping_finished(&mut ping, Duration::from_secs(60));
+    let out = std::fs::read_to_string(&ping_log).expect("read the ping log");
     let (sent, got, outage) = ping_replies(&out);
     eprintln!(
         "h2p1 -> h1p1 every 10 ms: {sent} sent, {got} answered, {} lost; longest run without \

@@ -18,7 +18,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -36,41 +35,13 @@ use weft_backends::backend::{Backend, Settings};
 use weft_backends::dataplane::{KernelNetlink, Netlink};
 use weft_backends::plan::{diff, Underlay};
 use weft_backends::{IpFamily, MacAddr};
-use weft_tests::bench::{machine, quantile, write_section};
+use weft_tests::bench::{flag_value, machine, quantile, write_section, PEERS};
 use weft_tests::etcd::Etcd;
 use weft_tests::netns::Netns;
 use weft_tests::procs::Weftd;
 
 const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
-
-fn arg(name: &str, default: usize) -> usize {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Peer `i`'s subnet: 10.20.1.0/24 onwards, clear of the underlay's 10.9.0.0/24 (a peer
-/// subnet overlapping the underlay is refused, as it would cut the node off).
-fn subnet(i: usize) -> Ipv4Network {
-    let n = i + 1 + 20 * 256;
-    Ipv4Network::new(Ipv4Addr::new(10, (n / 256) as u8, (n % 256) as u8, 0), 24).unwrap()
-}
-
-fn public_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(
-        172,
-        16 + (i / 250 / 250) as u8,
-        ((i / 250) % 250) as u8,
-        (i % 250 + 1) as u8,
-    )
-}
-
-fn mac(i: usize) -> String {
-    format!("0e:00:00:00:{:02x}:{:02x}", i / 256, i % 256)
-}
 
 fn fresh_ns() -> (Netns, u32) {
     Netns::with_underlay("bdp")
@@ -144,8 +115,8 @@ fn program_ip_batch(peers: usize, dir: &std::path::Path) -> f64 {
         writeln!(
             neigh,
             "neigh replace {} lladdr {} dev weft.1 nud permanent",
-            subnet(i).network(),
-            mac(i)
+            PEERS.subnet(i).network(),
+            PEERS.vtep_mac(i)
         )
         .unwrap();
     }
@@ -154,8 +125,8 @@ fn program_ip_batch(peers: usize, dir: &std::path::Path) -> f64 {
         writeln!(
             fdb,
             "fdb replace {} dev weft.1 dst {} self permanent",
-            mac(i),
-            public_ip(i)
+            PEERS.vtep_mac(i),
+            PEERS.public_ip(i)
         )
         .unwrap();
     }
@@ -164,8 +135,8 @@ fn program_ip_batch(peers: usize, dir: &std::path::Path) -> f64 {
         writeln!(
             routes,
             "route replace {} via {} dev weft.1 onlink proto 87",
-            subnet(i),
-            subnet(i).network()
+            PEERS.subnet(i),
+            PEERS.subnet(i).network()
         )
         .unwrap();
     }
@@ -264,10 +235,10 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     weft_tests::netns::require_root();
-    let peers = arg("--peers", 5000);
-    let rounds = arg("--rounds", 3);
+    let peers: usize = flag_value("--peers").unwrap_or(5000);
+    let rounds: usize = flag_value("--rounds").unwrap_or(3);
     let config = std::env::var("BENCH_NET_CONFIG").unwrap_or_else(|_| CONFIG.to_string());
-    let samples = arg("--latency-samples", 200);
+    let samples: usize = flag_value("--latency-samples").unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
 
     let etcd = Etcd::start().await;
@@ -279,15 +250,11 @@ async fn main() {
         let ops: Vec<TxnOp> = chunk
             .iter()
             .map(|&i| {
-                let s = subnet(i);
-                let value = format!(
-                    r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}},"NodeName":"bench-{i}"}}"#,
-                    public_ip(i),
-                    mac(i)
-                );
+                let node = format!("bench-{i}");
+                let lease = PEERS.vxlan_lease(i, &node);
                 TxnOp::put(
-                    format!("{PREFIX}/subnets/{}-{}", s.network(), s.prefix()),
-                    value,
+                    lease.key(PREFIX),
+                    lease.value(),
                     Some(PutOptions::new().with_lease(grant)),
                 )
             })
@@ -342,17 +309,13 @@ async fn main() {
     let mut latency = Vec::new();
     for k in 0..samples {
         let i = 60_000 + k;
-        let s = subnet(i);
-        let key = format!("{PREFIX}/subnets/{}-{}", s.network(), s.prefix());
-        let value = format!(
-            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}},"NodeName":"late-{k}"}}"#,
-            public_ip(i),
-            mac(i)
-        );
+        let node = format!("late-{k}");
+        let lease = PEERS.vxlan_lease(i, &node);
+        let (s, key) = (lease.subnet, lease.key(PREFIX));
         let t = Instant::now();
         raw.put(
             key.clone(),
-            value,
+            lease.value(),
             Some(PutOptions::new().with_lease(grant)),
         )
         .await

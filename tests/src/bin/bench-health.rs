@@ -54,8 +54,8 @@ use weft_agent::mesh::prober::{MeshSettings, MTU_EVERY};
 use weft_agent::mesh::responder::{self, ResponderCounts};
 use weft_agent::mesh::wire::{self, Kind, Probe};
 use weft_agent::store::LeaseStore;
-use weft_backends::IpFamily;
-use weft_tests::bench::{machine, quantile, write_section};
+use weft_backends::{IpFamily, MacAddr};
+use weft_tests::bench::{flag_value, machine, quantile, write_section, PEERS};
 use weft_tests::etcd::Etcd;
 use weft_tests::netns::Netns;
 use weft_tests::procs::{metric, Weftd, WeftdHost};
@@ -66,46 +66,13 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 const PEERS_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 const PROBE_PORT: u16 = weft_agent::mesh::DEFAULT_PROBE_PORT;
 const VXLAN_PORT: u16 = 8472;
+/// The VNI of the peers' leases ([`weft_tests::bench::VxlanLease`]).
 const VNI: u32 = 1;
 /// The load generator's ports in the peers' namespace: underlay, and inner UDP of overlay.
 const GEN_UNDERLAY_PORT: u16 = 40_000;
 const GEN_OVERLAY_PORT: u16 = 40_001;
 /// weftd's probe interval (its default).
 const INTERVAL: Duration = Duration::from_secs(10);
-
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Peer `i`'s subnet: 10.20.1.0/24 onwards.
-fn subnet(i: usize) -> Ipv4Network {
-    let n = i + 1 + 20 * 256;
-    Ipv4Network::new(Ipv4Addr::new(10, (n / 256) as u8, (n % 256) as u8, 0), 24).unwrap()
-}
-
-fn public_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(
-        172,
-        16 + (i / 250 / 250) as u8,
-        ((i / 250) % 250) as u8,
-        (i % 250 + 1) as u8,
-    )
-}
-
-fn mac(i: usize) -> [u8; 6] {
-    [0x0e, 0, 0, 0, (i / 256) as u8, (i % 256) as u8]
-}
-
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 // --- frames ---------------------------------------------------------------------------
 
@@ -422,10 +389,10 @@ fn start_load(ns: &Netns, peers: &Peers, node: NodeSide, n: usize, spacing: Dura
         while !stop.load(Ordering::Relaxed) {
             let i = (k % n as u64) as usize;
             let pass = k / n as u64;
-            let (pub_ip, net) = (public_ip(i), subnet(i).network());
+            let (pub_ip, net) = (PEERS.public_ip(i), PEERS.subnet(i).network());
             let frame = InnerFrame {
                 dst_mac: node.vtep_mac,
-                src_mac: mac(i),
+                src_mac: PEERS.vtep_mac(i).0,
                 src: net,
                 dst: node.overlay_ip,
                 sport: GEN_OVERLAY_PORT,
@@ -544,13 +511,10 @@ fn node_side(w: &Weftd) -> NodeSide {
     let link: serde_json::Value =
         serde_json::from_str(&w.ns.ip(&["-j", "link", "show", "dev", "weft.1"])).unwrap();
     let text = link[0]["address"].as_str().expect("weft.1's MAC");
-    let mut vtep_mac = [0u8; 6];
-    for (b, h) in vtep_mac.iter_mut().zip(text.split(':')) {
-        *b = u8::from_str_radix(h, 16).expect("MAC");
-    }
+    let vtep_mac: MacAddr = text.parse().expect("weft.1's MAC");
     NodeSide {
         overlay_ip: subnet.network(),
-        vtep_mac,
+        vtep_mac: vtep_mac.0,
         pod_mtu,
     }
 }
@@ -830,12 +794,12 @@ fn verdict(cpu: f64, kb: f64) -> &'static str {
 async fn main() {
     weft_tests::netns::require_root();
     let plan = Plan {
-        peers: arg("--peers", 5000) as usize,
-        window: arg("--window", 60),
-        settle: arg("--settle", 15),
+        peers: flag_value("--peers").unwrap_or(5000),
+        window: flag_value("--window").unwrap_or(60),
+        settle: flag_value("--settle").unwrap_or(15),
     };
-    let runs = arg("--runs", 3) as usize;
-    let alt_rate = arg("--rate", 100) as u32;
+    let runs: usize = flag_value("--runs").unwrap_or(3);
+    let alt_rate: u32 = flag_value("--rate").unwrap_or(100);
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
     let etcd = Etcd::start().await;
@@ -847,15 +811,11 @@ async fn main() {
         let ops: Vec<TxnOp> = chunk
             .iter()
             .map(|&i| {
-                let s = subnet(i);
-                let value = format!(
-                    r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":{VNI},"VtepMAC":"{}"}},"NodeName":"peer-{i}"}}"#,
-                    public_ip(i),
-                    mac_text(mac(i))
-                );
+                let node = format!("peer-{i}");
+                let lease = PEERS.vxlan_lease(i, &node);
                 TxnOp::put(
-                    format!("{PREFIX}/subnets/{}-{}", s.network(), s.prefix()),
-                    value,
+                    lease.key(PREFIX),
+                    lease.value(),
                     Some(PutOptions::new().with_lease(grant)),
                 )
             })

@@ -9,8 +9,9 @@
 //!
 //!   cargo build --release --workspace --bins && target/release/bench-startup [--runs 5]
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use weft_tests::bench::{machine, write_section};
+use weft_tests::bench::{flag_value, machine, write_section, PeerNumbering, VxlanLease};
 
 use etcd_client::{PutOptions, Txn, TxnOp};
 use weft_agent::store::LeaseStore;
@@ -19,6 +20,13 @@ use weft_tests::procs::{metric, Weftd};
 
 const LEASES: usize = 5000;
 const PREFIX: &str = "/coreos.com/network";
+/// The leases' numbering: lease `i` has subnet and public IP number `i + 1` of it (the first
+/// 10.0.1.0/24 and 198.18.0.2) and VTEP MAC number `i` (02:00:00:00:00:00).
+const PEERS: PeerNumbering = PeerNumbering {
+    first_subnet: Ipv4Addr::new(10, 0, 0, 0),
+    public_ips: Ipv4Addr::new(198, 18, 0, 0),
+    mac_first_byte: 0x02,
+};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -68,11 +76,7 @@ async fn measure(w: &Weftd, started: Instant) -> Sample {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let runs: usize = std::env::args()
-        .skip_while(|a| a != "--runs")
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = flag_value("--runs").unwrap_or(5);
     let etcd = Etcd::start().await;
     let store = etcd.store(PREFIX).await;
     store
@@ -85,16 +89,19 @@ async fn main() {
     for chunk in (0..LEASES).collect::<Vec<_>>().chunks(100) {
         let ops: Vec<TxnOp> = chunk
             .iter()
-            .map(|i| {
-                let subnet = format!("10.{}.{}.0-24", (i + 1) / 256, (i + 1) % 256);
-                let value = format!(
-                    r#"{{"PublicIP":"198.18.{}.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:00:00:00:{:02x}:{:02x}"}},"NodeName":"bench-{i}"}}"#,
-                    (i + 1) / 250,
-                    (i + 1) % 250 + 1,
-                    i / 256,
-                    i % 256
-                );
-                TxnOp::put(format!("{PREFIX}/subnets/{subnet}"), value, Some(PutOptions::new().with_lease(grant)))
+            .map(|&i| {
+                let node = format!("bench-{i}");
+                let lease = VxlanLease {
+                    subnet: PEERS.subnet(i + 1),
+                    public_ip: PEERS.public_ip(i + 1),
+                    vtep_mac: PEERS.vtep_mac(i),
+                    node: &node,
+                };
+                TxnOp::put(
+                    lease.key(PREFIX),
+                    lease.value(),
+                    Some(PutOptions::new().with_lease(grant)),
+                )
             })
             .collect();
         raw.txn(Txn::new().and_then(ops)).await.unwrap();

@@ -10,16 +10,8 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use weft_tests::bench::{machine, quantile, write_section};
+use weft_tests::bench::{flag_value, machine, quantile, write_section};
 use weft_tests::lab::{Lab, LabBackend, LabOptions};
-
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// One iperf3 run from namespace `client` to `server_ip` served in namespace `server`:
 /// receiver bits per second.
@@ -99,8 +91,8 @@ fn measure(backend: LabBackend, direct: bool, seconds: u64, rounds: u64) -> (Vec
 
 fn main() {
     weft_tests::netns::require_root();
-    let seconds = arg("--seconds", 5);
-    let rounds = arg("--rounds", 3);
+    let seconds: u64 = flag_value("--seconds").unwrap_or(5);
+    let rounds: u64 = flag_value("--rounds").unwrap_or(3);
     let mut rows = Vec::new();
     let mut pod_medians = Vec::new();
     for (label, backend, direct, target) in [

@@ -15,24 +15,22 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use weft_backends::backend::wireguard::kernel::{Implementation, WireguardKernel};
 use weft_backends::backend::wireguard::{Endpoints, Key, PrivateKey, WireguardSettings};
 use weft_backends::backend::{Backend, BackendData};
 use weft_backends::dataplane::{KernelNetlink, Netlink};
 use weft_backends::plan::{diff, Underlay};
 use weft_backends::{BackendKind, IpFamily, Peer};
-use weft_tests::bench::{machine, quantile, write_section};
+use weft_tests::bench::{flag_value, machine, quantile, write_section, PeerNumbering, PEERS};
 use weft_tests::lab::wireguard_go;
 use weft_tests::netns::Netns;
 
-fn arg(name: &str, default: u64) -> u64 {
-    std::env::args()
-        .skip_while(|a| a != name)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+/// The peers' numbering: as the other benchmarks', but from 10.20.0.0/24 on.
+const WG_PEERS: PeerNumbering = PeerNumbering {
+    first_subnet: Ipv4Addr::new(10, 20, 0, 0),
+    ..PEERS
+};
 
 fn key(i: usize) -> Key {
     let mut b = [0u8; 32];
@@ -44,17 +42,8 @@ fn key(i: usize) -> Key {
 fn peers(n: usize) -> Vec<Peer> {
     (0..n)
         .map(|i| Peer {
-            subnet: Ipv4Network::new(
-                Ipv4Addr::new(10, (i / 256) as u8 + 20, (i % 256) as u8, 0),
-                24,
-            )
-            .unwrap(),
-            public_ip: Ipv4Addr::new(
-                172,
-                16 + (i / 62500) as u8,
-                ((i / 250) % 250) as u8,
-                (i % 250 + 1) as u8,
-            ),
+            subnet: WG_PEERS.subnet(i),
+            public_ip: WG_PEERS.public_ip(i),
             subnet_v6: None,
             public_ip_v6: None,
             backend: BackendKind::Wireguard,
@@ -234,16 +223,16 @@ fn end_wireguard_go(ns: &Path) {
 }
 
 fn main() {
-    let n = arg("--peers", 5000) as usize;
-    if let Some(mode) = std::env::args().skip_while(|a| a != "--inside").nth(1) {
+    let n: usize = flag_value("--peers").unwrap_or(5000);
+    if let Some(mode) = flag_value::<String>("--inside") {
         match mode.as_str() {
-            "weft" => inside_weft(n, arg("--index", 0) as u32),
+            "weft" => inside_weft(n, flag_value("--index").unwrap_or(0)),
             _ => inside_wg(n),
         }
         return;
     }
     weft_tests::netns::require_root();
-    let rounds = arg("--rounds", 3);
+    let rounds: u64 = flag_value("--rounds").unwrap_or(3);
     let (mut weft, mut wg, mut read) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         let w = in_fresh_namespace("weft", n);

@@ -8,18 +8,13 @@
 
 use std::time::Duration;
 
+use weft_tests::bench::flag_value;
 use weft_tests::fuzz::{fuzz, TARGETS};
 
-fn arg(name: &str) -> Option<String> {
-    std::env::args().skip_while(|a| a != name).nth(1)
-}
-
 fn main() {
-    let seconds: u64 = arg("--seconds").and_then(|v| v.parse().ok()).unwrap_or(15);
-    let seed: u64 = arg("--seed")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    let only = arg("--target");
+    let seconds: u64 = flag_value("--seconds").unwrap_or(15);
+    let seed: u64 = flag_value("--seed").unwrap_or_else(|| fastrand::u64(..));
+    let only: Option<String> = flag_value("--target");
     // A panic in a target is caught and recorded; keep the default hook quiet about it.
     std::panic::set_hook(Box::new(|_| {}));
     let mut crashed = false;
