@@ -440,8 +440,34 @@ fn mix(states: &BTreeMap<Cell, usize>) -> String {
 /// more than half (at least two) of them, is named; so is a node whose weftd could not be
 /// asked. Failing pairs that no named node explains are listed as pairs.
 pub fn summarize(m: &Matrix) -> Summary {
-    let n = m.len();
     let asked: Vec<bool> = m.nodes.iter().map(|x| x.error.is_none()).collect();
+    let (tallies, counts) = tally_pairs(m, &asked);
+    let culprits = name_culprits(m, &tallies);
+    let lone_pairs = unexplained_pairs(m, &asked, &culprits);
+    Summary {
+        nodes: m.len(),
+        asked: asked.iter().filter(|a| **a).count(),
+        pairs: counts.pairs,
+        failing_pairs: counts.failing,
+        unknown_pairs: counts.unknown,
+        by_node: most_failing_first(tallies),
+        culprits: culprits.list,
+        lone_pairs,
+    }
+}
+
+/// The pairs between asked observers and the others, counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PairCounts {
+    pairs: usize,
+    failing: usize,
+    unknown: usize,
+}
+
+/// Every node's failing pairs as target and as observer, and the pairs counted.
+fn tally_pairs(m: &Matrix, asked: &[bool]) -> (Vec<NodeTally>, PairCounts) {
+    let n = m.len();
+    let asked_count = asked.iter().filter(|a| **a).count();
     let mut tallies: Vec<NodeTally> = m
         .nodes
         .iter()
@@ -449,23 +475,23 @@ pub fn summarize(m: &Matrix) -> Summary {
         .map(|(i, x)| NodeTally {
             node: x.name.clone(),
             as_target: 0,
-            observers: (0..n).filter(|&o| o != i && asked[o]).count(),
+            observers: asked_count - usize::from(asked[i]),
             as_observer: 0,
             targets: if asked[i] { n - 1 } else { 0 },
             target_states: BTreeMap::new(),
             observer_states: BTreeMap::new(),
         })
         .collect();
-    let (mut pairs, mut failing, mut unknown) = (0, 0, 0);
+    let mut counts = PairCounts::default();
     for o in (0..n).filter(|&o| asked[o]) {
         for t in (0..n).filter(|&t| t != o) {
-            pairs += 1;
+            counts.pairs += 1;
             let c = m.cell(o, t);
             if c == Cell::Unknown {
-                unknown += 1;
+                counts.unknown += 1;
             }
             if c.is_failure() {
-                failing += 1;
+                counts.failing += 1;
                 tallies[t].as_target += 1;
                 *tallies[t].target_states.entry(c).or_default() += 1;
                 tallies[o].as_observer += 1;
@@ -473,49 +499,94 @@ pub fn summarize(m: &Matrix) -> Summary {
             }
         }
     }
-    let named = |k: usize, of: usize| k >= 2 && 2 * k > of;
-    let mut culprits = Vec::new();
-    let mut target_culprit = vec![false; n];
-    let mut observer_culprit = vec![false; n];
+    (tallies, counts)
+}
+
+/// The nodes named as likely causes, and which of them explain the failures towards them
+/// (as target) or from them (as observer).
+#[derive(Clone, Debug)]
+struct Culprits {
+    list: Vec<Culprit>,
+    as_target: Vec<bool>,
+    as_observer: Vec<bool>,
+}
+
+impl Culprits {
+    /// The failing pair is explained by a named node.
+    fn explain(&self, o: usize, t: usize) -> bool {
+        self.as_target[t] || self.as_observer[o]
+    }
+}
+
+/// More than half of `of`, and at least two.
+fn most_of(k: usize, of: usize) -> bool {
+    k >= 2 && 2 * k > of
+}
+
+fn name_culprits(m: &Matrix, tallies: &[NodeTally]) -> Culprits {
+    let mut c = Culprits {
+        list: Vec::new(),
+        as_target: vec![false; tallies.len()],
+        as_observer: vec![false; tallies.len()],
+    };
     for (i, t) in tallies.iter().enumerate() {
-        let mut what = Vec::new();
-        if named(t.as_target, t.observers) {
-            target_culprit[i] = true;
-            let c = dominant(&t.target_states).expect("failures counted");
-            what.push(format!(
-                "{} of {} nodes {}{}",
-                t.as_target,
-                t.observers,
-                target_words(c),
-                mix(&t.target_states)
-            ));
-        }
-        if named(t.as_observer, t.targets) {
-            observer_culprit[i] = true;
-            let c = dominant(&t.observer_states).expect("failures counted");
-            what.push(format!(
-                "it cannot reach {} of {} nodes {}{}",
-                t.as_observer,
-                t.targets,
-                observer_words(c),
-                mix(&t.observer_states)
-            ));
-        }
-        if let Some(e) = &m.nodes[i].error {
-            what.push(format!("netctl could not ask its weftd: {e}"));
-        }
+        c.as_target[i] = most_of(t.as_target, t.observers);
+        c.as_observer[i] = most_of(t.as_observer, t.targets);
+        let what = culprit_findings(t, c.as_target[i], c.as_observer[i], &m.nodes[i]);
         if !what.is_empty() {
-            culprits.push(Culprit {
+            c.list.push(Culprit {
                 node: t.node.clone(),
                 message: format!("{}: {} — look at {}", t.node, what.join("; "), t.node),
             });
         }
     }
-    let mut lone_pairs = Vec::new();
+    c
+}
+
+/// What names a node: most others fail to reach it, it fails to reach most others, its
+/// weftd could not be asked.
+fn culprit_findings(
+    t: &NodeTally,
+    as_target: bool,
+    as_observer: bool,
+    node: &ClusterNode,
+) -> Vec<String> {
+    let mut what = Vec::new();
+    if as_target {
+        let c = dominant(&t.target_states).expect("failures counted");
+        what.push(format!(
+            "{} of {} nodes {}{}",
+            t.as_target,
+            t.observers,
+            target_words(c),
+            mix(&t.target_states)
+        ));
+    }
+    if as_observer {
+        let c = dominant(&t.observer_states).expect("failures counted");
+        what.push(format!(
+            "it cannot reach {} of {} nodes {}{}",
+            t.as_observer,
+            t.targets,
+            observer_words(c),
+            mix(&t.observer_states)
+        ));
+    }
+    if let Some(e) = &node.error {
+        what.push(format!("netctl could not ask its weftd: {e}"));
+    }
+    what
+}
+
+/// The failing pairs no named node explains, a pair failing both ways once (at its first
+/// observer), with the observers' reasons.
+fn unexplained_pairs(m: &Matrix, asked: &[bool], culprits: &Culprits) -> Vec<PairProblem> {
+    let n = m.len();
+    let mut pairs = Vec::new();
     for o in (0..n).filter(|&o| asked[o]) {
         for t in (0..n).filter(|&t| t != o) {
             let c = m.cell(o, t);
-            if !c.is_failure() || target_culprit[t] || observer_culprit[o] {
+            if !c.is_failure() || culprits.explain(o, t) {
                 continue;
             }
             let reverse = if asked[t] {
@@ -523,27 +594,15 @@ pub fn summarize(m: &Matrix) -> Summary {
             } else {
                 Cell::NotAsked
             };
-            let both_ways = reverse.is_failure() && !target_culprit[o] && !observer_culprit[t];
+            let both_ways = reverse.is_failure() && !culprits.explain(t, o);
             if both_ways && t < o {
                 continue; // listed with its reverse
             }
-            let reasons_of = |a: usize, b: usize| -> Vec<String> {
-                match m.details.get(&(a, b)) {
-                    Some(d) => d
-                        .iter()
-                        .map(|d| format!("{} ({}): {}", m.nodes[a].name, d.family, d.reason))
-                        .collect(),
-                    None => vec![format!(
-                        "{}: has no entry for {} in its report",
-                        m.nodes[a].name, m.nodes[b].name
-                    )],
-                }
-            };
-            let mut reasons = reasons_of(o, t);
+            let mut reasons = pair_reasons(m, o, t);
             if both_ways {
-                reasons.extend(reasons_of(t, o));
+                reasons.extend(pair_reasons(m, t, o));
             }
-            lone_pairs.push(PairProblem {
+            pairs.push(PairProblem {
                 observer: m.nodes[o].name.clone(),
                 target: m.nodes[t].name.clone(),
                 state: c,
@@ -552,21 +611,31 @@ pub fn summarize(m: &Matrix) -> Summary {
             });
         }
     }
+    pairs
+}
+
+/// Observer `a`'s reasons about `b`, one per family that is not ok.
+fn pair_reasons(m: &Matrix, a: usize, b: usize) -> Vec<String> {
+    match m.details.get(&(a, b)) {
+        Some(d) => d
+            .iter()
+            .map(|d| format!("{} ({}): {}", m.nodes[a].name, d.family, d.reason))
+            .collect(),
+        None => vec![format!(
+            "{}: has no entry for {} in its report",
+            m.nodes[a].name, m.nodes[b].name
+        )],
+    }
+}
+
+/// The nodes with a failing pair, most failures first (ties in node order).
+fn most_failing_first(tallies: Vec<NodeTally>) -> Vec<NodeTally> {
     let mut by_node: Vec<NodeTally> = tallies
         .into_iter()
         .filter(|t| t.as_target + t.as_observer > 0)
         .collect();
     by_node.sort_by_key(|t| std::cmp::Reverse(t.as_target + t.as_observer));
-    Summary {
-        nodes: n,
-        asked: asked.iter().filter(|a| **a).count(),
-        pairs,
-        failing_pairs: failing,
-        unknown_pairs: unknown,
-        by_node,
-        culprits,
-        lone_pairs,
-    }
+    by_node
 }
 
 /// Column labels: the names when every one is short, else numbers (rows then carry theirs).
@@ -617,6 +686,25 @@ pub fn render_text(m: &Matrix, s: &Summary) -> String {
         return out;
     }
     let f = fold(m, TEXT_FULL_LIMIT, TEXT_FULL_LIMIT);
+    out.push_str("\nrows: the observing node; columns: the node it probes\n");
+    out.push_str(&text_matrix(m, &f));
+    out.push_str(&text_folded_note(&f));
+    out.push_str(&legend_line());
+    out.push_str(&text_not_asked(m));
+    out.push_str(&text_by_node(s));
+    out.push_str(&text_culprits(s));
+    out.push_str(&text_lone_pairs(s));
+    if s.ok() {
+        out.push_str("\nok: every node reaches every other\n");
+    }
+    out
+}
+
+/// The rows and columns `f` keeps, one symbol a cell under right-aligned column labels.
+fn text_matrix(m: &Matrix, f: &Folding) -> String {
+    if f.rows.is_empty() {
+        return "(every row is all ok)\n".into();
+    }
     let (labels, numbered) = labels(m);
     let width = f
         .columns
@@ -644,103 +732,121 @@ pub fn render_text(m: &Matrix, s: &Summary) -> String {
         .max()
         .unwrap_or(0)
         .max(8);
-    out.push_str("\nrows: the observing node; columns: the node it probes\n");
-    if f.rows.is_empty() {
-        out.push_str("(every row is all ok)\n");
-    } else {
-        out.push_str(&format!("{:label_w$}", ""));
+    let mut out = format!("{:label_w$}", "");
+    for &t in &f.columns {
+        out.push_str(&format!("{:>width$}", labels[t]));
+    }
+    out.push('\n');
+    for &o in &f.rows {
+        out.push_str(&format!("{:label_w$}", row_label(o)));
         for &t in &f.columns {
-            out.push_str(&format!("{:>width$}", labels[t]));
+            out.push_str(&format!("{:>width$}", m.cell(o, t).symbol()));
         }
         out.push('\n');
-        for &o in &f.rows {
-            out.push_str(&format!("{:label_w$}", row_label(o)));
-            for &t in &f.columns {
-                out.push_str(&format!("{:>width$}", m.cell(o, t).symbol()));
-            }
-            out.push('\n');
-        }
     }
-    if f.folded_rows > 0 || f.folded_columns > 0 {
+    out
+}
+
+/// The line saying what the folding left out, when it left out anything.
+fn text_folded_note(f: &Folding) -> String {
+    if f.folded_rows == 0 && f.folded_columns == 0 {
+        return String::new();
+    }
+    let mut out = format!(
+        "({} rows and {} columns that are all ok are not shown",
+        f.folded_rows, f.folded_columns
+    );
+    if f.cut_columns > 0 {
         out.push_str(&format!(
-            "({} rows and {} columns that are all ok are not shown",
-            f.folded_rows, f.folded_columns
-        ));
-        if f.cut_columns > 0 {
-            out.push_str(&format!(
-                "; nor {} more columns with problems, for room: -o json has every pair",
-                f.cut_columns
-            ));
-        }
-        out.push_str(&format!(
-            "; the whole matrix is printed up to {TEXT_FULL_LIMIT} nodes)\n"
+            "; nor {} more columns with problems, for room: -o json has every pair",
+            f.cut_columns
         ));
     }
-    out.push_str(&legend_line());
+    out.push_str(&format!(
+        "; the whole matrix is printed up to {TEXT_FULL_LIMIT} nodes)\n"
+    ));
+    out
+}
+
+/// The nodes whose weftd could not be asked, with why.
+fn text_not_asked(m: &Matrix) -> String {
     let not_asked: Vec<&ClusterNode> = m.nodes.iter().filter(|x| x.error.is_some()).collect();
-    if !not_asked.is_empty() {
-        out.push_str("\nNot asked:\n");
-        for x in not_asked {
-            out.push_str(&format!(
-                "  {}: {}\n",
-                x.name,
-                x.error.as_deref().unwrap_or_default()
-            ));
-        }
+    if not_asked.is_empty() {
+        return String::new();
     }
-    if !s.by_node.is_empty() {
-        out.push_str("\nFailing pairs by node:\n");
-        let rows: Vec<Vec<String>> = s
-            .by_node
-            .iter()
-            .map(|t| {
-                vec![
-                    format!("  {}", t.node),
-                    format!("{} of {}", t.as_target, t.observers),
-                    if t.targets == 0 {
-                        "not asked".to_string()
-                    } else {
-                        format!("{} of {}", t.as_observer, t.targets)
-                    },
-                ]
-            })
-            .collect();
-        out.push_str(&render_table(
-            &["  NODE", "CANNOT-BE-REACHED-BY", "CANNOT-REACH"],
-            &rows,
-        ));
-    }
-    if !s.culprits.is_empty() {
-        out.push_str("\nLikely cause:\n");
-        for c in &s.culprits {
-            out.push_str(&format!("  {}\n", c.message));
-        }
-    }
-    if !s.lone_pairs.is_empty() {
+    let mut out = String::from("\nNot asked:\n");
+    for x in not_asked {
         out.push_str(&format!(
-            "\n{}:\n",
-            if s.culprits.is_empty() {
-                "Failing pairs"
-            } else {
-                "Other failing pairs"
-            }
+            "  {}: {}\n",
+            x.name,
+            x.error.as_deref().unwrap_or_default()
         ));
-        for p in &s.lone_pairs {
-            let arrow = if p.both_ways { "↔" } else { "→" };
-            let ways = if p.both_ways { ", both ways" } else { "" };
-            out.push_str(&format!(
-                "  {} {arrow} {}: {}{ways}\n",
-                p.observer,
-                p.target,
-                p.state.name()
-            ));
-            for r in &p.reasons {
-                out.push_str(&format!("      {r}\n"));
-            }
-        }
     }
-    if s.ok() {
-        out.push_str("\nok: every node reaches every other\n");
+    out
+}
+
+/// The table of failing pairs by node.
+fn text_by_node(s: &Summary) -> String {
+    if s.by_node.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = s
+        .by_node
+        .iter()
+        .map(|t| {
+            vec![
+                format!("  {}", t.node),
+                format!("{} of {}", t.as_target, t.observers),
+                if t.targets == 0 {
+                    "not asked".to_string()
+                } else {
+                    format!("{} of {}", t.as_observer, t.targets)
+                },
+            ]
+        })
+        .collect();
+    format!(
+        "\nFailing pairs by node:\n{}",
+        render_table(&["  NODE", "CANNOT-BE-REACHED-BY", "CANNOT-REACH"], &rows)
+    )
+}
+
+fn text_culprits(s: &Summary) -> String {
+    if s.culprits.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nLikely cause:\n");
+    for c in &s.culprits {
+        out.push_str(&format!("  {}\n", c.message));
+    }
+    out
+}
+
+/// The failing pairs no named node explains, each with its reasons indented below.
+fn text_lone_pairs(s: &Summary) -> String {
+    if s.lone_pairs.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{}:\n",
+        if s.culprits.is_empty() {
+            "Failing pairs"
+        } else {
+            "Other failing pairs"
+        }
+    );
+    for p in &s.lone_pairs {
+        let arrow = if p.both_ways { "↔" } else { "→" };
+        let ways = if p.both_ways { ", both ways" } else { "" };
+        out.push_str(&format!(
+            "  {} {arrow} {}: {}{ways}\n",
+            p.observer,
+            p.target,
+            p.state.name()
+        ));
+        for r in &p.reasons {
+            out.push_str(&format!("      {r}\n"));
+        }
     }
     out
 }
