@@ -1022,6 +1022,9 @@ pub async fn run<S: LeaseStore>(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
     use super::*;
     use crate::netctl::health::tests::{host_addresses, peer, report};
 
@@ -1266,6 +1269,195 @@ pub(crate) mod tests {
         let s = summarize(&m);
         assert!(s.ok());
         assert!(render_text(&m, &s).ends_with("\nok: every node reaches every other\n"));
+    }
+
+    /// How a stand-in weftd answers.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// Its report, after this long.
+        After(Duration),
+        /// Nothing: it reads the request and waits until netctl hangs up.
+        Never,
+    }
+
+    /// Stand-in weftds on loopback, node `i` (0-based) on 127.0.0.`i + 2`, all on one port
+    /// (as every weftd listens on one --healthz-port), serving each node a report of every
+    /// other as ok. They count the requests in flight at once (from accepting a connection
+    /// until answering, or until netctl hangs up) and note when each node was answered.
+    struct FakeWeftds {
+        port: u16,
+        nodes: Vec<ClusterNode>,
+        max_in_flight: Arc<AtomicUsize>,
+        /// (node, time since the start) of every answer.
+        answered: Arc<Mutex<Vec<(usize, Duration)>>>,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+
+    impl Drop for FakeWeftds {
+        fn drop(&mut self) {
+            for t in &self.tasks {
+                t.abort();
+            }
+        }
+    }
+
+    /// Listeners for `n` addresses on one port that was free on all of them.
+    async fn bind_one_port(n: usize) -> (u16, Vec<tokio::net::TcpListener>) {
+        for _ in 0..20 {
+            let first = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            let mut all = vec![first];
+            for i in 1..n {
+                match tokio::net::TcpListener::bind((format!("127.0.0.{}", i + 2), port)).await {
+                    Ok(l) => all.push(l),
+                    Err(_) => break,
+                }
+            }
+            if all.len() == n {
+                return (port, all);
+            }
+        }
+        panic!("no port free on 127.0.0.2 to 127.0.0.{}", n + 1);
+    }
+
+    impl FakeWeftds {
+        async fn start(answers: &[Answer]) -> FakeWeftds {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let n = answers.len();
+            let (port, listeners) = bind_one_port(n).await;
+            let nodes: Vec<ClusterNode> = (0..n)
+                .map(|i| {
+                    let address: IpAddr = format!("127.0.0.{}", i + 2).parse().unwrap();
+                    ClusterNode {
+                        address: Some(address),
+                        url: Some(crate::netctl::weftd_http::url(
+                            SocketAddr::new(address, port),
+                            PEERS_PATH,
+                        )),
+                        ..node(i + 1)
+                    }
+                })
+                .collect();
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let max_in_flight = Arc::new(AtomicUsize::new(0));
+            let answered = Arc::new(Mutex::new(Vec::new()));
+            let start = tokio::time::Instant::now();
+            let mut tasks = Vec::new();
+            for (i, (listener, answer)) in listeners.into_iter().zip(answers).enumerate() {
+                let peers = (1..=n)
+                    .filter(|&t| t != i + 1)
+                    .map(|t| peer(&format!("h{t}"), t, FamilyName::Ipv4, PeerState::Ok))
+                    .collect();
+                let body = serde_json::to_string(&report(&format!("h{}", i + 1), peers)).unwrap();
+                let reply = format!("HTTP/1.0 200 OK\r\n\r\n{body}").into_bytes();
+                let (in_flight, max_in_flight, answered, answer) = (
+                    in_flight.clone(),
+                    max_in_flight.clone(),
+                    answered.clone(),
+                    *answer,
+                );
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let Ok((mut s, _)) = listener.accept().await else {
+                            return;
+                        };
+                        let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        max_in_flight.fetch_max(now, Ordering::SeqCst);
+                        let mut buf = [0u8; 1024];
+                        let _ = s.read(&mut buf).await;
+                        match answer {
+                            Answer::After(delay) => {
+                                tokio::time::sleep(delay).await;
+                                answered.lock().unwrap().push((i, start.elapsed()));
+                                // Out of flight before netctl can see the answer end.
+                                in_flight.fetch_sub(1, Ordering::SeqCst);
+                                let _ = s.write_all(&reply).await;
+                            }
+                            Answer::Never => {
+                                // Until netctl hangs up.
+                                while matches!(s.read(&mut buf).await, Ok(k) if k > 0) {}
+                                in_flight.fetch_sub(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }));
+            }
+            FakeWeftds {
+                port,
+                nodes,
+                max_in_flight,
+                answered,
+                tasks,
+            }
+        }
+
+        fn options(&self, parallel: usize, timeout: Duration) -> ClusterOptions {
+            ClusterOptions {
+                port: self.port,
+                timeout,
+                parallel,
+                output: HealthOutput::Table,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn parallel_bounds_the_requests_in_flight() {
+        for parallel in [1, 3] {
+            let weftds = FakeWeftds::start(&[Answer::After(Duration::from_millis(60)); 10]).await;
+            let opts = weftds.options(parallel, Duration::from_secs(5));
+            let m = gather(weftds.nodes.clone(), &opts).await;
+            assert!(
+                m.all_fine(),
+                "every node asked, every pair ok: {:?}",
+                m.symbol_rows()
+            );
+            assert_eq!(
+                weftds.max_in_flight.load(Ordering::SeqCst),
+                parallel,
+                "requests in flight at once with --parallel {parallel}"
+            );
+            assert_eq!(weftds.answered.lock().unwrap().len(), 10);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_weftd_is_not_asked_after_the_timeout_and_holds_up_nobody_else() {
+        let timeout = Duration::from_secs(1);
+        // The silent node first: an ask that waited for it would start nothing else meanwhile.
+        let mut answers = vec![Answer::Never];
+        answers.extend([Answer::After(Duration::from_millis(150)); 8]);
+        let weftds = FakeWeftds::start(&answers).await;
+        let started = tokio::time::Instant::now();
+        let m = gather(weftds.nodes.clone(), &weftds.options(3, timeout)).await;
+        let took = started.elapsed();
+        assert_eq!(
+            m.nodes[0].error.as_deref(),
+            Some(
+                format!(
+                    "no answer from http://127.0.0.2:{}/health/peers (no answer within 1s)",
+                    weftds.port
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(m.symbol_rows()[0], "-~~~~~~~~", "its row is not asked");
+        for o in 1..9 {
+            assert!(m.row_fine(o), "h{} asked: {:?}", o + 1, m.symbol_rows()[o]);
+        }
+        // 8 answers of 150 ms, 2 at a time beside the silent one: 600 ms, within its 1 s.
+        let answered = weftds.answered.lock().unwrap().clone();
+        assert_eq!(answered.len(), 8);
+        let last = answered.iter().map(|(_, at)| *at).max().unwrap();
+        assert!(
+            last < timeout,
+            "the others were answered by {last:?}, held up past the silent one's {timeout:?}"
+        );
+        assert!(
+            took < timeout + Duration::from_millis(500),
+            "gather took {took:?}"
+        );
+        assert_eq!(weftds.max_in_flight.load(Ordering::SeqCst), 3);
     }
 
     #[test]
