@@ -3,12 +3,22 @@
 //! each cell (the colours are Okabe–Ito's, told apart with colour-blindness too), the RTT
 //! and the reason in each cell's title (on hover), the legend, and the problems below.
 
-use crate::netctl::cluster::{fold, headline, Cell, Folding, Matrix, Summary, HTML_FULL_LIMIT};
+use crate::netctl::cluster::{
+    fold, headline, Cell, FoldLimits, Folding, Matrix, Summary, HTML_FULL_LIMIT,
+};
 use crate::netctl::health::{rtt_text, shown_rtts};
 
-/// At most this many cells are drawn (a 5,000-node cluster with problems everywhere still
-/// gives a page of a few MB); rows past it are counted, not drawn.
-pub const MAX_CELLS: usize = 250_000;
+/// What the page draws of a matrix above [`HTML_FULL_LIMIT`] nodes: at most this many rows
+/// and columns with problems (the most first), so a 5,000-node cluster with problems
+/// everywhere still gives a page of a few MB; the rest are counted, not drawn. The list of
+/// problems below stops at [`MAX_ROWS`] entries of each kind too.
+pub const LIMITS: FoldLimits = FoldLimits {
+    full: HTML_FULL_LIMIT,
+    rows: MAX_ROWS,
+    columns: MAX_COLUMNS,
+};
+pub const MAX_ROWS: usize = 300;
+pub const MAX_COLUMNS: usize = 100;
 
 /// Background and text colour of a state's cells.
 pub fn colours(c: Cell) -> (&'static str, &'static str) {
@@ -79,10 +89,10 @@ fn title(m: &Matrix, o: usize, t: usize) -> String {
 
 /// The page. `now_unix` is shown as the time it was made.
 pub fn render_html(m: &Matrix, s: &Summary, now_unix: u64) -> String {
-    let layout = layout(m);
-    let mut h = String::with_capacity(64 * (layout.rows.len() * layout.fold.columns.len() + 100));
+    let f = fold(m, LIMITS);
+    let mut h = String::with_capacity(64 * (f.rows.len() * f.columns.len() + 100));
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>weft peer health</title>\n<style>\n");
-    h.push_str(&style(cell_size(layout.fold.columns.len())));
+    h.push_str(&style(cell_size(f.columns.len())));
     h.push_str("</style></head><body>\n");
     h.push_str(&format!(
         "<h1>weft peer health</h1>\n<p id=\"headline\">{}. Made by netctl health --cluster at {} (Unix {now_unix}).</p>\n",
@@ -91,38 +101,11 @@ pub fn render_html(m: &Matrix, s: &Summary, now_unix: u64) -> String {
     ));
     h.push_str(&legend());
     h.push_str("<p>Rows: the observing node; columns: the node it probes. Hover over a cell for the round-trip times and the reason.</p>\n");
-    h.push_str(&folded_note(&layout));
-    h.push_str(&matrix_table(m, &layout));
+    h.push_str(&folded_note(&f));
+    h.push_str(&matrix_table(m, &f));
     h.push_str(&problems(s));
     h.push_str("</body></html>\n");
     h
-}
-
-/// What the page draws: the folding, and the rows kept within [`MAX_CELLS`].
-#[derive(Clone, Debug)]
-struct Layout {
-    fold: Folding,
-    rows: Vec<usize>,
-    /// Rows with problems left out to keep the page small.
-    cut_rows: usize,
-}
-
-fn layout(m: &Matrix) -> Layout {
-    let fold = fold(m, HTML_FULL_LIMIT, usize::MAX);
-    let mut rows = fold.rows.clone();
-    let cut_rows = if fold.columns.is_empty() {
-        0
-    } else {
-        let fit = MAX_CELLS / fold.columns.len();
-        let cut = rows.len().saturating_sub(fit);
-        rows.truncate(fit);
-        cut
-    };
-    Layout {
-        fold,
-        rows,
-        cut_rows,
-    }
 }
 
 /// Cell size by the columns drawn: letters stay legible to about 100 columns.
@@ -171,30 +154,48 @@ fn legend() -> String {
 }
 
 /// What the page leaves out, when it leaves out anything.
-fn folded_note(l: &Layout) -> String {
-    let f = &l.fold;
-    if f.folded_rows == 0 && f.folded_columns == 0 && l.cut_rows == 0 {
+fn folded_note(f: &Folding) -> String {
+    if f.folded_rows == 0
+        && f.folded_columns == 0
+        && f.cut_rows == 0
+        && f.cut_columns == 0
+        && f.not_asked_rows == 0
+    {
         return String::new();
     }
+    let cut = match (f.cut_rows, f.cut_columns) {
+        (0, 0) => String::new(),
+        (r, 0) => format!("; {r} more rows"),
+        (0, c) => format!("; {c} more columns"),
+        (r, c) => format!("; {r} more rows and {c} more columns"),
+    };
+    let cut = if cut.is_empty() {
+        cut
+    } else {
+        format!("{cut} with problems are left out to keep the page small (netctl health --cluster -o json has every pair)")
+    };
+    let not_asked = if f.not_asked_rows > 0 {
+        format!(
+            "; the rows of the {} nodes not asked are left out (they are listed under Problems)",
+            f.not_asked_rows
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "<p id=\"folded\"><b>Folded:</b> {} rows and {} columns whose cells are all ok are not drawn (the whole matrix is drawn up to {HTML_FULL_LIMIT} nodes){}.</p>\n",
+        "<p id=\"folded\"><b>Folded:</b> {} rows and {} columns whose cells are all ok are not drawn (the whole matrix is drawn up to {HTML_FULL_LIMIT} nodes){cut}{not_asked}.</p>\n",
         f.folded_rows,
         f.folded_columns,
-        if l.cut_rows > 0 {
-            format!("; {} more rows with problems are left out to keep the page small (netctl health --cluster -o json has every pair)", l.cut_rows)
-        } else {
-            String::new()
-        }
     )
 }
 
 /// The heat-map: a header of column names, then a row of cells per observer.
-fn matrix_table(m: &Matrix, l: &Layout) -> String {
+fn matrix_table(m: &Matrix, l: &Folding) -> String {
     if l.rows.is_empty() {
         return "<p>Every pair is ok.</p>\n".into();
     }
     let mut h = String::from("<table class=\"m\" id=\"matrix\">\n<tr><th></th>");
-    for &t in &l.fold.columns {
+    for &t in &l.columns {
         h.push_str(&format!(
             "<th class=\"c\">{}</th>",
             escape(&m.nodes[t].name)
@@ -203,7 +204,7 @@ fn matrix_table(m: &Matrix, l: &Layout) -> String {
     h.push_str("</tr>\n");
     for &o in &l.rows {
         h.push_str(&format!("<tr><th>{}</th>", escape(&m.nodes[o].name)));
-        for &t in &l.fold.columns {
+        for &t in &l.columns {
             h.push_str(&matrix_cell(m, o, t));
         }
         h.push_str("</tr>\n");
@@ -239,10 +240,11 @@ fn problems(s: &Summary) -> String {
         };
     }
     let mut h = String::from("<h2>Problems</h2>\n<ul class=\"p\" id=\"problems\">\n");
-    for c in &s.culprits {
+    for c in s.culprits.iter().take(MAX_ROWS) {
         h.push_str(&format!("<li><b>{}</b></li>\n", escape(&c.message)));
     }
-    for p in &s.lone_pairs {
+    h.push_str(&more_item(s.culprits.len(), "nodes named"));
+    for p in s.lone_pairs.iter().take(MAX_ROWS) {
         let arrow = if p.both_ways { "↔" } else { "→" };
         h.push_str(&format!(
             "<li>{} {arrow} {}: {}{}",
@@ -256,8 +258,20 @@ fn problems(s: &Summary) -> String {
         }
         h.push_str("</li>\n");
     }
+    h.push_str(&more_item(s.lone_pairs.len(), "failing pairs"));
     h.push_str("</ul>\n");
     h
+}
+
+/// The item after a list cut at [`MAX_ROWS`] entries.
+fn more_item(total: usize, what: &str) -> String {
+    if total <= MAX_ROWS {
+        return String::new();
+    }
+    format!(
+        "<li>… and {} more {what} (netctl health --cluster -o json has them all)</li>\n",
+        total - MAX_ROWS
+    )
 }
 
 #[cfg(test)]
@@ -342,6 +356,15 @@ mod tests {
             "folded note"
         );
         assert!(html.len() < 400_000, "{} bytes", html.len());
+        // Problems everywhere: at most 300 rows and 100 columns are drawn, and counted.
+        let m = matrix(400, |_, _| PeerState::Unknown);
+        let html = render_html(&m, &summarize(&m), 0);
+        assert_eq!(cells_of(&html).len(), 300 * 100);
+        assert!(
+            html.contains("; 100 more rows and 300 more columns with problems are left out"),
+            "cut note"
+        );
+        assert!(html.len() < 6_000_000, "{} bytes", html.len());
         // 200 nodes are drawn whole, and stay a few MB.
         let m = matrix(200, |_, _| PeerState::Ok);
         let html = render_html(&m, &summarize(&m), 0);
