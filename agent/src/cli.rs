@@ -274,31 +274,35 @@ pub enum NetctlCommand {
     /// How this node's weftd reaches every peer (its /health/peers): one row per peer and
     /// family, the reasons of those not ok; exit 1 when any is not ok (unknown too). With
     /// --cluster: every node's weftd asked, a node x node matrix and the likely cause.
-    Health {
-        /// Ask every node's weftd (the nodes of the leases in etcd, through their public
-        /// IP and --healthz-port) and show the matrix.
-        #[arg(long)]
-        cluster: bool,
-        /// Address of the local weftd's health server (as weftd's flag; 0.0.0.0 and :: mean
-        /// loopback).
-        #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = DEFAULT_HEALTHZ_IP)]
-        healthz_ip: IpAddr,
-        /// Port of weftd's health server (as weftd's flag), on this node or, with
-        /// --cluster, on every node.
-        #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = DEFAULT_HEALTHZ_PORT)]
-        healthz_port: u16,
-        /// Bound on asking one weftd, e.g. "3s".
-        #[arg(long, default_value = "3s")]
-        timeout: String,
-        /// With --cluster: at most this many nodes asked at once.
-        #[arg(long, default_value_t = 64)]
-        parallel: usize,
-        #[arg(short = 'o', long, value_enum, default_value_t = HealthOutput::Table)]
-        output: HealthOutput,
-        /// Write the output to this file (replaced whole) instead of stdout.
-        #[arg(long, value_name = "FILE")]
-        file: Option<PathBuf>,
-    },
+    Health(HealthArgs),
+}
+
+/// `netctl health`'s flags.
+#[derive(Args, Clone, Debug)]
+pub struct HealthArgs {
+    /// Ask every node's weftd (the nodes of the leases in etcd, through their public
+    /// IP and --healthz-port) and show the matrix.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Address of the local weftd's health server (as weftd's flag; 0.0.0.0 and :: mean
+    /// loopback).
+    #[arg(long, env = "WEFTD_HEALTHZ_IP", default_value = DEFAULT_HEALTHZ_IP)]
+    pub healthz_ip: IpAddr,
+    /// Port of weftd's health server (as weftd's flag), on this node or, with
+    /// --cluster, on every node.
+    #[arg(long, env = "WEFTD_HEALTHZ_PORT", default_value_t = DEFAULT_HEALTHZ_PORT)]
+    pub healthz_port: u16,
+    /// Bound on asking one weftd, e.g. "3s".
+    #[arg(long, default_value = "3s")]
+    pub timeout: String,
+    /// With --cluster: at most this many nodes asked at once.
+    #[arg(long, default_value_t = 64)]
+    pub parallel: usize,
+    #[arg(short = 'o', long, value_enum, default_value_t = HealthOutput::Table)]
+    pub output: HealthOutput,
+    /// Write the output to this file (replaced whole) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 /// flannel's `FLANNELD_*` environment names, for the flags weft shares with flannel.

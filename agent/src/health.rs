@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+
+use crate::mesh::report::{asks_for_problems, HealthReport, ProblemsReport};
 
 /// This build's version (the workspace's), as `weft_build_info` and the start-up line show it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -334,22 +336,36 @@ pub async fn serve(
         .await
 }
 
-/// The peers' probe states as JSON; 503 while the probes have not started (no network
-/// config yet, or --health-probe-port 0).
-async fn peers_handler(State(s): State<HealthState>) -> axum::response::Response {
+/// The peers' probe states as JSON (with `?problems`, only the entries that are not ok and
+/// the counts); 503 while the probes have not started (no network config yet, or
+/// --health-probe-port 0).
+async fn peers_handler(
+    State(s): State<HealthState>,
+    RawQuery(query): RawQuery,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match s.mesh.report() {
-        Some(r) => (
+    match peers_answer(s.mesh.report(), query.as_deref()) {
+        (StatusCode::OK, body) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            serde_json::to_string(&r).unwrap_or_default(),
+            body,
         )
             .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "peer health probes are not running on this node (not started yet, or --health-probe-port 0)\n",
-        )
-            .into_response(),
+        (status, text) => (status, text).into_response(),
     }
+}
+
+/// What `GET /health/peers` answers for `report` (None: the probes are not running) and the
+/// request's query.
+fn peers_answer(report: Option<HealthReport>, query: Option<&str>) -> (StatusCode, String) {
+    let body = match report {
+        Some(r) if asks_for_problems(query) => serde_json::to_string(&ProblemsReport::of(r)),
+        Some(r) => serde_json::to_string(&r),
+        None => return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "peer health probes are not running on this node (not started yet, or --health-probe-port 0)\n".into(),
+        ),
+    };
+    (StatusCode::OK, body.unwrap_or_default())
 }
 
 /// 200 while every task that must be alive is, and has made progress in time; else 503
@@ -418,6 +434,62 @@ mod tests {
         assert_eq!(
             readyz(State(state.clone())).await.0,
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn peers_answers_the_whole_report_or_with_problems_only_those_not_ok() {
+        use crate::mesh::report::{FamilyName, MtuResult, PeerHealth, PeerState, PeersAnswer};
+        let entry = |node: &str, state| PeerHealth {
+            node: Some(node.into()),
+            subnet: format!("10.244.{}.0/24", &node[1..]),
+            family: FamilyName::Ipv4,
+            public_ip: "10.99.0.12".parse().unwrap(),
+            overlay_ip: None,
+            state,
+            reason: format!("state {state}"),
+            overlay_rtt_ms: None,
+            underlay_rtt_ms: None,
+            mtu: MtuResult {
+                pod_mtu: 1450,
+                largest_ok: None,
+                pod_mtu_ok: None,
+            },
+            since_unix: 0,
+        };
+        let report = HealthReport {
+            node: "h1".into(),
+            subnets: vec!["10.244.1.0/24".into()],
+            public_ips: vec!["10.99.0.11".parse().unwrap()],
+            backend: "vxlan".into(),
+            interval_seconds: 10.0,
+            effective_interval_seconds: 10.0,
+            generated_unix: 1_800_000_000,
+            peers: vec![
+                entry("h2", PeerState::Ok),
+                entry("h3", PeerState::OverlayBroken),
+            ],
+        };
+        let (status, body) = peers_answer(Some(report.clone()), None);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(serde_json::from_str::<HealthReport>(&body).unwrap(), report);
+        let (status, body) = peers_answer(Some(report.clone()), Some("problems"));
+        assert_eq!(status, StatusCode::OK);
+        match PeersAnswer::from_json(&body).unwrap() {
+            PeersAnswer::Problems(p) => {
+                assert_eq!(p.report.peers, vec![report.peers[1].clone()]);
+                assert_eq!(p.counts[&FamilyName::Ipv4][&PeerState::Ok], 1);
+            }
+            other => panic!("not the problems answer: {other:?}"),
+        }
+        // A query it does not know: the whole report, as an older weftd answers.
+        let (_, body) = peers_answer(Some(report.clone()), Some("everything"));
+        assert_eq!(serde_json::from_str::<HealthReport>(&body).unwrap(), report);
+        let (status, text) = peers_answer(None, Some("problems"));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.starts_with("peer health probes are not running"),
+            "{text}"
         );
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use weft_agent::mesh::report::{FamilyName, HealthReport, PeerState};
+use weft_agent::mesh::report::{FamilyName, HealthReport, PeerSetDigest, PeerState, PeersAnswer};
 use weft_tests::lab::{Lab, LabOptions};
 
 const READY: Duration = Duration::from_secs(60);
@@ -310,6 +310,34 @@ fn one_broken_pair_shows_in_the_local_table_the_cluster_matrix_and_the_html() {
     }
     assert!(local.contains("\nh3: overlay-broken, for "), "{local}");
     assert_eq!(err, "1 of 4 peer entries not ok\n");
+
+    // What `--cluster` asks on a large cluster, of a real weftd: h1's problems only, with
+    // every entry counted and the digest of the peers it probes.
+    let ask = |path: &str| {
+        let url = format!("http://127.0.0.1:8471{path}");
+        let (code, body, err) = lab.host_exec(1, "curl", &["-sf", "--max-time", "5", &url]);
+        assert_eq!(code, 0, "curl {url}: {err}");
+        body
+    };
+    let whole: HealthReport = serde_json::from_str(&ask("/health/peers")).unwrap();
+    match PeersAnswer::from_json(&ask("/health/peers?problems")).unwrap() {
+        PeersAnswer::Problems(p) => {
+            let listed: Vec<(Option<&str>, PeerState)> = p
+                .report
+                .peers
+                .iter()
+                .map(|e| (e.node.as_deref(), e.state))
+                .collect();
+            assert_eq!(listed, [(Some("h3"), PeerState::OverlayBroken)]);
+            let v4 = &p.counts[&FamilyName::Ipv4];
+            assert_eq!((v4[&PeerState::Ok], v4[&PeerState::OverlayBroken]), (3, 1));
+            assert_eq!(
+                p.peers_digest,
+                PeerSetDigest::of(whole.peers.iter().map(|e| e.subnet.as_str()))
+            );
+        }
+        other => panic!("not the problems answer: {other:?}"),
+    }
 
     // The HTML, rendered for real.
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,7 @@
 //! The JSON field names are part of the operator surface (`netctl health -o json` prints
 //! this document); keep them stable.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -14,6 +15,20 @@ use weft_backends::IpFamily;
 
 /// The path weftd serves the report on (beside /healthz, /readyz and /metrics).
 pub const PEERS_PATH: &str = "/health/peers";
+
+/// The query that asks for the problems only: `GET /health/peers?problems` answers a
+/// [`ProblemsReport`]. A weftd that does not know it ignores it and answers the whole report.
+pub const PROBLEMS_QUERY: &str = "problems";
+
+/// `/health/peers?problems`.
+pub fn problems_path() -> String {
+    format!("{PEERS_PATH}?{PROBLEMS_QUERY}")
+}
+
+/// Whether a request's query string (after the `?`) asks for the problems only.
+pub fn asks_for_problems(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|part| part == PROBLEMS_QUERY))
+}
 
 /// How this node reaches one peer over one family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -229,6 +244,132 @@ impl HealthReport {
     }
 }
 
+/// Entries counted by family and state (`{"ipv4": {"ok": 4997, "unreachable": 2}}`).
+pub type StateCounts = BTreeMap<FamilyName, BTreeMap<PeerState, usize>>;
+
+/// What `GET /health/peers?problems` answers: the report with only the entries that are not
+/// ok, every entry (the ok ones too) counted by family and state, and the digest of the
+/// subnets of every entry. A reader that knows which peers the node should probe (from the
+/// leases) computes the same digest: when the two agree, every peer left out is there, and
+/// ok. Its size grows with the problems, not with the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProblemsReport {
+    #[serde(flatten)]
+    pub report: HealthReport,
+    pub counts: StateCounts,
+    #[serde(rename = "peersDigest")]
+    pub peers_digest: PeerSetDigest,
+}
+
+impl ProblemsReport {
+    /// The problems of a whole report.
+    pub fn of(mut full: HealthReport) -> ProblemsReport {
+        let mut counts = StateCounts::new();
+        for p in &full.peers {
+            *counts
+                .entry(p.family)
+                .or_default()
+                .entry(p.state)
+                .or_default() += 1;
+        }
+        let peers_digest = PeerSetDigest::of(full.peers.iter().map(|p| p.subnet.as_str()));
+        full.peers.retain(|p| !p.state.is_ok());
+        ProblemsReport {
+            report: full,
+            counts,
+            peers_digest,
+        }
+    }
+}
+
+/// A set of peer subnets in 16 hex digits: the wrapping sum of each subnet's FNV-1a 64-bit
+/// hash (of its text, `10.244.1.0/24`). The order does not count, and a reader can take one
+/// node's subnets out of a cluster's sum. Pinned: weftd and netctl of different versions
+/// compute it alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerSetDigest(u64);
+
+impl PeerSetDigest {
+    pub fn of<'a>(subnets: impl IntoIterator<Item = &'a str>) -> PeerSetDigest {
+        subnets.into_iter().fold(PeerSetDigest::default(), |d, s| {
+            d.plus(PeerSetDigest(fnv1a(s)))
+        })
+    }
+
+    pub fn plus(self, other: PeerSetDigest) -> PeerSetDigest {
+        PeerSetDigest(self.0.wrapping_add(other.0))
+    }
+
+    pub fn minus(self, other: PeerSetDigest) -> PeerSetDigest {
+        PeerSetDigest(self.0.wrapping_sub(other.0))
+    }
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl fmt::Display for PeerSetDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl Serialize for PeerSetDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerSetDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        u64::from_str_radix(&text, 16)
+            .ok()
+            .filter(|_| text.len() == 16)
+            .map(PeerSetDigest)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not 16 hex digits")))
+    }
+}
+
+/// What a weftd answers to `?problems`: the problems, or (from a weftd that does not know
+/// the query and ignores it) its whole report.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeersAnswer {
+    Problems(ProblemsReport),
+    Whole(HealthReport),
+}
+
+impl PeersAnswer {
+    /// Read an answer to `?problems`. The report is read as such (a whole report's peers
+    /// straight into their structs), then, when the text names it at all, the two fields only
+    /// the problems answer has.
+    pub fn from_json(text: &str) -> serde_json::Result<PeersAnswer> {
+        #[derive(Deserialize)]
+        struct ProblemsFields {
+            #[serde(default)]
+            counts: Option<StateCounts>,
+            #[serde(rename = "peersDigest", default)]
+            peers_digest: Option<PeerSetDigest>,
+        }
+        let report: HealthReport = serde_json::from_str(text)?;
+        if !text.contains("\"peersDigest\"") {
+            return Ok(PeersAnswer::Whole(report));
+        }
+        let extra: ProblemsFields = serde_json::from_str(text)?;
+        Ok(match (extra.counts, extra.peers_digest) {
+            (Some(counts), Some(peers_digest)) => PeersAnswer::Problems(ProblemsReport {
+                report,
+                counts,
+                peers_digest,
+            }),
+            _ => PeersAnswer::Whole(report),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +423,107 @@ mod tests {
         assert!(text.contains(r#""largestOk":1400"#), "{text}");
         assert_eq!(serde_json::from_str::<HealthReport>(&text).unwrap(), r);
         assert!(!r.all_ok());
+    }
+
+    fn entry(node: &str, subnet: &str, family: FamilyName, state: PeerState) -> PeerHealth {
+        PeerHealth {
+            node: Some(node.into()),
+            subnet: subnet.into(),
+            family,
+            public_ip: "10.99.0.12".parse().unwrap(),
+            overlay_ip: None,
+            state,
+            reason: format!("state {state}"),
+            overlay_rtt_ms: None,
+            underlay_rtt_ms: Some(0.3),
+            mtu: MtuResult {
+                pod_mtu: 1450,
+                largest_ok: None,
+                pod_mtu_ok: None,
+            },
+            since_unix: 1_799_999_990,
+        }
+    }
+
+    fn whole(peers: Vec<PeerHealth>) -> HealthReport {
+        HealthReport {
+            node: "h1".into(),
+            subnets: vec!["10.244.1.0/24".into(), "fc00:0:0:1::/64".into()],
+            public_ips: vec!["10.99.0.11".parse().unwrap()],
+            backend: "vxlan".into(),
+            interval_seconds: 10.0,
+            effective_interval_seconds: 10.0,
+            generated_unix: 1_800_000_000,
+            peers,
+        }
+    }
+
+    #[test]
+    fn the_peer_set_digest_is_pinned_and_order_free() {
+        assert_eq!(PeerSetDigest::of([]).to_string(), "0000000000000000");
+        assert_eq!(
+            PeerSetDigest::of(["10.244.1.0/24"]).to_string(),
+            "73716c7acd015f22"
+        );
+        let both = PeerSetDigest::of(["10.244.1.0/24", "fc00:0:0:1::/64"]);
+        assert_eq!(both.to_string(), "ce80f6e02a0052ac");
+        assert_eq!(
+            both,
+            PeerSetDigest::of(["fc00:0:0:1::/64", "10.244.1.0/24"])
+        );
+        assert_eq!(
+            both.minus(PeerSetDigest::of(["fc00:0:0:1::/64"])),
+            PeerSetDigest::of(["10.244.1.0/24"])
+        );
+        let text = serde_json::to_string(&both).unwrap();
+        assert_eq!(text, "\"ce80f6e02a0052ac\"");
+        assert_eq!(serde_json::from_str::<PeerSetDigest>(&text).unwrap(), both);
+        assert!(serde_json::from_str::<PeerSetDigest>("\"ce80\"").is_err());
+    }
+
+    #[test]
+    fn the_problems_answer_lists_what_is_not_ok_and_counts_everything() {
+        use FamilyName::{Ipv4, Ipv6};
+        let full = whole(vec![
+            entry("h2", "10.244.2.0/24", Ipv4, PeerState::Ok),
+            entry("h2", "fc00:0:0:2::/64", Ipv6, PeerState::Unreachable),
+            entry("h3", "10.244.3.0/24", Ipv4, PeerState::Ok),
+            entry("h3", "fc00:0:0:3::/64", Ipv6, PeerState::Unknown),
+        ]);
+        let p = ProblemsReport::of(full.clone());
+        assert_eq!(p.report.peers.len(), 2);
+        assert!(p.report.peers.iter().all(|e| e.family == Ipv6));
+        assert_eq!(p.counts[&Ipv4][&PeerState::Ok], 2);
+        assert_eq!(p.counts[&Ipv6][&PeerState::Unreachable], 1);
+        assert_eq!(p.counts[&Ipv6][&PeerState::Unknown], 1);
+        assert_eq!(
+            p.peers_digest,
+            PeerSetDigest::of(full.peers.iter().map(|e| e.subnet.as_str()))
+        );
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(
+            text.contains(r#""counts":{"ipv4":{"ok":2},"ipv6":{"unreachable":1,"unknown":1}}"#),
+            "{text}"
+        );
+        // Read back as the problems answer; a whole report (an older weftd's) as itself.
+        assert_eq!(
+            PeersAnswer::from_json(&text).unwrap(),
+            PeersAnswer::Problems(p)
+        );
+        let old = serde_json::to_string(&full).unwrap();
+        assert_eq!(
+            PeersAnswer::from_json(&old).unwrap(),
+            PeersAnswer::Whole(full)
+        );
+    }
+
+    #[test]
+    fn only_the_problems_query_asks_for_the_problems() {
+        assert!(asks_for_problems(Some("problems")));
+        assert!(asks_for_problems(Some("x=1&problems")));
+        assert!(!asks_for_problems(Some("problems=no-such")));
+        assert!(!asks_for_problems(Some("")));
+        assert!(!asks_for_problems(None));
+        assert_eq!(problems_path(), "/health/peers?problems");
     }
 }

@@ -200,6 +200,7 @@ pub fn now_unix() -> u64 {
 pub(crate) mod tests {
     use super::*;
     use crate::mesh::report::MtuResult;
+    use crate::netctl::parse_table;
 
     /// Host `i`'s subnet, public IP and overlay address of a family (h1: 10.244.1.0/24,
     /// 10.99.0.11, 10.244.1.0; numbers past 255 go on in the next /16).
@@ -264,33 +265,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// Cells by column name, from a table's header positions.
-    fn cells(table: &str) -> Vec<std::collections::BTreeMap<String, String>> {
-        let mut lines = table.lines();
-        let header = lines.next().unwrap();
-        let mut starts = Vec::new();
-        let mut prev = ' ';
-        for (i, c) in header.char_indices() {
-            if c != ' ' && prev == ' ' {
-                starts.push((i, header[i..].split(' ').next().unwrap().to_string()));
-            }
-            prev = c;
-        }
-        lines
-            .take_while(|l| !l.is_empty())
-            .map(|l| {
-                starts
-                    .iter()
-                    .enumerate()
-                    .map(|(n, (at, name))| {
-                        let end = starts.get(n + 1).map_or(l.len(), |(e, _)| *e);
-                        (name.clone(), l[*at..end.min(l.len())].trim().to_string())
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
     #[test]
     fn the_table_has_a_row_per_peer_and_the_reasons_below() {
         let r = report(
@@ -309,7 +283,7 @@ pub(crate) mod tests {
             "node h1 (10.244.1.0/24), 3 peers probed over vxlan every 10s"
         );
         let table: String = lines.map(|l| format!("{l}\n")).collect();
-        let t = cells(&table);
+        let t = parse_table(&table);
         assert!(!table.contains("FAMILY"), "one family: no FAMILY column");
         assert_eq!(t.len(), 3);
         assert_eq!(t[0]["NODE"], "h2");
@@ -355,7 +329,7 @@ pub(crate) mod tests {
             .skip(1)
             .map(|l| format!("{l}\n"))
             .collect();
-        let t = cells(&table);
+        let t = parse_table(&table);
         assert_eq!(t[1]["FAMILY"], "ipv6");
         assert_eq!(t[1]["PUBLIC-IP"], "fd99::12");
         assert_eq!(out.stderr, "");

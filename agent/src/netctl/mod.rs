@@ -246,6 +246,38 @@ pub fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// What [`render_table`] drew, read back (for tests): each row's cells by the header word
+/// above them, up to the first empty line. A column runs from where its header word starts
+/// to where the next one starts.
+#[cfg(test)]
+pub(crate) fn parse_table(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let mut starts: Vec<(usize, String)> = Vec::new();
+    let mut prev = ' ';
+    for (i, c) in header.char_indices() {
+        if c != ' ' && prev == ' ' {
+            let word = header[i..].split(' ').next().unwrap_or_default();
+            starts.push((i, word.to_string()));
+        }
+        prev = c;
+    }
+    lines
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            starts
+                .iter()
+                .enumerate()
+                .map(|(n, (at, name))| {
+                    let end = starts.get(n + 1).map_or(l.len(), |(e, _)| *e);
+                    let cell = l.get(*at..end.min(l.len())).unwrap_or_default();
+                    (name.clone(), cell.trim().to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The leases as a table (columns for the families the leases use) or JSON, in the rows'
 /// order. The row of this host's lease is marked `*` in a first column, as `git branch` marks
 /// the current branch.
@@ -714,6 +746,23 @@ mod tests {
     }
 
     #[test]
+    fn a_table_reads_back_by_column_and_stops_at_an_empty_line() {
+        let t = render_table(
+            &["NODE", "STATE", "NOTE"],
+            &[
+                vec!["h1".into(), "ok".into(), "".into()],
+                vec!["h22".into(), "overlay-broken".into(), "two words".into()],
+            ],
+        );
+        let rows = parse_table(&format!("{t}\nh3: below the table\n"));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["STATE"], "ok");
+        assert_eq!(rows[0]["NOTE"], "");
+        assert_eq!(rows[1]["NODE"], "h22");
+        assert_eq!(rows[1]["NOTE"], "two words");
+    }
+
+    #[test]
     fn rows_sort_by_address_and_flag_invalid() {
         let rules = LeaseRules {
             v4: Some(("10.5.0.0/16".parse().unwrap(), 24)),
@@ -822,35 +871,6 @@ mod tests {
         )
     }
 
-    /// The cells of a rendered table, by column name, per row.
-    fn table(text: &str) -> Vec<BTreeMap<String, String>> {
-        let mut lines = text.lines();
-        let header = lines.next().unwrap();
-        // Column starts: where each header word begins.
-        let mut starts: Vec<(usize, String)> = Vec::new();
-        let mut prev = ' ';
-        for (i, c) in header.char_indices() {
-            if c != ' ' && prev == ' ' {
-                let word: String = header[i..].split(' ').next().unwrap().to_string();
-                starts.push((i, word));
-            }
-            prev = c;
-        }
-        lines
-            .map(|l| {
-                starts
-                    .iter()
-                    .enumerate()
-                    .map(|(n, (at, name))| {
-                        let end = starts.get(n + 1).map_or(l.len(), |(e, _)| *e);
-                        let cell = l.get(*at..end.min(l.len())).unwrap_or_default();
-                        (name.clone(), cell.trim().to_string())
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
     #[test]
     fn the_table_says_what_state_each_lease_is_in() {
         let entries = vec![
@@ -883,7 +903,7 @@ mod tests {
             None,
             SystemTime::UNIX_EPOCH,
         );
-        let t = table(&render_leases(&rows, Output::Table));
+        let t = parse_table(&render_leases(&rows, Output::Table));
         let cell = |row: usize, col: &str| t[row][col].clone();
         assert_eq!(
             (0..5).map(|r| cell(r, "STATUS")).collect::<Vec<_>>(),
@@ -900,7 +920,7 @@ mod tests {
             ["1h00m", "-", "-", "-", "-"]
         );
         // wide gives the whole reason.
-        let wide = table(&render_leases(&rows, Output::Wide));
+        let wide = parse_table(&render_leases(&rows, Output::Wide));
         assert!(
             wide[3]["STATUS"].starts_with("invalid: value is not lease JSON: "),
             "{:?}",
@@ -958,7 +978,7 @@ mod tests {
             .collect();
         assert_eq!(json_order, want);
         for output in [Output::Table, Output::Wide] {
-            let t = table(&render_leases(&rows, output));
+            let t = parse_table(&render_leases(&rows, output));
             let order: Vec<String> = t
                 .iter()
                 .map(
@@ -1017,7 +1037,7 @@ mod tests {
                 "STATUS"
             ]
         );
-        assert_eq!(table(&text)[0]["VTEP-MAC-V6"], "0e:00:00:00:00:06");
+        assert_eq!(parse_table(&text)[0]["VTEP-MAC-V6"], "0e:00:00:00:00:06");
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! netctl's one way to ask a weftd's health server something: an HTTP/1.0 GET with a bound
 //! on the time and on the size of the answer. `netctl check` asks /healthz and /readyz with
-//! it, `netctl health` asks /health/peers, of the local weftd or of every node's.
+//! it, `netctl health` asks /health/peers, of the local weftd or of every node's (on a large
+//! cluster /health/peers?problems).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::mesh::report::{HealthReport, PEERS_PATH};
+use crate::mesh::report::{problems_path, HealthReport, PeersAnswer, PEERS_PATH};
 
 /// What a GET may take: the whole exchange within `timeout`, at most `max_bytes` read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,16 +164,33 @@ pub async fn fetch_report(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<HealthReport, ReportError> {
-    let url = url(addr, PEERS_PATH);
-    let reply = get(addr, PEERS_PATH, GetLimits::report(timeout))
+    fetch_peers(addr, PEERS_PATH, timeout, |body| serde_json::from_str(body)).await
+}
+
+/// The problems of the weftd at `addr` (`/health/peers?problems`), or its whole report when
+/// it is a weftd that does not know the query.
+pub async fn fetch_problems(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<PeersAnswer, ReportError> {
+    fetch_peers(addr, &problems_path(), timeout, PeersAnswer::from_json).await
+}
+
+async fn fetch_peers<T>(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    parse: impl FnOnce(&str) -> serde_json::Result<T>,
+) -> Result<T, ReportError> {
+    let url = url(addr, path);
+    let reply = get(addr, path, GetLimits::report(timeout))
         .await
         .map_err(|cause| ReportError::NotAnswering {
             url: url.clone(),
             cause,
         })?;
     match reply.status {
-        200 => serde_json::from_str(&reply.body)
-            .map_err(|error| ReportError::NotAReport { url, error }),
+        200 => parse(&reply.body).map_err(|error| ReportError::NotAReport { url, error }),
         503 => Err(ReportError::NotRunning {
             url,
             text: reply.first_line(),
