@@ -889,7 +889,10 @@ async fn main() {
             &format!("{}, first pass (every peer's MTU probed)", label(s)),
             first,
         ));
-        raw_table.push(raw_row(&format!("{}, second pass (the long run)", label(s)), second));
+        raw_table.push(raw_row(
+            &format!("{}, second pass (the long run)", label(s)),
+            second,
+        ));
         // Past the first pass, every round of one in MTU_EVERY has an MTU probe (staggered
         // by peer): the second pass is the long run.
         let m = Sample {
