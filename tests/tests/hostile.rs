@@ -69,10 +69,13 @@ fn hostile_leases_are_refused_with_a_warning_and_a_metric_and_change_no_kernel()
     let before: Vec<String> = (1..=2).map(|h| kernel_state(&lab, h)).collect();
     let s2 = lab.subnet(2).unwrap();
     let h2_ip = lab.host_ip(2).to_string();
-    let free = (200u8..250)
+    // Three subnets no host holds (the hosts lease at random), so no put overwrites a real
+    // lease.
+    let free: Vec<String> = (200u8..=255)
         .map(|n| format!("10.244.{n}.0"))
-        .find(|s| (1..=2).all(|h| lab.subnet(h).unwrap().network().to_string() != *s))
-        .unwrap();
+        .filter(|s| (1..=2).all(|h| lab.subnet(h).unwrap().network().to_string() != *s))
+        .take(3)
+        .collect();
 
     // 1. A second key for h2's subnet, pointing elsewhere.
     put(
@@ -82,12 +85,27 @@ fn hostile_leases_are_refused_with_a_warning_and_a_metric_and_change_no_kernel()
         "0e:66:00:00:00:01",
     );
     // 2. Another subnet claiming h2's public IP.
-    put(&lab, &format!("{free}-24"), &h2_ip, "0e:66:00:00:00:02");
+    put(
+        &lab,
+        &format!("{}-24", free[0]),
+        &h2_ip,
+        "0e:66:00:00:00:02",
+    );
     // 3. A public IP inside the cluster network.
-    put(&lab, "10.244.251.0-24", "10.244.7.7", "0e:66:00:00:00:03");
+    put(
+        &lab,
+        &format!("{}-24", free[1]),
+        "10.244.7.7",
+        "0e:66:00:00:00:03",
+    );
     // 4. A public IP equal to the receiving host's own.
     let h1_ip = lab.host_ip(1).to_string();
-    put(&lab, "10.244.252.0-24", &h1_ip, "0e:66:00:00:00:04");
+    put(
+        &lab,
+        &format!("{}-24", free[2]),
+        &h1_ip,
+        "0e:66:00:00:00:04",
+    );
 
     // Every host says why, in its own terms: h2 sees the duplicate of its own subnet as its
     // own key and a copy of its own address; h1 sees a duplicate and a copied address.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use weft_agent::lease::{Endpoint, LeaseAttrs};
-use weft_agent::store::LeaseStore;
+use weft_agent::store::{CreateOutcome, LeaseStore};
 use weft_backends::backend::{BackendData, VxlanData};
 use weft_backends::{BackendKind, MacAddr};
 use weft_tests::etcd::Etcd;
@@ -160,7 +160,13 @@ async fn weftd_logs_each_event_once_in_operator_words_and_its_metrics_follow() {
 async fn one_etcd_restart_among_many_lease_changes_is_one_watch_restart() {
     let mut etcd = Etcd::start().await;
     let store = etcd.store(PREFIX).await;
-    store.put_config(CONFIG).await.unwrap();
+    // weftd leases below 10.244.100.0, so the peers' subnets above it are always free.
+    store
+        .put_config(
+            br#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.99.0","Backend":{"Type":"vxlan"}}"#,
+        )
+        .await
+        .unwrap();
     let w = Weftd::start("node-r", "192.0.2.20", &etcd.cli_args(), &[]);
     w.wait_ready(WAIT).await;
     let restarts = |w: &Weftd| metric(&w.metrics(), "weft_etcd_watch_restarts_total");
@@ -173,7 +179,8 @@ async fn one_etcd_restart_among_many_lease_changes_is_one_watch_restart() {
 
     // Changes before the restart: ten peers join.
     for n in 1..=10 {
-        store.create(&key(n), &lease(n), None).await.unwrap();
+        let created = store.create(&key(n), &lease(n), None).await.unwrap();
+        assert!(matches!(created, CreateOutcome::Created(_)), "{created:?}");
     }
     wait_for("ten peers", WAIT, peers_are(10.0)).await;
     assert_eq!(restarts(&w), Some(0.0));
@@ -190,7 +197,8 @@ async fn one_etcd_restart_among_many_lease_changes_is_one_watch_restart() {
     // Many changes after it: ten more join, five leave.
     let store = etcd.store(PREFIX).await;
     for n in 11..=20 {
-        store.create(&key(n), &lease(n), None).await.unwrap();
+        let created = store.create(&key(n), &lease(n), None).await.unwrap();
+        assert!(matches!(created, CreateOutcome::Created(_)), "{created:?}");
     }
     for n in 1..=5 {
         store.delete(&key(n), None).await.unwrap();
