@@ -10,9 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use weft_agent::config::NetConfig;
 use weft_tests::kube::{self, documents, repo_root, resource_name, TOOL_TIMEOUT};
