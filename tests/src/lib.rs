@@ -8,6 +8,7 @@ pub mod bench;
 pub mod etcd;
 pub mod forward;
 pub mod fuzz;
+pub mod kube;
 pub mod lab;
 pub mod netns;
 pub mod podman;

@@ -10,11 +10,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use weft_agent::config::NetConfig;
+use weft_tests::kube::{self, documents, repo_root, resource_name, TOOL_TIMEOUT};
 use weft_tests::procs::run_bounded;
 
 const INSTALL_HINT: &str = "run `sudo bash tests/install-deps.sh` (it installs kubectl from \
@@ -22,7 +21,6 @@ const INSTALL_HINT: &str = "run `sudo bash tests/install-deps.sh` (it installs k
 /// The Kubernetes versions whose schemas every rendered document must satisfy: an older
 /// release still common in production, and the newest the pinned kubernetes-validate ships.
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
-const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
 const NAMESPACE: &str = "kube-weft";
 const SECRET_DIR: &str = "/etc/weft/etcd-tls";
@@ -36,13 +34,6 @@ const WIREGUARD_USERSPACE_ARGS: [&str; 2] = [
 ];
 /// Where wireguard-go and weftd keep the UAPI socket, pid and log in the container.
 const WIREGUARD_SOCKET_DIR: &str = "/var/run/wireguard";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
 
 fn require_program(name: &str) -> PathBuf {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -80,72 +71,13 @@ fn rendered_wireguard_userspace() -> &'static str {
     OVERLAY.get_or_init(|| render_uncached("overlays/wireguard-userspace"))
 }
 
-/// Every document of a YAML stream, as JSON values.
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(yaml)
-        .map(|doc| Value::deserialize(doc).expect("kubectl printed valid YAML"))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-/// `kind/name` as kubernetes-validate names a resource.
-fn resource_name(doc: &Value) -> String {
-    format!(
-        "{}/{}",
-        doc["kind"].as_str().unwrap_or("?").to_lowercase(),
-        doc["metadata"]["name"].as_str().unwrap_or("?")
-    )
-}
-
-/// Validate a YAML stream with kubernetes-validate in strict mode against every version in
-/// [`KUBERNETES_VERSIONS`]. Ok only if the validator passed every document against every
-/// version: a resource it has no schema for (it only warns and exits 0 then) is an error
-/// too. The error is the validator's own output.
+/// Validate against every version in [`KUBERNETES_VERSIONS`].
 fn validate(yaml: &str) -> Result<(), String> {
-    let validator = require_program("kubernetes-validate");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("rendered.yaml");
-    std::fs::write(&file, yaml).expect("write rendered YAML");
-    let mut cmd = Command::new(validator);
-    cmd.arg("--strict");
-    for v in KUBERNETES_VERSIONS {
-        cmd.args(["--kubernetes-version", v]);
-    }
-    cmd.arg(&file);
-    let (code, report, err) = run_bounded(cmd, TOOL_TIMEOUT);
-    if code != 0 {
-        return Err(format!("kubernetes-validate exited {code}:\n{report}{err}"));
-    }
-    // Its verdicts are on stdout, one line per resource and version.
-    let complaints: Vec<&str> = report
-        .lines()
-        .filter(|l| !l.starts_with("INFO "))
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    if !complaints.is_empty() {
-        return Err(format!(
-            "kubernetes-validate did not pass everything:\n{}",
-            complaints.join("\n")
-        ));
-    }
-    let docs = documents(yaml);
-    if docs.is_empty() {
-        return Err("no documents to validate".into());
-    }
-    for doc in &docs {
-        let name = resource_name(doc);
-        for v in KUBERNETES_VERSIONS {
-            let minor = v.rsplit_once('.').map_or(v, |(mm, _)| mm);
-            let passed = format!("passed for resource {name} against version {minor}");
-            if !report.lines().any(|l| l.contains(&passed)) {
-                return Err(format!(
-                    "kubernetes-validate did not report {name} as valid for Kubernetes \
-                     {minor}:\n{report}"
-                ));
-            }
-        }
-    }
-    Ok(())
+    kube::validate(
+        &require_program("kubernetes-validate"),
+        yaml,
+        &KUBERNETES_VERSIONS,
+    )
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
