@@ -12,7 +12,10 @@
 # when missing) for the Helm chart's tests, which leave Debian's kubectl alone; wireguard-go (a userspace WireGuard) and wireguard-tools (`wg`) for the lab's
 # wireguard backend and its tests, tcpdump for the capture that shows only encrypted packets
 # on the underlay, iperf3 for the throughput benchmark, and headless Chromium to render the
-# HTML of `netctl health --cluster -o html` in its test.
+# HTML of `netctl health --cluster -o html` in its test; Prometheus (Debian `prometheus`, which
+# brings promtool) for the alert rule unit tests and the test that scrapes a lab with a real
+# Prometheus. The package's own service is kept from starting while it installs (a temporary
+# policy-rc.d); the tests run /usr/bin/prometheus themselves, inside a test namespace.
 #
 #   bash tests/install-deps.sh          # everything (tests/run.sh, CI)
 #   bash tests/install-deps.sh --lab    # only what tests/lab.sh needs: the build (protoc) and
@@ -43,6 +46,7 @@ HELM_BIN=$TEST_TOOLS/helm-$HELM_VERSION/helm
 KUBECTL_BIN=$TEST_TOOLS/kubectl-$KUBECTL_VERSION/kubectl
 
 need=()
+need_prometheus=false
 # What the lab needs (and the test suite too).
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
@@ -71,6 +75,7 @@ if ! $lab_only; then
   command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
   command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need_prometheus=true
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then
@@ -82,6 +87,31 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Prometheus without its packaged service: a policy-rc.d that answers 101 ("action not
+# allowed") keeps invoke-rc.d from starting it during the install. An existing policy-rc.d
+# is left as it is (it already decides), ours is removed afterwards even on failure.
+if $need_prometheus; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: prometheus; run as root (sudo) to install it" >&2
+    exit 1
+  fi
+  echo "installing: prometheus (its service is not started)" >&2
+  own_policy=false
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=true
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if $own_policy; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
 fi
 
 # kubernetes-validate, unless the pinned version already answers on PATH (or only the lab's

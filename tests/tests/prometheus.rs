@@ -1,0 +1,292 @@
+//! A real Prometheus scraping a three-host lab: /usr/bin/prometheus runs in the lab's switch
+//! namespace (beside etcd) with a generated config (job "weft", every host's weftd, 1 s
+//! interval, its own tsdb directory) and is queried over its HTTP API from inside that
+//! namespace. Every series docs/metrics.md documents arrives from every host; a deleted
+//! route shows as exactly one repair on that host; stopping etcd takes `weft_etcd_up` to 0
+//! and restarting it brings it back to 1, both seen through Prometheus. Every wait is
+//! bounded, and Prometheus is killed by its pid at the end, even on failure.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_tests::lab::{Lab, LabOptions, SWITCH_IP};
+use weft_tests::procs::run_bounded;
+
+const READY: Duration = Duration::from_secs(60);
+const SEEN_WITHIN: Duration = Duration::from_secs(45);
+const PROMETHEUS_PORT: u16 = 9090;
+const WEFTD_PORT: u16 = 8471;
+
+/// Documented series that a plain vxlan lab where every peer is healthy does not have.
+const ABSENT_IN_THIS_LAB: &[(&str, &str)] = &[
+    (
+        "weft_wireguard_implementation",
+        "exists only with the wireguard backend",
+    ),
+    (
+        "weft_health_peer_problem",
+        "exists only for a peer that is not ok",
+    ),
+];
+
+/// Prometheus in the switch namespace; killed by pid when dropped.
+struct Prometheus {
+    child: Child,
+    ns: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(lab: &Lab, dir: &Path) -> Prometheus {
+        let targets: Vec<String> = (1..=lab.host_count())
+            .map(|i| format!("\"{}:{WEFTD_PORT}\"", lab.host_ip(i)))
+            .collect();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+                 scrape_configs:\n\
+                 - job_name: weft\n  static_configs:\n  - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .expect("write prometheus.yml");
+        let log = std::fs::File::create(dir.join("prometheus.log")).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", lab.switch_ns(), "/usr/bin/prometheus"])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!(
+                "--web.listen-address={SWITCH_IP}:{PROMETHEUS_PORT}"
+            ))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/bin/prometheus (tests/install-deps.sh installs it)");
+        Prometheus {
+            child,
+            ns: lab.switch_ns().to_string(),
+        }
+    }
+
+    /// GET `path` with `args` URL-encoded, from inside the switch namespace.
+    fn api(&self, path: &str, args: &[(&str, &str)]) -> Option<Value> {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &self.ns,
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "-G",
+        ]);
+        for (k, v) in args {
+            cmd.args(["--data-urlencode", &format!("{k}={v}")]);
+        }
+        cmd.arg(format!("http://{SWITCH_IP}:{PROMETHEUS_PORT}{path}"));
+        let (code, out, _) = run_bounded(cmd, Duration::from_secs(10));
+        if code != 0 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out).ok()?;
+        (v["status"] == "success").then(|| v["data"].clone())
+    }
+
+    /// Instant query: instance → value.
+    fn query(&self, q: &str) -> Vec<(String, f64)> {
+        let Some(data) = self.api("/api/v1/query", &[("query", q)]) else {
+            return Vec::new();
+        };
+        data["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| {
+                let inst = r["metric"]["instance"].as_str()?.to_string();
+                let v = r["value"][1].as_str()?.parse().ok()?;
+                Some((inst, v))
+            })
+            .collect()
+    }
+
+    /// Label sets of the series matching `selector`.
+    fn series(&self, selector: &str) -> Vec<serde_json::Map<String, Value>> {
+        self.api("/api/v1/series", &[("match[]", selector)])
+            .and_then(|d| d.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_object().cloned())
+            .collect()
+    }
+
+    /// Wait until `check` holds on the result of `q`; panics with the last result after
+    /// `bound`.
+    fn wait_for(
+        &self,
+        q: &str,
+        bound: Duration,
+        check: impl Fn(&[(String, f64)]) -> bool,
+    ) -> Vec<(String, f64)> {
+        let start = Instant::now();
+        loop {
+            let r = self.query(q);
+            if check(&r) {
+                return r;
+            }
+            assert!(
+                start.elapsed() < bound,
+                "{q} within {bound:?}: last result {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Series names in the first column of docs/metrics.md's series tables.
+fn documented_series() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/metrics.md");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("| `weft_"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| format!("weft_{name}"))
+        .collect()
+}
+
+fn instance(lab: &Lab, i: usize) -> String {
+    format!("{}:{WEFTD_PORT}", lab.host_ip(i))
+}
+
+#[test]
+fn a_real_prometheus_sees_every_series_a_repair_and_an_etcd_outage() {
+    let mut lab = Lab::up(
+        LabOptions {
+            hosts: 3,
+            pods_per_host: 0,
+            ..LabOptions::default()
+        },
+        READY,
+    )
+    .unwrap_or_else(|e| panic!("the lab did not come up: {e}"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prom = Prometheus::start(&lab, dir.path());
+    let all: BTreeSet<String> = (1..=3).map(|i| instance(&lab, i)).collect();
+
+    // Every host scraped.
+    prom.wait_for("up{job=\"weft\"} == 1", SEEN_WITHIN, |r| r.len() == 3);
+
+    // Every documented series from every host (histograms as their _bucket series).
+    let documented = documented_series();
+    assert!(documented.len() >= 30, "series tables: {documented:?}");
+    let mut missing = Vec::new();
+    for name in &documented {
+        if ABSENT_IN_THIS_LAB.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let selector = format!("{{__name__=~\"{name}|{name}_bucket\",job=\"weft\"}}");
+        let seen: BTreeSet<String> = prom
+            .series(&selector)
+            .iter()
+            .filter_map(|s| s.get("instance")?.as_str().map(str::to_string))
+            .collect();
+        if seen != all {
+            missing.push(format!("{name}: from {seen:?}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "documented series not from every host: {missing:#?}"
+    );
+    // Documented labels, spot-checked where the docs give their values.
+    let states: BTreeSet<String> = prom
+        .series("weft_health_peers{job=\"weft\"}")
+        .iter()
+        .filter_map(|s| s.get("state")?.as_str().map(str::to_string))
+        .collect();
+    let documented_states = [
+        "ok",
+        "overlay-broken",
+        "unreachable",
+        "agent-not-answering",
+        "mtu-below-pod-mtu",
+        "unknown",
+    ];
+    assert_eq!(
+        states,
+        documented_states.iter().map(|s| s.to_string()).collect()
+    );
+    let reasons: BTreeSet<String> = prom
+        .series("weft_etcd_request_errors_total{job=\"weft\"}")
+        .iter()
+        .filter_map(|s| s.get("reason")?.as_str().map(str::to_string))
+        .collect();
+    let documented_reasons = [
+        "unreachable",
+        "timeout",
+        "tls",
+        "unavailable",
+        "auth",
+        "rejected",
+    ];
+    assert_eq!(
+        reasons,
+        documented_reasons.iter().map(|s| s.to_string()).collect()
+    );
+
+    // A deleted peer route on h1: exactly one repair there, none elsewhere.
+    prom.wait_for("weft_dataplane_repairs_total", SEEN_WITHIN, |r| {
+        r.len() == 3 && r.iter().all(|(_, v)| *v == 0.0)
+    });
+    let (_, routes, _) = lab.host_exec(1, "ip", &["route", "show", "proto", "87"]);
+    let dst = routes
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("h1 has no weft route: {routes}"))
+        .to_string();
+    let (code, _, err) = lab.host_exec(1, "ip", &["route", "del", &dst, "proto", "87"]);
+    assert_eq!(code, 0, "delete {dst} on h1: {err}");
+    let h1 = instance(&lab, 1);
+    prom.wait_for("weft_dataplane_repairs_total", SEEN_WITHIN, |r| {
+        r.iter().any(|(i, v)| *i == h1 && *v >= 1.0)
+    });
+    // A few more scrapes: still exactly one.
+    std::thread::sleep(Duration::from_secs(4));
+    let r = prom.query("weft_dataplane_repairs_total");
+    let expected: Vec<(String, f64)> = all
+        .iter()
+        .map(|i| (i.clone(), if *i == h1 { 1.0 } else { 0.0 }))
+        .collect();
+    let mut got = r.clone();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, expected, "repairs after deleting {dst} on h1");
+
+    // etcd stopped: weft_etcd_up goes to 0 on every host; back to 1 once etcd is back.
+    prom.wait_for("weft_etcd_up", SEEN_WITHIN, |r| {
+        r.len() == 3 && r.iter().all(|(_, v)| *v == 1.0)
+    });
+    lab.stop_etcd();
+    prom.wait_for("weft_etcd_up", Duration::from_secs(90), |r| {
+        r.len() == 3 && r.iter().all(|(_, v)| *v == 0.0)
+    });
+    lab.start_etcd_again();
+    prom.wait_for("weft_etcd_up", Duration::from_secs(90), |r| {
+        r.len() == 3 && r.iter().all(|(_, v)| *v == 1.0)
+    });
+    drop(prom);
+}
