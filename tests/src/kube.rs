@@ -2,7 +2,7 @@
 //! JSON values, and offline schema validation with kubernetes-validate (strict: an unknown
 //! field is an error). Nothing here talks to a cluster or the network.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,13 +14,7 @@ use crate::procs::run_bounded;
 /// How long one kubectl, helm or kubernetes-validate run may take.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The repository's root directory.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+pub use crate::repo_root;
 
 /// Every non-empty document of a YAML stream, as JSON values.
 pub fn documents(yaml: &str) -> Vec<Value> {

@@ -15,7 +15,22 @@ pub mod podman;
 pub mod procs;
 pub mod shipped;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The repository's root directory (the workspace root, above `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The text of `rel`, a path from the repository's root.
+pub fn repo_file(rel: &str) -> String {
+    let path = repo_root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
 
 /// Poll `f` until it returns `Some`, or fail after `timeout` with `what` in the message.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::procs::run_input;
+use crate::repo_root;
 
 /// Which cargo profile to build the plugin with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,13 +15,6 @@ pub enum Profile {
     Debug,
     /// What is shipped and benchmarked.
     Release,
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
 }
 
 /// The build script.

@@ -3,7 +3,7 @@
 //! where it stays quiet, and docs/metrics.md names exactly the alerts the file holds.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -56,17 +56,7 @@ struct AlertCheck {
     exp_alerts: Vec<serde_norway::Value>,
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn read(rel: &str) -> String {
-    let path = repo_root().join(rel);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-}
+use weft_tests::{repo_file as read, repo_root};
 
 fn rules() -> Vec<(String, Rule)> {
     let file: RuleFile = serde_norway::from_str(&read(RULES)).expect("the rules file parses");

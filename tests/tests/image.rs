@@ -17,7 +17,7 @@
 //! containers, their cgroups and the temp dir with the image, also when the test fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use serde_json::Value;
 use weft_agent::firewall::{render, MasqRules};
 use weft_tests::podman::{eventually, require_program, Podman};
 use weft_tests::procs::{bin, run_input};
+use weft_tests::repo_root;
 use weft_tests::shipped::{linkage, static_plugin, this_machine, Profile};
 
 /// The workspace version (weft-tests inherits it).
@@ -60,13 +61,6 @@ const RUNTIME_MAX_BYTES: u64 = 16_000_000;
 /// debug info stripped it is ≈ 80 MB, from release binaries ≈ 34 MB; the debug weftd alone is
 /// ≈ 174 MB with its debug info, so a build that forgot to strip fails here.
 const IMAGE_MAX_BYTES: u64 = 100_000_000;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// The shared objects `ldd` lists for `binary` (absolute paths, the loader included).
 fn shared_libs(binary: &Path) -> BTreeSet<String> {

@@ -159,8 +159,7 @@ impl Prometheus {
 
 /// Series names in the first column of docs/metrics.md's series tables.
 fn documented_series() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
-    let text = std::fs::read_to_string(&path).expect("read docs/metrics.md");
+    let text = weft_tests::repo_file("docs/metrics.md");
     text.lines()
         .filter_map(|l| l.strip_prefix("| `weft_"))
         .filter_map(|rest| rest.split_once('`'))
