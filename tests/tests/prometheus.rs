@@ -1,7 +1,8 @@
 //! A real Prometheus scraping a three-host lab: /usr/bin/prometheus runs in the lab's switch
 //! namespace (beside etcd) with a generated config (job "weft", every host's weftd, 1 s
 //! interval, its own tsdb directory) and is queried over its HTTP API from inside that
-//! namespace. Every series docs/metrics.md documents arrives from every host; a deleted
+//! namespace. Every series docs/metrics.md documents arrives from every host, with exactly
+//! the labels the docs give it; a deleted
 //! route shows as exactly one repair on that host; stopping etcd takes `weft_etcd_up` to 0
 //! and restarting it brings it back to 1, both seen through Prometheus. Every wait is
 //! bounded, and Prometheus is killed by its pid at the end, even on failure.
@@ -157,13 +158,34 @@ impl Prometheus {
     }
 }
 
-/// Series names in the first column of docs/metrics.md's series tables.
-fn documented_series() -> Vec<String> {
+/// The series of docs/metrics.md's series tables: each name (first column) with the label
+/// names its type column gives (`gauge, labels \`family\`, \`state\` (\`ok\`, …)`: the
+/// backticked words outside parentheses).
+fn documented_series() -> Vec<(String, BTreeSet<String>)> {
     let text = weft_tests::repo_file("docs/metrics.md");
     text.lines()
         .filter_map(|l| l.strip_prefix("| `weft_"))
-        .filter_map(|rest| rest.split_once('`'))
-        .map(|(name, _)| format!("weft_{name}"))
+        .filter_map(|rest| {
+            let (name, rest) = rest.split_once('`')?;
+            let kind = rest.trim_start_matches(" |").split('|').next()?;
+            let mut outside = String::new();
+            let mut depth = 0;
+            for c in kind.chars() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    c if depth == 0 => outside.push(c),
+                    _ => {}
+                }
+            }
+            let labels = outside
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect();
+            Some((format!("weft_{name}"), labels))
+        })
         .collect()
 }
 
@@ -193,24 +215,43 @@ fn a_real_prometheus_sees_every_series_a_repair_and_an_etcd_outage() {
     let documented = documented_series();
     assert!(documented.len() >= 30, "series tables: {documented:?}");
     let mut missing = Vec::new();
-    for name in &documented {
+    let mut mislabelled = Vec::new();
+    for (name, labels) in &documented {
         if ABSENT_IN_THIS_LAB.iter().any(|(n, _)| n == name) {
             continue;
         }
         let selector = format!("{{__name__=~\"{name}|{name}_bucket\",job=\"weft\"}}");
-        let seen: BTreeSet<String> = prom
-            .series(&selector)
+        let series = prom.series(&selector);
+        let seen: BTreeSet<String> = series
             .iter()
             .filter_map(|s| s.get("instance")?.as_str().map(str::to_string))
             .collect();
         if seen != all {
             missing.push(format!("{name}: from {seen:?}"));
         }
+        // Exactly the documented labels, plus what Prometheus adds (and `le` on buckets).
+        for s in &series {
+            let mut expected: BTreeSet<&str> = labels.iter().map(String::as_str).collect();
+            expected.extend(["__name__", "instance", "job"]);
+            if s.get("__name__").and_then(|n| n.as_str()) == Some(&format!("{name}_bucket")) {
+                expected.insert("le");
+            }
+            let got: BTreeSet<&str> = s.keys().map(String::as_str).collect();
+            if got != expected {
+                mislabelled.push(format!("{name}: labels {got:?}, documented {expected:?}"));
+            }
+        }
     }
     assert!(
         missing.is_empty(),
         "documented series not from every host: {missing:#?}"
     );
+    assert!(
+        mislabelled.is_empty(),
+        "series whose labels differ from docs/metrics.md: {mislabelled:#?}"
+    );
+    let labelled = documented.iter().filter(|(_, l)| !l.is_empty()).count();
+    assert!(labelled >= 10, "labels read from the docs: {documented:?}");
     // Documented labels, spot-checked where the docs give their values.
     let states: BTreeSet<String> = prom
         .series("weft_health_peers{job=\"weft\"}")
