@@ -2,10 +2,10 @@
 //! namespace (beside etcd) with a generated config (job "weft", every host's weftd, 1 s
 //! interval, its own tsdb directory) and is queried over its HTTP API from inside that
 //! namespace. Every series docs/metrics.md documents arrives from every host, with exactly
-//! the labels the docs give it; a deleted
-//! route shows as exactly one repair on that host; stopping etcd takes `weft_etcd_up` to 0
-//! and restarting it brings it back to 1, both seen through Prometheus. Every wait is
-//! bounded, and Prometheus is killed by its pid at the end, even on failure.
+//! the labels the docs give it; a deleted route shows as exactly one repair on that host;
+//! stopping etcd takes `weft_etcd_up` to 0 and restarting it brings it back to 1, both seen
+//! through Prometheus. Every wait is bounded, and Prometheus is killed by its pid at the
+//! end, even on failure.
 
 use std::collections::BTreeSet;
 use std::path::Path;
