@@ -10,6 +10,7 @@ pub mod forward;
 pub mod fuzz;
 pub mod kube;
 pub mod lab;
+pub mod markdown;
 pub mod netns;
 pub mod podman;
 pub mod procs;

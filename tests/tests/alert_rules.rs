@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde::Deserialize;
+use weft_tests::markdown;
 use weft_tests::procs::run_bounded;
+use weft_tests::{repo_file as read, repo_root};
 
 const RULES: &str = "deploy/chart/weft/files/prometheus-rules.yaml";
 const UNIT_TESTS: &str = "tests/alerts/weft-rules.test.yaml";
@@ -55,8 +57,6 @@ struct AlertCheck {
     #[serde(default)]
     exp_alerts: Vec<serde_norway::Value>,
 }
-
-use weft_tests::{repo_file as read, repo_root};
 
 fn rules() -> Vec<(String, Rule)> {
     let file: RuleFile = serde_norway::from_str(&read(RULES)).expect("the rules file parses");
@@ -164,23 +164,23 @@ fn every_alert_has_a_unit_test_that_fires_it_and_one_that_keeps_it_quiet() {
 
 /// Alert names in the first column of docs/metrics.md's tables (`| \`WeftX\` | …`).
 fn documented_alerts(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("| `Weft"))
-        .filter_map(|rest| rest.split_once('`'))
-        .map(|(name, _)| format!("Weft{name}"))
+    markdown::table_rows(text)
+        .iter()
+        .filter_map(|row| markdown::code_spans(&row[0]).first().map(|s| s.to_string()))
+        .filter(|name| name.starts_with("Weft"))
         .collect()
 }
 
 #[test]
 fn docs_metrics_md_names_every_alert_and_no_other() {
-    let documented = documented_alerts(&read("docs/metrics.md"));
+    let docs = read("docs/metrics.md");
+    let documented = documented_alerts(&docs);
     let rules = rules();
     let alerts: BTreeSet<String> = rules.iter().map(|(_, r)| r.alert.clone()).collect();
     assert_eq!(
         documented, alerts,
         "docs/metrics.md's alert tables against {RULES}"
     );
-    let docs = read("docs/metrics.md");
     assert!(
         !docs.contains("expr:"),
         "docs/metrics.md repeats rule expressions; the rules file is their one home"

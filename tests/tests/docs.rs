@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use weft_tests::markdown;
 use weft_tests::procs::{bin, run_bounded};
 
 /// flag → environment variable (if any), from a clap `--help` text.
@@ -51,25 +52,16 @@ fn doc_rows(heading: &str) -> Vec<Vec<String>> {
     let at = text
         .find(heading)
         .unwrap_or_else(|| panic!("no {heading:?} in docs/configuration.md"));
-    text[at..]
-        .lines()
-        .skip_while(|l| !l.starts_with('|'))
-        .take_while(|l| l.starts_with('|'))
-        .skip(2) // header and separator
-        .map(|l| {
-            l.trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().to_string())
-                .collect()
-        })
-        .collect()
+    markdown::tables(&text[at..])
+        .into_iter()
+        .next()
+        .unwrap_or_default()
 }
 
 /// Backticked long flags in a cell.
 fn flags_in(cell: &str) -> Vec<String> {
-    cell.split('`')
-        .skip(1)
-        .step_by(2)
+    markdown::code_spans(cell)
+        .into_iter()
         .filter(|w| w.starts_with("--"))
         .map(str::to_string)
         .collect()
