@@ -14,8 +14,6 @@ use crate::procs::run_bounded;
 /// How long one kubectl, helm or kubernetes-validate run may take.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub use crate::repo_root;
-
 /// Every non-empty document of a YAML stream, as JSON values.
 pub fn documents(yaml: &str) -> Vec<Value> {
     serde_norway::Deserializer::from_str(yaml)

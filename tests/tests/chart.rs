@@ -18,8 +18,10 @@ use std::sync::OnceLock;
 use serde_json::{json, Value};
 use weft_agent::config::NetConfig;
 use weft_backends::BackendKind;
-use weft_tests::kube::{self, documents, repo_root, resource_name, TOOL_TIMEOUT};
+use weft_tests::kube::{self, documents, resource_name, TOOL_TIMEOUT};
+use weft_tests::markdown;
 use weft_tests::procs::run_bounded;
+use weft_tests::repo_root;
 
 /// Where tests/install-deps.sh puts the pinned helm and kubectl.
 const TOOLS_DIR: &str = "/opt/weft-test-tools";
@@ -44,6 +46,18 @@ fn tool(rel: &str) -> PathBuf {
 
 fn chart_dir() -> PathBuf {
     repo_root().join("deploy/chart/weft")
+}
+
+/// The text of `rel`, a file of the chart.
+fn chart_file(rel: &str) -> String {
+    weft_tests::repo_file(&format!("deploy/chart/weft/{rel}"))
+}
+
+/// Chart.yaml, parsed.
+fn chart_yaml() -> Value {
+    documents(&chart_file("Chart.yaml"))
+        .pop()
+        .expect("Chart.yaml")
 }
 
 /// `helm template` of the chart with `values` (a YAML/JSON document) on top of the defaults.
@@ -115,9 +129,14 @@ fn config_data(docs: &[Value]) -> &serde_json::Map<String, Value> {
         .expect("ConfigMap data")
 }
 
+fn net_conf_text(docs: &[Value]) -> &str {
+    config_data(docs)["net-conf.json"]
+        .as_str()
+        .expect("net-conf.json is a string")
+}
+
 fn net_conf(docs: &[Value]) -> Value {
-    serde_json::from_str(config_data(docs)["net-conf.json"].as_str().unwrap())
-        .expect("net-conf.json is JSON")
+    serde_json::from_str(net_conf_text(docs)).expect("net-conf.json is JSON")
 }
 
 /// The value sets every render test runs, by name: each changes what its test asserts.
@@ -423,8 +442,9 @@ fn monitoring_renders_a_pod_monitor_and_the_rules_file() {
     let rule = find(&docs, "PrometheusRule", "weft");
     assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(rule["metadata"]["labels"]["release"], "prom");
-    let file = std::fs::read_to_string(chart_dir().join("files/prometheus-rules.yaml")).unwrap();
-    let from_file = documents(&file).pop().expect("a rules document");
+    let from_file = documents(&chart_file("files/prometheus-rules.yaml"))
+        .pop()
+        .expect("a rules document");
     assert_eq!(
         rule["spec"], from_file,
         "the spec is files/prometheus-rules.yaml"
@@ -482,12 +502,10 @@ fn custom_image_args_env_volumes_and_cni_dirs() {
     let tagged = documents(&render(&json!({"image": {"tag": "9.9.9"}})));
     assert_eq!(weftd(&tagged)["image"], "localhost/weft:9.9.9");
     let default = rendered("defaults");
-    let app_version = std::fs::read_to_string(chart_dir().join("Chart.yaml"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("appVersion: "))
-        .map(|v| v.trim_matches('"').to_string())
-        .expect("appVersion");
+    let app_version = chart_yaml()["appVersion"]
+        .as_str()
+        .expect("appVersion")
+        .to_string();
     assert_eq!(
         weftd(&default)["image"],
         format!("localhost/weft:{app_version}").as_str()
@@ -504,23 +522,11 @@ fn skipping_cni_install_drops_the_init_container_and_flags() {
 
 #[test]
 fn chart_versions_match_the_workspace() {
-    let cargo = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
-    let version = cargo
-        .lines()
-        .find_map(|l| l.strip_prefix("version = "))
-        .map(|v| v.trim_matches('"'))
-        .expect("workspace version");
-    let chart = std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap();
-    assert!(
-        chart
-            .lines()
-            .any(|l| l == format!("appVersion: \"{version}\"")),
-        "appVersion {version}"
-    );
-    assert!(
-        chart.lines().any(|l| l == format!("version: {version}")),
-        "version {version}"
-    );
+    // This crate's version is the workspace's.
+    let version = env!("CARGO_PKG_VERSION");
+    let chart = chart_yaml();
+    assert_eq!(chart["appVersion"], version, "appVersion");
+    assert_eq!(chart["version"], version, "version");
 }
 
 #[test]
@@ -586,18 +592,18 @@ fn is_free_form(key: &str) -> bool {
 
 #[test]
 fn readme_documents_every_value_with_its_default() {
-    let values_yaml = std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap();
-    let values = documents(&values_yaml).pop().expect("values.yaml");
+    let values = documents(&chart_file("values.yaml"))
+        .pop()
+        .expect("values.yaml");
     let mut expected = BTreeMap::new();
     leaves("", &values, &mut expected);
 
-    let readme = std::fs::read_to_string(chart_dir().join("README.md")).unwrap();
+    let readme = chart_file("README.md");
     let mut documented = BTreeMap::new();
-    for line in readme.lines().filter(|l| l.starts_with("| `")) {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+    for cells in markdown::table_rows(&readme) {
         // | `key` | type | `default` | description |
-        let key = cells[1].trim_matches('`').to_string();
-        let default = cells[3].trim_matches('`');
+        let key = cells[0].trim_matches('`').to_string();
+        let default = cells[2].trim_matches('`');
         let default: Value = serde_json::from_str(default)
             .unwrap_or_else(|e| panic!("README default of {key} is not JSON ({default}): {e}"));
         documented.insert(key, default);
@@ -618,15 +624,11 @@ fn readme_documents_every_value_with_its_default() {
 
 #[test]
 fn rendered_net_conf_is_what_weftd_parses() {
-    let parse = |name: &str| {
-        let docs = rendered(name);
-        let text = config_data(&docs)["net-conf.json"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        NetConfig::parse(text.as_bytes())
+    let parse_docs = |name: &str, docs: &[Value]| {
+        NetConfig::parse(net_conf_text(docs).as_bytes())
             .unwrap_or_else(|e| panic!("weftd rejects the {name} net-conf.json: {e}"))
     };
+    let parse = |name: &str| parse_docs(name, &rendered(name));
     let d = parse("defaults");
     let v4 = d.ipv4.expect("IPv4 pool");
     assert_eq!(v4.network.to_string(), "10.244.0.0/16");
@@ -655,10 +657,6 @@ fn rendered_net_conf_is_what_weftd_parses() {
     let v6only = documents(&render(
         &json!({"network": {"network": "", "ipv6Network": "fd00::/48"}}),
     ));
-    let text = config_data(&v6only)["net-conf.json"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let c = NetConfig::parse(text.as_bytes()).expect("IPv6-only net-conf parses");
+    let c = parse_docs("IPv6-only", &v6only);
     assert!(c.ipv4.is_none() && c.ipv6.is_some());
 }

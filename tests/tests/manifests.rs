@@ -13,8 +13,9 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 use weft_agent::config::NetConfig;
-use weft_tests::kube::{self, documents, repo_root, resource_name, TOOL_TIMEOUT};
+use weft_tests::kube::{self, documents, resource_name, TOOL_TIMEOUT};
 use weft_tests::procs::run_bounded;
+use weft_tests::repo_root;
 
 const INSTALL_HINT: &str = "run `sudo bash tests/install-deps.sh` (it installs kubectl from \
      Debian's kubernetes-client when missing, and kubernetes-validate from PyPI)";

@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weft_agent::mesh::report::PeerState;
+use weft_agent::store::Reason;
 use weft_tests::lab::{Lab, LabOptions, SWITCH_IP};
+use weft_tests::markdown;
 use weft_tests::procs::run_bounded;
 
 const READY: Duration = Duration::from_secs(60);
@@ -135,6 +138,14 @@ impl Prometheus {
             .collect()
     }
 
+    /// The values `label` takes in the series of `name`.
+    fn label_values(&self, name: &str, label: &str) -> BTreeSet<String> {
+        self.series(&format!("{name}{{job=\"weft\"}}"))
+            .iter()
+            .filter_map(|s| s.get(label)?.as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Wait until `check` holds on the result of `q`; panics with the last result after
     /// `bound`.
     fn wait_for(
@@ -163,11 +174,14 @@ impl Prometheus {
 /// backticked words outside parentheses).
 fn documented_series() -> Vec<(String, BTreeSet<String>)> {
     let text = weft_tests::repo_file("docs/metrics.md");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("| `weft_"))
-        .filter_map(|rest| {
-            let (name, rest) = rest.split_once('`')?;
-            let kind = rest.trim_start_matches(" |").split('|').next()?;
+    markdown::table_rows(&text)
+        .iter()
+        .filter_map(|row| {
+            let name = *markdown::code_spans(&row[0]).first()?;
+            let kind = row.get(1)?;
+            if !name.starts_with("weft_") {
+                return None;
+            }
             let mut outside = String::new();
             let mut depth = 0;
             for c in kind.chars() {
@@ -178,13 +192,11 @@ fn documented_series() -> Vec<(String, BTreeSet<String>)> {
                     _ => {}
                 }
             }
-            let labels = outside
-                .split('`')
-                .skip(1)
-                .step_by(2)
+            let labels = markdown::code_spans(&outside)
+                .into_iter()
                 .map(str::to_string)
                 .collect();
-            Some((format!("weft_{name}"), labels))
+            Some((name.to_string(), labels))
         })
         .collect()
 }
@@ -225,6 +237,12 @@ fn check_series(
         }
     }
     (missing, mislabelled)
+}
+
+/// A check for [`Prometheus::wait_for`]: the query has a value from each of the three hosts,
+/// and every one is `v`.
+fn every_host_at(v: f64) -> impl Fn(&[(String, f64)]) -> bool {
+    move |r| r.len() == 3 && r.iter().all(|(_, x)| *x == v)
 }
 
 fn instance(lab: &Lab, i: usize) -> String {
@@ -272,46 +290,25 @@ fn a_real_prometheus_sees_every_series_a_repair_and_an_etcd_outage() {
     );
     let labelled = documented.iter().filter(|(_, l)| !l.is_empty()).count();
     assert!(labelled >= 10, "labels read from the docs: {documented:?}");
-    // Documented labels, spot-checked where the docs give their values.
-    let states: BTreeSet<String> = prom
-        .series("weft_health_peers{job=\"weft\"}")
-        .iter()
-        .filter_map(|s| s.get("state")?.as_str().map(str::to_string))
-        .collect();
-    let documented_states = [
-        "ok",
-        "overlay-broken",
-        "unreachable",
-        "agent-not-answering",
-        "mtu-below-pod-mtu",
-        "unknown",
-    ];
+    // Label values, where weft names them: every one has its series from the start.
     assert_eq!(
-        states,
-        documented_states.iter().map(|s| s.to_string()).collect()
+        prom.label_values("weft_health_peers", "state"),
+        PeerState::ALL
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect()
     );
-    let reasons: BTreeSet<String> = prom
-        .series("weft_etcd_request_errors_total{job=\"weft\"}")
-        .iter()
-        .filter_map(|s| s.get("reason")?.as_str().map(str::to_string))
-        .collect();
-    let documented_reasons = [
-        "unreachable",
-        "timeout",
-        "tls",
-        "unavailable",
-        "auth",
-        "rejected",
-    ];
     assert_eq!(
-        reasons,
-        documented_reasons.iter().map(|s| s.to_string()).collect()
+        prom.label_values("weft_etcd_request_errors_total", "reason"),
+        Reason::ALL.iter().map(|r| r.as_str().to_string()).collect()
     );
 
     // A deleted peer route on h1: exactly one repair there, none elsewhere.
-    prom.wait_for("weft_dataplane_repairs_total", SEEN_WITHIN, |r| {
-        r.len() == 3 && r.iter().all(|(_, v)| *v == 0.0)
-    });
+    prom.wait_for(
+        "weft_dataplane_repairs_total",
+        SEEN_WITHIN,
+        every_host_at(0.0),
+    );
     let (_, routes, _) = lab.host_exec(1, "ip", &["route", "show", "proto", "87"]);
     let dst = routes
         .lines()
@@ -337,16 +334,10 @@ fn a_real_prometheus_sees_every_series_a_repair_and_an_etcd_outage() {
     assert_eq!(got, expected, "repairs after deleting {dst} on h1");
 
     // etcd stopped: weft_etcd_up goes to 0 on every host; back to 1 once etcd is back.
-    prom.wait_for("weft_etcd_up", SEEN_WITHIN, |r| {
-        r.len() == 3 && r.iter().all(|(_, v)| *v == 1.0)
-    });
+    prom.wait_for("weft_etcd_up", SEEN_WITHIN, every_host_at(1.0));
     lab.stop_etcd();
-    prom.wait_for("weft_etcd_up", Duration::from_secs(90), |r| {
-        r.len() == 3 && r.iter().all(|(_, v)| *v == 0.0)
-    });
+    prom.wait_for("weft_etcd_up", Duration::from_secs(90), every_host_at(0.0));
     lab.start_etcd_again();
-    prom.wait_for("weft_etcd_up", Duration::from_secs(90), |r| {
-        r.len() == 3 && r.iter().all(|(_, v)| *v == 1.0)
-    });
+    prom.wait_for("weft_etcd_up", Duration::from_secs(90), every_host_at(1.0));
     drop(prom);
 }
