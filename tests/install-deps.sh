@@ -144,7 +144,9 @@ fi
 
 # helm and kubectl for the chart tests, unless the pinned versions are already there.
 helm_ok() { [[ "$("$HELM_BIN" version --short 2>/dev/null)" == "v$HELM_VERSION+"* ]]; }
-kubectl_ok() { "$KUBECTL_BIN" version --client 2>/dev/null | grep -qx "Client Version: v$KUBECTL_VERSION"; }
+# The output is taken whole before it is looked at: `kubectl … | grep -q` would let grep exit
+# at the match and kubectl die of SIGPIPE, which pipefail turns into a failed check.
+kubectl_ok() { [[ "$("$KUBECTL_BIN" version --client 2>/dev/null)" == *"Client Version: v$KUBECTL_VERSION"* ]]; }
 if ! $lab_only && ! { helm_ok && kubectl_ok; }; then
   if [ ! -w "$(dirname "$TEST_TOOLS")" ] && [ ! -w "$TEST_TOOLS" ]; then
     echo "helm $HELM_VERSION / kubectl $KUBECTL_VERSION missing in $TEST_TOOLS; run as root (sudo) to install them" >&2
